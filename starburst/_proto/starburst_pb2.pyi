@@ -1,0 +1,401 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Value(_message.Message):
+    __slots__ = ("inline", "key", "size", "contained", "is_error")
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    inline: bytes
+    key: str
+    size: int
+    contained: _containers.RepeatedScalarFieldContainer[bytes]
+    is_error: bool
+    def __init__(self, inline: _Optional[bytes] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ..., is_error: _Optional[bool] = ...) -> None: ...
+
+class Object(_message.Message):
+    __slots__ = ("id", "value")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    value: Value
+    def __init__(self, id: _Optional[bytes] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class Resources(_message.Message):
+    __slots__ = ("cpus", "gpus", "memory", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    gpus: float
+    memory: float
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, cpus: _Optional[float] = ..., gpus: _Optional[float] = ..., memory: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Function(_message.Message):
+    __slots__ = ("id", "pickled", "name", "source_file")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FILE_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    pickled: bytes
+    name: str
+    source_file: str
+    def __init__(self, id: _Optional[bytes] = ..., pickled: _Optional[bytes] = ..., name: _Optional[str] = ..., source_file: _Optional[str] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    DEPS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_EXCEPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    function_id: bytes
+    name: str
+    args: Value
+    deps: _containers.RepeatedScalarFieldContainer[bytes]
+    return_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    resources: Resources
+    max_retries: int
+    retry_exceptions: bytes
+    parent_task_id: bytes
+    job_id: str
+    env_vars: _containers.ScalarMap[str, str]
+    attempt: int
+    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("object_id", "force", "recursive")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    force: bool
+    recursive: bool
+    def __init__(self, object_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class Log(_message.Message):
+    __slots__ = ("job_id", "task_name", "pid", "node", "stream", "text")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    task_name: str
+    pid: int
+    node: str
+    stream: int
+    text: str
+    def __init__(self, job_id: _Optional[str] = ..., task_name: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., stream: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("kind", "job_id", "pid", "log_to_driver", "namespace", "version")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    LOG_TO_DRIVER_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    job_id: str
+    pid: int
+    log_to_driver: bool
+    namespace: str
+    version: str
+    def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ClientOp(_message.Message):
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ADD_REF_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    function: Function
+    submit: TaskSpec
+    put: Object
+    subscribe: bytes
+    release: bytes
+    add_ref: bytes
+    cancel: Cancel
+    blocked: Blocked
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+
+class ClientMsg(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[ClientOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[ClientOp, _Mapping]]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("session_id", "job_id", "store_url", "inline_threshold", "total", "largest_node", "head_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    INLINE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_NODE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    job_id: str
+    store_url: str
+    inline_threshold: int
+    total: Resources
+    largest_node: Resources
+    head_version: str
+    def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., store_url: _Optional[str] = ..., inline_threshold: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., head_version: _Optional[str] = ...) -> None: ...
+
+class HeadOp(_message.Message):
+    __slots__ = ("welcome", "ready", "log", "error")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    ready: Object
+    log: Log
+    error: str
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class HeadMsg(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[HeadOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[HeadOp, _Mapping]]] = ...) -> None: ...
+
+class Blocked(_message.Message):
+    __slots__ = ("task_id", "blocked", "cpus")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    blocked: bool
+    cpus: float
+    def __init__(self, task_id: _Optional[bytes] = ..., blocked: _Optional[bool] = ..., cpus: _Optional[float] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("spec", "deps", "function")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DEPS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    spec: TaskSpec
+    deps: _containers.RepeatedCompositeFieldContainer[Object]
+    function: Function
+    def __init__(self, spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., deps: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., function: _Optional[_Union[Function, _Mapping]] = ...) -> None: ...
+
+class Relay(_message.Message):
+    __slots__ = ("executor", "up", "down", "closed")
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    executor: int
+    up: ClientMsg
+    down: HeadMsg
+    closed: bool
+    def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
+
+class HeadToNodeOp(_message.Message):
+    __slots__ = ("run", "cancel", "relay", "shutdown", "delete")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    cancel: Cancel
+    relay: Relay
+    shutdown: bool
+    delete: bytes
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ...) -> None: ...
+
+class HeadToNode(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[HeadToNodeOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[HeadToNodeOp, _Mapping]]] = ...) -> None: ...
+
+class NodeHello(_message.Message):
+    __slots__ = ("node_id", "resources", "store_url", "pid", "address", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    resources: Resources
+    store_url: str
+    pid: int
+    address: str
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., store_url: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TaskDone(_message.Message):
+    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt")
+    class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        NONE: _ClassVar[TaskDone.Failure]
+        WORKER_DIED: _ClassVar[TaskDone.Failure]
+        CANCELLED: _ClassVar[TaskDone.Failure]
+    NONE: TaskDone.Failure
+    WORKER_DIED: TaskDone.Failure
+    CANCELLED: TaskDone.Failure
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    results: _containers.RepeatedCompositeFieldContainer[Object]
+    failure: TaskDone.Failure
+    retryable: bool
+    detail: str
+    attempt: int
+    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class NodeToHeadOp(_message.Message):
+    __slots__ = ("hello", "done", "log", "relay", "blocked")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    hello: NodeHello
+    done: TaskDone
+    log: Log
+    relay: Relay
+    blocked: Blocked
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+
+class NodeToHead(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[NodeToHeadOp]
+    def __init__(self, ops: _Optional[_Iterable[_Union[NodeToHeadOp, _Mapping]]] = ...) -> None: ...
+
+class ExecutorMsg(_message.Message):
+    __slots__ = ("hello", "done", "log", "up", "blocked")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    hello: int
+    done: TaskDone
+    log: Log
+    up: ClientMsg
+    blocked: Blocked
+    def __init__(self, hello: _Optional[int] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+
+class NodeToExecutorMsg(_message.Message):
+    __slots__ = ("run", "down", "cancel")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    down: HeadMsg
+    cancel: bytes
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., cancel: _Optional[bytes] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node_id", "address", "resources", "cpus_in_use", "running", "pid")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    CPUS_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    resources: Resources
+    cpus_in_use: float
+    running: int
+    pid: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_in_use: _Optional[float] = ..., running: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url")
+    HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    head_version: str
+    pid: int
+    uptime_s: float
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    sessions: int
+    queued: int
+    running: int
+    tasks_finished: int
+    objects: int
+    object_bytes: int
+    store_url: str
+    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShutdownReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

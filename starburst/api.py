@@ -1,0 +1,307 @@
+"""The public task API: init, shutdown, remote, get, wait, put, cancel (Ray Core semantics)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any, Callable, Sequence, TypeVar, overload
+
+from . import _runtime
+from .exceptions import RaySystemError
+from .head import process
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+
+log = logging.getLogger("starburst")
+
+_init_lock = threading.RLock()
+_started_head: process.HeadInfo | None = None
+
+_INIT_ACCEPTED_NO_EFFECT = {
+    "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
+    "logging_format", "logging_config", "object_store_memory", "local_mode", "job_config",
+    "_temp_dir", "_system_config", "enable_resource_isolation", "storage", "labels", "_node_ip_address",
+    "_memory", "_plasma_directory", "_redis_password", "_metrics_export_port", "_tracing_startup_hook",
+}
+
+
+class ClusterContext(dict):
+    """What ``init()`` returns (Ray's RayContext): address info; usable as a context manager."""
+
+    @property
+    def address_info(self) -> dict:
+        return dict(self)
+
+    @property
+    def dashboard_url(self) -> None:
+        return None
+
+    def __enter__(self) -> "ClusterContext":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: int | float | None = None,
+    num_gpus: int | float | None = None,
+    resources: dict[str, float] | None = None,
+    ignore_reinit_error: bool = False,
+    namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    log_to_driver: bool = True,
+    cluster: str = "local",
+    **kwargs: Any,
+) -> ClusterContext:
+    """Connect this process to a starburst cluster, starting the embedded local one if needed.
+
+    With no ``address``: uses ``$STARBURST_ADDRESS`` (or ``$RAY_ADDRESS``) if set, else the head
+    running for this user (started by ``starburst up`` or another ``init()``), else starts a local
+    cluster with ``num_cpus`` executors (default: all CPUs) that stops at ``shutdown()``.
+    ``address="auto"`` requires a running head; ``address="local"`` always starts a new one;
+    ``address="host:port"`` connects to that head.
+    """
+    global _started_head
+    unknown = sorted(set(kwargs) - _INIT_ACCEPTED_NO_EFFECT)
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s) {unknown}")
+    if kwargs.get("local_mode"):
+        log.warning("local_mode is deprecated in Ray and ignored by starburst: tasks run in worker processes")
+    if cluster != "local":
+        raise ValueError(
+            f"cluster={cluster!r} is not available yet: only the embedded local cluster ('local') exists"
+        )
+    if num_gpus:
+        raise ValueError("num_gpus: the local cluster has no GPUs in starburst yet")
+    if resources:
+        raise ValueError("custom resources are not supported on the local cluster yet")
+    for name, value in (("num_cpus", num_cpus),):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if runtime_env is not None:
+        from .options import validate
+
+        validate({"runtime_env": runtime_env}, "init()")
+    with _init_lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                log.info("starburst.init() called again; ignored (ignore_reinit_error=True)")
+                return _context()
+            raise RuntimeError(
+                "Maybe you called starburst.init twice by accident? This error can be suppressed by "
+                "passing in 'ignore_reinit_error=True' or by calling 'starburst.shutdown()' prior to "
+                "'starburst.init()'."
+            )
+        if _runtime.executor_client_factory is not None:
+            return _context()  # inside a task: the executor's session is used
+        if address is None:
+            address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
+        head_address = _resolve_head(address, num_cpus)
+        from .client import Client, GrpcTransport
+
+        client = Client(
+            GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
+            namespace=namespace or "",
+        )
+        _runtime.job_env_vars = dict((runtime_env or {}).get("env_vars", {}))
+        _runtime.set_client(client)
+        return _context()
+
+
+def _resolve_head(address: str | None, num_cpus: float | None) -> str:
+    global _started_head
+    if address not in (None, "auto", "local"):
+        if num_cpus is not None:
+            raise ValueError("When connecting to an existing cluster, num_cpus must not be provided.")
+        return address.removeprefix("starburst://").removeprefix("ray://")
+    with process.head_lock():
+        running = process.find_head() if address != "local" else None
+        if running is not None:
+            if num_cpus is not None:
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus must not be provided "
+                    f"(a head is running at {running.address}; stop it with 'starburst down')."
+                )
+            return running.address
+        if address == "auto":
+            raise ConnectionError(
+                "Could not find a running starburst cluster (address='auto'). Start one with "
+                "'starburst up', or call init() without an address to start a local one."
+            )
+        _started_head = process.start_head(num_cpus, exit_when_unused=True)
+        return _started_head.address
+
+
+def _context() -> ClusterContext:
+    client = _runtime.peek_client()
+    w = getattr(client, "welcome", None)
+    return ClusterContext(
+        address=getattr(getattr(client, "transport", None), "address", ""),
+        session_id=w.session_id if w else "", job_id=w.job_id if w else "",
+    )
+
+
+def is_initialized() -> bool:
+    """True when this process has a live session with a cluster (always True inside a task)."""
+    if _runtime.executor_client_factory is not None:
+        return True
+    client = _runtime.peek_client()
+    return client is not None and not client.closed
+
+
+def shutdown() -> None:
+    """Disconnect; a local cluster started by this process's ``init()`` is stopped (and waited for)."""
+    global _started_head
+    if _runtime.executor_client_factory is not None:
+        return
+    with _init_lock:
+        client = _runtime.peek_client()
+        _runtime.set_client(None)
+        _runtime.job_env_vars = {}
+        if client is not None:
+            client.close()
+        started, _started_head = _started_head, None
+        if started is not None:
+            # The head exits once its last driver has gone; wait so no process outlives shutdown().
+            if not process.wait_exit(started.pid, 20):
+                process.stop_head(started)
+
+
+atexit.register(shutdown)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+@overload
+def remote(function: F) -> RemoteFunction: ...
+@overload
+def remote(**options: Any) -> Callable[[F], RemoteFunction]: ...
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=2, num_returns=2, ...)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @remote decorator must be applied either with no arguments and no parentheses, e.g. "
+            "'@remote', or with keyword arguments only, e.g. '@remote(num_cpus=1)'."
+        )
+
+    def decorator(function: F) -> Any:
+        return _make_remote(function, options)
+
+    return decorator
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise TypeError("remote classes (actors) are not supported by starburst yet")
+    if not callable(target):
+        raise TypeError(f"@remote expects a function, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the object store; returns an ObjectRef to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you can wrap "
+            "the ObjectRef in a list and call 'put' on it."
+        )
+    return _runtime.get_client().put(value)
+
+
+def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Wait for and return the value(s) of ``object_refs`` (a single ref or a list, in order).
+
+    Raises the task's error as soon as one is known, :class:`GetTimeoutError` after ``timeout``
+    seconds (``timeout=0`` only looks).
+    """
+    single = isinstance(object_refs, ObjectRef)
+    if single:
+        refs = [object_refs]
+    elif isinstance(object_refs, (list, tuple)):
+        refs = list(object_refs)
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(
+                    f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got a list "
+                    f"containing {type(r).__name__}"
+                )
+    else:
+        raise ValueError(
+            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
+        )
+    _check_timeout(timeout)
+    client = _runtime.get_client()
+    values = client.get(refs, timeout)
+    return values[0] if single else values
+
+
+def wait(
+    object_refs: list[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
+
+    Returns ``(ready, not_ready)``, both in the order of ``object_refs``; ``ready`` has at most
+    ``num_returns`` refs.
+    """
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef")
+    if not isinstance(object_refs, list):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    for r in object_refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(r).__name__}")
+    _check_timeout(timeout)
+    if not object_refs:
+        return [], []
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
+    return _runtime.get_client().wait(object_refs, num_returns, timeout)
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number or None")
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``object_ref``.
+
+    A queued task never runs; a running one gets a KeyboardInterrupt (``force=True``: its worker is
+    killed). ``get`` on it then raises :class:`TaskCancelledError`. ``recursive`` also cancels the
+    tasks it submitted. Cancelled tasks are not retried.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
+    _runtime.get_client().cancel(object_ref, force, recursive)
+
+
+def _session() -> Any:
+    client = _runtime.peek_client()
+    if client is None:
+        raise RaySystemError("not connected")
+    return client

@@ -1,0 +1,440 @@
+"""A session with the head, used by drivers and (relayed through their node) by executors.
+
+The Client keeps the process's view of objects: how many ObjectRefs it holds per id, the values that
+have arrived, and who waits for them. It speaks ClientMsg/HeadMsg batches over a transport:
+:class:`GrpcTransport` (drivers: one bidirectional gRPC stream to the head) or the executor's relay
+to its node (see ``node/executor.py``). The transport pulls queued operations with
+:meth:`Client.take_outbox` whenever :meth:`Client._wake` tells it there is something to send, so
+many operations leave in one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Protocol
+
+from . import config
+from ._version import __version__
+from ._proto import starburst_pb2 as pb
+from .exceptions import GetTimeoutError, RayError, RaySystemError, RayTaskError
+from .object_ref import ObjectRef
+from .serialization import Serialized, deserialize, serialize
+from .store import ObjectStore, open_store, pack_value
+
+
+class Transport(Protocol):
+    def start(self, client: "Client") -> None: ...
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Client:
+    """One session with the head. Thread-safe; every public method may be called from any thread."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        kind: str = "driver",
+        job_id: str = "",
+        log_to_driver: bool = True,
+        namespace: str = "",
+        on_block: Callable[[bool], None] | None = None,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.kind = kind
+        self.log_to_driver = log_to_driver
+        self._cond = threading.Condition(threading.Lock())
+        self._refs: dict[bytes, int] = {}
+        self._values: dict[bytes, pb.Value] = {}
+        self._subscribed: set[bytes] = set()
+        self._expected: set[bytes] = set()  # returns of our own tasks: the head pushes them
+        self._futures: dict[bytes, list[concurrent.futures.Future]] = {}
+        self._outbox: list[pb.ClientOp] = []
+        self._releases: collections.deque[bytes] = collections.deque()
+        self._functions_sent: set[bytes] = set()
+        self._on_block = on_block
+        self._error: str | None = None
+        self.closed = False
+        self.welcome: pb.Welcome | None = None
+        self.store: ObjectStore | None = None
+        self.transport = transport
+        hello = pb.Hello(
+            kind=kind, job_id=job_id, pid=os.getpid(), log_to_driver=log_to_driver,
+            namespace=namespace, version=__version__,
+        )
+        self._outbox.append(pb.ClientOp(hello=hello))
+        transport.start(self)
+        self._wake()
+        deadline = time.monotonic() + connect_timeout
+        with self._cond:
+            while self.welcome is None and self._error is None:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    break
+            if self.welcome is None:
+                error = self._error or "no answer from the head"
+                self.closed = True
+        if self.welcome is None:
+            transport.close()
+            raise ConnectionError(f"could not open a session with the starburst head: {error}")
+        self.store = open_store(self.welcome.store_url)
+        self.inline_threshold = self.welcome.inline_threshold or config.INLINE_THRESHOLD
+
+    # ------------------------------------------------------------------ outgoing operations
+
+    def _send(self, *ops: pb.ClientOp) -> None:
+        with self._cond:
+            if self.closed:
+                raise RaySystemError(f"the session with the head has ended: {self._error or 'closed'}")
+            self._outbox.extend(ops)
+        self._wake()
+
+    def _wake(self) -> None:
+        self.transport.wake()
+
+    def take_outbox(self) -> list[pb.ClientOp]:
+        """Called by the transport: everything queued to send, releases last."""
+        with self._cond:
+            ops, self._outbox = self._outbox, []
+            while self._releases:
+                object_id = self._releases.popleft()
+                count = self._refs.get(object_id, 0) - 1
+                if count > 0:
+                    self._refs[object_id] = count
+                    continue
+                self._refs.pop(object_id, None)
+                self._values.pop(object_id, None)
+                self._subscribed.discard(object_id)
+                self._expected.discard(object_id)
+                ops.append(pb.ClientOp(release=object_id))
+        return ops
+
+    def incref(self, object_id: bytes, borrowed: bool = False) -> None:
+        with self._cond:
+            count = self._refs.get(object_id, 0)
+            self._refs[object_id] = count + 1
+            if count == 0 and borrowed and not self.closed:
+                self._outbox.append(pb.ClientOp(add_ref=object_id))
+                wake = True
+            else:
+                wake = False
+        if wake:
+            self._wake()
+
+    def decref(self, object_id: bytes) -> None:
+        # Runs from finalizers, maybe inside the garbage collector on any thread: no locks here.
+        self._releases.append(object_id)
+        if not self.closed:
+            self._wake()
+
+    # ------------------------------------------------------------------ public operations
+
+    def serialize_value(self, value: Any, key: str) -> pb.Value:
+        """Serialize ``value`` inline, or into the object store under ``key`` when it is large."""
+        ser = serialize(value)
+        return self.value_from_serialized(ser, key)
+
+    def value_from_serialized(self, ser: Serialized, key: str) -> pb.Value:
+        assert self.store is not None
+        return pack_value(ser, key, self.store, self.inline_threshold)
+
+    def put(self, value: Any) -> ObjectRef:
+        object_id = os.urandom(16) + b"\xff\xff\xff\xff"
+        v = self.serialize_value(value, object_id.hex())
+        ref = ObjectRef(object_id, self)
+        with self._cond:
+            self._values[object_id] = v
+        self._send(pb.ClientOp(put=pb.Object(id=object_id, value=v)))
+        return ref
+
+    def submit(self, spec: pb.TaskSpec, function: pb.Function) -> list[ObjectRef]:
+        ops = []
+        with self._cond:
+            if function.id not in self._functions_sent:
+                self._functions_sent.add(function.id)
+                ops.append(pb.ClientOp(function=function))
+            self._expected.update(spec.return_ids)
+        refs = [ObjectRef(rid, self) for rid in spec.return_ids]
+        ops.append(pb.ClientOp(submit=spec))
+        self._send(*ops)
+        return refs
+
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        self._send(pb.ClientOp(cancel=pb.Cancel(object_id=ref._id, force=force, recursive=recursive)))
+
+    def _ensure_subscribed(self, ids: Iterable[bytes]) -> None:
+        """Ask the head for values we are not already promised (call with the lock held)."""
+        for object_id in ids:
+            if object_id in self._values or object_id in self._subscribed or object_id in self._expected:
+                continue
+            self._subscribed.add(object_id)
+            self._outbox.append(pb.ClientOp(subscribe=object_id))
+
+    def _wait_ready(self, ids: list[bytes], num: int, deadline: float | None, stop_on_error: bool) -> None:
+        """Block until ``num`` of ``ids`` have values (or one is an error, or the deadline passes)."""
+        with self._cond:
+            self._ensure_subscribed(ids)
+        self._wake()
+        blocked = False
+        try:
+            with self._cond:
+                while True:
+                    if self._error is not None:
+                        raise RaySystemError(f"lost the session with the head: {self._error}")
+                    ready = 0
+                    for object_id in ids:
+                        v = self._values.get(object_id)
+                        if v is not None:
+                            if stop_on_error and v.is_error:
+                                return
+                            ready += 1
+                    if ready >= num:
+                        return
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    if not blocked and self._on_block is not None:
+                        blocked = True
+                        self._cond.release()
+                        try:
+                            self._on_block(True)
+                        finally:
+                            self._cond.acquire()
+                        continue
+                    self._cond.wait(remaining)
+        finally:
+            if blocked and self._on_block is not None:
+                self._on_block(False)
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        ids = [r._id for r in refs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_ready(ids, len(ids), deadline, stop_on_error=True)
+        with self._cond:
+            values = [self._values.get(i) for i in ids]
+        for v in values:  # the first error that arrived raises at once
+            if v is not None and v.is_error:
+                self._raise(v)
+        if any(v is None for v in values):
+            missing = sum(v is None for v in values)
+            raise GetTimeoutError(
+                f"Get timed out: {missing} of {len(ids)} object(s) not ready after {timeout} s"
+            )
+        return [self.load(v) for v in values]
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+        ids = [r._id for r in refs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_ready(ids, num_returns, deadline, stop_on_error=False)
+        ready, not_ready = [], []
+        with self._cond:
+            for ref in refs:
+                if len(ready) < num_returns and ref._id in self._values:
+                    ready.append(ref)
+                else:
+                    not_ready.append(ref)
+        return ready, not_ready
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        # The future holds the ref, so the value stays alive until the future is done.
+        fut._starburst_ref = ref  # type: ignore[attr-defined]
+        with self._cond:
+            value = self._values.get(ref._id)
+            if value is None:
+                self._futures.setdefault(ref._id, []).append(fut)
+                self._ensure_subscribed([ref._id])
+        if value is not None:
+            self._resolve_future(fut, value)
+        else:
+            self._wake()
+        return fut
+
+    def _resolve_future(self, fut: concurrent.futures.Future, value: pb.Value) -> None:
+        try:
+            if value.is_error:
+                self._raise(value)
+            result = self.load(value)
+        except BaseException as exc:  # noqa: BLE001 - delivered to the future's owner
+            if not fut.cancelled():
+                fut.set_exception(exc)
+        else:
+            if not fut.cancelled():
+                fut.set_result(result)
+
+    def load(self, value: pb.Value) -> Any:
+        """Deserialize a value (zero-copy from the object store for large ones)."""
+        if value.WhichOneof("where") == "key":
+            assert self.store is not None
+            return deserialize(self.store.get(value.key))
+        return deserialize(value.inline)
+
+    def _raise(self, value: pb.Value) -> None:
+        error = self.load(value)
+        if isinstance(error, RayTaskError):
+            raise error.as_instanceof_cause()
+        if isinstance(error, BaseException):
+            raise error
+        raise RaySystemError(f"malformed error value: {error!r}")
+
+    # ------------------------------------------------------------------ incoming messages
+
+    def on_message(self, msg: pb.HeadMsg) -> None:
+        """Called by the transport for every batch from the head."""
+        ready_futures = []
+        for op in msg.ops:  # output first: it was written before the results in this batch
+            if op.WhichOneof("op") == "log":
+                print_log(op.log)
+        with self._cond:
+            for op in msg.ops:
+                kind = op.WhichOneof("op")
+                if kind == "ready":
+                    object_id = op.ready.id
+                    if object_id in self._refs:
+                        self._values[object_id] = op.ready.value
+                        self._expected.discard(object_id)
+                        for fut in self._futures.pop(object_id, ()):
+                            ready_futures.append((fut, op.ready.value))
+                elif kind == "welcome":
+                    self.welcome = op.welcome
+                elif kind == "error":
+                    self._error = op.error
+            self._cond.notify_all()
+        for fut, value in ready_futures:
+            self._resolve_future(fut, value)
+
+    def on_closed(self, error: str) -> None:
+        """Called by the transport when the session ends."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self.closed = True
+            futures = [f for fs in self._futures.values() for f in fs]
+            self._futures.clear()
+            self._cond.notify_all()
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(RaySystemError(f"lost the session with the head: {error}"))
+
+    def close(self) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._error = self._error or "closed"
+            self._cond.notify_all()
+        self.transport.close()
+
+
+def print_log(log: pb.Log) -> None:
+    """Show a task's output in the driver's terminal, prefixed with where it ran (like Ray)."""
+    where = f"pid={log.pid}" + (f", node={log.node}" if log.node else "")
+    prefix = f"({log.task_name} {where}) "
+    stream = sys.stdout if log.stream == 1 else sys.stderr
+    text = "".join(prefix + line + "\n" for line in log.text.splitlines())
+    try:
+        stream.write(text)
+        stream.flush()
+    except (ValueError, OSError):  # the stream was closed at interpreter exit
+        pass
+
+
+class GrpcTransport:
+    """One bidirectional gRPC stream to the head, driven by an asyncio loop on a daemon thread."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._wake_pending = False
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stopping = False
+        self._client: Client | None = None
+        self._done = threading.Event()
+
+    def start(self, client: Client) -> None:
+        self._client = client
+        self._thread = threading.Thread(target=self._run, name="starburst-session", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def wake(self) -> None:
+        if self._wake_pending or self._loop is None:
+            return
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake_event.set)  # type: ignore[union-attr]
+        except RuntimeError:  # loop already closed
+            pass
+
+    def close(self) -> None:
+        self._stopping = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._wake_event.set)  # type: ignore[union-attr]
+            except RuntimeError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._done.wait(10)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._wake_event = asyncio.Event()
+        self._started.set()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+            self._done.set()
+
+    async def _main(self) -> None:
+        import grpc
+
+        from ._proto import starburst_pb2_grpc as pb_grpc
+
+        client = self._client
+        assert client is not None and self._wake_event is not None
+        error = "closed"
+        async with grpc.aio.insecure_channel(self.address, options=config.GRPC_OPTIONS) as channel:
+            call = pb_grpc.HeadStub(channel).Session()
+
+            async def writer() -> None:
+                while True:
+                    await self._wake_event.wait()
+                    self._wake_event.clear()
+                    self._wake_pending = False
+                    ops = client.take_outbox()
+                    if ops:
+                        await call.write(pb.ClientMsg(ops=ops))
+                    if self._stopping:
+                        await call.done_writing()
+                        return
+
+            writer_task = asyncio.ensure_future(writer())
+            try:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    client.on_message(msg)
+                error = "the head closed the session"
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            finally:
+                writer_task.cancel()
+                try:
+                    await writer_task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
+        if self._stopping:
+            error = "closed"
+        client.on_closed(error)

@@ -1,0 +1,45 @@
+"""Where starburst keeps its files, and the defaults every process agrees on."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+#: Serialized values at least this large go to the object store; smaller ones travel inline.
+INLINE_THRESHOLD = int(os.environ.get("STARBURST_INLINE_THRESHOLD", 1 << 20))
+
+#: gRPC messages carry batches; allow large ones (values above the threshold never travel inline).
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def home() -> pathlib.Path:
+    """The directory holding the running head's address file and logs (``$STARBURST_HOME``)."""
+    path = pathlib.Path(os.environ.get("STARBURST_HOME") or pathlib.Path.home() / ".starburst")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def head_file() -> pathlib.Path:
+    return home() / "head.json"
+
+
+def log_dir() -> pathlib.Path:
+    path = home() / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shm_root() -> pathlib.Path:
+    """Memory-backed directory for the local object store (``/dev/shm`` on Linux)."""
+    shm = pathlib.Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return pathlib.Path(tempfile.gettempdir())

@@ -1,0 +1,120 @@
+"""Finding, starting and stopping a head process (used by ``init()`` and the CLI)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from .. import config
+
+
+@dataclass
+class HeadInfo:
+    address: str
+    pid: int
+    started_by: str
+    cluster_id: str = ""
+
+
+@contextlib.contextmanager
+def head_lock():
+    """Serialize find-or-start between processes sharing one STARBURST_HOME."""
+    with open(config.home() / "head.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def find_head() -> HeadInfo | None:
+    """The running head recorded in STARBURST_HOME, or None (a stale record is removed)."""
+    path = config.head_file()
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(info.get("pid", 0))
+    if pid and psutil.pid_exists(pid):
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return HeadInfo(info["address"], pid, info.get("started_by", "up"), info.get("cluster_id", ""))
+        except psutil.Error:
+            pass
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
+
+
+def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, timeout: float = 60.0) -> HeadInfo:
+    """Start a head in its own session (it survives Ctrl-C in the driver's terminal)."""
+    cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if exit_when_unused:
+        cmd.append("--exit-when-unused")
+    log_path = config.log_dir() / "head.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+        )
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            proc.kill()
+            raise RuntimeError(f"the starburst head did not start within {timeout} s; see {log_path}")
+    line = proc.stdout.readline().decode().strip()
+    proc.stdout.close()
+    if not line:
+        proc.wait()
+        raise RuntimeError(f"the starburst head exited with {proc.returncode} at start; see {log_path}")
+    return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up")
+
+
+def stop_head(info: HeadInfo, timeout: float = 15.0) -> bool:
+    """Ask a head to shut down and wait for its process to exit; True if it did."""
+    import grpc
+
+    from .._proto import starburst_pb2 as pb
+    from .._proto import starburst_pb2_grpc as pb_grpc
+
+    try:
+        with grpc.insecure_channel(info.address) as channel:
+            pb_grpc.HeadStub(channel).Shutdown(pb.ShutdownRequest(), timeout=5)
+    except grpc.RpcError:
+        pass
+    return wait_exit(info.pid, timeout)
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        try:
+            proc.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            return True
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return True
+    return False

@@ -1,0 +1,233 @@
+"""The head process: gRPC service for drivers, links to nodes, and the head's own lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+
+import grpc
+
+from .. import config
+from .._proto import starburst_pb2 as pb
+from .._proto import starburst_pb2_grpc as pb_grpc
+from .._version import __version__
+from ..store import LocalStore
+from .nodes import LocalNodeProcess, NodeLink
+from .scheduler import Scheduler, Session
+
+log = logging.getLogger("starburst.head")
+
+
+class Head(pb_grpc.HeadServicer):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cluster_id = args.cluster_id or uuid.uuid4().hex[:12]
+        self.store_dir = str(config.shm_root() / f"starburst-{self.cluster_id}")
+        os.makedirs(self.store_dir, exist_ok=True)
+        self.store = LocalStore(self.store_dir)
+        self.scheduler = Scheduler(self.store)
+        self.links: list[NodeLink] = []
+        self.local_nodes: list[LocalNodeProcess] = []
+        self.stopping = asyncio.Event()
+        self.shutting_down = False
+        self.address = ""
+        self.drivers_seen = 0
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------------------- driver sessions
+
+    async def Session(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        if self.shutting_down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the head is shutting down")
+        queue: asyncio.Queue = asyncio.Queue()
+        session = Session(self.scheduler, "job-" + uuid.uuid4().hex[:12], queue.put_nowait)
+        self.scheduler.open_session(session)
+        self.drivers_seen += 1
+
+        async def read() -> None:
+            try:
+                while True:
+                    msg = await context.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    self.scheduler.on_client_ops(session, msg.ops)
+                    self.scheduler.flush()
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                ops = await queue.get()
+                if ops is None:
+                    break
+                while not queue.empty():
+                    more = queue.get_nowait()
+                    if more is None:
+                        queue.put_nowait(None)
+                        break
+                    ops.extend(more)
+                await context.write(pb.HeadMsg(ops=ops))
+        finally:
+            reader.cancel()
+            self.scheduler.close_session(session)
+            self.scheduler.flush()
+            self._maybe_exit_unused()
+
+    def _driver_sessions(self) -> int:
+        return sum(1 for s in self.scheduler.sessions.values() if s.kind == "driver" and "/" not in s.session_id)
+
+    def _maybe_exit_unused(self) -> None:
+        if self.args.exit_when_unused and self._driver_sessions() == 0:
+            self.stopping.set()
+
+    async def Status(self, request, context):  # noqa: N802
+        reply = pb.StatusReply(
+            head_version=__version__, pid=os.getpid(), uptime_s=time.monotonic() - self.started,
+            sessions=self._driver_sessions(), tasks_finished=self.scheduler.tasks_finished,
+            store_url=self.store.url,
+        )
+        st = self.scheduler.status()
+        reply.queued, reply.running = st["queued"], st["running"]
+        reply.objects, reply.object_bytes = st["objects"], st["object_bytes"]
+        for node in self.scheduler.nodes:
+            reply.nodes.add(
+                node_id=node.node_id, address=node.hello.address, resources=node.hello.resources,
+                cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
+            )
+        return reply
+
+    async def Shutdown(self, request, context):  # noqa: N802
+        self.stopping.set()
+        return pb.ShutdownReply()
+
+    # ----------------------------------------------------------------------- nodes
+
+    async def start_local_node(self) -> None:
+        node = LocalNodeProcess(
+            f"local-{len(self.local_nodes)}", self.args.num_cpus, self.store.url,
+            str(config.log_dir() / f"node-{self.cluster_id}.log"),
+        )
+        self.local_nodes.append(node)
+        address = await node.start()
+        await self.connect_node(address)
+        asyncio.ensure_future(self._watch_local_node(node))
+
+    async def _watch_local_node(self, node: LocalNodeProcess) -> None:
+        assert node.proc is not None
+        code = await node.proc.wait()
+        if self.shutting_down:
+            return
+        log.error("local node %s exited with %s; starting a new one", node.node_id, code)
+        self.local_nodes.remove(node)
+        try:
+            await self.start_local_node()
+        except Exception:  # noqa: BLE001
+            log.exception("could not restart the local node")
+
+    async def connect_node(self, address: str) -> None:
+        link = NodeLink(self.scheduler, address, self._link_lost)
+        self.links.append(link)
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        link.task = asyncio.ensure_future(link.run(ready))
+        await ready
+
+    def _link_lost(self, link: NodeLink, reason: str) -> None:
+        if link in self.links:
+            self.links.remove(link)
+        if not self.shutting_down:
+            log.warning("lost node at %s: %s", link.address, reason)
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def serve(self) -> None:
+        server = grpc.aio.server(options=config.GRPC_OPTIONS)
+        pb_grpc.add_HeadServicer_to_server(self, server)
+        port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
+        self.address = f"{self.args.host}:{port}"
+        node_start = asyncio.ensure_future(self.start_local_node())
+        await server.start()
+        await node_start
+        self._write_head_file()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        announce(self.address)
+        if self.args.exit_when_unused:
+            asyncio.ensure_future(self._exit_if_nobody_comes())
+        await self.stopping.wait()
+        await self.shutdown(server)
+
+    async def _exit_if_nobody_comes(self) -> None:
+        await asyncio.sleep(60)
+        if self.drivers_seen == 0:
+            self.stopping.set()
+
+    def _write_head_file(self) -> None:
+        info = {
+            "address": self.address, "pid": os.getpid(), "cluster_id": self.cluster_id,
+            "store_url": self.store.url, "version": __version__,
+            "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
+        }
+        path = config.head_file()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+
+    def _remove_head_file(self) -> None:
+        path = config.head_file()
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    async def shutdown(self, server: grpc.aio.Server) -> None:
+        self.shutting_down = True
+        self._remove_head_file()
+        for link in list(self.links):
+            link.shutdown()
+        self.scheduler.flush()
+        await asyncio.gather(*(n.stop() for n in self.local_nodes), return_exceptions=True)
+        for link in list(self.links):
+            if link.task is not None:
+                link.task.cancel()
+        await server.stop(grace=0.5)
+        self.scheduler.drop_all_objects()
+        shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+def announce(address: str) -> None:
+    """Tell whoever started us where we listen, then send our stdout to the log (stderr)."""
+    sys.stdout.write(address + "\n")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+
+def default_cpus() -> float:
+    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m starburst.head", description="Run a starburst head.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--num-cpus", type=float, default=None)
+    parser.add_argument("--cluster-id", default="")
+    parser.add_argument("--exit-when-unused", action="store_true",
+                        help="exit when the last driver disconnects (heads started by init())")
+    args = parser.parse_args(argv)
+    if args.num_cpus is None:
+        args.num_cpus = default_cpus()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(Head(args).serve())

@@ -1,0 +1,345 @@
+"""An executor process: runs the node's tasks one at a time.
+
+It talks to its node over a Unix socket (framing.py). Its stdout and stderr (file descriptors 1
+and 2, so C extensions' output too) are pipes that it forwards, line by line and tagged with the
+running task, to the node and on to the driver. When a task uses the API (nested tasks, ``get``), a
+session with the head is opened lazily and relayed through the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import pickle
+import queue
+import select
+import signal
+import socket
+import sys
+import termios
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+import cloudpickle
+
+from .. import _runtime
+from .._proto import starburst_pb2 as pb
+from ..exceptions import RayTaskError
+from ..serialization import deserialize, serialize
+from ..store import load_value, open_store, pack_value
+from .. import config
+from .framing import encode, recv_frame
+
+
+class Executor:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.id = args.id
+        self.node = args.node
+        self.store = open_store(args.store)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(args.socket)
+        self.send_lock = threading.RLock()
+        self.runs: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[bytes, Any] = {}
+        self.current: pb.Run | None = None
+        self.log_owner = ("executor", "")
+        self.cancel_requested: bytes | None = None
+        self.client = None
+        self.client_lock = threading.Lock()
+        self.node_pid = os.getppid()
+
+    def send(self, msg: pb.ExecutorMsg) -> None:
+        data = encode(msg)
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    # ----------------------------------------------------------------------- node -> executor
+
+    def _read_loop(self) -> None:
+        while True:
+            frame = recv_frame(self.sock)
+            if frame is None:
+                os._exit(0)  # the node closed our socket: it is stopping, or retiring us
+            msg = pb.NodeToExecutorMsg.FromString(frame)
+            kind = msg.WhichOneof("op")
+            if kind == "run":
+                self.runs.put(msg.run)
+            elif kind == "down":
+                client = self.client
+                if client is not None:
+                    client.on_message(msg.down)
+            elif kind == "cancel":
+                run = self.current
+                if run is not None and run.spec.task_id == msg.cancel:
+                    self.cancel_requested = msg.cancel
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    def _on_sigint(self, signum, frame) -> None:
+        run = self.current
+        if run is not None and self.cancel_requested == run.spec.task_id:
+            raise KeyboardInterrupt("task cancelled")
+
+    def _watch_node(self) -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != self.node_pid:
+                os._exit(1)
+
+    # ----------------------------------------------------------------------- the relayed session
+
+    def make_client(self):
+        from ..client import Client
+
+        with self.client_lock:
+            if self.client is None:
+                ctx = _runtime.current_task()
+                self.client = Client(
+                    _RelayTransport(self), kind="executor", job_id=ctx.job_id if ctx else "",
+                    on_block=self._on_block,
+                )
+            return self.client
+
+    def _on_block(self, blocked: bool) -> None:
+        run = self.current
+        if run is None:
+            return
+        self.send(pb.ExecutorMsg(blocked=pb.Blocked(
+            task_id=run.spec.task_id, blocked=blocked, cpus=run.spec.resources.cpus)))
+
+    # ----------------------------------------------------------------------- running tasks
+
+    def serve(self) -> None:
+        self.logs = _LogForwarder(self)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        _runtime.executor_client_factory = self.make_client
+        self.send(pb.ExecutorMsg(hello=self.id))
+        threading.Thread(target=self._read_loop, daemon=True, name="node-reader").start()
+        threading.Thread(target=self._watch_node, daemon=True, name="node-watch").start()
+        while True:
+            run = self.runs.get()
+            keep: list = []
+            done = self.execute(run, keep)
+            self.logs.drain()
+            # What the task sent the head (puts, submits) must arrive before its result, and refs in
+            # the result must stay held until the head has seen the result pin them.
+            if self.client is not None:
+                self.client.transport.flush()
+            self.send(pb.ExecutorMsg(done=done))
+            del keep
+
+    def execute(self, run: pb.Run, keep: list) -> pb.TaskDone:
+        spec = run.spec
+        done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+        self.current = run
+        self.log_owner = (spec.name, spec.job_id)  # kept until the next task: drain() runs after this one
+        self.cancel_requested = None
+        _runtime.set_current_task(_runtime.TaskContext(spec.task_id, spec.job_id, spec.name, spec.resources.cpus))
+        saved_env = {k: os.environ.get(k) for k in spec.env_vars}
+        os.environ.update(spec.env_vars)
+        try:
+            try:
+                function = self._function(run)
+                args, kwargs = self._arguments(run)
+                result = function(*args, **kwargs)
+                keep.append(result)
+                results = self._split(result, len(spec.return_ids), spec)
+            except KeyboardInterrupt:
+                if self.cancel_requested == spec.task_id:
+                    done.failure = pb.TaskDone.CANCELLED
+                    return done
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the task's error goes back to the caller
+                self._fail(done, spec, exc)
+                return done
+            for rid, value in zip(spec.return_ids, results):
+                try:
+                    ser = serialize(value)
+                except Exception as exc:  # noqa: BLE001
+                    err = TypeError(f"could not serialize the return value of {spec.name}: {exc}")
+                    self._fail(done, spec, err)
+                    return done
+                done.results.add(id=rid, value=pack_value(ser, rid.hex(), self.store, config.INLINE_THRESHOLD))
+            return done
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            self.current = None
+            _runtime.set_current_task(None)
+
+    def _function(self, run: pb.Run):
+        fid = run.spec.function_id
+        function = self.functions.get(fid)
+        if function is None:
+            function = cloudpickle.loads(run.function.pickled)
+            if run.function.source_file and hasattr(function, "__code__"):
+                function.__code__ = _with_filename(function.__code__, run.function.source_file)
+            self.functions[fid] = function
+        return function
+
+    def _arguments(self, run: pb.Run) -> tuple[tuple, dict]:
+        from ..remote_function import _Dep
+
+        values = [load_value(obj.value, self.store) for obj in run.deps]
+        by_id = dict(zip((obj.id for obj in run.deps), values))
+        resolved = [by_id[d] for d in run.spec.deps]
+        args, kwargs = load_value(run.spec.args, self.store)
+        args = tuple(resolved[a.index] if isinstance(a, _Dep) else a for a in args)
+        kwargs = {k: resolved[v.index] if isinstance(v, _Dep) else v for k, v in kwargs.items()}
+        return args, kwargs
+
+    @staticmethod
+    def _split(result: Any, n: int, spec: pb.TaskSpec) -> list:
+        if n == 1:
+            return [result]
+        try:
+            values = list(result)
+        except TypeError:
+            raise ValueError(f"{spec.name} has num_returns={n} but returned a {type(result).__name__}") from None
+        if len(values) != n:
+            raise ValueError(f"{spec.name} has num_returns={n} but returned {len(values)} values")
+        return values
+
+    def _fail(self, done: pb.TaskDone, spec: pb.TaskSpec, exc: BaseException) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
+        if isinstance(exc, RayTaskError):  # a failed nested task: keep its cause and its traceback
+            cause = exc.cause
+        else:
+            cause = exc
+        error = RayTaskError(spec.name, tb, cause, os.getpid(), self.node)
+        try:
+            data = serialize(error).to_bytes()
+        except Exception:  # noqa: BLE001 - the exception itself can't be pickled: keep its text
+            error = RayTaskError(spec.name, tb, None, os.getpid(), self.node)
+            data = serialize(error).to_bytes()
+        value = pb.Value(inline=data, is_error=True, size=len(data))
+        for rid in spec.return_ids:
+            done.results.add(id=rid, value=value)
+        if spec.retry_exceptions:
+            allowed = pickle.loads(spec.retry_exceptions)
+            done.retryable = allowed is True or (isinstance(allowed, tuple) and isinstance(cause, allowed))
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    """Give code pickled by value its real file name back, so tracebacks point at the source."""
+    if code.co_filename != "<dynamic-code>":
+        return code
+    consts = tuple(_with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+class _RelayTransport:
+    """The executor's session with the head, tunnelled through the node socket."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.client = None
+
+    def start(self, client) -> None:
+        self.client = client
+        self.executor.client = client  # replies (the welcome first) are routed to it from now on
+        threading.Thread(target=self._sender, daemon=True, name="session-sender").start()
+
+    def wake(self) -> None:
+        self.event.set()
+
+    def close(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        with self.lock:
+            ops = self.client.take_outbox()
+            if ops:
+                self.executor.send(pb.ExecutorMsg(up=pb.ClientMsg(ops=ops)))
+
+    def _sender(self) -> None:
+        while True:
+            self.event.wait()
+            self.event.clear()
+            self.flush()
+
+
+class _LogForwarder:
+    """Replace fds 1 and 2 with pipes; forward whole lines to the node, tagged with the running task."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.pipes = []
+        for stream_no in (1, 2):
+            r, w = os.pipe()
+            os.dup2(w, stream_no)
+            os.close(w)
+            lock = threading.Lock()
+            state = {"partial": b""}
+            self.pipes.append((stream_no, r, lock, state))
+            threading.Thread(target=self._reader, args=(stream_no, r, lock, state), daemon=True).start()
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+
+    def _reader(self, stream_no: int, r: int, lock: threading.Lock, state: dict) -> None:
+        # Bytes leave the pipe only under the lock, so drain() can tell when all were forwarded.
+        poller = select.poll()
+        poller.register(r, select.POLLIN)
+        while True:
+            poller.poll()
+            with lock:
+                data = os.read(r, 65536)
+                if not data:
+                    return
+                data = state["partial"] + data
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    state["partial"] = data
+                    continue
+                state["partial"] = data[cut + 1 :]
+                self._emit(stream_no, data[: cut + 1])
+
+    def _emit(self, stream_no: int, data: bytes) -> None:
+        name, job = self.executor.log_owner
+        text = data.decode("utf-8", errors="replace")
+        self.executor.send(pb.ExecutorMsg(log=pb.Log(
+            job_id=job, task_name=name, pid=os.getpid(), node=self.executor.node, stream=stream_no,
+            text=text.rstrip("\n"),
+        )))
+
+    def drain(self) -> None:
+        """Deliver everything the finished task wrote before its result leaves."""
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (ValueError, OSError):
+            pass
+        deadline = time.monotonic() + 2.0
+        buf = bytearray(4)
+        for stream_no, r, lock, state in self.pipes:
+            while True:
+                with lock:
+                    fcntl.ioctl(r, termios.FIONREAD, buf)
+                    if int.from_bytes(buf, sys.byteorder) == 0 or time.monotonic() > deadline:
+                        if state["partial"]:
+                            data, state["partial"] = state["partial"], b""
+                            self._emit(stream_no, data)
+                        break
+                time.sleep(0.0001)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m starburst.node.executor")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--id", type=int, required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--node", default="")
+    Executor(parser.parse_args()).serve()
+
+
+if __name__ == "__main__":
+    main()

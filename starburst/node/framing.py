@@ -1,0 +1,41 @@
+"""Length-prefixed protobuf frames between a node and its executors (a Unix socket per executor)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+_LEN = struct.Struct("<I")
+
+
+def encode(msg) -> bytes:
+    data = msg.SerializeToString()
+    return _LEN.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        header = await reader.readexactly(4)
+        return await reader.readexactly(_LEN.unpack(header)[0])
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+def recv_frame(sock: socket.socket) -> bytes | None:
+    header = _recv_exactly(sock, 4)
+    if header is None:
+        return None
+    return _recv_exactly(sock, _LEN.unpack(header)[0])
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)

@@ -1,0 +1,382 @@
+"""The node process: serves one head's Work stream and runs its tasks on a pool of executors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import tempfile
+import uuid
+
+import grpc
+
+from .. import config
+from .._proto import starburst_pb2 as pb
+from .._proto import starburst_pb2_grpc as pb_grpc
+from .._version import __version__
+from .framing import encode, read_frame
+
+log = logging.getLogger("starburst.node")
+
+
+class Executor:
+    """The node's handle on one executor process."""
+
+    def __init__(self, executor_id: int) -> None:
+        self.id = executor_id
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.run: pb.Run | None = None
+        self.functions: set[bytes] = set()
+        self.blocked = False
+        self.kill_reason: str | None = None  # set when the node kills it on purpose
+        self.has_session = False
+
+    @property
+    def idle(self) -> bool:
+        return self.writer is not None and self.run is None
+
+    def send(self, msg: pb.NodeToExecutorMsg) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(encode(msg))
+
+
+class NodeServer(pb_grpc.NodeServicer):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.node_id = args.node_id or "node-" + uuid.uuid4().hex[:8]
+        self.num_cpus = args.num_cpus
+        self.pool_size = max(1, math.ceil(self.num_cpus))
+        self.max_executors = self.pool_size * 4 + 16
+        self.free_cpus = self.num_cpus
+        self.queue: collections.deque[pb.Run] = collections.deque()
+        self.functions: dict[bytes, pb.Function] = {}
+        self.executors: dict[int, Executor] = {}
+        self.starting = 0
+        self.next_id = 0
+        self.socket_dir = tempfile.mkdtemp(prefix="starburst-node-")
+        self.socket_path = os.path.join(self.socket_dir, "executors.sock")
+        self.out: list[pb.NodeToHeadOp] = []
+        self.out_event = asyncio.Event()
+        self.head_connected = False
+        self.stop = asyncio.Event()
+        self.address = ""
+
+    # ----------------------------------------------------------------------- head stream
+
+    def to_head(self, op: pb.NodeToHeadOp) -> None:
+        self.out.append(op)
+        self.out_event.set()
+
+    async def Work(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        if self.head_connected:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node already serves a head")
+        self.head_connected = True
+        hello = pb.NodeHello(
+            node_id=self.node_id, store_url=self.args.store, pid=os.getpid(), address=self.address,
+            versions={"python": platform.python_version(), "starburst": __version__},
+        )
+        hello.resources.cpus = self.num_cpus
+        hello.resources.memory = float(_total_memory())
+        await context.write(pb.NodeToHead(ops=[pb.NodeToHeadOp(hello=hello)]))
+
+        async def read() -> None:
+            try:
+                while True:
+                    msg = await context.read()
+                    if msg is grpc.aio.EOF:
+                        break
+                    for op in msg.ops:
+                        self._on_head_op(op)
+                    self._pump()
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+            finally:
+                self.stop.set()
+                self.out_event.set()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while not self.stop.is_set():
+                await self.out_event.wait()
+                self.out_event.clear()
+                if self.out:
+                    ops, self.out = self.out, []
+                    await context.write(pb.NodeToHead(ops=ops))
+        finally:
+            reader.cancel()
+            # The head is gone (or told us to stop): a node without a head has no purpose.
+            self.stop.set()
+
+    def _on_head_op(self, op: pb.HeadToNodeOp) -> None:
+        kind = op.WhichOneof("op")
+        if kind == "run":
+            run = op.run
+            if run.HasField("function"):
+                self.functions[run.function.id] = run.function
+            self.queue.append(run)
+        elif kind == "relay":
+            executor = self.executors.get(op.relay.executor)
+            if executor is not None:
+                executor.send(pb.NodeToExecutorMsg(down=op.relay.down))
+        elif kind == "cancel":
+            self._cancel(op.cancel.object_id, op.cancel.force)
+        elif kind == "shutdown":
+            self.stop.set()
+            self.out_event.set()
+
+    def _cancel(self, task_id: bytes, force: bool) -> None:
+        for run in self.queue:
+            if run.spec.task_id == task_id:
+                self.queue.remove(run)
+                self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
+                return
+        for executor in self.executors.values():
+            if executor.run is not None and executor.run.spec.task_id == task_id:
+                if force:
+                    executor.kill_reason = "cancelled"
+                    if executor.proc is not None and executor.proc.returncode is None:
+                        executor.proc.kill()
+                else:
+                    executor.send(pb.NodeToExecutorMsg(cancel=task_id))
+                return
+
+    def _report(self, done: pb.TaskDone) -> None:
+        self.to_head(pb.NodeToHeadOp(done=done))
+
+    # ----------------------------------------------------------------------- executors
+
+    def _pump(self) -> None:
+        """Start queued tasks while CPUs allow, on idle executors (starting more when needed)."""
+        while self.queue:
+            run = self.queue[0]
+            cpus = run.spec.resources.cpus
+            if cpus > self.free_cpus + 1e-9:
+                return
+            executor = next((e for e in self.executors.values() if e.idle), None)
+            if executor is None:
+                if self.starting == 0 and len(self.executors) < self.max_executors:
+                    self._spawn()
+                return
+            self.queue.popleft()
+            self.free_cpus -= cpus
+            executor.run = run
+            if run.spec.function_id not in executor.functions:
+                executor.functions.add(run.spec.function_id)
+                if not run.HasField("function"):
+                    run.function.CopyFrom(self.functions[run.spec.function_id])
+            elif run.HasField("function"):
+                run.ClearField("function")
+            executor.send(pb.NodeToExecutorMsg(run=run))
+
+    def _spawn(self) -> None:
+        executor = Executor(self.next_id)
+        self.next_id += 1
+        self.executors[executor.id] = executor
+        self.starting += 1
+        asyncio.ensure_future(self._run_executor(executor))
+
+    async def _run_executor(self, executor: Executor) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        try:
+            executor.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "starburst.node.executor",
+                "--socket", self.socket_path, "--id", str(executor.id), "--store", self.args.store,
+                "--node", self.args.advertise or "",
+                stdin=asyncio.subprocess.DEVNULL, env=env,
+            )
+        except Exception:  # noqa: BLE001
+            log.exception("could not start an executor")
+            self.starting -= 1
+            self.executors.pop(executor.id, None)
+            return
+        code = await executor.proc.wait()
+        if executor.writer is None:  # died before connecting
+            self.starting -= 1
+        self._executor_gone(executor, code)
+
+    def _executor_gone(self, executor: Executor, code: int) -> None:
+        self.executors.pop(executor.id, None)
+        if executor.has_session:
+            self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
+        run = executor.run
+        if run is not None:
+            if not executor.blocked:
+                self.free_cpus += run.spec.resources.cpus
+            else:
+                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
+                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
+            if executor.kill_reason == "cancelled":
+                self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.CANCELLED))
+            else:
+                self._report(pb.TaskDone(
+                    task_id=run.spec.task_id, failure=pb.TaskDone.WORKER_DIED, attempt=run.spec.attempt,
+                    detail=f"its worker process (pid {executor.proc.pid if executor.proc else '?'}) "
+                           f"died with {_describe_exit(code)}",
+                ))
+        if not self.stop.is_set():
+            while len(self.executors) < self.pool_size:
+                self._spawn()
+            self._pump()
+
+    async def _on_executor_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        executor: Executor | None = None
+        try:
+            first = await read_frame(reader)
+            if first is None:
+                return
+            hello = pb.ExecutorMsg.FromString(first)
+            executor = self.executors.get(hello.hello)
+            if executor is None:
+                return
+            executor.writer = writer
+            self.starting -= 1
+            self._pump()
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    break
+                self._on_executor_msg(executor, pb.ExecutorMsg.FromString(frame))
+        finally:
+            writer.close()
+
+    def _on_executor_msg(self, executor: Executor, msg: pb.ExecutorMsg) -> None:
+        kind = msg.WhichOneof("op")
+        if kind == "done":
+            run = executor.run
+            executor.run = None
+            if run is not None:
+                if executor.blocked:
+                    executor.blocked = False
+                    self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
+                        task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
+                self.free_cpus += run.spec.resources.cpus
+            self._report(msg.done)
+            self._retire_extra(executor)
+            self._pump()
+        elif kind == "log":
+            self.to_head(pb.NodeToHeadOp(log=msg.log))
+        elif kind == "up":
+            executor.has_session = True
+            self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
+        elif kind == "blocked":
+            run = executor.run
+            if run is None or executor.blocked == msg.blocked.blocked:
+                return
+            executor.blocked = msg.blocked.blocked
+            cpus = run.spec.resources.cpus
+            self.free_cpus += cpus if executor.blocked else -cpus
+            self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
+                task_id=run.spec.task_id, blocked=executor.blocked, cpus=cpus)))
+            self._pump()
+
+    def _retire_extra(self, executor: Executor) -> None:
+        """Executors started while others were blocked go away once they are not needed."""
+        if len(self.executors) > self.pool_size and not self.queue and executor.writer is not None:
+            executor.writer.close()
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def serve(self) -> None:
+        unix_server = await asyncio.start_unix_server(self._on_executor_connection, path=self.socket_path)
+        for _ in range(self.pool_size):
+            self._spawn()
+        server = grpc.aio.server(options=config.GRPC_OPTIONS)
+        pb_grpc.add_NodeServicer_to_server(self, server)
+        port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
+        self.address = f"{self.args.host}:{port}"
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        sys.stdout.write(self.address + "\n")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        watchdog = asyncio.ensure_future(self._watch_parent())
+        first_head = asyncio.ensure_future(self._expect_head())
+        await self.stop.wait()
+        watchdog.cancel()
+        first_head.cancel()
+        await self._shutdown(server, unix_server)
+
+    async def _expect_head(self) -> None:
+        await asyncio.sleep(self.args.lease)
+        if not self.head_connected:
+            log.error("no head connected within %s s; exiting", self.args.lease)
+            self.stop.set()
+
+    async def _watch_parent(self) -> None:
+        parent = self.args.parent_pid
+        while parent:
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent:
+                log.error("the head (pid %s) is gone; exiting", parent)
+                self.stop.set()
+                return
+
+    async def _shutdown(self, server: grpc.aio.Server, unix_server: asyncio.AbstractServer) -> None:
+        procs = [e.proc for e in self.executors.values() if e.proc is not None and e.proc.returncode is None]
+        for executor in self.executors.values():
+            executor.kill_reason = "shutdown"
+            if executor.writer is not None:
+                executor.writer.close()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except ProcessLookupError:
+                pass
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 3)
+        except asyncio.TimeoutError:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+        unix_server.close()
+        await server.stop(grace=0.2)
+        try:
+            os.unlink(self.socket_path)
+            os.rmdir(self.socket_dir)
+        except OSError:
+            pass
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _total_memory() -> int:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().total
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m starburst.node", description="Run a starburst node.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--advertise", default="", help="name shown in task output (remote nodes)")
+    parser.add_argument("--node-id", default="")
+    parser.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--store", required=True, help="object store URL")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--lease", type=float, default=60.0,
+                        help="seconds to wait for a head before exiting")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(NodeServer(args).serve())

@@ -1,0 +1,42 @@
+"""Object stores: where values above the inline threshold live. Only their keys cross gRPC.
+
+``open_store(url)`` picks the implementation from the URL: ``file://`` is the local node's
+memory-backed directory (shared by every process on the machine).
+"""
+
+from __future__ import annotations
+
+from .._proto import starburst_pb2 as pb
+from ..serialization import Serialized
+from .base import ObjectStore
+from .local import LocalStore
+
+
+def open_store(url: str) -> ObjectStore:
+    if url.startswith("file://"):
+        return LocalStore(url[len("file://") :])
+    raise ValueError(f"unsupported object store URL {url!r} (expected file://...)")
+
+
+def pack_value(ser: Serialized, key: str, store: ObjectStore, inline_threshold: int) -> pb.Value:
+    """A Value message for ``ser``: inline when small, else written to ``store`` under ``key``."""
+    size = ser.size
+    if size >= inline_threshold:
+        store.put(key, ser)
+        value = pb.Value(key=key, size=size)
+    else:
+        value = pb.Value(inline=ser.to_bytes(), size=size)
+    value.contained.extend(ser.contained)
+    return value
+
+
+def load_value(value: pb.Value, store: ObjectStore):
+    """Deserialize a Value message (zero-copy from the store for large ones)."""
+    from ..serialization import deserialize
+
+    if value.WhichOneof("where") == "key":
+        return deserialize(store.get(value.key))
+    return deserialize(value.inline)
+
+
+__all__ = ["ObjectStore", "LocalStore", "open_store", "pack_value", "load_value"]

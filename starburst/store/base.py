@@ -1,0 +1,28 @@
+"""The object store interface."""
+
+from __future__ import annotations
+
+import abc
+
+from ..serialization import Serialized
+
+
+class ObjectStore(abc.ABC):
+    """Holds serialized values by key. Every process of a cluster can reach the same store."""
+
+    url: str
+
+    @abc.abstractmethod
+    def put(self, key: str, value: Serialized) -> None:
+        """Store ``value`` under ``key``; the object is complete when this returns."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> memoryview:
+        """A read-only view of the serialized value (zero-copy where the store allows)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Drop the value; views already handed out stay valid."""
+
+    def close(self) -> None:
+        """Release what the store holds open (not the stored values)."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: every test session gets its own STARBURST_HOME, so tests never find or disturb a
+head that a developer started on this machine, and a module-scoped embedded cluster."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import tempfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def starburst_home():
+    home = tempfile.mkdtemp(prefix="starburst-test-home-")
+    os.environ["STARBURST_HOME"] = home
+    yield pathlib.Path(home)
+
+
+@pytest.fixture(scope="module")
+def cluster(starburst_home):
+    """An embedded cluster with 2 CPUs for the whole test module; yields the starburst module."""
+    import starburst
+
+    starburst.init(num_cpus=2)
+    yield starburst
+    starburst.shutdown()
+
+
+@pytest.fixture
+def run_script(tmp_path, starburst_home):
+    """Run a Python source text in a fresh interpreter; return the CompletedProcess (text mode)."""
+    import subprocess
+    import textwrap
+
+    def run(source: str, timeout: float = 120, env: dict | None = None, check: bool = True):
+        path = tmp_path / "script.py"
+        path.write_text(textwrap.dedent(source))
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        # A private home: the script starts (and must stop) its own cluster, never the module's.
+        full_env["STARBURST_HOME"] = str(tmp_path / "home")
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, str(path)], capture_output=True, text=True, timeout=timeout, env=full_env
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
