@@ -56,6 +56,7 @@ class Client:
         self._subscribed: set[bytes] = set()
         self._expected: set[bytes] = set()  # returns of our own tasks: the head pushes them
         self._futures: dict[bytes, list[concurrent.futures.Future]] = {}
+        self._waiters: dict[bytes, list[_Waiter]] = {}
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
         self._functions_sent: set[bytes] = set()
@@ -178,39 +179,51 @@ class Client:
 
     def _wait_ready(self, ids: list[bytes], num: int, deadline: float | None, stop_on_error: bool) -> None:
         """Block until ``num`` of ``ids`` have values (or one is an error, or the deadline passes)."""
+        if num <= 0:
+            return
         with self._cond:
+            if self._error is not None:
+                raise RaySystemError(f"lost the session with the head: {self._error}")
             self._ensure_subscribed(ids)
+            waiter = _Waiter(num, stop_on_error)
+            for object_id in ids:
+                v = self._values.get(object_id)
+                if v is not None:
+                    waiter.arrived(v)
+                else:
+                    self._waiters.setdefault(object_id, []).append(waiter)
+            if waiter.event.is_set():
+                self._drop_waiter(waiter, ids)
+                return
         self._wake()
         blocked = False
         try:
-            with self._cond:
-                while True:
-                    if self._error is not None:
-                        raise RaySystemError(f"lost the session with the head: {self._error}")
-                    ready = 0
-                    for object_id in ids:
-                        v = self._values.get(object_id)
-                        if v is not None:
-                            if stop_on_error and v.is_error:
-                                return
-                            ready += 1
-                    if ready >= num:
-                        return
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return
-                    if not blocked and self._on_block is not None:
-                        blocked = True
-                        self._cond.release()
-                        try:
-                            self._on_block(True)
-                        finally:
-                            self._cond.acquire()
-                        continue
-                    self._cond.wait(remaining)
+            if self._on_block is not None and not waiter.event.wait(0.001):
+                blocked = True
+                self._on_block(True)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waiter.event.wait(remaining)
         finally:
-            if blocked and self._on_block is not None:
+            with self._cond:
+                self._drop_waiter(waiter, ids)
+            if blocked:
                 self._on_block(False)
+        if self._error is not None and not waiter.event.is_set():
+            raise RaySystemError(f"lost the session with the head: {self._error}")
+
+    def _drop_waiter(self, waiter: "_Waiter", ids: list[bytes]) -> None:
+        if waiter.registered_all_done:
+            return
+        waiter.registered_all_done = True
+        for object_id in ids:
+            waiters = self._waiters.get(object_id)
+            if waiters:
+                try:
+                    waiters.remove(waiter)
+                except ValueError:
+                    pass
+                if not waiters:
+                    del self._waiters[object_id]
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [r._id for r in refs]
@@ -297,15 +310,19 @@ class Client:
                 if kind == "ready":
                     object_id = op.ready.id
                     if object_id in self._refs:
-                        self._values[object_id] = op.ready.value
+                        value = op.ready.value
+                        self._values[object_id] = value
                         self._expected.discard(object_id)
                         for fut in self._futures.pop(object_id, ()):
-                            ready_futures.append((fut, op.ready.value))
+                            ready_futures.append((fut, value))
+                        for waiter in self._waiters.pop(object_id, ()):
+                            waiter.arrived(value)
                 elif kind == "welcome":
                     self.welcome = op.welcome
+                    self._cond.notify_all()
                 elif kind == "error":
                     self._error = op.error
-            self._cond.notify_all()
+                    self._cond.notify_all()
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
 
@@ -317,6 +334,10 @@ class Client:
             self.closed = True
             futures = [f for fs in self._futures.values() for f in fs]
             self._futures.clear()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+            self._waiters.clear()
             self._cond.notify_all()
         for fut in futures:
             if not fut.done():
@@ -330,6 +351,23 @@ class Client:
             self._error = self._error or "closed"
             self._cond.notify_all()
         self.transport.close()
+
+
+class _Waiter:
+    """One blocked get()/wait(): counts arrivals so the caller is woken once, not per value."""
+
+    __slots__ = ("needed", "stop_on_error", "event", "registered_all_done")
+
+    def __init__(self, num: int, stop_on_error: bool) -> None:
+        self.needed = num
+        self.stop_on_error = stop_on_error
+        self.event = threading.Event()
+        self.registered_all_done = False
+
+    def arrived(self, value: pb.Value) -> None:
+        self.needed -= 1
+        if self.needed <= 0 or (self.stop_on_error and value.is_error):
+            self.event.set()
 
 
 def print_log(log: pb.Log) -> None:

@@ -26,8 +26,11 @@ from ..store import ObjectStore
 
 log = logging.getLogger("starburst.head")
 
-#: How much work a node may hold beyond its CPUs, so executors never wait for the head.
-PREFETCH_FACTOR = 2.0
+#: A node may hold this many tasks per CPU (running + queued there), so executors never wait for
+#: the head; more would risk a convoy on one node while another idles.
+PREFETCH_PER_CPU = 4.0
+#: When a sink has more work coming, its batch may wait this long to gather more operations.
+LINGER_S = 0.001
 
 
 class Sink:
@@ -62,6 +65,7 @@ class Session(Sink):
         self.namespace = ""
         self.pid = 0
         self.held: set[bytes] = set()
+        self.outstanding = 0  # tasks submitted by this session and not finished
         self.closed = False
         self._deliver = deliver
 
@@ -89,16 +93,18 @@ class Node(Sink):
         if self.alive:
             self._deliver(ops)
 
+    def has_room(self) -> bool:
+        return len(self.inflight) < PREFETCH_PER_CPU * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
+
     def fits(self, want: dict[str, float]) -> bool:
-        limit_tasks = PREFETCH_FACTOR * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
-        if len(self.inflight) >= limit_tasks:
+        if not self.has_room():
             return False
         for name, qty in want.items():
             if not qty:
                 continue
             total = self.total.get(name, 0.0)
             if name == "CPU":
-                total = total * PREFETCH_FACTOR + self.blocked_cpus
+                total = total * PREFETCH_PER_CPU + self.blocked_cpus
             if self.used[name] + qty > total + 1e-9:
                 return False
         return True
@@ -321,6 +327,7 @@ class Scheduler:
             spec.job_id = session.job_id
         task = Task(spec, session)
         self.tasks[spec.task_id] = task
+        session.outstanding += 1
         for rid in spec.return_ids:
             obj = self._obj(rid)
             obj.refs += 1
@@ -364,6 +371,7 @@ class Scheduler:
             except ValueError:
                 pass
         task.state = Task.DONE
+        task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
         self.tasks_finished += 1
         for result in results:
@@ -474,14 +482,16 @@ class Scheduler:
     def _dispatch(self) -> None:
         if not self.queue or not self.nodes:
             return
+        # A task that fits nowhere doesn't hold up smaller ones behind it, but we look only a few
+        # tasks ahead: this runs after every incoming batch.
         skipped: list[Task] = []
-        while self.queue:
+        while self.queue and len(skipped) < 8:
+            if not any(n.has_room() for n in self.nodes):
+                break
             task = self.queue.popleft()
             node = self._pick_node(task)
             if node is None:
                 skipped.append(task)
-                if len(skipped) >= 64:
-                    break
                 continue
             self._run_on(task, node)
         self.queue.extendleft(reversed(skipped))

@@ -21,7 +21,7 @@ from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..store import LocalStore
 from .nodes import LocalNodeProcess, NodeLink
-from .scheduler import Scheduler, Session
+from .scheduler import LINGER_S, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
@@ -71,6 +71,8 @@ class Head(pb_grpc.HeadServicer):
                 ops = await queue.get()
                 if ops is None:
                     break
+                if session.outstanding > 1:  # more results are coming: send them together
+                    await asyncio.sleep(LINGER_S)
                 while not queue.empty():
                     more = queue.get_nowait()
                     if more is None:

@@ -14,6 +14,28 @@ def encode(msg) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+async def read_frames(reader: asyncio.StreamReader):
+    """Yield frames as they arrive, taking every complete frame from each read (one await per burst)."""
+    buf = b""
+    while True:
+        try:
+            chunk = await reader.read(1 << 20)
+        except ConnectionError:
+            return
+        if not chunk:
+            return
+        buf = buf + chunk if buf else chunk
+        start = 0
+        end = len(buf)
+        while end - start >= 4:
+            (n,) = _LEN.unpack_from(buf, start)
+            if end - start - 4 < n:
+                break
+            yield buf[start + 4 : start + 4 + n]
+            start += 4 + n
+        buf = buf[start:]
+
+
 async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
     try:
         header = await reader.readexactly(4)

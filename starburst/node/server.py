@@ -20,9 +20,12 @@ from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
-from .framing import encode, read_frame
+from .framing import encode, read_frames
 
 log = logging.getLogger("starburst.node")
+
+#: When more results are on their way, a batch to the head may wait this long to gather them.
+LINGER_S = 0.001
 
 
 class Executor:
@@ -105,6 +108,8 @@ class NodeServer(pb_grpc.NodeServicer):
         try:
             while not self.stop.is_set():
                 await self.out_event.wait()
+                if self.queue or self._running() > 1:  # more results are coming: send them together
+                    await asyncio.sleep(LINGER_S)
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
@@ -146,6 +151,9 @@ class NodeServer(pb_grpc.NodeServicer):
                 else:
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
                 return
+
+    def _running(self) -> int:
+        return sum(1 for e in self.executors.values() if e.run is not None)
 
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))
@@ -229,21 +237,17 @@ class NodeServer(pb_grpc.NodeServicer):
     async def _on_executor_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         executor: Executor | None = None
         try:
-            first = await read_frame(reader)
-            if first is None:
-                return
-            hello = pb.ExecutorMsg.FromString(first)
-            executor = self.executors.get(hello.hello)
-            if executor is None:
-                return
-            executor.writer = writer
-            self.starting -= 1
-            self._pump()
-            while True:
-                frame = await read_frame(reader)
-                if frame is None:
-                    break
-                self._on_executor_msg(executor, pb.ExecutorMsg.FromString(frame))
+            async for frame in read_frames(reader):
+                msg = pb.ExecutorMsg.FromString(frame)
+                if executor is None:
+                    executor = self.executors.get(msg.hello)
+                    if executor is None:
+                        return
+                    executor.writer = writer
+                    self.starting -= 1
+                    self._pump()
+                    continue
+                self._on_executor_msg(executor, msg)
         finally:
             writer.close()
 
