@@ -107,8 +107,9 @@ class NodeLink:
 class LocalNodeProcess:
     """A node process on this machine (the embedded default cluster has one)."""
 
-    def __init__(self, node_id: str, num_cpus: float, store_url: str, log_path: str) -> None:
+    def __init__(self, node_id: str, num_cpus: float, store_url: str, log_path: str, runtime_dir: str) -> None:
         self.node_id = node_id
+        self.runtime_dir = runtime_dir
         self.num_cpus = num_cpus
         self.store_url = store_url
         self.log_path = log_path
@@ -122,6 +123,7 @@ class LocalNodeProcess:
                 sys.executable, "-m", "starburst.node",
                 "--node-id", self.node_id, "--num-cpus", str(self.num_cpus),
                 "--store", self.store_url, "--parent-pid", str(os.getpid()),
+                "--runtime-dir", self.runtime_dir, "--cleanup-dir", self.runtime_dir,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
             )
         finally:

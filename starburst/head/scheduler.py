@@ -86,6 +86,7 @@ class Node(Sink):
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
         self.functions: set[bytes] = set()
+        self.executors = 0
         self.alive = True
         self._deliver = deliver
 
@@ -448,6 +449,8 @@ class Scheduler:
             elif kind == "blocked":
                 delta = op.blocked.cpus if op.blocked.blocked else -op.blocked.cpus
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
+            elif kind == "executors":
+                node.executors = op.executors
         self._dispatch()
 
     def _route_log(self, entry: pb.Log) -> None:

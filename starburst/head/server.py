@@ -106,6 +106,7 @@ class Head(pb_grpc.HeadServicer):
             reply.nodes.add(
                 node_id=node.node_id, address=node.hello.address, resources=node.hello.resources,
                 cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
+                executors=node.executors,
             )
         return reply
 
@@ -118,7 +119,7 @@ class Head(pb_grpc.HeadServicer):
     async def start_local_node(self) -> None:
         node = LocalNodeProcess(
             f"local-{len(self.local_nodes)}", self.args.num_cpus, self.store.url,
-            str(config.log_dir() / f"node-{self.cluster_id}.log"),
+            str(config.log_dir() / f"node-{self.cluster_id}.log"), self.store_dir,
         )
         self.local_nodes.append(node)
         address = await node.start()

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -63,7 +64,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.executors: dict[int, Executor] = {}
         self.starting = 0
         self.next_id = 0
-        self.socket_dir = tempfile.mkdtemp(prefix="starburst-node-")
+        self.socket_dir = tempfile.mkdtemp(prefix=f"{self.node_id}-", dir=args.runtime_dir or None)
         self.socket_path = os.path.join(self.socket_dir, "executors.sock")
         self.out: list[pb.NodeToHeadOp] = []
         self.out_event = asyncio.Event()
@@ -210,8 +211,13 @@ class NodeServer(pb_grpc.NodeServicer):
             self.starting -= 1
         self._executor_gone(executor, code)
 
+    def _report_executors(self) -> None:
+        alive = sum(1 for e in self.executors.values() if e.writer is not None)
+        self.to_head(pb.NodeToHeadOp(executors=alive))
+
     def _executor_gone(self, executor: Executor, code: int) -> None:
         self.executors.pop(executor.id, None)
+        self._report_executors()
         if executor.has_session:
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
         run = executor.run
@@ -245,6 +251,7 @@ class NodeServer(pb_grpc.NodeServicer):
                         return
                     executor.writer = writer
                     self.starting -= 1
+                    self._report_executors()
                     self._pump()
                     continue
                 self._on_executor_msg(executor, msg)
@@ -350,6 +357,10 @@ class NodeServer(pb_grpc.NodeServicer):
             os.rmdir(self.socket_dir)
         except OSError:
             pass
+        parent = self.args.parent_pid
+        if self.args.cleanup_dir and parent and os.getppid() != parent:
+            # The head was killed before it could clean up after itself; its store is ours to remove.
+            shutil.rmtree(self.args.cleanup_dir, ignore_errors=True)
 
 
 def _describe_exit(code: int) -> str:
@@ -381,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--lease", type=float, default=60.0,
                         help="seconds to wait for a head before exiting")
+    parser.add_argument("--runtime-dir", default="", help="where to put the executors' socket")
+    parser.add_argument("--cleanup-dir", default="",
+                        help="remove this directory on exit if the head died (local nodes: the store)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(NodeServer(args).serve())

@@ -1,0 +1,144 @@
+"""The ``starburst`` command: start, inspect and stop a cluster.
+
+    starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
+    starburst status [--json]                 what the running head is doing
+    starburst down                            stop the running head, its nodes and executors
+
+Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import config
+from ._version import __version__
+from .head import process
+
+EXIT_FAILED = 1
+EXIT_NOT_RUNNING = 3
+
+
+def _status(address: str):
+    import grpc
+
+    from ._proto import starburst_pb2 as pb
+    from ._proto import starburst_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    with process.head_lock():
+        running = process.find_head()
+        if running is not None:
+            print(f"starburst is already running at {running.address} (pid {running.pid}); "
+                  "'starburst down' stops it.")
+            return 0
+        info = process.start_head(args.num_cpus, exit_when_unused=False, port=args.port)
+    print(f"starburst head running at {info.address} (pid {info.pid})")
+    print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = process.find_head()
+    if info is None:
+        print("no starburst cluster is running (start one with 'starburst up')", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    try:
+        st = _status(info.address)
+    except Exception as exc:  # noqa: BLE001 - any RPC failure means we can't tell
+        print(f"the head at {info.address} (pid {info.pid}) does not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    total_cpus = sum(n.resources.cpus for n in st.nodes)
+    used = sum(n.cpus_in_use for n in st.nodes)
+    if args.json:
+        print(json.dumps({
+            "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
+            "drivers": st.sessions, "queued": st.queued, "running": st.running,
+            "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
+            "store": st.store_url,
+            "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
+                       "cpus_in_use": n.cpus_in_use, "running": n.running, "executors": n.executors,
+                       "pid": n.pid} for n in st.nodes],
+        }))
+        return 0
+    print(f"starburst {st.head_version} at {info.address} (pid {st.pid}), up {_duration(st.uptime_s)}")
+    print(f"  drivers {st.sessions}   tasks: {st.running} running, {st.queued} queued, "
+          f"{st.tasks_finished} finished")
+    print(f"  objects {st.objects} ({_size(st.object_bytes)}) in {st.store_url}")
+    print(f"  nodes {len(st.nodes)}   CPUs {used:g}/{total_cpus:g} in use")
+    for n in st.nodes:
+        print(f"    {n.node_id:<12} {n.address:<22} {n.resources.cpus:g} CPUs, {n.running} tasks, "
+              f"{n.executors} executors, pid {n.pid}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    info = process.find_head()
+    if info is None:
+        print("no starburst cluster is running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if process.stop_head(info, timeout=args.timeout):
+        print(f"stopped the starburst head (pid {info.pid}) and its nodes")
+        return 0
+    print(f"the head (pid {info.pid}) did not stop within {args.timeout:g} s", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="starburst", description="Run Ray Core code on a local cluster (and soon on AWS Fargate).",
+        epilog=f"State lives in {config.home()} (set STARBURST_HOME to change it).",
+    )
+    parser.add_argument("--version", action="version", version=f"starburst {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    up = sub.add_parser("up", help="start a local cluster that stays up until 'starburst down'",
+                        description="Start a head and a local node. Drivers' init() finds and reuses it, "
+                                    "so warm workers survive a notebook restart.")
+    up.add_argument("--num-cpus", type=float, default=None, help="executors to run (default: all CPUs)")
+    up.add_argument("--port", type=int, default=0, help="port for drivers (default: any free port)")
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="show the running cluster: nodes, tasks, objects",
+                            description="Show the running cluster. Exit code 3 when none is running.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop the running cluster and everything it started",
+                          description="Stop the head, its nodes and their executors. Exit code 3 when "
+                                      "none is running.")
+    down.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to exit")
+    down.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it doesn't dump a traceback
+        print(f"starburst {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

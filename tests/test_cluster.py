@@ -1,0 +1,210 @@
+"""The process model end to end: heads, nodes and executors start, are reused, recover and stop
+without leaving processes or files behind; the CLI drives them; the wire contract is current."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def cli(home: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, STARBURST_HOME=str(home))
+    return subprocess.run(
+        [sys.executable, "-m", "starburst", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    """Wait for the processes to exit; return those still alive (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        still = []
+        for pid in alive:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    still.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        alive = still
+        if alive:
+            time.sleep(0.1)
+    return alive
+
+
+def tree(pid: int) -> list[int]:
+    """The process and every descendant of it."""
+    proc = psutil.Process(pid)
+    return [pid] + [c.pid for c in proc.children(recursive=True)]
+
+
+def test_generated_protobuf_code_is_current(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    fresh = tmp_path / "starburst" / "_proto"
+    committed = ROOT / "starburst" / "_proto"
+    for name in ("starburst_pb2.py", "starburst_pb2.pyi", "starburst_pb2_grpc.py"):
+        assert filecmp.cmp(fresh / name, committed / name, shallow=False), (
+            f"starburst/_proto/{name} is stale: run 'python protos/generate.py' and commit the result"
+        )
+
+
+def test_shutdown_leaves_no_processes_and_no_files(run_script, tmp_path):
+    proc = run_script(
+        """
+        import json, os, psutil
+        import numpy as np
+        import starburst
+
+        starburst.init(num_cpus=2)
+
+        @starburst.remote
+        def big(n):
+            return np.ones(n)
+
+        ref = big.remote(1_000_000)               # 8 MB: lives in the object store
+        held = starburst.put(np.zeros(500_000))   # 4 MB put
+        assert starburst.get(ref).sum() == 1_000_000
+        client = starburst._runtime.peek_client()
+        head = [p for p in psutil.Process().children() if "starburst.head" in " ".join(p.cmdline())]
+        assert len(head) == 1, head
+        pids = [head[0].pid] + [c.pid for c in head[0].children(recursive=True)]
+        store = client.store.directory
+        assert len(os.listdir(store)) >= 2, os.listdir(store)
+        starburst.shutdown()
+        print(json.dumps({"pids": pids, "store": store}))
+        """
+    )
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(info["pids"]) >= 4, info  # head, node, 2 executors
+    assert wait_gone(info["pids"], timeout=5) == []
+    assert not os.path.exists(info["store"])
+    assert not (tmp_path / "home" / "head.json").exists()
+
+
+def test_killed_driver_takes_its_cluster_down(tmp_path):
+    """A driver killed with SIGKILL never runs shutdown(): the head it started notices and stops."""
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import os, sys, json, psutil, time, starburst\n"
+        "starburst.init(num_cpus=1)\n"
+        "starburst.get(starburst.remote(lambda: 1).remote())\n"
+        "head = [p for p in psutil.Process().children() if 'starburst.head' in ' '.join(p.cmdline())][0]\n"
+        "pids = [head.pid] + [c.pid for c in head.children(recursive=True)]\n"
+        "print(json.dumps({'pids': pids, 'store': starburst._runtime.peek_client().store.directory}), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        info = json.loads(driver.stdout.readline())
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        assert wait_gone(info["pids"], timeout=20) == []
+        assert not os.path.exists(info["store"])
+    finally:
+        driver.kill()
+
+
+def test_killed_head_takes_nodes_and_executors_down(tmp_path):
+    home = tmp_path / "home"
+    assert cli(home, "up", "--num-cpus", "2").returncode == 0
+    status = json.loads(cli(home, "status", "--json").stdout)
+    head_pid = status["pid"]
+    pids = tree(head_pid)
+    assert len(pids) >= 4, pids
+    store = status["store"].removeprefix("file://")
+    os.kill(head_pid, signal.SIGKILL)
+    assert wait_gone(pids, timeout=20) == []
+    assert not os.path.exists(store)
+    assert cli(home, "status").returncode == 3  # the stale head record is recognised as such
+
+
+def test_cli_up_is_reused_by_init_and_stopped_by_down(tmp_path, run_script):
+    home = tmp_path / "home"
+    assert cli(home, "status").returncode == 3
+    up = cli(home, "up", "--num-cpus", "2")
+    assert up.returncode == 0, up.stderr
+    try:
+        again = cli(home, "up")
+        assert again.returncode == 0 and "already running" in again.stdout
+        before = json.loads(cli(home, "status", "--json").stdout)
+        script = """
+            import starburst
+            ctx = starburst.init()
+            print(ctx["address"])
+            assert starburst.get([starburst.remote(lambda i: i * i).remote(i) for i in range(10)]) == [
+                i * i for i in range(10)]
+            starburst.shutdown()
+        """
+        out = run_script(script, env={"STARBURST_HOME": str(home)})
+        assert out.stdout.strip() == before["address"]
+        # A head started by 'up' outlives its drivers, with its warm executors.
+        after = json.loads(cli(home, "status", "--json").stdout)
+        assert after["pid"] == before["pid"]
+        assert after["tasks_finished"] >= before["tasks_finished"] + 10
+        assert after["drivers"] == 0
+        refused = run_script(
+            "import starburst\nstarburst.init(num_cpus=3)\n", env={"STARBURST_HOME": str(home)}, check=False
+        )
+        assert refused.returncode != 0 and "num_cpus must not be provided" in refused.stderr
+        pids = tree(before["pid"])
+    finally:
+        down = cli(home, "down")
+    assert down.returncode == 0, down.stderr
+    assert wait_gone(pids, timeout=5) == []
+    assert cli(home, "down").returncode == 3
+    assert cli(home, "status").returncode == 3
+
+
+def test_address_auto_without_a_cluster_says_how_to_start_one(run_script):
+    proc = run_script("import starburst\nstarburst.init(address='auto')\n", check=False)
+    assert proc.returncode != 0
+    assert "starburst up" in proc.stderr
+
+
+def test_killed_executor_is_replaced_and_its_task_retried(cluster, starburst_home):
+    ray = cluster
+
+    def executors() -> int:
+        status = json.loads(cli(starburst_home, "status", "--json").stdout)
+        return sum(n["executors"] for n in status["nodes"])
+
+    @ray.remote(max_retries=0)
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(die.remote(), timeout=60)
+    deadline = time.monotonic() + 20
+    while executors() != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert executors() == 2
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    pids = set(ray.get([pid.remote() for _ in range(20)], timeout=60))
+    assert pids and all(psutil.pid_exists(p) for p in pids)
+
+
+def test_cli_help_and_bad_usage(tmp_path):
+    home = tmp_path / "home"
+    out = cli(home, "--help")
+    assert out.returncode == 0
+    for command in ("up", "status", "down"):
+        assert command in out.stdout
+    assert cli(home, "frobnicate").returncode == 2
+    assert cli(home).returncode == 2
