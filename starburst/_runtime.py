@@ -7,7 +7,6 @@ lazily, relayed through its node, the first time a task uses the API or receives
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable
 
 _lock = threading.RLock()
@@ -16,12 +15,16 @@ _client: Any = None
 executor_client_factory: Callable[[], Any] | None = None
 
 
-@dataclass
 class TaskContext:
-    task_id: bytes
-    job_id: str
-    name: str
-    cpus: float
+    """The task running on this thread of an executor."""
+
+    __slots__ = ("task_id", "job_id", "name", "cpus")
+
+    def __init__(self, task_id: bytes, job_id: str, name: str, cpus: float) -> None:
+        self.task_id = task_id
+        self.job_id = job_id
+        self.name = name
+        self.cpus = cpus
 
 
 _task = threading.local()

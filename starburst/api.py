@@ -10,14 +10,13 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 
 from . import _runtime
 from .exceptions import RaySystemError
-from .head import process
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 
 log = logging.getLogger("starburst")
 
 _init_lock = threading.RLock()
-_started_head: process.HeadInfo | None = None
+_started_head = None  # head.process.HeadInfo of a head this process started
 
 _INIT_ACCEPTED_NO_EFFECT = {
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
@@ -118,6 +117,7 @@ def init(
 
 def _resolve_head(address: str | None, num_cpus: float | None) -> str:
     global _started_head
+    from .head import process
     if address not in (None, "auto", "local"):
         if num_cpus is not None:
             raise ValueError("When connecting to an existing cluster, num_cpus must not be provided.")
@@ -170,6 +170,8 @@ def shutdown() -> None:
             client.close()
         started, _started_head = _started_head, None
         if started is not None:
+            from .head import process
+
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
             if not process.wait_exit(started.pid, 20):
                 process.stop_head(started)

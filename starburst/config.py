@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 #: Serialized values at least this large go to the object store; smaller ones travel inline.
 INLINE_THRESHOLD = int(os.environ.get("STARBURST_INLINE_THRESHOLD", 1 << 20))
@@ -42,4 +41,6 @@ def shm_root() -> pathlib.Path:
     shm = pathlib.Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         return shm
+    import tempfile
+
     return pathlib.Path(tempfile.gettempdir())

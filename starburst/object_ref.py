@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from typing import Any, Generator
 
@@ -74,9 +73,12 @@ class ObjectRef:
         return client.future(self)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self.future()).__await__()
+        return self.as_future().__await__()
 
     def as_future(self) -> "asyncio.Future[Any]":
+        """An asyncio future for the value, bound to the running event loop."""
+        import asyncio
+
         return asyncio.wrap_future(self.future())
 
 

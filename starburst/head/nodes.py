@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
+import subprocess
+import threading
+import time
 from typing import Callable
 
 import grpc
@@ -13,6 +14,7 @@ import grpc
 from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
+from .launch import spawn_local_node
 from .scheduler import Node, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
@@ -107,40 +109,51 @@ class NodeLink:
 class LocalNodeProcess:
     """A node process on this machine (the embedded default cluster has one)."""
 
-    def __init__(self, node_id: str, num_cpus: float, store_url: str, log_path: str, runtime_dir: str) -> None:
+    def __init__(self, node_id: str, num_cpus: float, store_dir: str, log_path: str,
+                 proc: subprocess.Popen | None = None) -> None:
         self.node_id = node_id
-        self.runtime_dir = runtime_dir
         self.num_cpus = num_cpus
-        self.store_url = store_url
+        self.store_dir = store_dir
         self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc = proc
 
     async def start(self) -> str:
-        """Start the process; returns the address it listens on."""
-        log_file = open(self.log_path, "ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "starburst.node",
-                "--node-id", self.node_id, "--num-cpus", str(self.num_cpus),
-                "--store", self.store_url, "--parent-pid", str(os.getpid()),
-                "--runtime-dir", self.runtime_dir, "--cleanup-dir", self.runtime_dir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
-            )
-        finally:
-            log_file.close()
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout=60)
+        """Start the process (unless it was started early); returns the address it listens on."""
+        if self.proc is None:
+            self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path)
+        proc = self.proc
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), timeout=60)
+        proc.stdout.close()
         if not line:
-            await self.proc.wait()
-            raise RuntimeError(f"local node exited with {self.proc.returncode} before listening; see {self.log_path}")
+            code = await self.wait()
+            raise RuntimeError(f"local node exited with {code} before listening; see {self.log_path}")
         return line.decode().strip()
+
+    async def wait(self) -> int:
+        """Wait for the process to exit (on a thread of its own: it may live as long as the head)."""
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def waiter() -> None:
+            code = self.proc.wait()
+            try:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(code))
+            except RuntimeError:
+                pass
+
+        threading.Thread(target=waiter, daemon=True).start()
+        return await done
 
     async def stop(self, timeout: float = 5.0) -> None:
         proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.poll() is not None:
             return
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
             proc.kill()
-            await proc.wait()
+            proc.wait()

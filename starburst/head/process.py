@@ -68,6 +68,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
     assert proc.stdout is not None
+    _warm_up_imports()  # overlaps with the head's start
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
@@ -79,6 +80,13 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
         proc.wait()
         raise RuntimeError(f"the starburst head exited with {proc.returncode} at start; see {log_path}")
     return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up")
+
+
+def _warm_up_imports() -> None:
+    import grpc  # noqa: F401
+
+    from .. import client  # noqa: F401
+    from .._proto import starburst_pb2_grpc  # noqa: F401
 
 
 def stop_head(info: HeadInfo, timeout: float = 15.0) -> bool:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -27,15 +28,16 @@ log = logging.getLogger("starburst.head")
 
 
 class Head(pb_grpc.HeadServicer):
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, store_dir: str, first_node: subprocess.Popen | None) -> None:
         self.args = args
-        self.cluster_id = args.cluster_id or uuid.uuid4().hex[:12]
-        self.store_dir = str(config.shm_root() / f"starburst-{self.cluster_id}")
-        os.makedirs(self.store_dir, exist_ok=True)
+        self.cluster_id = args.cluster_id
+        self.store_dir = store_dir
+        self.first_node = first_node
         self.store = LocalStore(self.store_dir)
         self.scheduler = Scheduler(self.store)
         self.links: list[NodeLink] = []
         self.local_nodes: list[LocalNodeProcess] = []
+        self.nodes_started = 0
         self.stopping = asyncio.Event()
         self.shutting_down = False
         self.address = ""
@@ -118,17 +120,18 @@ class Head(pb_grpc.HeadServicer):
 
     async def start_local_node(self) -> None:
         node = LocalNodeProcess(
-            f"local-{len(self.local_nodes)}", self.args.num_cpus, self.store.url,
-            str(config.log_dir() / f"node-{self.cluster_id}.log"), self.store_dir,
+            f"local-{self.nodes_started}", self.args.num_cpus, self.store_dir,
+            str(config.log_dir() / f"node-{self.cluster_id}.log"), self.first_node,
         )
+        self.first_node = None
+        self.nodes_started += 1
         self.local_nodes.append(node)
         address = await node.start()
         await self.connect_node(address)
         asyncio.ensure_future(self._watch_local_node(node))
 
     async def _watch_local_node(self, node: LocalNodeProcess) -> None:
-        assert node.proc is not None
-        code = await node.proc.wait()
+        code = await node.wait()
         if self.shutting_down:
             return
         log.error("local node %s exited with %s; starting a new one", node.node_id, code)
@@ -217,20 +220,10 @@ def announce(address: str) -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
-def default_cpus() -> float:
-    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m starburst.head", description="Run a starburst head.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--num-cpus", type=float, default=None)
-    parser.add_argument("--cluster-id", default="")
-    parser.add_argument("--exit-when-unused", action="store_true",
-                        help="exit when the last driver disconnects (heads started by init())")
-    args = parser.parse_args(argv)
-    if args.num_cpus is None:
-        args.num_cpus = default_cpus()
+def run(args: argparse.Namespace, store_dir: str, first_node: subprocess.Popen | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(Head(args).serve())
+
+    async def main() -> None:
+        await Head(args, store_dir, first_node).serve()
+
+    asyncio.run(main())

@@ -1,3 +1,8 @@
-from .server import main
+from .launch import parse_args, prepare
 
-main()
+args = parse_args()
+early = prepare(args)  # executors import while the node does
+
+from .server import run  # noqa: E402
+
+run(args, early)

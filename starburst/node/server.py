@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import collections
 import logging
-import math
 import os
 import platform
 import shutil
 import signal
 import sys
-import tempfile
-import uuid
+import subprocess
+import threading
+import time
 
 import grpc
 
@@ -22,6 +22,7 @@ from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from .framing import encode, read_frames
+from .launch import Early, pool_size, spawn_executor
 
 log = logging.getLogger("starburst.node")
 
@@ -34,7 +35,7 @@ class Executor:
 
     def __init__(self, executor_id: int) -> None:
         self.id = executor_id
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.run: pb.Run | None = None
         self.functions: set[bytes] = set()
@@ -52,11 +53,11 @@ class Executor:
 
 
 class NodeServer(pb_grpc.NodeServicer):
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, early: Early) -> None:
         self.args = args
-        self.node_id = args.node_id or "node-" + uuid.uuid4().hex[:8]
+        self.node_id = args.node_id
         self.num_cpus = args.num_cpus
-        self.pool_size = max(1, math.ceil(self.num_cpus))
+        self.pool_size = pool_size(self.num_cpus)
         self.max_executors = self.pool_size * 4 + 16
         self.free_cpus = self.num_cpus
         self.queue: collections.deque[pb.Run] = collections.deque()
@@ -64,13 +65,15 @@ class NodeServer(pb_grpc.NodeServicer):
         self.executors: dict[int, Executor] = {}
         self.starting = 0
         self.next_id = 0
-        self.socket_dir = tempfile.mkdtemp(prefix=f"{self.node_id}-", dir=args.runtime_dir or None)
-        self.socket_path = os.path.join(self.socket_dir, "executors.sock")
+        self.early = early
+        self.socket_dir = early.socket_dir
+        self.socket_path = early.socket_path
         self.out: list[pb.NodeToHeadOp] = []
         self.out_event = asyncio.Event()
         self.head_connected = False
         self.stop = asyncio.Event()
         self.address = ""
+        self.loop = asyncio.get_running_loop()
 
     # ----------------------------------------------------------------------- head stream
 
@@ -147,7 +150,7 @@ class NodeServer(pb_grpc.NodeServicer):
             if executor.run is not None and executor.run.spec.task_id == task_id:
                 if force:
                     executor.kill_reason = "cancelled"
-                    if executor.proc is not None and executor.proc.returncode is None:
+                    if executor.proc is not None and executor.proc.poll() is None:
                         executor.proc.kill()
                 else:
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
@@ -184,29 +187,29 @@ class NodeServer(pb_grpc.NodeServicer):
                 run.ClearField("function")
             executor.send(pb.NodeToExecutorMsg(run=run))
 
-    def _spawn(self) -> None:
+    def _spawn(self, proc: subprocess.Popen | None = None) -> None:
         executor = Executor(self.next_id)
         self.next_id += 1
         self.executors[executor.id] = executor
         self.starting += 1
-        asyncio.ensure_future(self._run_executor(executor))
-
-    async def _run_executor(self, executor: Executor) -> None:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
         try:
-            executor.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "starburst.node.executor",
-                "--socket", self.socket_path, "--id", str(executor.id), "--store", self.args.store,
-                "--node", self.args.advertise or "",
-                stdin=asyncio.subprocess.DEVNULL, env=env,
-            )
-        except Exception:  # noqa: BLE001
+            executor.proc = proc or spawn_executor(executor.id, self.socket_path, self.args)
+        except OSError:
             log.exception("could not start an executor")
             self.starting -= 1
-            self.executors.pop(executor.id, None)
+            del self.executors[executor.id]
             return
-        code = await executor.proc.wait()
+        threading.Thread(target=self._wait_executor, args=(executor,), daemon=True).start()
+
+    def _wait_executor(self, executor: Executor) -> None:
+        assert executor.proc is not None
+        code = executor.proc.wait()
+        try:
+            self.loop.call_soon_threadsafe(self._executor_exited, executor, code)
+        except RuntimeError:  # the loop is closed: the node is exiting anyway
+            pass
+
+    def _executor_exited(self, executor: Executor, code: int) -> None:
         if executor.writer is None:  # died before connecting
             self.starting -= 1
         self._executor_gone(executor, code)
@@ -296,17 +299,16 @@ class NodeServer(pb_grpc.NodeServicer):
     # ----------------------------------------------------------------------- lifecycle
 
     async def serve(self) -> None:
-        unix_server = await asyncio.start_unix_server(self._on_executor_connection, path=self.socket_path)
-        for _ in range(self.pool_size):
-            self._spawn()
+        unix_server = await asyncio.start_unix_server(self._on_executor_connection, sock=self.early.listener)
+        for _, proc in self.early.executors:
+            self._spawn(proc)
         server = grpc.aio.server(options=config.GRPC_OPTIONS)
         pb_grpc.add_NodeServicer_to_server(self, server)
         port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
         self.address = f"{self.args.host}:{port}"
         await server.start()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+            self.loop.add_signal_handler(sig, self.stop.set)
         sys.stdout.write(self.address + "\n")
         sys.stdout.flush()
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -333,7 +335,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 return
 
     async def _shutdown(self, server: grpc.aio.Server, unix_server: asyncio.AbstractServer) -> None:
-        procs = [e.proc for e in self.executors.values() if e.proc is not None and e.proc.returncode is None]
+        procs = [e.proc for e in self.executors.values() if e.proc is not None and e.proc.poll() is None]
         for executor in self.executors.values():
             executor.kill_reason = "shutdown"
             if executor.writer is not None:
@@ -343,13 +345,13 @@ class NodeServer(pb_grpc.NodeServicer):
                 proc.terminate()
             except ProcessLookupError:
                 pass
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 3)
-        except asyncio.TimeoutError:
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.kill()
-            await asyncio.gather(*(p.wait() for p in procs))
+        deadline = time.monotonic() + 3
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         unix_server.close()
         await server.stop(grace=0.2)
         try:
@@ -381,20 +383,10 @@ def _total_memory() -> int:
         return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m starburst.node", description="Run a starburst node.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--advertise", default="", help="name shown in task output (remote nodes)")
-    parser.add_argument("--node-id", default="")
-    parser.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1))
-    parser.add_argument("--store", required=True, help="object store URL")
-    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
-    parser.add_argument("--lease", type=float, default=60.0,
-                        help="seconds to wait for a head before exiting")
-    parser.add_argument("--runtime-dir", default="", help="where to put the executors' socket")
-    parser.add_argument("--cleanup-dir", default="",
-                        help="remove this directory on exit if the head died (local nodes: the store)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, early: Early) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(NodeServer(args).serve())
+
+    async def main() -> None:
+        await NodeServer(args, early).serve()
+
+    asyncio.run(main())

@@ -1,0 +1,43 @@
+"""The head's first steps, before its heavy imports: arguments, the store directory, and the
+local node process (started now so that its start-up overlaps the head's).
+
+Only light standard-library imports here: ``python -m starburst.head`` runs this first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+
+
+def default_cpus() -> float:
+    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m starburst.head", description="Run a starburst head.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--num-cpus", type=float, default=None)
+    parser.add_argument("--cluster-id", default="")
+    parser.add_argument("--exit-when-unused", action="store_true",
+                        help="exit when the last driver disconnects (heads started by init())")
+    args = parser.parse_args(argv)
+    if args.num_cpus is None:
+        args.num_cpus = default_cpus()
+    args.cluster_id = args.cluster_id or uuid.uuid4().hex[:12]
+    return args
+
+
+def spawn_local_node(node_id: str, num_cpus: float, store_dir: str, log_path: str) -> subprocess.Popen:
+    """Start a node on this machine; it prints its address on its stdout when it listens."""
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "starburst.node", "--node-id", node_id, "--num-cpus", str(num_cpus),
+             "--store", "file://" + store_dir, "--parent-pid", str(os.getpid()),
+             "--runtime-dir", store_dir, "--cleanup-dir", store_dir],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+        )
