@@ -279,7 +279,7 @@ class NodeHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., store_url: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskDone(_message.Message):
-    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt")
+    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s")
     class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NONE: _ClassVar[TaskDone.Failure]
@@ -294,13 +294,15 @@ class TaskDone(_message.Message):
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     results: _containers.RepeatedCompositeFieldContainer[Object]
     failure: TaskDone.Failure
     retryable: bool
     detail: str
     attempt: int
-    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    duration_s: float
+    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
     __slots__ = ("hello", "done", "log", "relay", "blocked", "executors")
@@ -325,18 +327,26 @@ class NodeToHead(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[NodeToHeadOp, _Mapping]]] = ...) -> None: ...
 
 class ExecutorMsg(_message.Message):
-    __slots__ = ("hello", "done", "log", "up", "blocked")
+    __slots__ = ("hello", "done", "log", "up", "blocked", "returned")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
     hello: int
     done: TaskDone
     log: Log
     up: ClientMsg
     blocked: Blocked
-    def __init__(self, hello: _Optional[int] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+    returned: Returned
+    def __init__(self, hello: _Optional[int] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., returned: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
+
+class Returned(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, task_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeToExecutorMsg(_message.Message):
     __slots__ = ("run", "down", "cancel")

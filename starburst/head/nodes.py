@@ -15,7 +15,7 @@ from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .launch import spawn_local_node
-from .scheduler import Node, Scheduler, Session
+from .scheduler import LINGER_S, WINDOW_S, Node, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
@@ -77,11 +77,17 @@ class NodeLink:
         self._on_lost(self, reason)
 
     async def _write(self, call) -> None:
+        last_write = 0.0
         while True:
             ops = await self._queue.get()
+            node = self.node
+            if node is not None and len(node.inflight) > 2 * node.total["CPU"]:
+                # The node has plenty queued: gather more before the next (costly) write.
+                await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
             while not self._queue.empty():
                 ops.extend(self._queue.get_nowait())
             await call.write(pb.HeadToNode(ops=ops))
+            last_write = time.monotonic()
 
     def _relay(self, node: Node, relay: pb.Relay) -> None:
         """An executor's session with the head, tunnelled through its node."""

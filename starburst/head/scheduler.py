@@ -26,11 +26,17 @@ from ..store import ObjectStore
 
 log = logging.getLogger("starburst.head")
 
-#: A node may hold this many tasks per CPU (running + queued there), so executors never wait for
-#: the head; more would risk a convoy on one node while another idles.
-PREFETCH_PER_CPU = 4.0
-#: When a sink has more work coming, its batch may wait this long to gather more operations.
+#: A node may hold this many tasks per CPU (running + queued there), so its executors never wait
+#: for the head. Tasks known to be short (their function's recent run time) are sent deeper; long
+#: ones shallow, so that one node doesn't sit on work another could start.
+PREFETCH_PER_CPU = 2.0
+PREFETCH_PER_CPU_SHORT = 16.0
+SHORT_TASK_S = 0.005
+#: When a stream has more results coming, a batch waits at least LINGER_S and is written at most
+#: every WINDOW_S, so that a busy stream carries few large messages (each write costs ~0.2 ms of
+#: CPU) while a lone result is never delayed.
 LINGER_S = 0.001
+WINDOW_S = 0.005
 
 
 class Sink:
@@ -94,18 +100,20 @@ class Node(Sink):
         if self.alive:
             self._deliver(ops)
 
-    def has_room(self) -> bool:
-        return len(self.inflight) < PREFETCH_PER_CPU * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
+    def has_room(self, short: bool = True) -> bool:
+        depth = PREFETCH_PER_CPU_SHORT if short else PREFETCH_PER_CPU
+        return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
 
-    def fits(self, want: dict[str, float]) -> bool:
-        if not self.has_room():
+    def fits(self, want: dict[str, float], short: bool) -> bool:
+        if not self.has_room(short):
             return False
+        factor = PREFETCH_PER_CPU_SHORT if short else PREFETCH_PER_CPU
         for name, qty in want.items():
             if not qty:
                 continue
             total = self.total.get(name, 0.0)
             if name == "CPU":
-                total = total * PREFETCH_PER_CPU + self.blocked_cpus
+                total = total * factor + self.blocked_cpus
             if self.used[name] + qty > total + 1e-9:
                 return False
         return True
@@ -151,6 +159,7 @@ class Scheduler:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.functions: dict[bytes, pb.Function] = {}
+        self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.queue: collections.deque[Task] = collections.deque()
@@ -291,8 +300,7 @@ class Scheduler:
                 else:
                     task.waiting -= 1
                     if task.waiting == 0:
-                        task.state = Task.QUEUED
-                        self.queue.append(task)
+                        self._enqueue(task)
         if obj.refs <= 0:
             self._free(obj)
 
@@ -356,7 +364,15 @@ class Scheduler:
                 self._fail(task, obj.value)
                 return
         if task.waiting == 0:
-            task.state = Task.QUEUED
+            self._enqueue(task)
+
+    def _enqueue(self, task: Task) -> None:
+        """Ready to run. Tasks submitted by running tasks go first: their parents may be waiting for
+        them, holding executors, so depth-first order is what keeps a pool of parents moving."""
+        task.state = Task.QUEUED
+        if task.spec.parent_task_id:
+            self.queue.appendleft(task)
+        else:
             self.queue.append(task)
 
     def _fail(self, task: Task, value: pb.Value) -> None:
@@ -466,6 +482,10 @@ class Scheduler:
             node.used[name] -= qty
         if task.state != Task.RUNNING:
             return
+        if done.failure == pb.TaskDone.NONE:
+            fid = task.spec.function_id
+            previous = self.durations.get(fid)
+            self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
         if done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
         elif done.failure == pb.TaskDone.CANCELLED:
@@ -477,8 +497,10 @@ class Scheduler:
 
     def _pick_node(self, task: Task) -> Node | None:
         best = None
+        duration = self.durations.get(task.spec.function_id)
+        short = duration is not None and duration < SHORT_TASK_S
         for node in self.nodes:
-            if node.fits(task.want) and (best is None or node.load() < best.load()):
+            if node.fits(task.want, short) and (best is None or node.load() < best.load()):
                 best = node
         return best
 

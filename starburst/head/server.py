@@ -22,7 +22,7 @@ from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..store import LocalStore
 from .nodes import LocalNodeProcess, NodeLink
-from .scheduler import LINGER_S, Scheduler, Session
+from .scheduler import LINGER_S, WINDOW_S, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
@@ -68,13 +68,14 @@ class Head(pb_grpc.HeadServicer):
                 queue.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
+        last_write = 0.0
         try:
             while True:
                 ops = await queue.get()
                 if ops is None:
                     break
                 if session.outstanding > 1:  # more results are coming: send them together
-                    await asyncio.sleep(LINGER_S)
+                    await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
                 while not queue.empty():
                     more = queue.get_nowait()
                     if more is None:
@@ -82,6 +83,7 @@ class Head(pb_grpc.HeadServicer):
                         break
                     ops.extend(more)
                 await context.write(pb.HeadMsg(ops=ops))
+                last_write = time.monotonic()
         finally:
             reader.cancel()
             self.scheduler.close_session(session)

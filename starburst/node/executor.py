@@ -12,7 +12,7 @@ import argparse
 import fcntl
 import os
 import pickle
-import queue
+import collections
 import select
 import signal
 import socket
@@ -43,7 +43,9 @@ class Executor:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(args.socket)
         self.send_lock = threading.RLock()
-        self.runs: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: collections.deque[pb.Run] = collections.deque()  # queued here by the node
+        self.pending_cond = threading.Condition()
+        self.blocked = False
         self.functions: dict[bytes, Any] = {}
         self.current: pb.Run | None = None
         self.log_owner = ("executor", "")
@@ -67,12 +69,24 @@ class Executor:
             msg = pb.NodeToExecutorMsg.FromString(frame)
             kind = msg.WhichOneof("op")
             if kind == "run":
-                self.runs.put(msg.run)
+                with self.pending_cond:
+                    if self.blocked:  # we lent our CPU away: the node places it elsewhere
+                        self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[msg.run.spec.task_id])))
+                    else:
+                        self.pending.append(msg.run)
+                        self.pending_cond.notify()
             elif kind == "down":
                 client = self.client
                 if client is not None:
                     client.on_message(msg.down)
             elif kind == "cancel":
+                with self.pending_cond:
+                    queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)
+                    if queued is not None:
+                        self.pending.remove(queued)
+                        self.send(pb.ExecutorMsg(done=pb.TaskDone(
+                            task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
+                        continue
                 run = self.current
                 if run is not None and run.spec.task_id == msg.cancel:
                     self.cancel_requested = msg.cancel
@@ -107,8 +121,15 @@ class Executor:
         run = self.current
         if run is None:
             return
-        self.send(pb.ExecutorMsg(blocked=pb.Blocked(
-            task_id=run.spec.task_id, blocked=blocked, cpus=run.spec.resources.cpus)))
+        with self.pending_cond:
+            self.blocked = blocked
+            if blocked and self.pending:
+                # Work queued behind a task that now waits (maybe on that very work) goes back.
+                ids = [r.spec.task_id for r in self.pending]
+                self.pending.clear()
+                self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=ids)))
+            self.send(pb.ExecutorMsg(blocked=pb.Blocked(
+                task_id=run.spec.task_id, blocked=blocked, cpus=run.spec.resources.cpus)))
 
     # ----------------------------------------------------------------------- running tasks
 
@@ -120,17 +141,35 @@ class Executor:
         self.send(pb.ExecutorMsg(hello=self.id))
         threading.Thread(target=self._read_loop, daemon=True, name="node-reader").start()
         threading.Thread(target=self._watch_node, daemon=True, name="node-watch").start()
+        # Results of short tasks queued back to back leave together (one write, one wake-up of the
+        # node); the last one before the queue runs dry always leaves at once.
+        batch: list[bytes] = []
+        keep: list = []
+        batch_started = 0.0
         while True:
-            run = self.runs.get()
-            keep: list = []
+            with self.pending_cond:
+                while not self.pending:
+                    self.pending_cond.wait()
+                run = self.pending.popleft()
+            started = time.monotonic()
             done = self.execute(run, keep)
+            done.duration_s = time.monotonic() - started
             self.logs.drain()
             # What the task sent the head (puts, submits) must arrive before its result, and refs in
             # the result must stay held until the head has seen the result pin them.
             if self.client is not None:
                 self.client.transport.flush()
-            self.send(pb.ExecutorMsg(done=done))
-            del keep
+            if not batch:
+                batch_started = started
+            batch.append(encode(pb.ExecutorMsg(done=done)))
+            with self.pending_cond:
+                more = bool(self.pending)
+            if not more or len(batch) >= 16 or time.monotonic() - batch_started > 0.002:
+                data = b"".join(batch)
+                with self.send_lock:
+                    self.sock.sendall(data)
+                batch.clear()
+                keep.clear()
 
     def execute(self, run: pb.Run, keep: list) -> pb.TaskDone:
         spec = run.spec

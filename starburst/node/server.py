@@ -26,8 +26,14 @@ from .launch import Early, pool_size, spawn_executor
 
 log = logging.getLogger("starburst.node")
 
-#: When more results are on their way, a batch to the head may wait this long to gather them.
+#: When more results are on their way, a batch to the head waits at least LINGER_S and goes at
+#: most every WINDOW_S (see head/scheduler.py); a lone result is never delayed.
 LINGER_S = 0.001
+WINDOW_S = 0.005
+#: Short tasks (by their function's recent run time) may queue this many deep on a busy executor, so
+#: it starts the next one without a round trip to the node; longer tasks wait at the node.
+PIPELINE_DEPTH = 8
+SHORT_TASK_S = 0.005
 
 
 class Executor:
@@ -37,19 +43,34 @@ class Executor:
         self.id = executor_id
         self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.run: pb.Run | None = None
+        self.runs: collections.deque[pb.Run] = collections.deque()  # sent, in order; [0] is running
         self.functions: set[bytes] = set()
+        self.outbuf: list[bytes] = []
         self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
 
     @property
     def idle(self) -> bool:
-        return self.writer is not None and self.run is None
+        return self.writer is not None and not self.runs
+
+    @property
+    def run(self) -> pb.Run | None:
+        return self.runs[0] if self.runs else None
 
     def send(self, msg: pb.NodeToExecutorMsg) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(encode(msg))
+
+    def queue_frame(self, msg: pb.NodeToExecutorMsg) -> None:
+        """Like send, but held until flush(): one write (and one wake-up) for several tasks."""
+        self.outbuf.append(encode(msg))
+
+    def flush(self) -> None:
+        if self.outbuf:
+            data, self.outbuf = b"".join(self.outbuf), []
+            if self.writer is not None and not self.writer.is_closing():
+                self.writer.write(data)
 
 
 class NodeServer(pb_grpc.NodeServicer):
@@ -62,6 +83,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.free_cpus = self.num_cpus
         self.queue: collections.deque[pb.Run] = collections.deque()
         self.functions: dict[bytes, pb.Function] = {}
+        self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.executors: dict[int, Executor] = {}
         self.starting = 0
         self.next_id = 0
@@ -110,14 +132,16 @@ class NodeServer(pb_grpc.NodeServicer):
 
         reader = asyncio.ensure_future(read())
         try:
+            last_write = 0.0
             while not self.stop.is_set():
                 await self.out_event.wait()
                 if self.queue or self._running() > 1:  # more results are coming: send them together
-                    await asyncio.sleep(LINGER_S)
+                    await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
                     await context.write(pb.NodeToHead(ops=ops))
+                    last_write = time.monotonic()
         finally:
             reader.cancel()
             # The head is gone (or told us to stop): a node without a head has no purpose.
@@ -129,7 +153,10 @@ class NodeServer(pb_grpc.NodeServicer):
             run = op.run
             if run.HasField("function"):
                 self.functions[run.function.id] = run.function
-            self.queue.append(run)
+            if run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
+                self.queue.appendleft(run)
+            else:
+                self.queue.append(run)
         elif kind == "relay":
             executor = self.executors.get(op.relay.executor)
             if executor is not None:
@@ -147,12 +174,14 @@ class NodeServer(pb_grpc.NodeServicer):
                 self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
                 return
         for executor in self.executors.values():
-            if executor.run is not None and executor.run.spec.task_id == task_id:
-                if force:
+            for i, run in enumerate(executor.runs):
+                if run.spec.task_id != task_id:
+                    continue
+                if force and i == 0:
                     executor.kill_reason = "cancelled"
                     if executor.proc is not None and executor.proc.poll() is None:
                         executor.proc.kill()
-                else:
+                else:  # the executor drops it from its queue, or interrupts it if it already started
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
                 return
 
@@ -165,27 +194,59 @@ class NodeServer(pb_grpc.NodeServicer):
     # ----------------------------------------------------------------------- executors
 
     def _pump(self) -> None:
-        """Start queued tasks while CPUs allow, on idle executors (starting more when needed)."""
+        """Start queued tasks while CPUs allow, on idle executors (starting more when needed);
+        queue short tasks behind running ones of the same size."""
+        try:
+            self._place()
+        finally:
+            for executor in self.executors.values():
+                executor.flush()
+
+    def _place(self) -> None:
         while self.queue:
             run = self.queue[0]
             cpus = run.spec.resources.cpus
-            if cpus > self.free_cpus + 1e-9:
-                return
-            executor = next((e for e in self.executors.values() if e.idle), None)
-            if executor is None:
+            if cpus <= self.free_cpus + 1e-9:
+                executor = next((e for e in self.executors.values() if e.idle), None)
+                if executor is not None:
+                    self.queue.popleft()
+                    self.free_cpus -= cpus
+                    self._assign(executor, run)
+                    continue
                 if self.starting == 0 and len(self.executors) < self.max_executors:
                     self._spawn()
+            executor = self._pipeline_target(run)
+            if executor is None:
                 return
             self.queue.popleft()
-            self.free_cpus -= cpus
-            executor.run = run
-            if run.spec.function_id not in executor.functions:
-                executor.functions.add(run.spec.function_id)
-                if not run.HasField("function"):
-                    run.function.CopyFrom(self.functions[run.spec.function_id])
-            elif run.HasField("function"):
-                run.ClearField("function")
-            executor.send(pb.NodeToExecutorMsg(run=run))
+            self._assign(executor, run)
+
+    def _pipeline_target(self, run: pb.Run) -> Executor | None:
+        duration = self.durations.get(run.spec.function_id)
+        if duration is None or duration > SHORT_TASK_S or run.spec.resources.gpus:
+            return None
+        best = None
+        for executor in self.executors.values():
+            first = executor.run
+            if (
+                first is None or executor.blocked or executor.writer is None
+                or len(executor.runs) >= PIPELINE_DEPTH
+                or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
+            ):
+                continue
+            if best is None or len(executor.runs) < len(best.runs):
+                best = executor
+        return best
+
+    def _assign(self, executor: Executor, run: pb.Run) -> None:
+        executor.runs.append(run)
+        if run.spec.function_id not in executor.functions:
+            executor.functions.add(run.spec.function_id)
+            if not run.HasField("function"):
+                run.function.CopyFrom(self.functions[run.spec.function_id])
+        elif run.HasField("function"):
+            run.ClearField("function")
+        executor.queue_frame(pb.NodeToExecutorMsg(run=run))
 
     def _spawn(self, proc: subprocess.Popen | None = None) -> None:
         executor = Executor(self.next_id)
@@ -225,6 +286,10 @@ class NodeServer(pb_grpc.NodeServicer):
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
         run = executor.run
         if run is not None:
+            executor.runs.popleft()
+            # Tasks queued behind the one that ran never started: they go back to the node's queue.
+            self.queue.extendleft(reversed(executor.runs))
+            executor.runs.clear()
             if not executor.blocked:
                 self.free_cpus += run.spec.resources.cpus
             else:
@@ -264,22 +329,19 @@ class NodeServer(pb_grpc.NodeServicer):
     def _on_executor_msg(self, executor: Executor, msg: pb.ExecutorMsg) -> None:
         kind = msg.WhichOneof("op")
         if kind == "done":
-            run = executor.run
-            executor.run = None
-            if run is not None:
-                if executor.blocked:
-                    executor.blocked = False
-                    self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                        task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
-                self.free_cpus += run.spec.resources.cpus
-            self._report(msg.done)
-            self._retire_extra(executor)
-            self._pump()
+            self._done(executor, msg.done)
         elif kind == "log":
             self.to_head(pb.NodeToHeadOp(log=msg.log))
         elif kind == "up":
             executor.has_session = True
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
+        elif kind == "returned":
+            returned = set(msg.returned.task_ids)
+            back = [r for r in list(executor.runs)[1:] if r.spec.task_id in returned]
+            for r in back:
+                executor.runs.remove(r)
+            self.queue.extendleft(reversed(back))
+            self._pump()
         elif kind == "blocked":
             run = executor.run
             if run is None or executor.blocked == msg.blocked.blocked:
@@ -291,9 +353,34 @@ class NodeServer(pb_grpc.NodeServicer):
                 task_id=run.spec.task_id, blocked=executor.blocked, cpus=cpus)))
             self._pump()
 
+    def _done(self, executor: Executor, done: pb.TaskDone) -> None:
+        run = executor.run
+        if run is not None and run.spec.task_id == done.task_id:
+            executor.runs.popleft()
+            if executor.blocked:  # normally unblocked before it finishes; keep the books right anyway
+                executor.blocked = False
+                self.free_cpus -= run.spec.resources.cpus
+                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
+                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
+            if not executor.runs:
+                self.free_cpus += run.spec.resources.cpus
+            if done.failure == pb.TaskDone.NONE:
+                fid = run.spec.function_id
+                previous = self.durations.get(fid)
+                self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
+        else:  # a queued task the executor dropped (cancelled before it started)
+            for queued in list(executor.runs)[1:]:
+                if queued.spec.task_id == done.task_id:
+                    executor.runs.remove(queued)
+                    break
+        self._report(done)
+        self._retire_extra(executor)
+        self._pump()
+
     def _retire_extra(self, executor: Executor) -> None:
         """Executors started while others were blocked go away once they are not needed."""
-        if len(self.executors) > self.pool_size and not self.queue and executor.writer is not None:
+        if (len(self.executors) > self.pool_size and not self.queue and not executor.runs
+                and executor.writer is not None):
             executor.writer.close()
 
     # ----------------------------------------------------------------------- lifecycle

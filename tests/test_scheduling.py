@@ -1,0 +1,107 @@
+"""Scheduling paths for short tasks: deep prefetch to the node and queues on busy executors.
+
+A function becomes "short" once its recent run time is known to be small; from then on its tasks
+are queued behind running ones. These tests warm a function up first, then check that cancel, worker
+death and blocking in get() still behave with work queued on an executor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+TIMEOUT = 60
+
+
+def warm(ray, fn, *args, n=200):
+    ray.get([fn.remote(*args) for _ in range(n)], timeout=TIMEOUT)
+
+
+def test_many_short_tasks_complete_in_order(cluster):
+    ray = cluster
+
+    @ray.remote
+    def double(i):
+        return 2 * i
+
+    warm(ray, double, 1)
+    assert ray.get([double.remote(i) for i in range(3000)], timeout=TIMEOUT) == [2 * i for i in range(3000)]
+
+
+def test_worker_death_does_not_charge_the_tasks_queued_behind_it(cluster, tmp_path):
+    ray = cluster
+    marker = tmp_path / "killed"
+
+    @ray.remote(max_retries=0)
+    def maybe_die(i, victim, marker):
+        if i == victim and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return i
+
+    warm(ray, maybe_die, 0, -1, str(marker))
+    refs = [maybe_die.remote(i, 100, str(marker)) for i in range(400)]
+    results = []
+    for i, ref in enumerate(refs):
+        if i == 100:
+            with pytest.raises(ray.exceptions.WorkerCrashedError):
+                ray.get(ref, timeout=TIMEOUT)
+        else:
+            results.append(ray.get(ref, timeout=TIMEOUT))
+    # max_retries=0: any task charged with an attempt for the crash would have failed too.
+    assert results == [i for i in range(400) if i != 100]
+
+
+def test_cancel_reaches_tasks_queued_on_an_executor(cluster):
+    ray = cluster
+
+    @ray.remote
+    def short(i):
+        time.sleep(0.001)
+        return i
+
+    warm(ray, short, 0)
+    refs = [short.remote(i) for i in range(600)]
+    victims = refs[300:310]
+    for ref in victims:
+        ray.cancel(ref)
+    cancelled = 0
+    for i, ref in enumerate(refs):
+        try:
+            assert ray.get(ref, timeout=TIMEOUT) == i
+        except ray.exceptions.TaskCancelledError:
+            assert ref in victims
+            cancelled += 1
+    assert cancelled >= 1  # some of them were still queued somewhere when cancelled
+
+
+def test_short_parents_blocking_on_children_do_not_deadlock(cluster):
+    ray = cluster
+
+    @ray.remote
+    def child(i):
+        return i + 1
+
+    @ray.remote
+    def parent(i):
+        return ray.get(child.remote(i))
+
+    warm(ray, parent, 0, n=100)  # now "short": its tasks queue behind one another on executors
+    assert ray.get([parent.remote(i) for i in range(300)], timeout=TIMEOUT) == [i + 1 for i in range(300)]
+
+
+def test_long_tasks_spread_over_both_cpus(cluster):
+    ray = cluster
+
+    @ray.remote
+    def slow():
+        time.sleep(0.5)
+        return os.getpid()
+
+    start = time.monotonic()
+    pids = ray.get([slow.remote() for _ in range(4)], timeout=TIMEOUT)
+    assert len(set(pids)) == 2
+    assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 CPUs; 2 s would mean one CPU did all
