@@ -6,6 +6,8 @@ lazily, relayed through its node, the first time a task uses the API or receives
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from typing import Any, Callable
 
@@ -28,6 +30,21 @@ class TaskContext:
 
 
 _task = threading.local()
+
+_id_prefix = os.urandom(8)
+_id_counter = itertools.count(1)
+
+
+def new_id() -> bytes:
+    """A 16-byte id unique across processes: random per process, then a counter (no syscall)."""
+    global _id_prefix, _id_counter
+    if _id_pid[0] != os.getpid():  # forked: a new prefix, or ids would repeat
+        _id_pid[0] = os.getpid()
+        _id_prefix, _id_counter = os.urandom(8), itertools.count(1)
+    return _id_prefix + next(_id_counter).to_bytes(8, "little")
+
+
+_id_pid = [os.getpid()]
 
 #: env_vars of the runtime_env given to init(): every task of this driver gets them.
 job_env_vars: dict[str, str] = {}

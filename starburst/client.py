@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Protocol
 
-from . import config
+from . import _runtime, config
 from ._version import __version__
 from ._proto import starburst_pb2 as pb
 from .exceptions import GetTimeoutError, RayError, RaySystemError, RayTaskError
@@ -57,6 +57,7 @@ class Client:
         self._expected: set[bytes] = set()  # returns of our own tasks: the head pushes them
         self._futures: dict[bytes, list[concurrent.futures.Future]] = {}
         self._waiters: dict[bytes, list[_Waiter]] = {}
+        self._mapped: dict[bytes, memoryview] = {}  # stored objects mapped by this process
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
         self._functions_sent: set[bytes] = set()
@@ -111,6 +112,7 @@ class Client:
                     continue
                 self._refs.pop(object_id, None)
                 self._values.pop(object_id, None)
+                self._mapped.pop(object_id, None)
                 self._subscribed.discard(object_id)
                 self._expected.discard(object_id)
                 ops.append(pb.ClientOp(release=object_id))
@@ -146,7 +148,7 @@ class Client:
         return pack_value(ser, key, self.store, self.inline_threshold)
 
     def put(self, value: Any) -> ObjectRef:
-        object_id = os.urandom(16) + b"\xff\xff\xff\xff"
+        object_id = _runtime.new_id() + b"\xff\xff\xff\xff"
         v = self.serialize_value(value, object_id.hex())
         ref = ObjectRef(object_id, self)
         with self._cond:
@@ -239,7 +241,7 @@ class Client:
             raise GetTimeoutError(
                 f"Get timed out: {missing} of {len(ids)} object(s) not ready after {timeout} s"
             )
-        return [self.load(v) for v in values]
+        return [self.load(v, i) for v, i in zip(values, ids)]
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
         ids = [r._id for r in refs]
@@ -273,7 +275,7 @@ class Client:
         try:
             if value.is_error:
                 self._raise(value)
-            result = self.load(value)
+            result = self.load(value, fut._starburst_ref._id)  # type: ignore[attr-defined]
         except BaseException as exc:  # noqa: BLE001 - delivered to the future's owner
             if not fut.cancelled():
                 fut.set_exception(exc)
@@ -281,11 +283,21 @@ class Client:
             if not fut.cancelled():
                 fut.set_result(result)
 
-    def load(self, value: pb.Value) -> Any:
-        """Deserialize a value (zero-copy from the object store for large ones)."""
+    def load(self, value: pb.Value, object_id: bytes | None = None) -> Any:
+        """Deserialize a value (zero-copy from the object store for large ones).
+
+        A stored object is mapped once per process while a ref to it lives, so every get of it
+        shares one buffer (as in Ray)."""
         if value.WhichOneof("where") == "key":
             assert self.store is not None
-            return deserialize(self.store.get(value.key))
+            view = self._mapped.get(object_id) if object_id is not None else None
+            if view is None:
+                view = self.store.get(value.key)
+                if object_id is not None:
+                    with self._cond:
+                        if object_id in self._refs:
+                            view = self._mapped.setdefault(object_id, view)
+            return deserialize(view)
         return deserialize(value.inline)
 
     def _raise(self, value: pb.Value) -> None:
@@ -446,12 +458,19 @@ class GrpcTransport:
             call = pb_grpc.HeadStub(channel).Session()
 
             async def writer() -> None:
+                # While it writes, _wake_pending stays set: callers adding work don't wake the loop
+                # again (each wake-up costs a system call and a GIL hand-over).
                 while True:
                     await self._wake_event.wait()
                     self._wake_event.clear()
-                    self._wake_pending = False
-                    ops = client.take_outbox()
-                    if ops:
+                    while True:
+                        ops = client.take_outbox()
+                        if not ops:
+                            self._wake_pending = False
+                            ops = client.take_outbox()  # work added just before the flag cleared
+                            if not ops:
+                                break
+                            self._wake_pending = True
                         await call.write(pb.ClientMsg(ops=ops))
                     if self._stopping:
                         await call.done_writing()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
 import struct
 from typing import Any, Callable
@@ -83,7 +82,7 @@ class RemoteFunction:
         function = self._function_message()
         o = {**DEFAULTS, **opts}
         check_feasible(client, o, self._function.__qualname__)
-        task_id = os.urandom(16)
+        task_id = _runtime.new_id()
         n = o["num_returns"]
         spec = pb.TaskSpec(
             task_id=task_id,

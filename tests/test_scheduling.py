@@ -103,5 +103,5 @@ def test_long_tasks_spread_over_both_cpus(cluster):
 
     start = time.monotonic()
     pids = ray.get([slow.remote() for _ in range(4)], timeout=TIMEOUT)
-    assert len(set(pids)) == 2
+    assert len(set(pids)) >= 2
     assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 CPUs; 2 s would mean one CPU did all

@@ -190,13 +190,19 @@ class Scheduler:
             return
         session.closed = True
         self.sessions.pop(session.session_id, None)
-        # Work nobody can collect any more is stopped: the owner is gone.
-        for task in [t for t in self.tasks.values() if t.owner is session]:
-            self._cancel_task(task, force=True, recursive=True)
         for object_id in list(session.held):
             self._unref(object_id)
         session.held.clear()
+        # Work whose results nobody holds any more is stopped; a task whose result someone else
+        # holds (e.g. a ref returned inside another task's result) goes on without its submitter.
+        for task in [t for t in self.tasks.values() if t.owner is session]:
+            if all(self._unheld(rid) for rid in task.spec.return_ids):
+                self._cancel_task(task, force=True, recursive=True)
         self._dispatch()
+
+    def _unheld(self, object_id: bytes) -> bool:
+        obj = self.objects.get(object_id)
+        return obj is None or obj.refs <= 0
 
     def on_client_ops(self, session: Session, ops: Iterable[pb.ClientOp]) -> None:
         for op in ops:

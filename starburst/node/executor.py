@@ -47,6 +47,7 @@ class Executor:
         self.pending_cond = threading.Condition()
         self.blocked = False
         self.functions: dict[bytes, Any] = {}
+        self.function_msgs: dict[bytes, pb.Function] = {}  # received, not unpickled yet
         self.current: pb.Run | None = None
         self.log_owner = ("executor", "")
         self.cancel_requested: bytes | None = None
@@ -69,6 +70,8 @@ class Executor:
             msg = pb.NodeToExecutorMsg.FromString(frame)
             kind = msg.WhichOneof("op")
             if kind == "run":
+                if msg.run.HasField("function"):  # keep it now: this run may be handed back unrun
+                    self.function_msgs[msg.run.function.id] = msg.run.function
                 with self.pending_cond:
                     if self.blocked:  # we lent our CPU away: the node places it elsewhere
                         self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[msg.run.spec.task_id])))
@@ -141,35 +144,23 @@ class Executor:
         self.send(pb.ExecutorMsg(hello=self.id))
         threading.Thread(target=self._read_loop, daemon=True, name="node-reader").start()
         threading.Thread(target=self._watch_node, daemon=True, name="node-watch").start()
-        # Results of short tasks queued back to back leave together (one write, one wake-up of the
-        # node); the last one before the queue runs dry always leaves at once.
-        batch: list[bytes] = []
-        keep: list = []
-        batch_started = 0.0
         while True:
             with self.pending_cond:
                 while not self.pending:
                     self.pending_cond.wait()
                 run = self.pending.popleft()
+            keep: list = []
             started = time.monotonic()
             done = self.execute(run, keep)
             done.duration_s = time.monotonic() - started
             self.logs.drain()
             # What the task sent the head (puts, submits) must arrive before its result, and refs in
-            # the result must stay held until the head has seen the result pin them.
+            # the result must stay held until the head has seen the result pin them. The result
+            # leaves before the next task starts: if that one kills us, this one is not lost.
             if self.client is not None:
                 self.client.transport.flush()
-            if not batch:
-                batch_started = started
-            batch.append(encode(pb.ExecutorMsg(done=done)))
-            with self.pending_cond:
-                more = bool(self.pending)
-            if not more or len(batch) >= 16 or time.monotonic() - batch_started > 0.002:
-                data = b"".join(batch)
-                with self.send_lock:
-                    self.sock.sendall(data)
-                batch.clear()
-                keep.clear()
+            self.send(pb.ExecutorMsg(done=done))
+            del keep
 
     def execute(self, run: pb.Run, keep: list) -> pb.TaskDone:
         spec = run.spec
@@ -217,9 +208,10 @@ class Executor:
         fid = run.spec.function_id
         function = self.functions.get(fid)
         if function is None:
-            function = cloudpickle.loads(run.function.pickled)
-            if run.function.source_file and hasattr(function, "__code__"):
-                function.__code__ = _with_filename(function.__code__, run.function.source_file)
+            message = self.function_msgs.pop(fid)
+            function = cloudpickle.loads(message.pickled)
+            if message.source_file and hasattr(function, "__code__"):
+                function.__code__ = _with_filename(function.__code__, message.source_file)
             self.functions[fid] = function
         return function
 

@@ -46,6 +46,8 @@ class Executor:
         self.runs: collections.deque[pb.Run] = collections.deque()  # sent, in order; [0] is running
         self.functions: set[bytes] = set()
         self.outbuf: list[bytes] = []
+        self.exit_code: int | None = None
+        self.eof = False
         self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
@@ -271,15 +273,26 @@ class NodeServer(pb_grpc.NodeServicer):
             pass
 
     def _executor_exited(self, executor: Executor, code: int) -> None:
+        executor.exit_code = code
         if executor.writer is None:  # died before connecting
             self.starting -= 1
-        self._executor_gone(executor, code)
+            self._executor_gone(executor, code)
+        elif executor.eof:
+            self._executor_gone(executor, code)
+        # else: results it wrote before dying may still be unread; the socket's EOF finishes this.
+
+    def _executor_eof(self, executor: Executor) -> None:
+        executor.eof = True
+        if executor.exit_code is not None:
+            self._executor_gone(executor, executor.exit_code)
 
     def _report_executors(self) -> None:
         alive = sum(1 for e in self.executors.values() if e.writer is not None)
         self.to_head(pb.NodeToHeadOp(executors=alive))
 
     def _executor_gone(self, executor: Executor, code: int) -> None:
+        if self.executors.get(executor.id) is not executor:
+            return
         self.executors.pop(executor.id, None)
         self._report_executors()
         if executor.has_session:
@@ -325,6 +338,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self._on_executor_msg(executor, msg)
         finally:
             writer.close()
+            if executor is not None:
+                self._executor_eof(executor)
 
     def _on_executor_msg(self, executor: Executor, msg: pb.ExecutorMsg) -> None:
         kind = msg.WhichOneof("op")
