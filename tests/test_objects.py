@@ -279,12 +279,14 @@ def test_retried_task_still_has_its_large_arguments(cluster, store, tmp_path, ho
 # ------------------------------------------------------------------------------ refs inside values
 
 
-def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster, store):
+@pytest.mark.parametrize("container", ["inline", "stored"])
+def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster, store, container):
     ray = cluster
     arr = _big(7)
     ref_x = ray.put(arr)
     x_name = ref_x.hex()
-    outer = ray.put([ref_x, "tag"])
+    outer = ray.put([ref_x, "tag"] if container == "inline" else [ref_x, "tag", np.ones(200_000)])
+    assert (outer.hex() in _object_files(store)) == (container == "stored")
     del ref_x
     _release()
     time.sleep(0.3)  # the driver's release of x has reached the head by now
@@ -415,6 +417,27 @@ def test_two_gets_of_the_same_large_array_share_memory(cluster, store):
     assert np.array_equal(a, b)
     assert np.shares_memory(a, b), "two gets of one object gave two separate mappings (Ray shares one buffer)"
     del a, b, ref
+    _release()
+
+
+def test_held_refs_to_large_objects_do_not_each_keep_a_file_descriptor(cluster, store):
+    """Getting a large object once and dropping the array must not pin a descriptor for as long as
+    the ref lives: with the usual limit of 1024 (256 on macOS) a driver holding many refs would
+    run out of descriptors."""
+    ray = cluster
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    refs = [ray.put(np.full(140_000, i, dtype=np.float64)) for i in range(150)]  # 1.1 MB each
+    base = open_fds()
+    for i, r in enumerate(refs):
+        a = ray.get(r, timeout=GET_TIMEOUT)
+        assert a[0] == i
+        del a
+    gc.collect()
+    assert open_fds() - base < 20, f"{open_fds() - base} descriptors held for {len(refs)} refs nobody reads"
+    del refs
     _release()
 
 

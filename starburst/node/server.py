@@ -48,13 +48,14 @@ class Executor:
         self.outbuf: list[bytes] = []
         self.exit_code: int | None = None
         self.eof = False
+        self.retiring = False  # told to exit: gets no more work
         self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
 
     @property
     def idle(self) -> bool:
-        return self.writer is not None and not self.runs
+        return self.writer is not None and not self.runs and not self.retiring
 
     @property
     def run(self) -> pb.Run | None:
@@ -231,7 +232,7 @@ class NodeServer(pb_grpc.NodeServicer):
         for executor in self.executors.values():
             first = executor.run
             if (
-                first is None or executor.blocked or executor.writer is None
+                first is None or executor.blocked or executor.writer is None or executor.retiring
                 or len(executor.runs) >= PIPELINE_DEPTH
                 or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
             ):
@@ -395,7 +396,8 @@ class NodeServer(pb_grpc.NodeServicer):
     def _retire_extra(self, executor: Executor) -> None:
         """Executors started while others were blocked go away once they are not needed."""
         if (len(self.executors) > self.pool_size and not self.queue and not executor.runs
-                and executor.writer is not None):
+                and executor.writer is not None and not executor.retiring):
+            executor.retiring = True
             executor.writer.close()
 
     # ----------------------------------------------------------------------- lifecycle
