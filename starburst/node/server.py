@@ -410,10 +410,14 @@ class NodeServer(pb_grpc.NodeServicer):
         pb_grpc.add_NodeServicer_to_server(self, server)
         port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
         self.address = f"{self.args.host}:{port}"
+        announced = self.address
+        if self.args.runtime_dir:  # a head on this machine: a Unix socket is quicker than TCP
+            announced = f"unix:{os.path.join(self.socket_dir, 'node.sock')}"
+            server.add_insecure_port(announced)
         await server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop.set)
-        sys.stdout.write(self.address + "\n")
+        sys.stdout.write(announced + "\n")
         sys.stdout.flush()
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         watchdog = asyncio.ensure_future(self._watch_parent())
