@@ -13,11 +13,17 @@
 
 from . import exceptions
 from ._version import __version__
+from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import ClusterContext, cancel, get, init, is_initialized, put, remote, shutdown, wait
 from .object_ref import ObjectRef
 
 __all__ = [
     "__version__",
+    "ActorClass",
+    "ActorHandle",
+    "get_actor",
+    "kill",
+    "method",
     "ClusterContext",
     "ObjectRef",
     "cancel",

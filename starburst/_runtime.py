@@ -6,10 +6,13 @@ lazily, relayed through its node, the first time a task uses the API or receives
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import os
 import threading
 from typing import Any, Callable
+
+from .exceptions import RaySystemError
 
 _lock = threading.RLock()
 _client: Any = None
@@ -20,13 +23,16 @@ executor_client_factory: Callable[[], Any] | None = None
 class TaskContext:
     """The task running on this thread of an executor."""
 
-    __slots__ = ("task_id", "job_id", "name", "cpus")
+    __slots__ = ("task_id", "job_id", "name", "cpus", "namespace", "actor_id")
 
-    def __init__(self, task_id: bytes, job_id: str, name: str, cpus: float) -> None:
+    def __init__(self, task_id: bytes, job_id: str, name: str, cpus: float, namespace: str = "",
+                 actor_id: bytes = b"") -> None:
         self.task_id = task_id
         self.job_id = job_id
         self.name = name
         self.cpus = cpus
+        self.namespace = namespace
+        self.actor_id = actor_id
 
 
 _task = threading.local()
@@ -50,12 +56,24 @@ _id_pid = [os.getpid()]
 job_env_vars: dict[str, str] = {}
 
 
+_task_var: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("starburst_task", default=None)
+
+
 def current_task() -> TaskContext | None:
-    return getattr(_task, "ctx", None)
+    """The task running here: per thread, and per coroutine on an async actor's loop."""
+    return _task_var.get()
 
 
-def set_current_task(ctx: TaskContext | None) -> None:
-    _task.ctx = ctx
+def set_current_task(ctx: TaskContext | None):
+    return _task_var.set(ctx)
+
+
+def current_namespace(client: Any) -> str:
+    """The namespace for named actors: the running task's, else the driver's."""
+    ctx = current_task()
+    if ctx is not None and ctx.namespace:
+        return ctx.namespace
+    return getattr(client, "namespace", "") or ""
 
 
 def peek_client() -> Any:
@@ -81,6 +99,13 @@ def get_client(auto_init: bool = True) -> Any:
             return _client
         if not auto_init:
             raise RuntimeError("starburst is not initialized: call starburst.init() first")
+        if _client is not None and _client.closed:
+            # The session broke without shutdown(): starting another cluster quietly would leave
+            # every ObjectRef of the old one dangling.
+            raise RaySystemError(
+                f"the session with the starburst cluster was lost ({_client.error_text()}); its objects "
+                "and tasks are gone. Call starburst.shutdown() and then starburst.init() to start over."
+            )
     from . import api
 
     api.init()

@@ -207,7 +207,9 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise TypeError("remote classes (actors) are not supported by starburst yet")
+        from .actor import ActorClass
+
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote expects a function, got {type(target).__name__}")
     return RemoteFunction(target, options)

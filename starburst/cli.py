@@ -3,6 +3,7 @@
     starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
     starburst status [--json]                 what the running head is doing
     starburst down                            stop the running head, its nodes and executors
+    starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
 
 Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
 """
@@ -90,6 +91,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .compat import main_run
+
+    return main_run([args.script, *args.args])
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -126,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "none is running.")
     down.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to exit")
     down.set_defaults(func=cmd_down)
+    run = sub.add_parser("run", help="run an unmodified Ray script on starburst ('import ray' works)",
+                         description="Run SCRIPT as __main__ with 'import ray' mapped to starburst, in this "
+                                     "process and in the cluster's workers. Exit code: the script's.")
+    run.add_argument("script")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, Protocol
 
 from . import _runtime, config
@@ -57,7 +58,9 @@ class Client:
         self._expected: set[bytes] = set()  # returns of our own tasks: the head pushes them
         self._futures: dict[bytes, list[concurrent.futures.Future]] = {}
         self._waiters: dict[bytes, list[_Waiter]] = {}
-        self._mapped: dict[bytes, memoryview] = {}  # stored objects mapped by this process
+        self._mapped: dict[bytes, weakref.ref] = {}  # stored objects mapped by this process
+        self._requests: dict[int, concurrent.futures.Future] = {}
+        self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
         self._functions_sent: set[bytes] = set()
@@ -86,6 +89,8 @@ class Client:
             transport.close()
             raise ConnectionError(f"could not open a session with the starburst head: {error}")
         self.store = open_store(self.welcome.store_url)
+        # Named actors live in a namespace: the one given to init(), else one private to this job.
+        self.namespace = namespace or f"anonymous-{self.welcome.job_id}"
         self.inline_threshold = self.welcome.inline_threshold or config.INLINE_THRESHOLD
 
     # ------------------------------------------------------------------ outgoing operations
@@ -156,10 +161,10 @@ class Client:
         self._send(pb.ClientOp(put=pb.Object(id=object_id, value=v)))
         return ref
 
-    def submit(self, spec: pb.TaskSpec, function: pb.Function) -> list[ObjectRef]:
+    def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
         ops = []
         with self._cond:
-            if function.id not in self._functions_sent:
+            if function is not None and function.id not in self._functions_sent:
                 self._functions_sent.add(function.id)
                 ops.append(pb.ClientOp(function=function))
             self._expected.update(spec.return_ids)
@@ -167,6 +172,45 @@ class Client:
         ops.append(pb.ClientOp(submit=spec))
         self._send(*ops)
         return refs
+
+    def request(self, request: pb.ActorRequest, timeout: float = 60.0) -> pb.ActorReply:
+        """A synchronous question to the head (named actors, cluster state)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            self._request_seq += 1
+            request.request_id = self._request_seq
+            self._requests[request.request_id] = fut
+        self._send(pb.ClientOp(request=request))
+        try:
+            return fut.result(timeout)
+        finally:
+            with self._cond:
+                self._requests.pop(request.request_id, None)
+
+    def send_function(self, function: pb.Function) -> None:
+        with self._cond:
+            if function.id in self._functions_sent:
+                return
+            self._functions_sent.add(function.id)
+        self._send(pb.ClientOp(function=function))
+
+    def submit_creation(self, spec: pb.TaskSpec, function: pb.Function) -> None:
+        """Start an actor; this session holds its first handle."""
+        self.send_function(function)
+        self.hold(spec.actor_id)
+        self._send(pb.ClientOp(submit=spec))
+
+    def submit_actor_call(self, spec: pb.TaskSpec) -> list[ObjectRef]:
+        with self._cond:
+            self._expected.update(spec.return_ids)
+        refs = [ObjectRef(rid, self) for rid in spec.return_ids]
+        self._send(pb.ClientOp(submit=spec))
+        return refs
+
+    def hold(self, object_id: bytes) -> None:
+        """Count a reference the head already knows this session holds (no add_ref sent)."""
+        with self._cond:
+            self._refs[object_id] = self._refs.get(object_id, 0) + 1
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
         self._send(pb.ClientOp(cancel=pb.Cancel(object_id=ref._id, force=force, recursive=recursive)))
@@ -286,17 +330,21 @@ class Client:
     def load(self, value: pb.Value, object_id: bytes | None = None) -> Any:
         """Deserialize a value (zero-copy from the object store for large ones).
 
-        A stored object is mapped once per process while a ref to it lives, so every get of it
-        shares one buffer (as in Ray)."""
+        While a value from a stored object is alive, later gets of it share its mapping (as in
+        Ray); the mapping (and its file descriptor) goes away with the last value using it."""
         if value.WhichOneof("where") == "key":
             assert self.store is not None
-            view = self._mapped.get(object_id) if object_id is not None else None
-            if view is None:
+            cached = self._mapped.get(object_id) if object_id is not None else None
+            mapping = cached() if cached is not None else None
+            if mapping is not None:
+                view = memoryview(mapping)
+            else:
                 view = self.store.get(value.key)
-                if object_id is not None:
-                    with self._cond:
-                        if object_id in self._refs:
-                            view = self._mapped.setdefault(object_id, view)
+                if object_id is not None and view.obj is not None:
+                    try:
+                        self._mapped[object_id] = weakref.ref(view.obj)
+                    except TypeError:  # not weak-referenceable (e.g. bytes from another store)
+                        pass
             return deserialize(view)
         return deserialize(value.inline)
 
@@ -329,6 +377,10 @@ class Client:
                             ready_futures.append((fut, value))
                         for waiter in self._waiters.pop(object_id, ()):
                             waiter.arrived(value)
+                elif kind == "reply":
+                    fut = self._requests.get(op.reply.request_id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(op.reply)
                 elif kind == "welcome":
                     self.welcome = op.welcome
                     self._cond.notify_all()
@@ -350,10 +402,16 @@ class Client:
                 for waiter in waiters:
                     waiter.event.set()
             self._waiters.clear()
+            for fut in self._requests.values():
+                if not fut.done():
+                    fut.set_exception(RaySystemError(f"lost the session with the head: {error}"))
             self._cond.notify_all()
         for fut in futures:
             if not fut.done():
                 fut.set_exception(RaySystemError(f"lost the session with the head: {error}"))
+
+    def error_text(self) -> str:
+        return self._error or "closed"
 
     def close(self) -> None:
         with self._cond:

@@ -117,6 +117,26 @@ class WorkerCrashedError(RayError):
     """The process running the task died (and its retries, if any, were used up)."""
 
 
+class RayActorError(RayError):
+    """An actor can't run a call: it died, or could not be created (``ray.exceptions.RayActorError``)."""
+
+    def __init__(self, actor_id: str = "", message: str = "", cause: BaseException | str | None = None) -> None:
+        self.actor_id = actor_id
+        self.cause = cause
+        super().__init__(message or f"The actor {actor_id} is dead.")
+
+    def __reduce__(self):
+        return (type(self), (self.actor_id, str(self), self.cause))
+
+
+class ActorDiedError(RayActorError):
+    """The actor is dead: killed, out of scope, failed in its constructor, or out of restarts."""
+
+
+class ActorUnavailableError(RayActorError):
+    """The actor is temporarily unreachable (restarting)."""
+
+
 class NodeDiedError(RayError):
     """The node running the task was lost."""
 
@@ -162,6 +182,9 @@ __all__ = [
     "TaskCancelledError",
     "WorkerCrashedError",
     "NodeDiedError",
+    "RayActorError",
+    "ActorDiedError",
+    "ActorUnavailableError",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectStoreFullError",

@@ -91,6 +91,7 @@ class RemoteFunction:
             max_retries=o["max_retries"],
             return_ids=return_ids(task_id, max(n, 1)) if n else return_ids(task_id, 1),
         )
+        spec.namespace = _runtime.current_namespace(client)
         spec.resources.cpus = o["num_cpus"]
         spec.resources.gpus = o.get("num_gpus") or 0
         spec.resources.memory = o.get("memory") or 0

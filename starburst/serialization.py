@@ -11,7 +11,9 @@ Deserializing from a read-only memoryview gives read-only arrays (as Ray does).
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import sys
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -71,6 +73,7 @@ def serialize(value: Any) -> Serialized:
     """Serialize ``value``; records the ids of ObjectRefs found inside it."""
     buffers: list[memoryview] = []
     contained: list[bytes] = []
+    ship_user_modules()
     previous = getattr(_context, "contained", None)
     _context.contained = contained
     try:
@@ -111,7 +114,51 @@ def deserialize(data: bytes | memoryview) -> Any:
 
 
 def dumps_function(fn: Any) -> bytes:
+    ship_user_modules()
     return cloudpickle.dumps(fn, protocol=5)
+
+
+_installed_roots: tuple[str, ...] | None = None
+_checked_modules: set[str] = set()
+_modules_seen = 0
+
+
+def _installed() -> tuple[str, ...]:
+    global _installed_roots
+    if _installed_roots is None:
+        import site
+        import sysconfig
+
+        roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+        roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+        roots.add(site.getusersitepackages() if hasattr(site, "getusersitepackages") else "")
+        roots.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + "starburst")
+        _installed_roots = tuple(os.path.abspath(r) + os.sep for r in roots if r)
+    return _installed_roots
+
+
+def ship_user_modules() -> None:
+    """The user's own modules (not installed: a script's helpers, a test file, a notebook's module)
+    are pickled by value, so workers need not be able to import them. Installed packages travel by
+    reference (the workers have them)."""
+    global _modules_seen
+    if len(sys.modules) == _modules_seen:
+        return
+    _modules_seen = len(sys.modules)
+    for name, module in list(sys.modules.items()):
+        if name in _checked_modules or module is None:
+            continue
+        _checked_modules.add(name)
+        path = getattr(module, "__file__", None)
+        if not path or name == "__main__" or name.startswith("starburst"):
+            continue
+        path = os.path.abspath(path)
+        if path.startswith(_installed()) or "site-packages" in path or "dist-packages" in path:
+            continue
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except (ValueError, TypeError):
+            pass
 
 
 def find_unpicklable(value: Any) -> str:

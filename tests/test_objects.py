@@ -413,11 +413,13 @@ def test_two_gets_of_the_same_large_array_share_memory(cluster, store):
     ref = ray.put(_big(12))
     a = ray.get(ref, timeout=GET_TIMEOUT)
     b = ray.get(ref, timeout=GET_TIMEOUT)
-    assert not a.flags.writeable and not b.flags.writeable
-    assert np.array_equal(a, b)
-    assert np.shares_memory(a, b), "two gets of one object gave two separate mappings (Ray shares one buffer)"
-    del a, b, ref
+    read_only = not a.flags.writeable and not b.flags.writeable
+    equal = np.array_equal(a, b)
+    shared = np.shares_memory(a, b)
+    del a, b, ref  # before asserting: a failure must not keep the object alive for the later tests
     _release()
+    assert read_only and equal
+    assert shared, "two gets of one object gave two separate mappings (Ray shares one buffer)"
 
 
 def test_held_refs_to_large_objects_do_not_each_keep_a_file_descriptor(cluster, store):
@@ -436,9 +438,10 @@ def test_held_refs_to_large_objects_do_not_each_keep_a_file_descriptor(cluster, 
         assert a[0] == i
         del a
     gc.collect()
-    assert open_fds() - base < 20, f"{open_fds() - base} descriptors held for {len(refs)} refs nobody reads"
-    del refs
+    held, n = open_fds() - base, len(refs)
+    del refs  # before asserting: a failure must not keep the objects alive for the later tests
     _release()
+    assert held < 20, f"{held} descriptors held for {n} refs nobody reads"
 
 
 def test_large_array_through_a_chain_of_tasks(cluster, store):
@@ -545,6 +548,9 @@ def test_status_object_count_tracks_objects_and_returns_to_baseline(cluster, sto
 
 def test_everything_released_leaves_no_objects_and_no_files(cluster, store):
     """Runs after the others in this module: whatever they created must be gone by now."""
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):  # an earlier failure's frames
+        if hasattr(sys, name):
+            setattr(sys, name, None)
     _release()
     assert _eventually(lambda: _status()["objects"] == 0, timeout=10), f"objects left: {_status()['objects']}"
     assert _eventually(lambda: not _object_files(store), timeout=5), f"files left: {_object_files(store)}"

@@ -61,7 +61,7 @@ class Function(_message.Message):
     def __init__(self, id: _Optional[bytes] = ..., pickled: _Optional[bytes] = ..., name: _Optional[str] = ..., source_file: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt")
+    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,10 @@ class TaskSpec(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ENV_VARS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     function_id: bytes
     name: str
@@ -95,7 +99,81 @@ class TaskSpec(_message.Message):
     job_id: str
     env_vars: _containers.ScalarMap[str, str]
     attempt: int
-    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    actor_id: bytes
+    method: str
+    actor: ActorOptions
+    namespace: str
+    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ActorOptions(_message.Message):
+    __slots__ = ("class_name", "max_concurrency", "is_async", "max_restarts", "max_task_retries", "name", "detached", "handle_meta", "get_if_exists")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    IS_ASYNC_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASK_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_META_FIELD_NUMBER: _ClassVar[int]
+    GET_IF_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    max_concurrency: int
+    is_async: bool
+    max_restarts: int
+    max_task_retries: int
+    name: str
+    detached: bool
+    handle_meta: bytes
+    get_if_exists: bool
+    def __init__(self, class_name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., is_async: _Optional[bool] = ..., max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., name: _Optional[str] = ..., detached: _Optional[bool] = ..., handle_meta: _Optional[bytes] = ..., get_if_exists: _Optional[bool] = ...) -> None: ...
+
+class ActorRequest(_message.Message):
+    __slots__ = ("request_id", "create_named", "get_named", "cluster_state")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_NAMED_FIELD_NUMBER: _ClassVar[int]
+    GET_NAMED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    create_named: TaskSpec
+    get_named: str
+    cluster_state: bool
+    def __init__(self, request_id: _Optional[int] = ..., create_named: _Optional[_Union[TaskSpec, _Mapping]] = ..., get_named: _Optional[str] = ..., cluster_state: _Optional[bool] = ...) -> None: ...
+
+class ActorReply(_message.Message):
+    __slots__ = ("request_id", "error", "actor_id", "handle_meta", "created", "total", "available", "nodes")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_META_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    error: str
+    actor_id: bytes
+    handle_meta: bytes
+    created: bool
+    total: Resources
+    available: Resources
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., handle_meta: _Optional[bytes] = ..., created: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class KillActor(_message.Message):
+    __slots__ = ("actor_id", "no_restart")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    no_restart: bool
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
+
+class ActorDied(_message.Message):
+    __slots__ = ("actor_id", "reason")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    reason: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("object_id", "force", "recursive")
@@ -140,7 +218,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked", "request", "kill_actor")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +228,8 @@ class ClientOp(_message.Message):
     ADD_REF_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     function: Function
     submit: TaskSpec
@@ -159,7 +239,9 @@ class ClientOp(_message.Message):
     add_ref: bytes
     cancel: Cancel
     blocked: Blocked
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ...) -> None: ...
+    request: ActorRequest
+    kill_actor: KillActor
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("ops",)
@@ -186,16 +268,18 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., store_url: _Optional[str] = ..., inline_threshold: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., head_version: _Optional[str] = ...) -> None: ...
 
 class HeadOp(_message.Message):
-    __slots__ = ("welcome", "ready", "log", "error")
+    __slots__ = ("welcome", "ready", "log", "error", "reply")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ready: Object
     log: Log
     error: str
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    reply: ActorReply
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ...) -> None: ...
 
 class HeadMsg(_message.Message):
     __slots__ = ("ops",)
@@ -236,18 +320,20 @@ class Relay(_message.Message):
     def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
 
 class HeadToNodeOp(_message.Message):
-    __slots__ = ("run", "cancel", "relay", "shutdown", "delete")
+    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     run: Run
     cancel: Cancel
     relay: Relay
     shutdown: bool
     delete: bytes
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ...) -> None: ...
+    kill_actor: bytes
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
     __slots__ = ("ops",)
@@ -305,20 +391,22 @@ class TaskDone(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
-    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors")
+    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_DIED_FIELD_NUMBER: _ClassVar[int]
     hello: NodeHello
     done: TaskDone
     log: Log
     relay: Relay
     blocked: Blocked
     executors: int
-    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ...) -> None: ...
+    actor_died: ActorDied
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("ops",)

@@ -62,6 +62,9 @@ class NodeLink:
             reason = str(exc)
         except asyncio.CancelledError:
             reason = "head is shutting down"
+        except Exception as exc:  # noqa: BLE001 - a bug: log it; the node is dropped
+            log.exception("head failed handling a node's stream")
+            reason = f"internal error: {exc!r}"
         finally:
             if not ready.done():
                 ready.set_exception(ConnectionError(f"could not reach node at {self.address}: {reason}"))

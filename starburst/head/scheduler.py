@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
+    ActorDiedError,
     ObjectLostError,
     RaySystemError,
     TaskCancelledError,
@@ -91,6 +92,7 @@ class Node(Sink):
         self.used: dict[str, float] = collections.defaultdict(float)
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
+        self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
         self.functions: set[bytes] = set()
         self.executors = 0
         self.alive = True
@@ -151,6 +153,33 @@ class Task:
         self.submitted = time.monotonic()
 
 
+class Actor:
+    """The head's record of one actor: where it lives and the calls waiting for it, in order."""
+
+    PENDING, PLACED, ALIVE, RESTARTING, DEAD = "pending", "placed", "alive", "restarting", "dead"
+
+    def __init__(self, creation: Task) -> None:
+        spec = creation.spec
+        self.id = spec.actor_id
+        self.options = spec.actor
+        self.namespace = spec.namespace
+        self.creation = creation
+        self.state = Actor.PENDING
+        self.node: Node | None = None
+        self.calls: collections.deque[Task] = collections.deque()  # submitted, not yet sent
+        self.inflight: dict[bytes, Task] = {}
+        self.lost: list[Task] = []  # calls whose process died; retried or failed on restart
+        self.restarts = 0
+        self.no_restart = False
+        self.terminating = False
+        self.out_of_scope = False
+        self.death: pb.Value | None = None
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+
 def error_value(error: BaseException) -> pb.Value:
     return pb.Value(inline=serialize(error).to_bytes(), is_error=True)
 
@@ -164,6 +193,8 @@ class Scheduler:
         self.tasks: dict[bytes, Task] = {}
         self.queue: collections.deque[Task] = collections.deque()
         self.nodes: list[Node] = []
+        self.actors: dict[bytes, Actor] = {}
+        self.names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.sessions: dict[str, Session] = {}
         self.dirty: list[Sink] = []
         self.tasks_finished = 0
@@ -196,6 +227,8 @@ class Scheduler:
         # Work whose results nobody holds any more is stopped; a task whose result someone else
         # holds (e.g. a ref returned inside another task's result) goes on without its submitter.
         for task in [t for t in self.tasks.values() if t.owner is session]:
+            if task.spec.HasField("actor"):
+                continue  # an actor lives as long as its handles (or forever, if detached)
             if all(self._unheld(rid) for rid in task.spec.return_ids):
                 self._cancel_task(task, force=True, recursive=True)
         self._dispatch()
@@ -236,6 +269,12 @@ class Scheduler:
                 session.push(pb.HeadOp(welcome=self.welcome(session)))
             elif kind == "blocked":  # only executors block, and they tell their node instead
                 pass
+            elif kind == "request":
+                session.push(pb.HeadOp(reply=self._request(session, op.request)))
+            elif kind == "kill_actor":
+                actor = self.actors.get(op.kill_actor.actor_id)
+                if actor is not None:
+                    self._kill_actor(actor, op.kill_actor.no_restart, "it was killed with starburst.kill()")
         self._dispatch()
 
     def welcome(self, session: Session) -> pb.Welcome:
@@ -321,6 +360,12 @@ class Scheduler:
     def _free(self, obj: Obj) -> None:
         if self.objects.get(obj.id) is not obj:
             return
+        actor = self.actors.get(obj.id)
+        if actor is not None:  # the last handle to an actor is gone
+            del self.objects[obj.id]
+            actor.out_of_scope = True
+            self._maybe_terminate(actor)
+            return
         if obj.value is None and (obj.dependents or obj.subscribers):
             return  # still awaited; freed when its value arrives
         del self.objects[obj.id]
@@ -343,7 +388,18 @@ class Scheduler:
         task = Task(spec, session)
         self.tasks[spec.task_id] = task
         session.outstanding += 1
-        for rid in spec.return_ids:
+        actor: Actor | None = None
+        if spec.HasField("actor"):
+            actor = Actor(task)
+            self.actors[spec.actor_id] = actor
+            if actor.name:
+                self.names[(actor.namespace, actor.name)] = actor.id
+            handle = self._obj(spec.actor_id)  # handles count like refs to an object
+            handle.refs += 2 if spec.actor.detached else 1  # a detached actor holds itself
+            session.held.add(spec.actor_id)
+        elif spec.actor_id:
+            actor = self.actors.get(spec.actor_id)
+        for rid in spec.return_ids if actor is None or not spec.HasField("actor") else ():
             obj = self._obj(rid)
             obj.refs += 1
             session.held.add(rid)
@@ -355,7 +411,12 @@ class Scheduler:
             obj = self.objects.get(object_id)
             if obj is not None:
                 obj.refs += 1
-        if spec.function_id not in self.functions:
+        if spec.actor_id and not spec.HasField("actor"):  # a call: it waits in its actor's line
+            if actor is None:
+                self._fail(task, error_value(ActorDiedError(spec.actor_id.hex(), "the actor does not exist")))
+                return
+            actor.calls.append(task)
+        elif spec.function_id not in self.functions:
             self._fail(task, error_value(RaySystemError(f"function of task {spec.name} was never sent")))
             return
         for object_id in set(spec.deps):
@@ -376,6 +437,12 @@ class Scheduler:
         """Ready to run. Tasks submitted by running tasks go first: their parents may be waiting for
         them, holding executors, so depth-first order is what keeps a pool of parents moving."""
         task.state = Task.QUEUED
+        spec = task.spec
+        if spec.actor_id and not spec.HasField("actor"):
+            actor = self.actors.get(spec.actor_id)
+            if actor is not None:
+                self._pump_actor(actor)
+            return
         if task.spec.parent_task_id:
             self.queue.appendleft(task)
         else:
@@ -393,6 +460,15 @@ class Scheduler:
                 self.queue.remove(task)
             except ValueError:
                 pass
+        if task.spec.actor_id and not task.spec.HasField("actor"):
+            actor = self.actors.get(task.spec.actor_id)
+            if actor is not None:
+                actor.inflight.pop(task.spec.task_id, None)
+                if task.state != Task.RUNNING:
+                    try:
+                        actor.calls.remove(task)
+                    except ValueError:
+                        pass
         task.state = Task.DONE
         task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
@@ -406,13 +482,18 @@ class Scheduler:
                 continue
             self._set_value(obj, result.value)
         spec = task.spec
+        actor = self.actors.get(spec.actor_id) if spec.HasField("actor") else None
+        if actor is None or actor.state == Actor.DEAD:  # a live actor may need its arguments again
+            self._release_inputs(spec)
+        parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
+        if parent is not None:
+            parent.children.discard(spec.task_id)
+
+    def _release_inputs(self, spec: pb.TaskSpec) -> None:
         for object_id in list(spec.args.contained) + list(spec.deps):
             self._unref(object_id)
         if spec.args.WhichOneof("where") == "key":
             self._delete_key(spec.args.key)
-        parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
-        if parent is not None:
-            parent.children.discard(spec.task_id)
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
         if recursive:
@@ -420,6 +501,8 @@ class Scheduler:
                 child = self.tasks.get(child_id)
                 if child is not None:
                     self._cancel_task(child, force, recursive)
+        if task.spec.actor_id:
+            force = False  # killing the process would kill the actor, not just this call
         if task.state in (Task.WAITING, Task.QUEUED):
             self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
         elif task.state == Task.RUNNING and task.node is not None:
@@ -449,6 +532,9 @@ class Scheduler:
         for task in list(node.inflight.values()):
             self._task_lost(task, f"the node running it was lost ({reason})")
         node.inflight.clear()
+        for actor in [a for a in self.actors.values() if a.node is node and a.state != Actor.DEAD]:
+            self._actor_died(actor, f"its node was lost ({reason})")
+        node.actor_inflight.clear()
         self._dispatch()
 
     def _task_lost(self, task: Task, why: str) -> None:
@@ -473,6 +559,10 @@ class Scheduler:
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
             elif kind == "executors":
                 node.executors = op.executors
+            elif kind == "actor_died":
+                actor = self.actors.get(op.actor_died.actor_id)
+                if actor is not None and actor.node is node:
+                    self._actor_died(actor, op.actor_died.reason)
         self._dispatch()
 
     def _route_log(self, entry: pb.Log) -> None:
@@ -483,10 +573,16 @@ class Scheduler:
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
         task = node.inflight.pop(done.task_id, None)
         if task is None:
+            task = node.actor_inflight.pop(done.task_id, None)
+            if task is not None:
+                self._call_done(task, done)
             return
         for name, qty in task.want.items():
             node.used[name] -= qty
         if task.state != Task.RUNNING:
+            return
+        if task.spec.HasField("actor"):
+            self._creation_done(task, done)
             return
         if done.failure == pb.TaskDone.NONE:
             fid = task.spec.function_id
@@ -542,6 +638,215 @@ class Scheduler:
         for name, qty in task.want.items():
             node.used[name] += qty
         node.push(pb.HeadToNodeOp(run=run))
+        if spec.HasField("actor"):
+            actor = self.actors[spec.actor_id]
+            actor.node = node
+            if actor.state != Actor.DEAD:
+                actor.state = Actor.PLACED
+
+    # ------------------------------------------------------------------ actors
+
+    def _pump_actor(self, actor: Actor) -> None:
+        """Send the actor's calls that are ready, in submission order (a call whose arguments are
+        not ready holds back the ones behind it, as in Ray)."""
+        if actor.state == Actor.DEAD:
+            while actor.calls:
+                self._fail(actor.calls[0], actor.death or error_value(ActorDiedError(actor.id.hex())))
+            return
+        if actor.state != Actor.ALIVE or actor.node is None:  # calls wait for the constructor
+            return
+        while actor.calls:
+            task = actor.calls[0]
+            if task.state == Task.DONE:
+                actor.calls.popleft()
+                continue
+            if task.state != Task.QUEUED:
+                return
+            actor.calls.popleft()
+            spec = task.spec
+            run = pb.Run(spec=spec)
+            for object_id in spec.deps:
+                run.deps.add(id=object_id, value=self.objects[object_id].value)
+            task.state = Task.RUNNING
+            task.node = actor.node
+            actor.inflight[spec.task_id] = task
+            actor.node.actor_inflight[spec.task_id] = task
+            actor.node.push(pb.HeadToNodeOp(run=run))
+
+    def _creation_done(self, task: Task, done: pb.TaskDone) -> None:
+        actor = self.actors[task.spec.actor_id]
+        if done.failure == pb.TaskDone.WORKER_DIED:
+            task.state = Task.QUEUED  # the ActorDied report that follows decides: restart or not
+            return
+        error = next((r.value for r in done.results if r.value.is_error), None)
+        if done.failure == pb.TaskDone.CANCELLED:
+            error = error_value(ActorDiedError(actor.id.hex(), "its creation was cancelled"))
+        self._finish(task, [])
+        if error is None:
+            if actor.state != Actor.DEAD:
+                actor.state = Actor.ALIVE
+                self._pump_actor(actor)
+            return
+        cause = self._load_error(error)
+        self._actor_dead(actor, error_value(ActorDiedError(
+            actor.id.hex(), f"the actor died because of an error raised in its creation task: {cause}",
+            cause=cause)))
+        self._kill_process(actor)
+
+    def _call_done(self, task: Task, done: pb.TaskDone) -> None:
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is None or task.state != Task.RUNNING:
+            return
+        actor.inflight.pop(task.spec.task_id, None)
+        if done.failure == pb.TaskDone.WORKER_DIED:
+            actor.lost.append(task)  # decided when the actor's death is reported
+            return
+        if done.failure == pb.TaskDone.CANCELLED:
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+        else:
+            self._finish(task, done.results)
+        self._maybe_terminate(actor)
+
+    def _actor_died(self, actor: Actor, reason: str) -> None:
+        """The actor's process is gone: restart it (retrying its calls) or declare it dead."""
+        lost = sorted(actor.lost + list(actor.inflight.values()), key=lambda t: t.submitted)
+        actor.lost = []
+        for task in actor.inflight.values():
+            if actor.node is not None:
+                actor.node.actor_inflight.pop(task.spec.task_id, None)
+        actor.inflight.clear()
+        opts = actor.options
+        can_restart = (
+            not actor.no_restart and not actor.terminating and actor.state != Actor.DEAD
+            and (opts.max_restarts < 0 or actor.restarts < opts.max_restarts)
+        )
+        if not can_restart:
+            message = reason if actor.no_restart or actor.terminating else (
+                f"its process died ({reason}) and it has no restarts left")
+            death = error_value(ActorDiedError(actor.id.hex(), f"The actor is dead because {message}."))
+            for task in lost:
+                self._fail(task, death)
+            self._actor_dead(actor, death)
+            return
+        actor.restarts += 1
+        actor.state = Actor.RESTARTING
+        actor.node = None
+        for task in reversed(lost):
+            if opts.max_task_retries < 0 or task.spec.attempt < opts.max_task_retries:
+                task.spec.attempt += 1
+                task.state = Task.QUEUED
+                actor.calls.appendleft(task)
+            else:
+                self._fail(task, error_value(ActorDiedError(
+                    actor.id.hex(), f"the actor's process died while running this call ({reason}); "
+                                    "set max_task_retries to retry calls on the restarted actor")))
+        creation = actor.creation
+        creation.spec.attempt += 1
+        if creation.state == Task.DONE:  # it had finished: run it again, as a fresh task
+            self.tasks[creation.spec.task_id] = creation
+            creation.owner.outstanding += 1
+        creation.state = Task.QUEUED
+        creation.node = None
+        self.queue.appendleft(creation)
+
+    def _actor_dead(self, actor: Actor, death: pb.Value) -> None:
+        if actor.state == Actor.DEAD:
+            return
+        actor.state = Actor.DEAD
+        actor.death = death
+        if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
+            del self.names[(actor.namespace, actor.name)]
+        if actor.creation.state != Task.DONE:
+            self._finish(actor.creation, [])  # releases its inputs too (the actor is dead)
+        else:
+            self._release_inputs(actor.creation.spec)
+        self._pump_actor(actor)
+
+    def _kill_actor(self, actor: Actor, no_restart: bool, reason: str) -> None:
+        actor.no_restart = actor.no_restart or no_restart
+        if actor.state == Actor.DEAD:
+            return
+        if actor.state in (Actor.PLACED, Actor.ALIVE) and actor.node is not None:
+            self._kill_process(actor)
+        elif no_restart:  # not started yet: it never will be
+            self._actor_dead(actor, error_value(ActorDiedError(actor.id.hex(), f"The actor is dead because {reason}.")))
+
+    def _kill_process(self, actor: Actor) -> None:
+        if actor.node is not None and actor.node.alive:
+            actor.node.push(pb.HeadToNodeOp(kill_actor=actor.id))
+
+    def _maybe_terminate(self, actor: Actor) -> None:
+        """An actor nobody holds a handle to ends once the calls already made have finished."""
+        if not actor.out_of_scope or actor.options.detached or actor.state == Actor.DEAD:
+            return
+        if actor.calls or actor.inflight:
+            return
+        actor.terminating = True
+        self._kill_process(actor)
+        self._actor_dead(actor, error_value(ActorDiedError(
+            actor.id.hex(), "The actor is dead because all references to it were deleted.")))
+        del self.actors[actor.id]
+
+    @staticmethod
+    def _load_error(value: pb.Value) -> BaseException | str:
+        from ..serialization import deserialize
+
+        try:
+            error = deserialize(value.inline)
+        except Exception as exc:  # noqa: BLE001 - e.g. a user exception class the head can't import
+            return f"(an error the head could not load: {exc})"
+        return getattr(error, "cause", None) or error
+
+    def _request(self, session: Session, request: pb.ActorRequest) -> pb.ActorReply:
+        reply = pb.ActorReply(request_id=request.request_id)
+        kind = request.WhichOneof("op")
+        if kind == "create_named":
+            spec = request.create_named
+            key = (spec.namespace, spec.actor.name)
+            existing = self.actors.get(self.names.get(key, b""))
+            if existing is not None and existing.state != Actor.DEAD:
+                if not spec.actor.get_if_exists:
+                    reply.error = (f"The name {spec.actor.name} (namespace={spec.namespace}) is already "
+                                   "taken. Use get_if_exists=True to get the existing actor, or "
+                                   "another name.")
+                    return reply
+                self._hold_actor(session, existing)
+                reply.actor_id, reply.handle_meta = existing.id, existing.options.handle_meta
+                return reply
+            self._submit(session, spec)
+            reply.actor_id, reply.handle_meta, reply.created = spec.actor_id, spec.actor.handle_meta, True
+        elif kind == "get_named":
+            namespace, _, name = request.get_named.partition("/")
+            actor = self.actors.get(self.names.get((namespace, name), b""))
+            if actor is None or actor.state == Actor.DEAD:
+                reply.error = (f"Failed to look up actor with name '{name}'. This could because 1. You "
+                               "are trying to look up a named actor you didn't create. 2. The named "
+                               "actor died. 3. You did not use a namespace matching the namespace of "
+                               f"the actor (looked in namespace '{namespace}').")
+                return reply
+            self._hold_actor(session, actor)
+            reply.actor_id, reply.handle_meta = actor.id, actor.options.handle_meta
+        elif kind == "cluster_state":
+            for node in self.nodes:
+                r = node.hello.resources
+                reply.total.cpus += r.cpus
+                reply.total.memory += r.memory
+                reply.available.cpus += max(0.0, r.cpus - min(node.used["CPU"], r.cpus))
+                reply.available.memory += r.memory
+                reply.nodes.add(node_id=node.node_id, address=node.hello.address, resources=r,
+                                cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
+                                executors=node.executors)
+        return reply
+
+    def _hold_actor(self, session: Session, actor: Actor) -> None:
+        """The session gets a handle: count it (the client does not send add_ref for these)."""
+        obj = self.objects.get(actor.id)
+        if obj is None:
+            obj = self._obj(actor.id)
+        if actor.id not in session.held:
+            session.held.add(actor.id)
+            obj.refs += 1
+        actor.out_of_scope = False
 
     # ------------------------------------------------------------------ status
 

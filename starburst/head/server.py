@@ -64,6 +64,8 @@ class Head(pb_grpc.HeadServicer):
                     self.scheduler.flush()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
+            except Exception:  # noqa: BLE001 - a bug: log it; the session ends
+                log.exception("head failed handling a session")
             finally:
                 queue.put_nowait(None)
 

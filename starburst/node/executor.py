@@ -9,6 +9,9 @@ session with the head is opened lazily and relayed through the node.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
+import inspect
 import fcntl
 import os
 import pickle
@@ -28,7 +31,7 @@ import cloudpickle
 
 from .. import _runtime
 from .._proto import starburst_pb2 as pb
-from ..exceptions import RayTaskError
+from ..exceptions import ObjectStoreFullError, RayTaskError
 from ..serialization import deserialize, serialize
 from ..store import load_value, open_store, pack_value
 from .. import config
@@ -50,6 +53,12 @@ class Executor:
         self.function_msgs: dict[bytes, pb.Function] = {}  # received, not unpickled yet
         self.current: pb.Run | None = None
         self.log_owner = ("executor", "")
+        self.actor_instance: Any = None
+        self.actor_id = b""
+        self.actor_name = ""
+        self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.actor_semaphore: asyncio.Semaphore | None = None
         self.cancel_requested: bytes | None = None
         self.client = None
         self.client_lock = threading.Lock()
@@ -63,6 +72,12 @@ class Executor:
     # ----------------------------------------------------------------------- node -> executor
 
     def _read_loop(self) -> None:
+        try:
+            self._read_frames()
+        finally:  # the node is gone or told us to go; a thread that dies must not leave us running
+            os._exit(0)
+
+    def _read_frames(self) -> None:
         while True:
             frame = recv_frame(self.sock)
             if frame is None:
@@ -122,7 +137,7 @@ class Executor:
 
     def _on_block(self, blocked: bool) -> None:
         run = self.current
-        if run is None:
+        if run is None or self.actor_id:  # actors hold no pool CPU to lend
             return
         with self.pending_cond:
             self.blocked = blocked
@@ -149,35 +164,55 @@ class Executor:
                 while not self.pending:
                     self.pending_cond.wait()
                 run = self.pending.popleft()
-            keep: list = []
-            started = time.monotonic()
-            done = self.execute(run, keep)
-            done.duration_s = time.monotonic() - started
+            if self.actor_pool is not None and run.spec.method != "__ray_terminate__":
+                self.actor_pool.submit(self.run_one, run)
+            elif self.actor_loop is not None and run.spec.method != "__ray_terminate__":
+                asyncio.run_coroutine_threadsafe(self.run_one_async(run), self.actor_loop)
+            else:
+                self.run_one(run)
+
+    def run_one(self, run: pb.Run) -> None:
+        keep: list = []
+        started = time.monotonic()
+        done = self.execute(run, keep)
+        done.duration_s = time.monotonic() - started
+        self.report(done, run)
+        del keep
+
+    def report(self, done: pb.TaskDone, run: pb.Run) -> None:
+        if self.actor_pool is None and self.actor_loop is None:
             self.logs.drain()
-            # What the task sent the head (puts, submits) must arrive before its result, and refs in
-            # the result must stay held until the head has seen the result pin them. The result
-            # leaves before the next task starts: if that one kills us, this one is not lost.
-            if self.client is not None:
-                self.client.transport.flush()
-            self.send(pb.ExecutorMsg(done=done))
-            del keep
+        # What the task sent the head (puts, submits) must arrive before its result, and refs in
+        # the result must stay held until the head has seen the result pin them. The result
+        # leaves before the next task starts: if that one kills us, this one is not lost.
+        if self.client is not None:
+            self.client.transport.flush()
+        self.send(pb.ExecutorMsg(done=done))
+        if run.spec.method == "__ray_terminate__":
+            self.logs.drain()
+            os._exit(0)
 
     def execute(self, run: pb.Run, keep: list) -> pb.TaskDone:
         spec = run.spec
         done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
-        self.current = run
-        self.log_owner = (spec.name, spec.job_id)  # kept until the next task: drain() runs after this one
-        self.cancel_requested = None
-        _runtime.set_current_task(_runtime.TaskContext(spec.task_id, spec.job_id, spec.name, spec.resources.cpus))
+        concurrent = self.actor_pool is not None or self.actor_loop is not None
+        if not concurrent:
+            self.current = run
+            self.log_owner = (self.actor_name or spec.name, spec.job_id)  # drain() runs after the task
+            self.cancel_requested = None
+        _runtime.set_current_task(_runtime.TaskContext(
+            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
         saved_env = {k: os.environ.get(k) for k in spec.env_vars}
         os.environ.update(spec.env_vars)
         try:
             try:
-                function = self._function(run)
+                function = self._callable(run)
                 args, kwargs = self._arguments(run)
                 result = function(*args, **kwargs)
+                if spec.HasField("actor"):
+                    self._become_actor(spec, result)
+                    return done
                 keep.append(result)
-                results = self._split(result, len(spec.return_ids), spec)
             except KeyboardInterrupt:
                 if self.cancel_requested == spec.task_id:
                     done.failure = pb.TaskDone.CANCELLED
@@ -186,14 +221,7 @@ class Executor:
             except BaseException as exc:  # noqa: BLE001 - the task's error goes back to the caller
                 self._fail(done, spec, exc)
                 return done
-            for rid, value in zip(spec.return_ids, results):
-                try:
-                    ser = serialize(value)
-                except Exception as exc:  # noqa: BLE001
-                    err = TypeError(f"could not serialize the return value of {spec.name}: {exc}")
-                    self._fail(done, spec, err)
-                    return done
-                done.results.add(id=rid, value=pack_value(ser, rid.hex(), self.store, config.INLINE_THRESHOLD))
+            self._pack_results(done, spec, result)
             return done
         finally:
             for k, v in saved_env.items():
@@ -201,8 +229,83 @@ class Executor:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            self.current = None
+            if not concurrent:
+                self.current = None
             _runtime.set_current_task(None)
+
+    async def run_one_async(self, run: pb.Run) -> None:
+        """A call on an async actor: runs on the actor's event loop, up to max_concurrency at once."""
+        spec = run.spec
+        done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+        async with self.actor_semaphore:
+            started = time.monotonic()
+            token = _runtime.set_current_task(_runtime.TaskContext(
+                spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
+            try:
+                function = self._callable(run)
+                args, kwargs = self._arguments(run)
+                result = function(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                self._pack_results(done, spec, result)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(done, spec, exc)
+            finally:
+                _runtime.set_current_task(None)
+                del token
+            done.duration_s = time.monotonic() - started
+        await asyncio.get_running_loop().run_in_executor(None, self.report, done, run)
+
+    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any) -> None:
+        try:
+            results = self._split(result, len(spec.return_ids), spec)
+        except ValueError as exc:
+            self._fail(done, spec, exc)
+            return
+        for rid, value in zip(spec.return_ids, results):
+            try:
+                ser = serialize(value)
+            except Exception as exc:  # noqa: BLE001
+                del done.results[:]
+                self._fail(done, spec, TypeError(f"could not serialize the return value of {spec.name}: {exc}"))
+                return
+            try:
+                value = pack_value(ser, rid.hex(), self.store, config.INLINE_THRESHOLD)
+            except OSError as exc:
+                for written in done.results:
+                    if written.value.WhichOneof("where") == "key":
+                        self.store.delete(written.value.key)
+                del done.results[:]
+                self._fail(done, spec, ObjectStoreFullError(
+                    f"could not store the result of {spec.name} ({ser.size} bytes): {exc}"))
+                done.retryable = False
+                return
+            done.results.add(id=rid, value=value)
+
+    def _callable(self, run: pb.Run):
+        spec = run.spec
+        if spec.method:
+            if self.actor_instance is None:
+                raise RuntimeError(f"{spec.name}: this process holds no actor")
+            if spec.method == "__ray_terminate__":
+                return lambda: None
+            return getattr(self.actor_instance, spec.method)
+        return self._function(run)
+
+    def _become_actor(self, spec: pb.TaskSpec, instance: Any) -> None:
+        """The creation task ran: this process now serves that actor's calls."""
+        options = spec.actor
+        self.actor_instance = instance
+        self.actor_id = spec.actor_id
+        self.actor_name = options.class_name
+        self.log_owner = (options.class_name, spec.job_id)
+        if options.is_async:
+            self.actor_loop = asyncio.new_event_loop()
+            self.actor_semaphore = asyncio.Semaphore(options.max_concurrency or 1000)
+            threading.Thread(target=self.actor_loop.run_forever, daemon=True, name="actor-loop").start()
+        elif options.max_concurrency > 1:
+            self.actor_pool = concurrent.futures.ThreadPoolExecutor(
+                options.max_concurrency, thread_name_prefix="actor")
 
     def _function(self, run: pb.Run):
         fid = run.spec.function_id
@@ -337,6 +440,15 @@ class _LogForwarder:
     def _emit(self, stream_no: int, data: bytes) -> None:
         name, job = self.executor.log_owner
         text = data.decode("utf-8", errors="replace")
+        self._send_log(stream_no, name, job, text)
+
+    def _send_log(self, stream_no: int, name: str, job: str, text: str) -> None:
+        try:
+            self._send_log_msg(stream_no, name, job, text)
+        except OSError:  # the node is gone: nothing to report to
+            os._exit(1)
+
+    def _send_log_msg(self, stream_no: int, name: str, job: str, text: str) -> None:
         self.executor.send(pb.ExecutorMsg(log=pb.Log(
             job_id=job, task_name=name, pid=os.getpid(), node=self.executor.node, stream=stream_no,
             text=text.rstrip("\n"),
@@ -364,6 +476,10 @@ class _LogForwarder:
 
 
 def main() -> None:
+    if os.environ.get("STARBURST_RAY_ALIAS") == "1":  # a Ray script run by `starburst run`
+        from ..compat import install_ray_alias
+
+        install_ray_alias()
     parser = argparse.ArgumentParser(prog="python -m starburst.node.executor")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--id", type=int, required=True)

@@ -56,7 +56,10 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except OSError:  # e.g. reset: the node closed while our last message was unread
+            return None
         if k == 0:
             return None
         got += k

@@ -49,13 +49,15 @@ class Executor:
         self.exit_code: int | None = None
         self.eof = False
         self.retiring = False  # told to exit: gets no more work
+        self.actor_id = b""  # set for an actor's dedicated executor (never part of the pool)
+        self.actor_cpus = 0.0
         self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
 
     @property
     def idle(self) -> bool:
-        return self.writer is not None and not self.runs and not self.retiring
+        return self.writer is not None and not self.runs and not self.retiring and not self.actor_id
 
     @property
     def run(self) -> pb.Run | None:
@@ -70,7 +72,7 @@ class Executor:
         self.outbuf.append(encode(msg))
 
     def flush(self) -> None:
-        if self.outbuf:
+        if self.outbuf and self.writer is not None:
             data, self.outbuf = b"".join(self.outbuf), []
             if self.writer is not None and not self.writer.is_closing():
                 self.writer.write(data)
@@ -88,6 +90,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.functions: dict[bytes, pb.Function] = {}
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.executors: dict[int, Executor] = {}
+        self.actors: dict[bytes, Executor] = {}  # actor id -> its dedicated executor
         self.starting = 0
         self.next_id = 0
         self.early = early
@@ -96,6 +99,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.out: list[pb.NodeToHeadOp] = []
         self.out_event = asyncio.Event()
         self.head_connected = False
+        self.head_lost_at_start = False
         self.stop = asyncio.Event()
         self.address = ""
         self.loop = asyncio.get_running_loop()
@@ -129,6 +133,8 @@ class NodeServer(pb_grpc.NodeServicer):
                     self._pump()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
+            except Exception:  # noqa: BLE001 - a bug: say so in the node's log, then stop
+                log.exception("node failed handling the head's stream")
             finally:
                 self.stop.set()
                 self.out_event.set()
@@ -156,7 +162,9 @@ class NodeServer(pb_grpc.NodeServicer):
             run = op.run
             if run.HasField("function"):
                 self.functions[run.function.id] = run.function
-            if run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
+            if run.spec.actor_id:
+                self._actor_run(run)
+            elif run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
                 self.queue.appendleft(run)
             else:
                 self.queue.append(run)
@@ -169,6 +177,34 @@ class NodeServer(pb_grpc.NodeServicer):
         elif kind == "shutdown":
             self.stop.set()
             self.out_event.set()
+        elif kind == "kill_actor":
+            executor = self.actors.get(op.kill_actor)
+            if executor is not None and executor.proc is not None and executor.proc.poll() is None:
+                executor.kill_reason = "killed"
+                executor.proc.kill()
+
+    def _actor_run(self, run: pb.Run) -> None:
+        """Actors get a process of their own; their calls go straight to it, in order."""
+        spec = run.spec
+        if spec.HasField("actor"):  # creation: start the actor's process
+            executor = self._spawn(actor_id=spec.actor_id)
+            if executor is None:
+                self._report(pb.TaskDone(task_id=spec.task_id, failure=pb.TaskDone.WORKER_DIED,
+                                         detail="could not start a process for the actor"))
+                self.to_head(pb.NodeToHeadOp(actor_died=pb.ActorDied(
+                    actor_id=spec.actor_id, reason="could not start a process for the actor")))
+                return
+            self.actors[spec.actor_id] = executor
+            self.free_cpus -= spec.resources.cpus  # an actor holds what it asked for, for its life
+            executor.actor_cpus = spec.resources.cpus
+        else:
+            executor = self.actors.get(spec.actor_id)
+            if executor is None:
+                self._report(pb.TaskDone(task_id=spec.task_id, failure=pb.TaskDone.WORKER_DIED,
+                                         detail="the actor is not running on this node"))
+                return
+        self._assign(executor, run)
+        executor.flush()
 
     def _cancel(self, task_id: bytes, force: bool) -> None:
         for run in self.queue:
@@ -189,7 +225,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 return
 
     def _running(self) -> int:
-        return sum(1 for e in self.executors.values() if e.run is not None)
+        return sum(1 for e in self.executors.values() if e.runs)
 
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))
@@ -216,7 +252,7 @@ class NodeServer(pb_grpc.NodeServicer):
                     self.free_cpus -= cpus
                     self._assign(executor, run)
                     continue
-                if self.starting == 0 and len(self.executors) < self.max_executors:
+                if self.starting == 0 and self._active_count() < self.max_executors:
                     self._spawn()
             executor = self._pipeline_target(run)
             if executor is None:
@@ -233,6 +269,7 @@ class NodeServer(pb_grpc.NodeServicer):
             first = executor.run
             if (
                 first is None or executor.blocked or executor.writer is None or executor.retiring
+                or executor.actor_id
                 or len(executor.runs) >= PIPELINE_DEPTH
                 or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
             ):
@@ -243,7 +280,9 @@ class NodeServer(pb_grpc.NodeServicer):
 
     def _assign(self, executor: Executor, run: pb.Run) -> None:
         executor.runs.append(run)
-        if run.spec.function_id not in executor.functions:
+        if not run.spec.function_id:  # an actor call: the actor's process has its class already
+            pass
+        elif run.spec.function_id not in executor.functions:
             executor.functions.add(run.spec.function_id)
             if not run.HasField("function"):
                 run.function.CopyFrom(self.functions[run.spec.function_id])
@@ -251,19 +290,23 @@ class NodeServer(pb_grpc.NodeServicer):
             run.ClearField("function")
         executor.queue_frame(pb.NodeToExecutorMsg(run=run))
 
-    def _spawn(self, proc: subprocess.Popen | None = None) -> None:
+    def _spawn(self, proc: subprocess.Popen | None = None, actor_id: bytes = b"") -> Executor | None:
         executor = Executor(self.next_id)
+        executor.actor_id = actor_id
         self.next_id += 1
         self.executors[executor.id] = executor
-        self.starting += 1
+        if not actor_id:
+            self.starting += 1
         try:
             executor.proc = proc or spawn_executor(executor.id, self.socket_path, self.args)
         except OSError:
             log.exception("could not start an executor")
-            self.starting -= 1
+            if not actor_id:
+                self.starting -= 1
             del self.executors[executor.id]
-            return
+            return None
         threading.Thread(target=self._wait_executor, args=(executor,), daemon=True).start()
+        return executor
 
     def _wait_executor(self, executor: Executor) -> None:
         assert executor.proc is not None
@@ -276,7 +319,8 @@ class NodeServer(pb_grpc.NodeServicer):
     def _executor_exited(self, executor: Executor, code: int) -> None:
         executor.exit_code = code
         if executor.writer is None:  # died before connecting
-            self.starting -= 1
+            if not executor.actor_id:
+                self.starting -= 1
             self._executor_gone(executor, code)
         elif executor.eof:
             self._executor_gone(executor, code)
@@ -287,8 +331,15 @@ class NodeServer(pb_grpc.NodeServicer):
         if executor.exit_code is not None:
             self._executor_gone(executor, executor.exit_code)
 
+    def _pool_count(self) -> int:
+        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring)
+
+    def _active_count(self) -> int:
+        """Executors that could run work: blocked ones don't count (they wait on work queued here)."""
+        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring and not e.blocked)
+
     def _report_executors(self) -> None:
-        alive = sum(1 for e in self.executors.values() if e.writer is not None)
+        alive = sum(1 for e in self.executors.values() if e.writer is not None and not e.actor_id)
         self.to_head(pb.NodeToHeadOp(executors=alive))
 
     def _executor_gone(self, executor: Executor, code: int) -> None:
@@ -298,6 +349,9 @@ class NodeServer(pb_grpc.NodeServicer):
         self._report_executors()
         if executor.has_session:
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
+        if executor.actor_id:
+            self._actor_gone(executor, code)
+            return
         run = executor.run
         if run is not None:
             executor.runs.popleft()
@@ -318,9 +372,19 @@ class NodeServer(pb_grpc.NodeServicer):
                            f"died with {_describe_exit(code)}",
                 ))
         if not self.stop.is_set():
-            while len(self.executors) < self.pool_size:
+            while self._pool_count() < self.pool_size:
                 self._spawn()
             self._pump()
+
+    def _actor_gone(self, executor: Executor, code: int) -> None:
+        self.actors.pop(executor.actor_id, None)
+        self.free_cpus += executor.actor_cpus
+        how = {"killed": "it was killed"}.get(executor.kill_reason or "", f"its process died with {_describe_exit(code)}")
+        for run in executor.runs:  # calls in flight: the head retries them or fails them
+            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.WORKER_DIED,
+                                     attempt=run.spec.attempt, detail=how))
+        executor.runs.clear()
+        self.to_head(pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=executor.actor_id, reason=how)))
 
     async def _on_executor_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         executor: Executor | None = None
@@ -332,7 +396,9 @@ class NodeServer(pb_grpc.NodeServicer):
                     if executor is None:
                         return
                     executor.writer = writer
-                    self.starting -= 1
+                    if not executor.actor_id:
+                        self.starting -= 1
+                    executor.flush()  # an actor's creation (and calls) may be waiting already
                     self._report_executors()
                     self._pump()
                     continue
@@ -370,6 +436,13 @@ class NodeServer(pb_grpc.NodeServicer):
             self._pump()
 
     def _done(self, executor: Executor, done: pb.TaskDone) -> None:
+        if executor.actor_id:
+            for run in executor.runs:
+                if run.spec.task_id == done.task_id:
+                    executor.runs.remove(run)
+                    break
+            self._report(done)
+            return
         run = executor.run
         if run is not None and run.spec.task_id == done.task_id:
             executor.runs.popleft()
@@ -395,10 +468,16 @@ class NodeServer(pb_grpc.NodeServicer):
 
     def _retire_extra(self, executor: Executor) -> None:
         """Executors started while others were blocked go away once they are not needed."""
-        if (len(self.executors) > self.pool_size and not self.queue and not executor.runs
+        if (self._pool_count() > self.pool_size and not self.queue and not executor.runs and not executor.actor_id
                 and executor.writer is not None and not executor.retiring):
             executor.retiring = True
             executor.writer.close()
+            self.loop.call_later(5.0, self._reap, executor)
+
+    def _reap(self, executor: Executor) -> None:
+        """A retired executor that hasn't exited by now is stuck: end it."""
+        if executor.proc is not None and executor.proc.poll() is None:
+            executor.proc.kill()
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -417,9 +496,14 @@ class NodeServer(pb_grpc.NodeServicer):
         await server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop.set)
-        sys.stdout.write(announced + "\n")
-        sys.stdout.flush()
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        try:
+            sys.stdout.write(announced + "\n")
+            sys.stdout.flush()
+            os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        except OSError:  # whoever started us is gone before hearing from us
+            log.error("could not announce our address; exiting")
+            self.head_lost_at_start = True
+            self.stop.set()
         watchdog = asyncio.ensure_future(self._watch_parent())
         first_head = asyncio.ensure_future(self._expect_head())
         await self.stop.wait()
@@ -468,7 +552,8 @@ class NodeServer(pb_grpc.NodeServicer):
         except OSError:
             pass
         parent = self.args.parent_pid
-        if self.args.cleanup_dir and parent and os.getppid() != parent:
+        head_gone = (parent and os.getppid() != parent) or self.head_lost_at_start
+        if self.args.cleanup_dir and head_gone:
             # The head was killed before it could clean up after itself; its store is ours to remove.
             shutil.rmtree(self.args.cleanup_dir, ignore_errors=True)
 
