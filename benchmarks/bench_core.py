@@ -4,8 +4,8 @@
 One command runs every system, each in its own subprocess with the right
 interpreter, and prints one table with absolute figures and ratios:
 
-    .venv/bin/python benchmarks/bench_core.py            # full run (~2 min)
-    .venv/bin/python benchmarks/bench_core.py --quick    # smoke run (~40 s)
+    .venv/bin/python benchmarks/bench_core.py            # full run (~2.5 min)
+    .venv/bin/python benchmarks/bench_core.py --quick    # smoke run (~50 s)
 
 Ray conflicts with starburst's dependency pins, so it lives in its own venv
 (benchmarks/.venv-ray, created by benchmarks/setup_ray.sh). If that venv is
@@ -82,6 +82,20 @@ def add_one(a):
     return a + 1
 
 
+class SyncActor:
+    """The sync actor of f and h: a plain method returning a small int."""
+
+    def ping(self):
+        return 1
+
+
+class AsyncActor:
+    """The async actor of g: an `async def` method that returns at once."""
+
+    async def ping(self):
+        return 1
+
+
 # --------------------------------------------------------------------------
 # Per-system adapters: a uniform interface over the three systems.
 # --------------------------------------------------------------------------
@@ -89,6 +103,7 @@ class RayLikeAdapter:
     """starburst and Ray share the same API."""
 
     has_object_store = True
+    has_actors = True
 
     def __init__(self, name):
         self.name = name
@@ -126,6 +141,23 @@ class RayLikeAdapter:
         del ref
         return out
 
+    # ---- actors (f-h): default options on both systems ----------------
+    def start_actor(self, kind):
+        """Start a SyncActor / AsyncActor; returns its handle once its first call came back."""
+        cls = self.mod.remote(SyncActor if kind == "sync" else AsyncActor)
+        actor = cls.remote()
+        assert self.mod.get(actor.ping.remote()) == 1  # constructor done, actor reachable
+        return actor
+
+    def actor_call(self, actor):
+        return self.mod.get(actor.ping.remote())
+
+    def actor_submit_many(self, actor, n):
+        return [actor.ping.remote() for _ in range(n)]
+
+    def kill_actor(self, actor):
+        self.mod.kill(actor)
+
     def shutdown(self):
         self.mod.shutdown()
 
@@ -134,6 +166,7 @@ class ProcessPoolAdapter:
     """concurrent.futures.ProcessPoolExecutor with default settings."""
 
     has_object_store = False
+    has_actors = False  # f-h: n/a
 
     def __init__(self, name="processpool"):
         import concurrent.futures as cf
@@ -172,7 +205,7 @@ def make_adapter(system):
 
 
 # --------------------------------------------------------------------------
-# Worker mode: run measurements b-e for one system, print JSON.
+# Worker mode: run measurements b-h for one system, print JSON.
 # --------------------------------------------------------------------------
 def run_worker(system, cfg):
     import numpy as np
@@ -296,6 +329,10 @@ def run_worker(system, cfg):
         res["task_array_s"] = median(rt)
         res["task_array_all_s"] = rt
         log(f"128 MiB through add_one task: {res['task_array_s'] * 1e3:.1f} ms")
+
+        # ---- f-h. actors ------------------------------------------------
+        if ad.has_actors:
+            run_actor_measurements(ad, cfg, res, log)
     except Exception:
         res["ok"] = False
         res["error"] = traceback.format_exc()
@@ -307,6 +344,62 @@ def run_worker(system, cfg):
             res.setdefault("error", traceback.format_exc())
         res["shutdown_s"] = time.perf_counter() - t0
     return res
+
+
+def run_actor_measurements(ad, cfg, res, log):
+    """f. sync actor call throughput, g. async actor call throughput, h. actor call round trip.
+
+    One fresh actor per kind (SyncActor for f and h, AsyncActor for g), default options.
+    Each is started and answers one call before anything is timed (creation time is a
+    note, not a measurement), then gets the same warm-up as the tasks (warmup_sync calls
+    one at a time + a warmup_async batch). Round trips (sync_iters, one at a time) come
+    first, then actor_runs timed batches of actor_n calls: submit all, then get all.
+    The actor is killed afterwards.
+    """
+    n = cfg["actor_n"]
+    for kind in ("sync", "async"):
+        t0 = time.perf_counter()
+        actor = ad.start_actor(kind)
+        res[f"actor_{kind}_start_s"] = time.perf_counter() - t0
+        try:
+            for _ in range(cfg["warmup_sync"]):
+                assert ad.actor_call(actor) == 1
+            vals = ad.get_many(ad.actor_submit_many(actor, cfg["warmup_async"]))
+            assert len(vals) == cfg["warmup_async"] and all(v == 1 for v in vals)
+
+            # round trip: call + get, one at a time (h for the sync actor)
+            lat = []
+            for _ in range(cfg["sync_iters"]):
+                t0 = time.perf_counter()
+                v = ad.actor_call(actor)
+                lat.append(time.perf_counter() - t0)
+                assert v == 1
+            res[f"actor_{kind}_rt_p50_s"] = percentile(lat, 50)
+            res[f"actor_{kind}_rt_p99_s"] = percentile(lat, 99)
+            log(f"{kind} actor round trip p50 {percentile(lat, 50) * 1e3:.3f} ms, "
+                f"p99 {percentile(lat, 99) * 1e3:.3f} ms")
+
+            # throughput: N calls submitted in a loop, then get all (f / g)
+            rates = []
+            for _ in range(cfg["actor_runs"]):
+                t0 = time.perf_counter()
+                refs = ad.actor_submit_many(actor, n)
+                t_sub = time.perf_counter() - t0
+                vals = ad.get_many(refs)
+                dt = time.perf_counter() - t0
+                assert len(vals) == n and all(v == 1 for v in vals)
+                rates.append(n / dt)
+                log(f"{kind} actor: {n} calls in {dt:.3f} s (submit {t_sub:.3f} s) = "
+                    f"{n / dt:,.0f} calls/s")
+                del refs, vals
+            res[f"actor_{kind}_cps"] = median(rates)
+            res[f"actor_{kind}_cps_all"] = rates
+        finally:
+            try:
+                ad.kill_actor(actor)
+            except Exception:
+                log(f"kill of the {kind} actor failed: {traceback.format_exc().strip().splitlines()[-1]}")
+    res["actor_n"] = n
 
 
 # --------------------------------------------------------------------------
@@ -486,7 +579,8 @@ def run_worker_subprocess(system, python, args, timeout):
     cmd = [python, os.path.abspath(__file__), "--system", system, "--json",
            "--async-n", str(args.async_n), "--async-runs", str(args.async_runs),
            "--sync-iters", str(args.sync_iters), "--array-reps", str(args.array_reps),
-           "--warmup-sync", str(args.warmup_sync), "--warmup-async", str(args.warmup_async)]
+           "--warmup-sync", str(args.warmup_sync), "--warmup-async", str(args.warmup_async),
+           "--actor-n", str(args.actor_n), "--actor-runs", str(args.actor_runs)]
     import tempfile
 
     tag = new_tag()
@@ -582,6 +676,9 @@ METRICS = [
     ("async_tps", "c. async throughput", "rate", True, 2.0, ">= 2x"),
     ("putget_s", "d. 128 MiB put+get", "time", False, 1.0, "no slower (>= 1x)"),
     ("task_array_s", "e. 128 MiB put->task(a+1)->get", "time", False, None, "(no goal)"),
+    ("actor_sync_cps", "f. sync actor calls", "rate", True, 1.0, "no slower (>= 1x)"),
+    ("actor_async_cps", "g. async actor calls", "rate", True, 2.0, ">= 2x"),
+    ("actor_sync_rt_p50_s", "h. actor call round trip p50", "time", False, None, "(no goal)"),
 ]
 
 
@@ -636,7 +733,9 @@ def orchestrate(args):
           "warm-ups; cold starts are interleaved across systems.")
     print(f"config: cold starts {args.cold_runs} (+1 warm-up each), sync {args.sync_iters} "
           f"(+{args.warmup_sync} warm-up), async N={args.async_n} x {args.async_runs} runs "
-          f"(+{args.warmup_async} warm-up), 128 MiB x {args.array_reps} (+1 warm-up)")
+          f"(+{args.warmup_async} warm-up), 128 MiB x {args.array_reps} (+1 warm-up), "
+          f"actor calls N={args.actor_n} x {args.actor_runs} runs (f, g; same warm-ups; "
+          f"h: {args.sync_iters} round trips)")
     print()
 
     available = []
@@ -681,9 +780,9 @@ def orchestrate(args):
                 cold_err[s] = f"{type(e).__name__}: {e}"
                 print(f"  {s} cold start failed: {cold_err[s]}", flush=True)
 
-    # ---- b-e: one worker subprocess per system -----------------------------
+    # ---- b-h: one worker subprocess per system -----------------------------
     for s in available:
-        print(f"b-e. {s} worker ...", flush=True)
+        print(f"b-h. {s} worker ...", flush=True)
         r = run_worker_subprocess(s, pythons[s], args, args.worker_timeout)
         if not r.get("ok"):
             print(f"  {s} worker FAILED: {r.get('error', '?').strip().splitlines()[-1] if r.get('error') else '?'}")
@@ -729,6 +828,16 @@ def orchestrate(args):
                 bits.append(f"{lab} " + ", ".join(f"{x * 1e3:.0f}" for x in r[k]) + " ms")
         if r.get("async_tps_all"):
             bits.append("async runs " + ", ".join(f"{x:,.0f}" for x in r["async_tps_all"]))
+        for k, lab in (("actor_sync_cps_all", "f runs"), ("actor_async_cps_all", "g runs")):
+            if r.get(k):
+                bits.append(f"{lab} " + ", ".join(f"{x:,.0f}" for x in r[k]) + " calls/s")
+        if r.get("actor_sync_rt_p99_s") is not None:
+            bits.append(f"h p99 {fmt_time(r['actor_sync_rt_p99_s'])}")
+        if r.get("actor_async_rt_p50_s") is not None:
+            bits.append(f"async-actor round trip p50 {fmt_time(r['actor_async_rt_p50_s'])}")
+        if r.get("actor_sync_start_s") is not None and r.get("actor_async_start_s") is not None:
+            bits.append(f"actor start -> first call back: sync {fmt_time(r['actor_sync_start_s'])}, "
+                        f"async {fmt_time(r['actor_async_start_s'])}")
         if s == "processpool" and r.get("max_workers"):
             bits.append(f"max_workers={r['max_workers']} start_method={r.get('start_method')}")
         if r.get("left_behind"):
@@ -748,6 +857,9 @@ def orchestrate(args):
                  "a reference figure, marked (ref).")
     notes.append("e = put(arr) -> task returning a+1 (a new 128 MiB array) -> get; for "
                  "processpool: submit(add_one, arr).result() (array pickled both ways).")
+    notes.append("f-h: one actor, default options; f/g = N calls submitted in a loop, then get "
+                 "all (calls/s); h = call + get one at a time on the sync actor. processpool: "
+                 "n/a (no actors).")
     notes.append(f"load avg at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for n in notes:
         print("  - " + n)
@@ -773,6 +885,8 @@ def main(argv=None):
     p.add_argument("--async-runs", type=int, default=None, help="timed async runs (default 3, quick 1)")
     p.add_argument("--sync-iters", type=int, default=None, help="sync round trips (default 300, quick 50)")
     p.add_argument("--array-reps", type=int, default=None, help="timed 128 MiB reps (default 5, quick 2)")
+    p.add_argument("--actor-n", type=int, default=None, help="calls per actor throughput run, f and g (default 5000, quick 500)")
+    p.add_argument("--actor-runs", type=int, default=None, help="timed actor throughput runs (default 3, quick 1)")
     p.add_argument("--cold-runs", type=int, default=None, help="timed cold starts (default 5, quick 2)")
     p.add_argument("--warmup-sync", type=int, default=None, help="sync warm-up calls (default 50, quick 10)")
     p.add_argument("--warmup-async", type=int, default=None, help="async warm-up batch (default 500, quick 100)")
@@ -788,6 +902,7 @@ def main(argv=None):
     q = args.quick
     defaults = dict(async_n=(500, 5000), async_runs=(1, 3), sync_iters=(50, 300), array_reps=(2, 5),
                     cold_runs=(2, 5), warmup_sync=(10, 50), warmup_async=(100, 500),
+                    actor_n=(500, 5000), actor_runs=(1, 3),
                     worker_timeout=(300.0, 900.0))
     for k, (qv, fv) in defaults.items():
         if getattr(args, k) is None:
@@ -796,7 +911,8 @@ def main(argv=None):
     if args.system:
         cfg = dict(async_n=args.async_n, async_runs=args.async_runs, sync_iters=args.sync_iters,
                    array_reps=args.array_reps, warmup_sync=args.warmup_sync,
-                   warmup_async=args.warmup_async)
+                   warmup_async=args.warmup_async, actor_n=args.actor_n,
+                   actor_runs=args.actor_runs)
         try:
             res = run_worker(args.system, cfg)
         except Exception:

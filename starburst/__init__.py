@@ -15,7 +15,9 @@ from . import exceptions
 from ._version import __version__
 from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import ClusterContext, cancel, get, init, is_initialized, put, remote, shutdown, wait
+from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
+from .runtime_context import available_resources, cluster_resources, get_runtime_context, nodes
 
 __all__ = [
     "__version__",
@@ -26,6 +28,12 @@ __all__ = [
     "method",
     "ClusterContext",
     "ObjectRef",
+    "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
+    "available_resources",
+    "cluster_resources",
+    "get_runtime_context",
+    "nodes",
     "cancel",
     "exceptions",
     "get",

@@ -52,6 +52,11 @@ def new_id() -> bytes:
 
 _id_pid = [os.getpid()]
 
+#: Set in executor processes.
+node_id = ""
+actor_restarted = False
+actor_handle_meta: bytes | None = None
+
 #: env_vars of the runtime_env given to init(): every task of this driver gets them.
 job_env_vars: dict[str, str] = {}
 

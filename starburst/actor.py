@@ -12,7 +12,7 @@ from . import _runtime
 from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .object_ref import ObjectRef
-from .remote_function import check_feasible, fill_args, return_ids
+from .remote_function import check_feasible, fill_args, return_ids, shape_result
 from .serialization import dumps_function, note_contained_ref
 
 ACTOR_OPTIONS = {
@@ -71,8 +71,6 @@ def _validate_actor_options(options: dict[str, Any], where: str) -> dict[str, An
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if options.get("get_if_exists") and not name:
         raise ValueError("get_if_exists=True needs a name")
-    if lifetime == "detached" and not name:
-        raise ValueError("a detached actor needs a name (it outlives its handles: get_actor finds it)")
     return options
 
 
@@ -118,7 +116,10 @@ class ActorClass:
         return _ActorClassOptions(self, _validate_actor_options(merged, f".options() of {self._cls.__qualname__}"))
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("the DAG API (.bind) is not supported by starburst yet")
+        """A DAG node creating this actor (``starburst.dag``)."""
+        from .dag import ClassNode
+
+        return ClassNode(self, args, kwargs)
 
     def _function_message(self) -> pb.Function:
         if self._pickled is None:
@@ -183,6 +184,11 @@ class _ActorClassOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         return self._actor_class._create(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from .dag import ClassNode
+
+        return ClassNode(self._actor_class, args, kwargs, self._options)
 
 
 class ActorID:
@@ -282,17 +288,22 @@ class ActorMethod:
         return _ActorMethodOptions(self, {**self._options, **options})
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("the DAG API (.bind) is not supported by starburst yet")
+        """A DAG node calling this method (``starburst.dag``)."""
+        from .dag import ClassMethodNode
+
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
 
     def _call(self, args: tuple, kwargs: dict, o: dict[str, Any]) -> Any:
         handle = self._handle
         client = handle._client or _runtime.get_client()
         n = o.get("num_returns", 1)
+        generator = n if isinstance(n, str) else ""
         task_id = _runtime.new_id()
         spec = pb.TaskSpec(
             task_id=task_id, name=f"{handle._meta['class_name']}.{self._name}",
-            actor_id=handle._actor_id.binary(), method=self._name,
-            return_ids=return_ids(task_id, max(n, 1)), namespace=_runtime.current_namespace(client),
+            actor_id=handle._actor_id.binary(), method=self._name, generator=generator,
+            return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
+            namespace=_runtime.current_namespace(client),
         )
         ctx = _runtime.current_task()
         if ctx is not None:
@@ -300,9 +311,7 @@ class ActorMethod:
             spec.job_id = ctx.job_id
         fill_args(client, spec, args, kwargs, spec.name)
         refs = client.submit_actor_call(spec)
-        if n == 0:
-            return None
-        return refs[0] if n == 1 else refs
+        return shape_result(refs, n, task_id, client)
 
 
 class _ActorMethodOptions:
@@ -312,6 +321,12 @@ class _ActorMethodOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._method._call(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from .dag import ClassMethodNode
+
+        opts = {k: v for k, v in self._options.items() if k != "is_async"}
+        return ClassMethodNode(self._method._handle, self._method._name, args, kwargs, opts)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

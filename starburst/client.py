@@ -60,6 +60,7 @@ class Client:
         self._waiters: dict[bytes, list[_Waiter]] = {}
         self._mapped: dict[bytes, weakref.ref] = {}  # stored objects mapped by this process
         self._requests: dict[int, concurrent.futures.Future] = {}
+        self._streams: set[bytes] = set()  # streaming tasks of ours whose items may arrive
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
@@ -207,6 +208,32 @@ class Client:
         self._send(pb.ClientOp(submit=spec))
         return refs
 
+    def register_stream(self, task_id: bytes) -> None:
+        """Items of this streaming task are pushed as they are yielded: keep each on arrival (the
+        arrival counts as one hold, which the generator hands over to the ref it returns)."""
+        with self._cond:
+            self._streams.add(task_id)
+
+    def unregister_stream(self, task_id: bytes) -> None:
+        with self._cond:
+            self._streams.discard(task_id)
+
+    def has_value(self, object_id: bytes) -> bool:
+        return object_id in self._values
+
+    def wait_any(self, ids: list[bytes], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_ready(ids, 1, deadline, stop_on_error=False)
+
+    def peek_count(self, object_id: bytes) -> tuple[int | None, bool]:
+        """(item count, is_error) of a streaming task's end marker, if it has arrived."""
+        value = self._values.get(object_id)
+        if value is None:
+            return None, False
+        if value.is_error:
+            return None, True
+        return self.load(value), False
+
     def hold(self, object_id: bytes) -> None:
         """Count a reference the head already knows this session holds (no add_ref sent)."""
         with self._cond:
@@ -219,6 +246,8 @@ class Client:
         """Ask the head for values we are not already promised (call with the lock held)."""
         for object_id in ids:
             if object_id in self._values or object_id in self._subscribed or object_id in self._expected:
+                continue
+            if object_id[:16] in self._streams:  # a streaming item: pushed when it is yielded
                 continue
             self._subscribed.add(object_id)
             self._outbox.append(pb.ClientOp(subscribe=object_id))
@@ -361,6 +390,7 @@ class Client:
     def on_message(self, msg: pb.HeadMsg) -> None:
         """Called by the transport for every batch from the head."""
         ready_futures = []
+        unwanted = False
         for op in msg.ops:  # output first: it was written before the results in this batch
             if op.WhichOneof("op") == "log":
                 print_log(op.log)
@@ -369,6 +399,8 @@ class Client:
                 kind = op.WhichOneof("op")
                 if kind == "ready":
                     object_id = op.ready.id
+                    if object_id not in self._refs and object_id[:16] in self._streams:
+                        self._refs[object_id] = 1  # the arrival hold of a streaming item
                     if object_id in self._refs:
                         value = op.ready.value
                         self._values[object_id] = value
@@ -377,6 +409,10 @@ class Client:
                             ready_futures.append((fut, value))
                         for waiter in self._waiters.pop(object_id, ()):
                             waiter.arrived(value)
+                    elif object_id[16:] != b"\x01\x00\x00\x00":
+                        # Pushed for us (a streaming item nobody iterates any more): let it go.
+                        self._outbox.append(pb.ClientOp(release=object_id))
+                        unwanted = True
                 elif kind == "reply":
                     fut = self._requests.get(op.reply.request_id)
                     if fut is not None and not fut.done():
@@ -389,6 +425,8 @@ class Client:
                     self._cond.notify_all()
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
+        if unwanted:
+            self._wake()
 
     def on_closed(self, error: str) -> None:
         """Called by the transport when the session ends."""

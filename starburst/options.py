@@ -69,10 +69,10 @@ def validate(options: dict[str, Any], where: str) -> dict[str, Any]:
     if "num_returns" in options:
         n = options["num_returns"]
         if n in ("dynamic", "streaming"):
-            raise ValueError(f"num_returns={n!r} (generators) is not supported by starburst yet")
-        if isinstance(n, bool) or not isinstance(n, int):
+            pass
+        elif isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"num_returns must be an integer >= 0, got {n!r}")
-        if n < 0:
+        elif n < 0:
             raise ValueError(f"num_returns must be an integer >= 0, got {n!r}")
     if "max_retries" in options:
         n = options["max_retries"]

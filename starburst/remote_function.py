@@ -52,6 +52,12 @@ class RemoteFunction:
         """Submit a task; returns an ObjectRef (a list of them when num_returns > 1)."""
         return self._submit(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A DAG node calling this function (``starburst.dag``); run it with ``.execute()``."""
+        from .dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **options: Any) -> "_BoundOptions":
         """The same function with some options overridden for the calls made through the result."""
         merged = dict(self._options)
@@ -84,12 +90,14 @@ class RemoteFunction:
         check_feasible(client, o, self._function.__qualname__)
         task_id = _runtime.new_id()
         n = o["num_returns"]
+        generator = n if isinstance(n, str) else ""
         spec = pb.TaskSpec(
             task_id=task_id,
             function_id=function.id,
             name=o.get("name") or self._function.__qualname__,
-            max_retries=o["max_retries"],
-            return_ids=return_ids(task_id, max(n, 1)) if n else return_ids(task_id, 1),
+            max_retries=0 if generator == "streaming" else o["max_retries"],
+            return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
+            generator=generator,
         )
         spec.namespace = _runtime.current_namespace(client)
         spec.resources.cpus = o["num_cpus"]
@@ -111,9 +119,18 @@ class RemoteFunction:
             spec.job_id = ctx.job_id
         fill_args(client, spec, args, kwargs, self._function.__qualname__)
         refs = client.submit(spec, function)
-        if n == 0:
-            return None
-        return refs[0] if n == 1 else refs
+        return shape_result(refs, n, task_id, client)
+
+
+def shape_result(refs: list[ObjectRef], n: Any, task_id: bytes, client: Any) -> Any:
+    """What .remote() returns: a ref, a list of refs, None, or a generator of refs."""
+    if n == "streaming":
+        from .generators import ObjectRefGenerator
+
+        return ObjectRefGenerator(task_id, refs[0], client)
+    if n == 0:
+        return None
+    return refs[0] if n in (1, "dynamic") else refs
 
 
 class _BoundOptions:
@@ -123,6 +140,11 @@ class _BoundOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._remote_function._submit(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from .dag import FunctionNode
+
+        return FunctionNode(self._remote_function, args, kwargs, self._options)
 
     def options(self, **options: Any) -> "_BoundOptions":
         merged = dict(self._options)

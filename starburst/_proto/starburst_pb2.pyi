@@ -61,7 +61,7 @@ class Function(_message.Message):
     def __init__(self, id: _Optional[bytes] = ..., pickled: _Optional[bytes] = ..., name: _Optional[str] = ..., source_file: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace")
+    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace", "generator")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class TaskSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     function_id: bytes
     name: str
@@ -103,7 +104,8 @@ class TaskSpec(_message.Message):
     method: str
     actor: ActorOptions
     namespace: str
-    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
+    generator: str
+    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ..., generator: _Optional[str] = ...) -> None: ...
 
 class ActorOptions(_message.Message):
     __slots__ = ("class_name", "max_concurrency", "is_async", "max_restarts", "max_task_retries", "name", "detached", "handle_meta", "get_if_exists")
@@ -391,7 +393,7 @@ class TaskDone(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
-    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died")
+    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +401,7 @@ class NodeToHeadOp(_message.Message):
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     EXECUTORS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_DIED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ITEM_FIELD_NUMBER: _ClassVar[int]
     hello: NodeHello
     done: TaskDone
     log: Log
@@ -406,7 +409,8 @@ class NodeToHeadOp(_message.Message):
     blocked: Blocked
     executors: int
     actor_died: ActorDied
-    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ...) -> None: ...
+    stream_item: Object
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("ops",)
@@ -415,20 +419,22 @@ class NodeToHead(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[NodeToHeadOp, _Mapping]]] = ...) -> None: ...
 
 class ExecutorMsg(_message.Message):
-    __slots__ = ("hello", "done", "log", "up", "blocked", "returned")
+    __slots__ = ("hello", "done", "log", "up", "blocked", "returned", "stream_item")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     RETURNED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ITEM_FIELD_NUMBER: _ClassVar[int]
     hello: int
     done: TaskDone
     log: Log
     up: ClientMsg
     blocked: Blocked
     returned: Returned
-    def __init__(self, hello: _Optional[int] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., returned: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
+    stream_item: Object
+    def __init__(self, hello: _Optional[int] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., returned: _Optional[_Union[Returned, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ...) -> None: ...
 
 class Returned(_message.Message):
     __slots__ = ("task_ids",)

@@ -559,11 +559,26 @@ class Scheduler:
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
             elif kind == "executors":
                 node.executors = op.executors
+            elif kind == "stream_item":
+                self._stream_item(op.stream_item)
             elif kind == "actor_died":
                 actor = self.actors.get(op.actor_died.actor_id)
                 if actor is not None and actor.node is node:
                     self._actor_died(actor, op.actor_died.reason)
         self._dispatch()
+
+    def _stream_item(self, item: pb.Object) -> None:
+        """A value yielded by a streaming task: the submitter holds it and gets it at once."""
+        task = self.tasks.get(item.id[:16])
+        if task is None or task.state != Task.RUNNING or task.owner.closed or item.id in self.objects:
+            if item.value.WhichOneof("where") == "key":
+                self._delete_key(item.value.key)
+            return
+        obj = self._obj(item.id)
+        obj.refs += 1
+        task.owner.held.add(item.id)
+        obj.subscribers.append(task.owner)
+        self._set_value(obj, item.value)
 
     def _route_log(self, entry: pb.Log) -> None:
         session = self.sessions.get(entry.job_id)

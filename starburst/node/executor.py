@@ -152,6 +152,7 @@ class Executor:
     # ----------------------------------------------------------------------- running tasks
 
     def serve(self) -> None:
+        _runtime.node_id = self.node or "local"
         self.logs = _LogForwarder(self)
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -221,7 +222,7 @@ class Executor:
             except BaseException as exc:  # noqa: BLE001 - the task's error goes back to the caller
                 self._fail(done, spec, exc)
                 return done
-            self._pack_results(done, spec, result)
+            self._pack_results(done, spec, result, keep)
             return done
         finally:
             for k, v in saved_env.items():
@@ -247,7 +248,8 @@ class Executor:
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                self._pack_results(done, spec, result)
+                keep = [result]
+                self._pack_results(done, spec, result, keep)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(done, spec, exc)
             finally:
@@ -256,7 +258,15 @@ class Executor:
             done.duration_s = time.monotonic() - started
         await asyncio.get_running_loop().run_in_executor(None, self.report, done, run)
 
-    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any) -> None:
+    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None) -> None:
+        if spec.generator:
+            try:
+                result = self._run_generator(spec, result)
+                if keep is not None:
+                    keep.append(result)  # refs inside stay held until the head has the result
+            except BaseException as exc:  # noqa: BLE001 - the generator raised part-way
+                self._fail(done, spec, exc)
+                return
         try:
             results = self._split(result, len(spec.return_ids), spec)
         except ValueError as exc:
@@ -282,6 +292,28 @@ class Executor:
                 return
             done.results.add(id=rid, value=value)
 
+    def _run_generator(self, spec: pb.TaskSpec, result: Any) -> Any:
+        """Drive a generator task. Streaming: report each item as it is yielded, return the count.
+        Dynamic: store each item, return one DynamicObjectRefGenerator of their refs."""
+        from ..generators import DynamicObjectRefGenerator, item_id
+
+        if not hasattr(result, "__next__"):
+            raise TypeError(f"{spec.name} has num_returns={spec.generator!r} but returned a "
+                            f"{type(result).__name__}, not a generator")
+        if spec.generator == "dynamic":
+            from .. import api
+
+            return DynamicObjectRefGenerator([api.put(value) for value in result])
+        count = 0
+        for value in result:
+            oid = item_id(spec.task_id, count)
+            packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
+            if self.client is not None:
+                self.client.transport.flush()  # refs inside the item are known to the head first
+            self.send(pb.ExecutorMsg(stream_item=pb.Object(id=oid, value=packed)))
+            count += 1
+        return count
+
     def _callable(self, run: pb.Run):
         spec = run.spec
         if spec.method:
@@ -297,6 +329,8 @@ class Executor:
         options = spec.actor
         self.actor_instance = instance
         self.actor_id = spec.actor_id
+        _runtime.actor_handle_meta = options.handle_meta
+        _runtime.actor_restarted = spec.attempt > 0
         self.actor_name = options.class_name
         self.log_owner = (options.class_name, spec.job_id)
         if options.is_async:

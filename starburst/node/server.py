@@ -414,6 +414,8 @@ class NodeServer(pb_grpc.NodeServicer):
             self._done(executor, msg.done)
         elif kind == "log":
             self.to_head(pb.NodeToHeadOp(log=msg.log))
+        elif kind == "stream_item":
+            self.to_head(pb.NodeToHeadOp(stream_item=msg.stream_item))
         elif kind == "up":
             executor.has_session = True
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
