@@ -57,8 +57,8 @@ node_id = ""
 actor_restarted = False
 actor_handle_meta: bytes | None = None
 
-#: env_vars of the runtime_env given to init(): every task of this driver gets them.
-job_env_vars: dict[str, str] = {}
+#: The runtime_env given to init() (validated): every task and actor of this driver gets it.
+job_runtime_env: dict = {}
 
 
 _task_var: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("starburst_task", default=None)

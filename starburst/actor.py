@@ -8,7 +8,7 @@ import inspect
 import pickle
 from typing import Any
 
-from . import _runtime
+from . import _runtime, runtime_env
 from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .object_ref import ObjectRef
@@ -158,9 +158,7 @@ class ActorClass:
             detached=o.get("lifetime") == "detached", handle_meta=pickle.dumps(meta),
             get_if_exists=bool(o.get("get_if_exists")),
         ))
-        env = dict(_runtime.job_env_vars)
-        env.update((o.get("runtime_env") or {}).get("env_vars") or {})
-        spec.env_vars.update(env)
+        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
         ctx = _runtime.current_task()
         if ctx is not None:
             spec.parent_task_id = ctx.task_id

@@ -86,9 +86,9 @@ def init(
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if runtime_env is not None:
-        from .options import validate
+        from . import runtime_env as _renv
 
-        validate({"runtime_env": runtime_env}, "init()")
+        runtime_env = _renv.validate(runtime_env, "init()")
     with _init_lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -110,7 +110,7 @@ def init(
             GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
             namespace=namespace or "",
         )
-        _runtime.job_env_vars = dict((runtime_env or {}).get("env_vars", {}))
+        _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
         return _context()
 
@@ -165,7 +165,7 @@ def shutdown() -> None:
     with _init_lock:
         client = _runtime.peek_client()
         _runtime.set_client(None)
-        _runtime.job_env_vars = {}
+        _runtime.job_runtime_env = {}
         if client is not None:
             client.close()
         started, _started_head = _started_head, None

@@ -23,7 +23,6 @@ _REFUSED = {
     "placement_group_capture_child_tasks": "placement groups are not supported by starburst",
     "label_selector": "node labels are not supported by starburst",
 }
-_RUNTIME_ENV_KEYS = {"env_vars"}
 
 _warned: set[str] = set()
 
@@ -88,19 +87,9 @@ def validate(options: dict[str, Any], where: str) -> dict[str, Any]:
             raise ValueError(f"retry_exceptions must list exception classes, got {r!r}")
     env = options.get("runtime_env")
     if env is not None:
-        if not isinstance(env, dict):
-            raise TypeError(f"runtime_env must be a dict, got {type(env).__name__}")
-        unsupported = sorted(set(env) - _RUNTIME_ENV_KEYS)
-        if unsupported:
-            raise ValueError(
-                f"runtime_env keys {unsupported} are not supported by starburst yet; supported: "
-                f"{sorted(_RUNTIME_ENV_KEYS)}"
-            )
-        env_vars = env.get("env_vars", {})
-        if not isinstance(env_vars, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-        ):
-            raise TypeError("runtime_env['env_vars'] must be a dict of str -> str")
+        from . import runtime_env
+
+        options["runtime_env"] = runtime_env.validate(env, where)
     strategy = options.get("scheduling_strategy")
     if strategy not in (None, "DEFAULT", "SPREAD"):
         raise ValueError(

@@ -8,7 +8,8 @@ import pickle
 import struct
 from typing import Any, Callable
 
-from . import _runtime, options as _options
+from . import _runtime, runtime_env
+from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .object_ref import ObjectRef
 from .serialization import dumps_function, find_unpicklable, serialize
@@ -108,11 +109,7 @@ class RemoteFunction:
         if o["retry_exceptions"]:
             r = o["retry_exceptions"]
             spec.retry_exceptions = pickle.dumps(True if r is True else tuple(r))
-        if _runtime.job_env_vars:
-            spec.env_vars.update(_runtime.job_env_vars)
-        env_vars = (o.get("runtime_env") or {}).get("env_vars")
-        if env_vars:
-            spec.env_vars.update(env_vars)
+        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
         ctx = _runtime.current_task()
         if ctx is not None:
             spec.parent_task_id = ctx.task_id

@@ -205,6 +205,13 @@ class Executor:
             spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
         saved_env = {k: os.environ.get(k) for k in spec.env_vars}
         os.environ.update(spec.env_vars)
+        saved_place = (os.getcwd(), list(sys.path)) if (spec.working_dir or spec.py_modules) else None
+        if spec.working_dir:
+            os.chdir(spec.working_dir)
+            sys.path.insert(0, spec.working_dir)
+        for root in spec.py_modules:
+            sys.path.insert(0, root)
+        becomes_actor = spec.HasField("actor")
         try:
             try:
                 function = self._callable(run)
@@ -225,11 +232,15 @@ class Executor:
             self._pack_results(done, spec, result, keep)
             return done
         finally:
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            if not becomes_actor:  # an actor keeps its runtime_env for its life
+                for k, v in saved_env.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+                if saved_place is not None:
+                    os.chdir(saved_place[0])
+                    sys.path[:] = saved_place[1]
             if not concurrent:
                 self.current = None
             _runtime.set_current_task(None)
