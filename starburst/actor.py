@@ -44,12 +44,7 @@ def method(*args: Any, **options: Any) -> Any:
 
 
 def _validate_actor_options(options: dict[str, Any], where: str) -> dict[str, Any]:
-    unknown = sorted(set(options) - ACTOR_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"Invalid option keyword {', '.join(map(repr, unknown))} for {where}. Valid ones are: "
-            f"{', '.join(sorted(o for o in ACTOR_OPTIONS if not o.startswith('_')))}."
-        )
+    _options.reject_unknown(options, ACTOR_OPTIONS, where)
     task_like = {k: v for k, v in options.items() if k in _options.TASK_OPTIONS}
     _options.validate(task_like, where)
     if options.get("concurrency_groups"):

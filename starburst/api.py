@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 from . import _runtime
 from .exceptions import RaySystemError
 from .object_ref import ObjectRef
+from .options import check_timeout
 from .remote_function import RemoteFunction
 
 log = logging.getLogger("starburst")
@@ -246,7 +247,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
         raise ValueError(
             f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
         )
-    _check_timeout(timeout)
+    check_timeout(timeout)
     client = _runtime.get_client()
     values = client.get(refs, timeout)
     return values[0] if single else values
@@ -271,7 +272,7 @@ def wait(
     for r in object_refs:
         if not isinstance(r, ObjectRef):
             raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(r).__name__}")
-    _check_timeout(timeout)
+    check_timeout(timeout)
     if not object_refs:
         return [], []
     if len(set(object_refs)) != len(object_refs):
@@ -281,15 +282,6 @@ def wait(
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     return _runtime.get_client().wait(object_refs, num_returns, timeout)
-
-
-def _check_timeout(timeout: Any) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number or None")
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -40,14 +40,29 @@ def _check_quantity(name: str, value: Any, whole_above_one: bool = False) -> flo
     return float(value)
 
 
-def validate(options: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check options for a task; raise ValueError/TypeError naming the problem and the fix."""
-    unknown = sorted(set(options) - TASK_OPTIONS)
+def reject_unknown(options: dict[str, Any], allowed: set[str], where: str) -> None:
+    """ValueError naming the unknown options and listing the valid ones."""
+    unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
             f"Invalid option keyword {', '.join(map(repr, unknown))} for {where}. "
-            f"Valid ones are: {', '.join(sorted(o for o in TASK_OPTIONS if not o.startswith('_')))}."
+            f"Valid ones are: {', '.join(sorted(o for o in allowed if not o.startswith('_')))}."
         )
+
+
+def check_timeout(timeout: Any) -> None:
+    """Ray's rules for a ``timeout`` argument: None, or a number of seconds >= 0."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number or None")
+
+
+def validate(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check options for a task; raise ValueError/TypeError naming the problem and the fix."""
+    reject_unknown(options, TASK_OPTIONS, where)
     for key, value in options.items():
         if key in _REFUSED and value is not None:
             raise ValueError(f"option {key!r} of {where}: {_REFUSED[key]}")

@@ -59,6 +59,7 @@ class Executor:
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_semaphore: asyncio.Semaphore | None = None
+        self.actor_tasks: set[asyncio.Task] = set()
         self.cancel_requested: bytes | None = None
         self.client = None
         self.client_lock = threading.Lock()
@@ -164,13 +165,35 @@ class Executor:
             with self.pending_cond:
                 while not self.pending:
                     self.pending_cond.wait()
-                run = self.pending.popleft()
-            if self.actor_pool is not None and run.spec.method != "__ray_terminate__":
-                self.actor_pool.submit(self.run_one, run)
-            elif self.actor_loop is not None and run.spec.method != "__ray_terminate__":
-                asyncio.run_coroutine_threadsafe(self.run_one_async(run), self.actor_loop)
+                if self.actor_loop is not None:  # hand every queued call to the loop at once
+                    runs = list(self.pending)
+                    self.pending.clear()
+                else:
+                    runs = [self.pending.popleft()]
+            if self.actor_loop is not None:
+                self.actor_loop.call_soon_threadsafe(self._start_async_calls, runs)
+            elif self.actor_pool is not None and runs[0].spec.method != "__ray_terminate__":
+                self.actor_pool.submit(self.run_one, runs[0])
             else:
-                self.run_one(run)
+                self.run_one(runs[0])
+
+    def _start_async_calls(self, runs: list[pb.Run]) -> None:
+        for run in runs:
+            if run.spec.method == "__ray_terminate__":
+                self.terminate_after_pending(run)
+            else:
+                self.actor_tasks.add(self.actor_loop.create_task(self.run_one_async(run)))
+
+    def terminate_after_pending(self, run: pb.Run) -> None:
+        """__ray_terminate__ on an async actor: end once the calls before it are done."""
+        pending = list(self.actor_tasks)
+
+        async def finish() -> None:
+            if pending:
+                await asyncio.wait(pending)
+            self.report(pb.TaskDone(task_id=run.spec.task_id, attempt=run.spec.attempt), run)
+
+        self.actor_loop.create_task(finish())
 
     def run_one(self, run: pb.Run) -> None:
         keep: list = []
@@ -267,7 +290,8 @@ class Executor:
                 _runtime.set_current_task(None)
                 del token
             done.duration_s = time.monotonic() - started
-        await asyncio.get_running_loop().run_in_executor(None, self.report, done, run)
+        self.report(done, run)  # a short blocking write on the Unix socket, from the loop itself
+        self.actor_tasks.discard(asyncio.current_task())
 
     def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None) -> None:
         if spec.generator:

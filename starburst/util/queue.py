@@ -26,6 +26,8 @@ import queue as _stdlib_queue
 from collections.abc import Iterable
 from typing import Any
 
+from ..options import check_timeout
+
 
 class Empty(_stdlib_queue.Empty):
     """The queue has no item (``get`` without blocking, or after ``timeout``)."""
@@ -33,15 +35,6 @@ class Empty(_stdlib_queue.Empty):
 
 class Full(_stdlib_queue.Full):
     """The queue is at ``maxsize`` (``put`` without blocking, or after ``timeout``)."""
-
-
-def _check_timeout(timeout: Any) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
 
 
 class Queue:
@@ -126,7 +119,7 @@ class Queue:
         if not block:
             ref = self._actor().put_nowait.remote(item)
         else:
-            _check_timeout(timeout)
+            check_timeout(timeout)
             ref = self._actor().put.remote(item, timeout)
         _unwrap(starburst.get, ref)
 
@@ -135,7 +128,7 @@ class Queue:
         if not block:
             ref = self._actor().put_nowait.remote(item)
         else:
-            _check_timeout(timeout)
+            check_timeout(timeout)
             ref = self._actor().put.remote(item, timeout)
         await _unwrap_async(ref)
 
@@ -148,7 +141,7 @@ class Queue:
         if not block:
             ref = self._actor().get_nowait.remote()
         else:
-            _check_timeout(timeout)
+            check_timeout(timeout)
             ref = self._actor().get.remote(timeout)
         return _unwrap(starburst.get, ref)
 
@@ -157,7 +150,7 @@ class Queue:
         if not block:
             ref = self._actor().get_nowait.remote()
         else:
-            _check_timeout(timeout)
+            check_timeout(timeout)
             ref = self._actor().get.remote(timeout)
         return await _unwrap_async(ref)
 
