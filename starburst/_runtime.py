@@ -56,6 +56,7 @@ _id_pid = [os.getpid()]
 node_id = ""
 actor_restarted = False
 actor_handle_meta: bytes | None = None
+cancelled_tasks: set[bytes] = set()  # cancel requests received for tasks running here
 
 #: The runtime_env given to init() (validated): every task and actor of this driver gets it.
 job_runtime_env: dict = {}

@@ -52,6 +52,10 @@ class RuntimeContext:
             return {}
         return {"CPU": self._task.cpus} if self._task.cpus else {}
 
+    def is_canceled(self) -> bool:
+        """True once ``cancel()`` was called for the running task (it may be checking to stop)."""
+        return self._task is not None and self._task.task_id in _runtime.cancelled_tasks
+
     def was_current_actor_reconstructed(self) -> bool:
         return _runtime.actor_restarted
 

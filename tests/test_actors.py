@@ -1012,3 +1012,59 @@ def test_print_in_actor_reaches_driver_with_class_prefix(run_script):
     # Ray tags the constructor's output with the class name too (not "Greeter.__init__").
     assert re.search(r"^\(Greeter pid=\d+\) constructing the greeter$", proc.stdout, re.M), (
         proc.stdout, proc.stderr)
+
+
+def test_runtime_context_inside_tasks_and_actors(cluster):
+    ray = cluster
+
+    @ray.remote(num_cpus=1)
+    def where():
+        ctx = ray.get_runtime_context()
+        return ctx.get_task_id(), ctx.get_actor_id(), ctx.get_assigned_resources(), ctx.get_job_id(), ctx.is_canceled()
+
+    task_id, actor_id, resources, job_id, canceled = ray.get(where.remote(), timeout=60)
+    assert task_id and actor_id is None and resources == {"CPU": 1.0} and not canceled
+    assert job_id == ray.get_runtime_context().get_job_id()
+
+    @ray.remote
+    class Me:
+        def ids(self):
+            ctx = ray.get_runtime_context()
+            return ctx.get_actor_id(), ctx.current_actor
+
+        def ping(self):
+            return "pong"
+
+    me = Me.remote()
+    actor_id, handle = ray.get(me.ids.remote(), timeout=60)
+    assert actor_id == me._actor_id.hex()
+    assert ray.get(handle.ping.remote(), timeout=60) == "pong"
+    assert ray.cluster_resources()["CPU"] == 2.0
+    assert 0 <= ray.available_resources()["CPU"] <= 2.0
+    assert len(ray.nodes()) == 1
+
+
+def test_task_sees_its_cancellation(cluster, tmp_path):
+    ray = cluster
+    flag = tmp_path / "saw-cancel"
+
+    @ray.remote
+    def polite(flag):
+        import time
+
+        try:
+            for _ in range(200):
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            if ray.get_runtime_context().is_canceled():
+                open(flag, "w").close()
+            raise
+
+    ref = polite.remote(str(flag))
+    import time
+
+    time.sleep(0.5)
+    ray.cancel(ref)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+    assert flag.exists()

@@ -106,6 +106,7 @@ class Executor:
                         self.send(pb.ExecutorMsg(done=pb.TaskDone(
                             task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
                         continue
+                _runtime.cancelled_tasks.add(msg.cancel)
                 run = self.current
                 if run is not None and run.spec.task_id == msg.cancel:
                     self.cancel_requested = msg.cancel
@@ -267,6 +268,7 @@ class Executor:
             if not concurrent:
                 self.current = None
             _runtime.set_current_task(None)
+            _runtime.cancelled_tasks.discard(spec.task_id)
 
     async def run_one_async(self, run: pb.Run) -> None:
         """A call on an async actor: runs on the actor's event loop, up to max_concurrency at once."""
