@@ -4,6 +4,7 @@
     starburst status [--json]                 what the running head is doing
     starburst down                            stop the running head, its nodes and executors
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
+    starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
 
 Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
 """
@@ -19,6 +20,7 @@ from ._version import __version__
 from .head import process
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
@@ -91,6 +93,80 @@ def cmd_down(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _aws_settings(args: argparse.Namespace):
+    from .aws.resources import Settings
+
+    settings = Settings.load()
+    if getattr(args, "region", None):
+        settings.region = args.region
+    return settings
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    import boto3
+
+    from .aws.resources import AwsSetupError, setup
+
+    settings = _aws_settings(args)
+    try:
+        report = setup(boto3.Session(region_name=settings.region), settings, head_ip=args.head_ip)
+    except AwsSetupError as exc:
+        print(f"starburst setup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.format(policies=args.show_policies))
+    path = report.settings.save()
+    print(f"settings saved in {path}")
+    return 0
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    import boto3
+
+    from .aws.resources import AwsSetupError, teardown
+
+    settings = _aws_settings(args)
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"Remove every starburst resource in {settings.region} (bucket and objects included)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return EXIT_FAILED
+    try:
+        report = teardown(boto3.Session(region_name=settings.region), settings)
+    except AwsSetupError as exc:
+        print(f"starburst teardown: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.format())
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from .aws.pricing import describe_estimate
+    from .aws.sizes import validate_size
+
+    try:
+        units, mib = validate_size(args.cpu, args.memory, args.arch)
+    except ValueError as exc:
+        print(f"starburst cost: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    region = args.region or _aws_settings(args).region
+    print(describe_estimate(args.workers, units / 1024, mib / 1024, args.arch, args.spot, region, args.max_cost))
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from .aws.quotas import ServiceQuotasSource, quota_status
+
+    settings = _aws_settings(args)
+    source = ServiceQuotasSource(region=settings.region)
+    try:
+        for spot in (False, True):
+            print(quota_status(source, spot).text())
+    except Exception as exc:  # noqa: BLE001 - botocore errors: say what failed
+        print(f"starburst quota: could not read the Fargate quotas in {settings.region}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .compat import main_run
 
@@ -139,6 +215,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     run.set_defaults(func=cmd_run)
+
+    aws = "AWS (the Fargate backend is being built: these prepare an account and price a cluster)"
+    setup = sub.add_parser("setup", help=f"create starburst's resources in your AWS account [{aws}]",
+                           description="Create or find, idempotently: a private encrypted S3 bucket with a "
+                                       "lifecycle rule, an ECR repository, an ECS cluster with FARGATE and "
+                                       "FARGATE_SPOT, least-privilege IAM roles, a log group, and a security "
+                                       "group admitting only the head's address. Everything is tagged.")
+    setup.add_argument("--region", help="AWS region (default: saved setting, then AWS_REGION)")
+    setup.add_argument("--head-ip", help="public address of this machine, admitted on the node port")
+    setup.add_argument("--show-policies", action="store_true", help="print the IAM policy documents")
+    setup.set_defaults(func=cmd_setup)
+    teardown = sub.add_parser("teardown", help="remove everything 'starburst setup' created",
+                              description="Remove starburst's AWS resources (the bucket and its objects "
+                                          "included). Resources not tagged as starburst's are left alone.")
+    teardown.add_argument("--region")
+    teardown.add_argument("--yes", action="store_true", help="don't ask for confirmation")
+    teardown.set_defaults(func=cmd_teardown)
+    cost = sub.add_parser("cost", help="estimate what a Fargate cluster costs per hour",
+                          description="Price a cluster from the built-in table (per-second billing, "
+                                      "1-minute minimum). Exit code 2 for a size Fargate doesn't offer.")
+    cost.add_argument("--workers", type=int, default=1)
+    cost.add_argument("--cpu", default="1", help="vCPU per worker (0.25 to 16)")
+    cost.add_argument("--memory", default="2GB", help="memory per worker, e.g. 8GB")
+    cost.add_argument("--arch", default="x86_64", choices=["x86_64", "arm64"])
+    cost.add_argument("--spot", action="store_true")
+    cost.add_argument("--region")
+    cost.add_argument("--max-cost", type=float, help="budget in USD: how long it lasts")
+    cost.set_defaults(func=cmd_cost)
+    quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request")
+    quota.add_argument("--region")
+    quota.set_defaults(func=cmd_quota)
     return parser
 
 

@@ -3,8 +3,8 @@
 ``setup()`` creates or finds, and ``teardown()`` removes, everything the Fargate backend needs in
 one account and region::
 
-    s3-bucket           {name}-{account}-{region}   private (public access blocked, ACLs disabled,
-                                                     TLS only), SSE-S3 encrypted, objects under
+    s3-bucket           {name}-{account}-{region}   private (public access blocked, ACLs disabled),
+                                                     SSE-S3 encrypted, objects under
                                                      {object_prefix}/ expire after N days
     ecr-repository      {name}                      worker images
     ecs-cluster         {name}                      FARGATE and FARGATE_SPOT capacity providers
@@ -32,7 +32,7 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from botocore.config import Config
 from botocore.exceptions import (
@@ -427,25 +427,13 @@ def _task_policy(ctx: _Ctx) -> dict:
     }
 
 
-def _bucket_policy(ctx: _Ctx) -> dict:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-            "Resource": [ctx.bucket_arn, f"{ctx.bucket_arn}/*"],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }],
-    }
-
-
-def policy_documents(ctx: _Ctx) -> dict[str, dict]:
+def _policy_documents(ctx: _Ctx) -> dict[str, dict]:
     s = ctx.settings
     return {
         f"{s.execution_role} trust policy": _trust_policy(ctx),
         f"{s.execution_role} inline policy '{INLINE_POLICY_NAME}'": _execution_policy(ctx),
         f"{s.task_role} trust policy": _trust_policy(ctx),
         f"{s.task_role} inline policy '{INLINE_POLICY_NAME}'": _task_policy(ctx),
-        f"{ctx.bucket} bucket policy": _bucket_policy(ctx),
     }
 
 
@@ -489,7 +477,14 @@ class _Kind:
     def ensure(self, found: _Found) -> Resource:
         if not found.exists:
             arn, notes = self.create()
-            found = self.find()
+            for attempt in range(8):  # IAM and friends are eventually consistent
+                found = self.find()
+                if found.exists:
+                    break
+                time.sleep(min(0.5 * 2 ** attempt, 5))
+            else:
+                raise AwsSetupError(f"{self.kind} {self.name} was created but doesn't show up "
+                                    "yet: run setup again in a minute")
             notes += self.reconcile(found)  # settings applied after creation, where they apply
             return Resource(self.kind, self.name, CREATED, found.arn or arn, ", ".join(notes))
         changes = self.reconcile(found)
@@ -615,15 +610,6 @@ class _Bucket(_Kind):
                 Bucket=b, LifecycleConfiguration={"Rules": others + [want]})
             changes.append("lifecycle rule")
 
-        try:
-            policy = s3.get_bucket_policy(Bucket=b)["Policy"]
-        except ClientError as exc:
-            if _code(exc) != "NoSuchBucketPolicy":
-                raise
-            policy = None
-        if policy is None or not _same_policy(policy, _bucket_policy(self.ctx)):
-            s3.put_bucket_policy(Bucket=b, Policy=json.dumps(_bucket_policy(self.ctx)))
-            changes.append("bucket policy")
         return changes
 
     def delete(self, found: _Found) -> None:
@@ -635,7 +621,13 @@ class _Bucket(_Kind):
             doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
                       for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
             for i in range(0, len(doomed), 1000):
-                s3.delete_objects(Bucket=b, Delete={"Objects": doomed[i:i + 1000], "Quiet": True})
+                resp = s3.delete_objects(Bucket=b, Delete={"Objects": doomed[i:i + 1000],
+                                                           "Quiet": True})
+                if resp.get("Errors"):
+                    first = resp["Errors"][0]
+                    raise AwsSetupError(
+                        f"can't empty bucket {b}: {len(resp['Errors'])} objects not deleted, "
+                        f"e.g. {first.get('Key')}: {first.get('Code')} {first.get('Message')}")
         try:
             s3.delete_bucket(Bucket=b)
         except ClientError as exc:
@@ -882,8 +874,10 @@ class _Cluster(_Kind):
         try:
             iam.create_service_linked_role(AWSServiceName="ecs.amazonaws.com")
         except ClientError as exc:
-            if _code(exc) != "InvalidInput":  # "has been taken": created meanwhile
+            # "has been taken": it exists after all (created meanwhile; moto names it otherwise)
+            if _code(exc) not in ("InvalidInput", "EntityAlreadyExists"):
                 raise
+            return []
         return [f"created the ECS service-linked role {ECS_SERVICE_LINKED_ROLE}"]
 
     def create(self) -> tuple[str, list[str]]:
@@ -926,9 +920,13 @@ class _Cluster(_Kind):
             ecs.stop_task(cluster=self.name, task=arn, reason="starburst teardown")
         for arn in self._paged("list_services", "serviceArns", cluster=self.name):
             ecs.delete_service(cluster=self.name, service=arn, force=True)
-        # Task definitions starburst registered (tagged as ours) stop being usable.
-        for arn in self._paged("list_task_definitions", "taskDefinitionArns",
-                               familyPrefix=self.s.name, status="ACTIVE"):
+        # Task definitions starburst registered (families named '{name}-...', tagged as ours)
+        # stop being usable. Filtered here rather than with familyPrefix, which moto treats as
+        # an exact family name.
+        for arn in self._paged("list_task_definitions", "taskDefinitionArns", status="ACTIVE"):
+            family = arn.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+            if not family.startswith(f"{self.s.name}-"):
+                continue
             desc = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
             if _managed(_tag_dict(desc.get("tags"), "key", "value")):
                 ecs.deregister_task_definition(taskDefinition=arn)
@@ -1106,6 +1104,13 @@ def _kinds(ctx: _Ctx, head_ip: str | None = None) -> list[_Kind]:
 # the public operations
 
 
+def _check_ip(head_ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(head_ip))
+    except ValueError as exc:
+        raise AwsSetupError(f"not an IP address: {head_ip!r}") from exc
+
+
 def setup(session, settings: Settings, head_ip: str | None = None) -> SetupReport:
     """Create or find everything starburst needs in ``settings.region``; idempotent.
 
@@ -1116,10 +1121,7 @@ def setup(session, settings: Settings, head_ip: str | None = None) -> SetupRepor
     a resource with one of starburst's names exists but isn't tagged as starburst's.
     """
     if head_ip is not None:
-        try:
-            head_ip = str(ipaddress.ip_address(head_ip))
-        except ValueError as exc:
-            raise AwsSetupError(f"not an IP address: {head_ip!r}") from exc
+        head_ip = _check_ip(head_ip)
     ctx = _Ctx(session, settings)
     kinds = _kinds(ctx, head_ip)
     found = [k.find() for k in kinds]
@@ -1131,16 +1133,17 @@ def setup(session, settings: Settings, head_ip: str | None = None) -> SetupRepor
             f"{Settings.path()} or remove them.")
     resources = [k.ensure(f) for k, f in zip(kinds, found)]
     resolved = dataclasses.replace(settings, bucket=ctx.bucket, extra=dict(settings.extra))
-    return SetupReport(ctx.account, ctx.region, resolved, resources, policy_documents(ctx))
+    return SetupReport(ctx.account, ctx.region, resolved, resources, _policy_documents(ctx))
 
 
 def allow_head(session, settings: Settings, head_ip: str) -> Resource:
     """Point the security group at a new head address (the laptop moved); cheap when unchanged."""
+    head_ip = _check_ip(head_ip)
     ctx = _Ctx(session, settings)
-    sg = _SecurityGroup(ctx, str(ipaddress.ip_address(head_ip)))
+    sg = _SecurityGroup(ctx, head_ip)
     found = sg.find()
     if not found.exists or not found.managed:
-        raise AwsSetupError(f"security group {sg.name} not found: run 'starburst setup'")
+        raise AwsSetupError(f"starburst's security group {sg.name} not found: run 'starburst setup'")
     return sg.ensure(found)
 
 
@@ -1187,6 +1190,6 @@ def find_managed(session, settings: Settings) -> list[Resource]:
 
 __all__ = [
     "AwsSetupError", "Settings", "Resource", "SetupReport", "TeardownReport", "setup", "teardown",
-    "find_managed", "allow_head", "policy_documents", "MANAGED_TAG", "CLUSTER_TAG", "KINDS",
+    "find_managed", "allow_head", "MANAGED_TAG", "CLUSTER_TAG", "KINDS",
     "CREATED", "EXISTED", "UPDATED", "DELETED", "MISSING", "EXISTS", "UNMANAGED", "SKIPPED",
 ]

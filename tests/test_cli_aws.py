@@ -1,0 +1,53 @@
+"""The AWS commands of the CLI, against moto in server mode on 127.0.0.1 (never real AWS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+
+from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
+
+
+def cli(*args: str, home) -> subprocess.CompletedProcess:
+    env = dict(os.environ, STARBURST_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "starburst", *args], capture_output=True, text=True,
+                          timeout=120, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_setup_is_idempotent_and_teardown_removes_everything(aws, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    first = cli("setup", "--region", "us-east-1", "--head-ip", "203.0.113.7", "--show-policies", home=home)
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout and '"s3:GetObject"' in first.stdout
+    saved = json.loads((home / "aws.json").read_text())
+    assert saved["region"] == "us-east-1" and saved["bucket"].startswith("starburst-")
+    second = cli("setup", home=home)
+    assert second.returncode == 0, second.stderr
+    assert "created" not in second.stdout.replace("already existed", "")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    assert saved["bucket"] in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    down = cli("teardown", "--yes", home=home)
+    assert down.returncode == 0, down.stderr
+    assert saved["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_setup_without_credentials_fails_clearly(aws, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    out = cli("setup", "--region", "us-east-1", home=tmp_path / "home")
+    assert out.returncode == 1
+    assert "credentials" in out.stderr.lower()
+
+
+def test_cost_estimate_and_invalid_size(tmp_path):
+    ok = cli("cost", "--workers", "50", "--cpu", "4", "--memory", "8GB", "--spot", "--region", "us-east-1",
+             "--max-cost", "5", home=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "50 workers" in ok.stdout and "$" in ok.stdout
+    bad = cli("cost", "--cpu", "4", "--memory", "64GB", home=tmp_path)
+    assert bad.returncode == 2
+    assert "nearest" in bad.stderr and "16 vCPU/64 GB" in bad.stderr
