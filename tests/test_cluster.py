@@ -208,3 +208,24 @@ def test_cli_help_and_bad_usage(tmp_path):
         assert command in out.stdout
     assert cli(home, "frobnicate").returncode == 2
     assert cli(home).returncode == 2
+
+
+def test_cli_run_executes_an_unmodified_ray_script(tmp_path):
+    script = tmp_path / "ray_script.py"
+    script.write_text(
+        "import sys\n"
+        "import ray\n"
+        "from ray.util import ActorPool\n"
+        "ray.init(num_cpus=2)\n"
+        "@ray.remote\n"
+        "class Doubler:\n"
+        "    def double(self, x):\n"
+        "        import ray  # resolved in the worker too\n"
+        "        return 2 * x\n"
+        "pool = ActorPool([Doubler.remote(), Doubler.remote()])\n"
+        "print('result', sorted(pool.map_unordered(lambda a, v: a.double.remote(v), range(5))), sys.argv[1:])\n"
+        "ray.shutdown()\n"
+    )
+    out = cli(tmp_path / "home", "run", str(script), "--flag", "x")
+    assert out.returncode == 0, out.stderr
+    assert "result [0, 2, 4, 6, 8] ['--flag', 'x']" in out.stdout
