@@ -10,5 +10,7 @@ boto3):
   optional price source backed by the AWS Pricing API.
 - ``quotas``: the Fargate vCPU quotas (Service Quotas) behind a small interface, with a fake;
   planning waves when the quota is short, suggesting and remembering increase requests.
-- ``setup``: ``starburst setup`` / ``teardown`` (the account's resources).
+- ``resources``: ``starburst setup`` / ``teardown`` (the account's resources, tagged, idempotent).
+- ``launcher``: Fargate nodes: task definitions, RunTask in batches with backoff, quota waves,
+  budget checks, addresses, and stopping everything launched (orphans too).
 """
