@@ -2,7 +2,8 @@
 
     starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
     starburst status [--json]                 what the running head is doing
-    starburst down                            stop the running head, its nodes and executors
+    starburst down [--all]                    stop the running head, its nodes and executors
+                                              (--all: and every starburst task on Fargate, by tag)
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
     starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
 
@@ -83,6 +84,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     info = process.find_head()
+    if args.all:
+        return _down_all(args, info)
     if info is None:
         print("no starburst cluster is running", file=sys.stderr)
         return EXIT_NOT_RUNNING
@@ -173,6 +176,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return main_run([args.script, *args.args])
 
 
+def _down_all(args: argparse.Namespace, info) -> int:
+    """The laptop died or a head crashed: stop the local head, and every starburst task on Fargate
+    found by its tags (in the region of 'starburst setup')."""
+    code = 0
+    if info is not None:
+        stopped = process.stop_head(info, timeout=args.timeout)
+        print(f"local head (pid {info.pid}): {'stopped' if stopped else 'did not stop'}")
+        code = 0 if stopped else EXIT_FAILED
+    else:
+        print("local head: none running")
+    from .aws.resources import Settings
+
+    if not Settings.path().exists() and not args.region:
+        print("AWS: not set up on this machine ('starburst setup'); nothing to look for")
+        return code
+    import boto3
+
+    from .aws.launcher import stop_orphans
+
+    settings = _aws_settings(args)
+    try:
+        arns = stop_orphans(boto3.Session(region_name=settings.region), settings)
+    except Exception as exc:  # noqa: BLE001 - credentials, permissions, network: say which
+        print(f"AWS ({settings.region}): could not look for starburst tasks: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"AWS ({settings.region}): stopped {len(arns)} starburst task(s)")
+    return code
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -208,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Stop the head, its nodes and their executors. Exit code 3 when "
                                       "none is running.")
     down.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to exit")
+    down.add_argument("--all", action="store_true",
+                      help="also stop every starburst task on Fargate, found by tag (after a crash)")
+    down.add_argument("--region", help="with --all: the AWS region (default: that of 'starburst setup')")
     down.set_defaults(func=cmd_down)
     run = sub.add_parser("run", help="run an unmodified Ray script on starburst ('import ray' works)",
                          description="Run SCRIPT as __main__ with 'import ray' mapped to starburst, in this "

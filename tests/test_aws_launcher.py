@@ -386,3 +386,21 @@ def test_addresses_come_from_the_task_enis(env):
     plain = _launcher(aws, settings)
     assert plain.addresses(arns[2:]) == {}
     launcher.stop_all()
+
+
+def test_cli_down_all_stops_the_tasks_a_crashed_head_left(env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    aws, settings = env
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "aws.json").write_text(json.dumps(settings.to_dict()))
+    crashed = _launcher(aws, settings, cluster_id="starburst-crashed01").launch(3)  # never stopped
+    assert {s[0] for s in _states(aws, list(crashed)).values()} == {"RUNNING"}
+    out = subprocess.run([sys.executable, "-m", "starburst", "down", "--all"], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, STARBURST_HOME=str(home)))
+    assert out.returncode == 0, out.stderr
+    assert "stopped 3 starburst task(s)" in out.stdout
+    assert {s[0] for s in _states(aws, list(crashed)).values()} == {"STOPPED"}
