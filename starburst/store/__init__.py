@@ -1,7 +1,8 @@
 """Object stores: where values above the inline threshold live. Only their keys cross gRPC.
 
 ``open_store(url)`` picks the implementation from the URL: ``file://`` is the local node's
-memory-backed directory (shared by every process on the machine).
+memory-backed directory (shared by every process on the machine); ``s3://bucket/prefix`` is the
+Fargate clusters' store (parallel multipart upload, ranged parallel download, a read cache).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from .local import LocalStore
 def open_store(url: str) -> ObjectStore:
     if url.startswith("file://"):
         return LocalStore(url[len("file://") :])
-    raise ValueError(f"unsupported object store URL {url!r} (expected file://...)")
+    if url.startswith("s3://"):
+        from .s3 import S3Store  # lazy: only S3 clusters pay for importing botocore
+
+        return S3Store(url)
+    raise ValueError(f"unsupported object store URL {url!r} (expected file://... or s3://bucket/prefix)")
 
 
 def pack_value(ser: Serialized, key: str, store: ObjectStore, inline_threshold: int) -> pb.Value:
