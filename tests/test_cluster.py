@@ -229,3 +229,42 @@ def test_cli_run_executes_an_unmodified_ray_script(tmp_path):
     out = cli(tmp_path / "home", "run", str(script), "--flag", "x")
     assert out.returncode == 0, out.stderr
     assert "result [0, 2, 4, 6, 8] ['--flag', 'x']" in out.stdout
+
+
+def test_sigterm_drains_the_node_and_loses_nothing(tmp_path):
+    """SIGTERM (ECS stop, Spot interruption): the node takes no more work, hands back what it had
+    queued unrun, lets the running task finish, and exits; the head carries on with a new node."""
+    home = tmp_path / "home"
+    assert cli(home, "up", "--num-cpus", "1").returncode == 0
+    try:
+        script = tmp_path / "drain.py"
+        script.write_text(
+            "import json, os, subprocess, sys, time\n"
+            "import starburst\n"
+            "starburst.init()\n"
+            "@starburst.remote(max_retries=0)\n"
+            "def work(i, log):\n"
+            "    with open(log, 'a') as f:\n"
+            "        f.write(f'{i}\\n')\n"
+            "    time.sleep(1.5 if i == 0 else 0.05)\n"
+            "    return i, os.getppid()\n"
+            f"log = {str(tmp_path / 'attempts.log')!r}\n"
+            "refs = [work.remote(i, log) for i in range(5)]\n"
+            "time.sleep(0.7)\n"
+            "status = json.loads(subprocess.run([sys.executable, '-m', 'starburst', 'status', '--json'],\n"
+            "                                   capture_output=True, text=True).stdout)\n"
+            "os.kill(status['nodes'][0]['pid'], 15)\n"
+            "print(json.dumps({'results': starburst.get(refs, timeout=60), 'node': status['nodes'][0]['pid']}))\n"
+        )
+        env = dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        assert [r[0] for r in info["results"]] == [0, 1, 2, 3, 4]
+        # max_retries=0: every task ran exactly once (nothing charged a retry, nothing ran twice).
+        assert sorted((tmp_path / "attempts.log").read_text().split()) == ["0", "1", "2", "3", "4"]
+        assert info["results"][0][1] == info["node"]  # the running one finished on the draining node
+        assert all(r[1] != info["node"] for r in info["results"][1:])  # the rest ran on its successor
+        assert wait_gone([info["node"]], timeout=10) == []
+    finally:
+        cli(home, "down")

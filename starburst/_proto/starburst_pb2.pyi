@@ -377,9 +377,11 @@ class TaskDone(_message.Message):
         NONE: _ClassVar[TaskDone.Failure]
         WORKER_DIED: _ClassVar[TaskDone.Failure]
         CANCELLED: _ClassVar[TaskDone.Failure]
+        NOT_STARTED: _ClassVar[TaskDone.Failure]
     NONE: TaskDone.Failure
     WORKER_DIED: TaskDone.Failure
     CANCELLED: TaskDone.Failure
+    NOT_STARTED: TaskDone.Failure
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
@@ -397,7 +399,7 @@ class TaskDone(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
-    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item")
+    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +408,7 @@ class NodeToHeadOp(_message.Message):
     EXECUTORS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_DIED_FIELD_NUMBER: _ClassVar[int]
     STREAM_ITEM_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     hello: NodeHello
     done: TaskDone
     log: Log
@@ -414,7 +417,8 @@ class NodeToHeadOp(_message.Message):
     executors: int
     actor_died: ActorDied
     stream_item: Object
-    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("ops",)

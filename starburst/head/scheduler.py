@@ -95,6 +95,7 @@ class Node(Sink):
         self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
         self.functions: set[bytes] = set()
         self.executors = 0
+        self.draining = False
         self.alive = True
         self._deliver = deliver
 
@@ -103,6 +104,8 @@ class Node(Sink):
             self._deliver(ops)
 
     def has_room(self, short: bool = True) -> bool:
+        if self.draining:
+            return False
         depth = PREFETCH_PER_CPU_SHORT if short else PREFETCH_PER_CPU
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
 
@@ -559,6 +562,8 @@ class Scheduler:
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
             elif kind == "executors":
                 node.executors = op.executors
+            elif kind == "draining":
+                node.draining = op.draining
             elif kind == "stream_item":
                 self._stream_item(op.stream_item)
             elif kind == "actor_died":
@@ -603,7 +608,11 @@ class Scheduler:
             fid = task.spec.function_id
             previous = self.durations.get(fid)
             self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
-        if done.failure == pb.TaskDone.WORKER_DIED:
+        if done.failure == pb.TaskDone.NOT_STARTED:
+            task.node = None  # back to the front of the queue, as if never sent
+            task.state = Task.QUEUED
+            self.queue.appendleft(task)
+        elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
         elif done.failure == pb.TaskDone.CANCELLED:
             self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))

@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--lease", type=float, default=60.0, help="seconds to wait for a head before exiting")
     parser.add_argument("--runtime-dir", default="", help="where to put the executors' socket")
+    parser.add_argument("--drain-timeout", type=float, default=110.0,
+                        help="on SIGTERM, seconds running tasks get to finish (Spot gives 120)")
     parser.add_argument("--cleanup-dir", default="",
                         help="remove this directory on exit if the head died (local nodes: the store)")
     args = parser.parse_args(argv)

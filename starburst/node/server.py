@@ -100,6 +100,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.out_event = asyncio.Event()
         self.head_connected = False
         self.head_lost_at_start = False
+        self.draining = False
         self.stop = asyncio.Event()
         self.address = ""
         self.loop = asyncio.get_running_loop()
@@ -235,6 +236,8 @@ class NodeServer(pb_grpc.NodeServicer):
     def _pump(self) -> None:
         """Start queued tasks while CPUs allow, on idle executors (starting more when needed);
         queue short tasks behind running ones of the same size."""
+        if self.draining:
+            return
         try:
             self._place()
         finally:
@@ -496,8 +499,9 @@ class NodeServer(pb_grpc.NodeServicer):
             announced = f"unix:{os.path.join(self.socket_dir, 'node.sock')}"
             server.add_insecure_port(announced)
         await server.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.stop.set)
+        self.loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        # SIGTERM is how ECS stops a task, and how a Spot interruption is announced (~2 min ahead).
+        self.loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(self._drain()))
         try:
             sys.stdout.write(announced + "\n")
             sys.stdout.flush()
@@ -512,6 +516,29 @@ class NodeServer(pb_grpc.NodeServicer):
         watchdog.cancel()
         first_head.cancel()
         await self._shutdown(server, unix_server)
+
+    async def _drain(self) -> None:
+        """Stop gracefully: take no more work, hand queued tasks back to the head unrun, let the
+        running ones finish (up to the drain timeout), then exit. Nothing is lost: what doesn't
+        finish in time is retried elsewhere when this node's stream ends."""
+        if self.draining:
+            return
+        self.draining = True
+        log.warning("draining: no new tasks; %d running", self._running())
+        self.to_head(pb.NodeToHeadOp(draining=True))
+        handed_back = list(self.queue)
+        self.queue.clear()
+        for executor in self.executors.values():
+            if not executor.actor_id:
+                handed_back.extend(list(executor.runs)[1:])  # queued behind the running one
+                for run in list(executor.runs)[1:]:
+                    executor.send(pb.NodeToExecutorMsg(cancel=run.spec.task_id))
+        for run in handed_back:
+            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
+        deadline = self.loop.time() + self.args.drain_timeout
+        while self._running() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.stop.set()
 
     async def _expect_head(self) -> None:
         await asyncio.sleep(self.args.lease)
