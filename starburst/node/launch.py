@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--lease", type=float, default=60.0, help="seconds to wait for a head before exiting")
     parser.add_argument("--runtime-dir", default="", help="where to put the executors' socket")
+    parser.add_argument("--reconnect-lease", type=float, default=0.0,
+                        help="after losing the head, seconds to wait for it to dial again (0: exit at "
+                             "once, as local nodes do)")
     parser.add_argument("--drain-timeout", type=float, default=110.0,
                         help="on SIGTERM, seconds running tasks get to finish (Spot gives 120)")
     parser.add_argument("--cleanup-dir", default="",

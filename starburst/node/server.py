@@ -137,13 +137,14 @@ class NodeServer(pb_grpc.NodeServicer):
             except Exception:  # noqa: BLE001 - a bug: say so in the node's log, then stop
                 log.exception("node failed handling the head's stream")
             finally:
-                self.stop.set()
+                stream_done.set()
                 self.out_event.set()
 
+        stream_done = asyncio.Event()
         reader = asyncio.ensure_future(read())
         try:
             last_write = 0.0
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not stream_done.is_set():
                 await self.out_event.wait()
                 if self.queue or self._running() > 1:  # more results are coming: send them together
                     await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
@@ -154,8 +155,25 @@ class NodeServer(pb_grpc.NodeServicer):
                     last_write = time.monotonic()
         finally:
             reader.cancel()
-            # The head is gone (or told us to stop): a node without a head has no purpose.
+            self._head_lost()
+
+    def _head_lost(self) -> None:
+        """The head's stream ended. A local node stops with its head. A remote node waits up to its
+        lease for a head to dial it again (a dropped connection), then stops: a closed laptop never
+        leaves a bill running. The work of the lost stream is dropped; the head retries it."""
+        lease = self.args.reconnect_lease
+        if self.stop.is_set() or lease <= 0 or self.draining:
             self.stop.set()
+            return
+        log.warning("lost the head; waiting up to %s s for it to reconnect", lease)
+        self.head_connected = False
+        self.queue.clear()
+        for executor in list(self.executors.values()):
+            if executor.runs and executor.proc is not None and executor.proc.poll() is None:
+                executor.kill_reason = "head lost"
+                executor.proc.kill()
+        self.out.clear()
+        asyncio.ensure_future(self._expect_head(lease))
 
     def _on_head_op(self, op: pb.HeadToNodeOp) -> None:
         kind = op.WhichOneof("op")
@@ -540,10 +558,11 @@ class NodeServer(pb_grpc.NodeServicer):
             await asyncio.sleep(0.05)
         self.stop.set()
 
-    async def _expect_head(self) -> None:
-        await asyncio.sleep(self.args.lease)
+    async def _expect_head(self, lease: float | None = None) -> None:
+        lease = self.args.lease if lease is None else lease
+        await asyncio.sleep(lease)
         if not self.head_connected:
-            log.error("no head connected within %s s; exiting", self.args.lease)
+            log.error("no head connected within %s s; exiting", lease)
             self.stop.set()
 
     async def _watch_parent(self) -> None:
