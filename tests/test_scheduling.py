@@ -63,19 +63,26 @@ def test_cancel_reaches_tasks_queued_on_an_executor(cluster):
         time.sleep(0.001)
         return i
 
+    @ray.remote
+    def blocker():
+        time.sleep(1.5)
+        return "done"
+
     warm(ray, short, 0)
-    refs = [short.remote(i) for i in range(600)]
-    victims = refs[300:310]
+    blockers = [blocker.remote() for _ in range(2)]  # both CPUs busy: short tasks queue up
+    time.sleep(0.3)
+    refs = [short.remote(i) for i in range(100)]
+    time.sleep(0.3)  # by now the first ones sit on the executors' queues, behind the blockers
+    victims = refs[:4] + refs[50:54]
     for ref in victims:
         ray.cancel(ref)
-    cancelled = 0
     for i, ref in enumerate(refs):
-        try:
+        if ref in victims:
+            with pytest.raises(ray.exceptions.TaskCancelledError):
+                ray.get(ref, timeout=TIMEOUT)
+        else:
             assert ray.get(ref, timeout=TIMEOUT) == i
-        except ray.exceptions.TaskCancelledError:
-            assert ref in victims
-            cancelled += 1
-    assert cancelled >= 1  # some of them were still queued somewhere when cancelled
+    assert ray.get(blockers, timeout=TIMEOUT) == ["done", "done"]
 
 
 def test_short_parents_blocking_on_children_do_not_deadlock(cluster):

@@ -223,7 +223,9 @@ class Executor:
         concurrent = self.actor_pool is not None or self.actor_loop is not None
         if not concurrent:
             self.current = run
-            self.log_owner = (self.actor_name or spec.name, spec.job_id)  # drain() runs after the task
+            # Output is tagged like Ray's: an actor's (its constructor's too) with its class name.
+            owner = self.actor_name or (spec.actor.class_name if spec.HasField("actor") else spec.name)
+            self.log_owner = (owner, spec.job_id)  # kept until the next task: drain() runs after this one
             self.cancel_requested = None
         _runtime.set_current_task(_runtime.TaskContext(
             spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
