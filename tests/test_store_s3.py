@@ -180,11 +180,12 @@ def test_concurrent_gets_of_one_key_download_it_once(make_store):
         barrier.wait()
         views[i] = store.get("shared")
 
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+        assert not t.is_alive(), "store.get hung"
     assert calls.calls["GetObject"] == 3
     assert all(v is views[0] for v in views)
     assert bytes(views[0]) == ser.to_bytes()

@@ -26,10 +26,6 @@ from .launch import Early, pool_size, spawn_executor
 
 log = logging.getLogger("starburst.node")
 
-#: When more results are on their way, a batch to the head waits at least LINGER_S and goes at
-#: most every WINDOW_S (see head/scheduler.py); a lone result is never delayed.
-LINGER_S = 0.001
-WINDOW_S = 0.005
 #: Short tasks (by their function's recent run time) may queue this many deep on a busy executor, so
 #: it starts the next one without a round trip to the node; longer tasks wait at the node.
 PIPELINE_DEPTH = 8
@@ -100,6 +96,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.out_event = asyncio.Event()
         self.head_connected = False
         self.head_lost_at_start = False
+        self.lease_timer: asyncio.Future | None = None
         self.draining = False
         self.stop = asyncio.Event()
         self.address = ""
@@ -115,6 +112,9 @@ class NodeServer(pb_grpc.NodeServicer):
         if self.head_connected:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node already serves a head")
         self.head_connected = True
+        if self.lease_timer is not None:
+            self.lease_timer.cancel()
+            self.lease_timer = None
         hello = pb.NodeHello(
             node_id=self.node_id, store_url=self.args.store, pid=os.getpid(), address=self.address,
             versions={"python": platform.python_version(), "starburst": __version__},
@@ -147,7 +147,7 @@ class NodeServer(pb_grpc.NodeServicer):
             while not self.stop.is_set() and not stream_done.is_set():
                 await self.out_event.wait()
                 if self.queue or self._running() > 1:  # more results are coming: send them together
-                    await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
+                    await asyncio.sleep(config.batch_delay(last_write))
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
@@ -173,7 +173,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 executor.kill_reason = "head lost"
                 executor.proc.kill()
         self.out.clear()
-        asyncio.ensure_future(self._expect_head(lease))
+        self._start_lease(lease)
 
     def _on_head_op(self, op: pb.HeadToNodeOp) -> None:
         kind = op.WhichOneof("op")
@@ -529,10 +529,11 @@ class NodeServer(pb_grpc.NodeServicer):
             self.head_lost_at_start = True
             self.stop.set()
         watchdog = asyncio.ensure_future(self._watch_parent())
-        first_head = asyncio.ensure_future(self._expect_head())
+        self._start_lease(self.args.lease)
         await self.stop.wait()
         watchdog.cancel()
-        first_head.cancel()
+        if self.lease_timer is not None:
+            self.lease_timer.cancel()
         await self._shutdown(server, unix_server)
 
     async def _drain(self) -> None:
@@ -558,8 +559,14 @@ class NodeServer(pb_grpc.NodeServicer):
             await asyncio.sleep(0.05)
         self.stop.set()
 
-    async def _expect_head(self, lease: float | None = None) -> None:
-        lease = self.args.lease if lease is None else lease
+    def _start_lease(self, lease: float) -> None:
+        """Exit unless a head dials within ``lease`` seconds. One timer at a time: a head that
+        connects cancels it, so a timer from an earlier disconnection can't end a later lease."""
+        if self.lease_timer is not None:
+            self.lease_timer.cancel()
+        self.lease_timer = asyncio.ensure_future(self._expect_head(lease))
+
+    async def _expect_head(self, lease: float) -> None:
         await asyncio.sleep(lease)
         if not self.head_connected:
             log.error("no head connected within %s s; exiting", lease)
