@@ -35,22 +35,21 @@ class TaskContext:
         self.actor_id = actor_id
 
 
-_task = threading.local()
-
 _id_prefix = os.urandom(8)
 _id_counter = itertools.count(1)
 
 
 def new_id() -> bytes:
     """A 16-byte id unique across processes: random per process, then a counter (no syscall)."""
-    global _id_prefix, _id_counter
-    if _id_pid[0] != os.getpid():  # forked: a new prefix, or ids would repeat
-        _id_pid[0] = os.getpid()
-        _id_prefix, _id_counter = os.urandom(8), itertools.count(1)
     return _id_prefix + next(_id_counter).to_bytes(8, "little")
 
 
-_id_pid = [os.getpid()]
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = os.urandom(8), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked child must not repeat our ids
 
 #: Set in executor processes.
 node_id = ""
@@ -80,6 +79,16 @@ def current_namespace(client: Any) -> str:
     if ctx is not None and ctx.namespace:
         return ctx.namespace
     return getattr(client, "namespace", "") or ""
+
+
+def stamp_caller(spec: Any, client: Any) -> None:
+    """Record on a TaskSpec who submits it: the running task (parent, job) and the namespace."""
+    ctx = current_task()
+    if ctx is not None:
+        spec.parent_task_id = ctx.task_id
+        spec.job_id = ctx.job_id
+    if not spec.namespace:
+        spec.namespace = ctx.namespace if ctx is not None and ctx.namespace else getattr(client, "namespace", "") or ""
 
 
 def peek_client() -> Any:

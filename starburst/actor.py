@@ -11,7 +11,6 @@ from typing import Any
 from . import _runtime, runtime_env
 from . import options as _options
 from ._proto import starburst_pb2 as pb
-from .object_ref import ObjectRef
 from .remote_function import check_feasible, fill_args, return_ids, shape_result
 from .serialization import dumps_function, note_contained_ref
 
@@ -30,17 +29,19 @@ def method(*args: Any, **options: Any) -> Any:
     """Options for one actor method: ``@starburst.method(num_returns=2)``."""
     if args:
         raise TypeError("@method takes keyword arguments only, e.g. @method(num_returns=2)")
-    unknown = sorted(set(options) - _METHOD_OPTIONS)
-    if unknown:
-        raise ValueError(f"Invalid option(s) {unknown} for @method; valid: {sorted(_METHOD_OPTIONS)}")
-    if "num_returns" in options:
-        _options.validate({"num_returns": options["num_returns"]}, "@method")
+    _validate_method_options(options, "@method")
 
     def decorate(fn: Any) -> Any:
         fn.__starburst_method_options__ = options
         return fn
 
     return decorate
+
+
+def _validate_method_options(options: dict[str, Any], where: str) -> None:
+    _options.reject_unknown(options, _METHOD_OPTIONS, where)
+    if "num_returns" in options:
+        _options.validate({"num_returns": options["num_returns"]}, where)
 
 
 def _validate_actor_options(options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -90,6 +91,9 @@ class ActorClass:
         self._options = _validate_actor_options(dict(options), f"@remote class {cls.__qualname__}")
         self._pickled: pb.Function | None = None
         self._methods = _method_table(cls)
+        self._is_async = any(m["is_async"] for m in self._methods.values())
+        self._handle_meta = pickle.dumps(
+            {"class_name": cls.__name__, "methods": self._methods, "is_async": self._is_async})
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
@@ -132,14 +136,13 @@ class ActorClass:
     def _create(self, args: tuple, kwargs: dict, o: dict[str, Any]) -> "ActorHandle":
         client = _runtime.get_client()
         function = self._function_message()
-        check_feasible(client, {"num_cpus": o.get("num_cpus") or 0, **o}, self._cls.__qualname__)
-        is_async = any(m["is_async"] for m in self._methods.values())
-        meta = {"class_name": self._cls.__name__, "methods": self._methods, "is_async": is_async}
+        check_feasible(client, o, self._cls.__qualname__)
+        is_async = self._is_async
         task_id = _runtime.new_id()
         spec = pb.TaskSpec(
             task_id=task_id, function_id=function.id, name=f"{self._cls.__name__}.__init__",
             return_ids=return_ids(task_id, 1), actor_id=_runtime.new_id(), max_retries=0,
-            namespace=o.get("namespace") or _runtime.current_namespace(client),
+            namespace=o.get("namespace") or "",
         )
         spec.resources.cpus = o.get("num_cpus") or 0
         spec.resources.gpus = o.get("num_gpus") or 0
@@ -150,14 +153,11 @@ class ActorClass:
             max_concurrency=o.get("max_concurrency") or (1000 if is_async else 1),
             is_async=is_async, max_restarts=o.get("max_restarts") or 0,
             max_task_retries=o.get("max_task_retries") or 0, name=o.get("name") or "",
-            detached=o.get("lifetime") == "detached", handle_meta=pickle.dumps(meta),
+            detached=o.get("lifetime") == "detached", handle_meta=self._handle_meta,
             get_if_exists=bool(o.get("get_if_exists")),
         ))
         runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
-        ctx = _runtime.current_task()
-        if ctx is not None:
-            spec.parent_task_id = ctx.task_id
-            spec.job_id = ctx.job_id
+        _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, f"{self._cls.__name__}.__init__")
         if spec.actor.name:
             client.send_function(function)
@@ -273,11 +273,7 @@ class ActorMethod:
         return self._call(args, kwargs, self._options)
 
     def options(self, **options: Any) -> "_ActorMethodOptions":
-        unknown = sorted(set(options) - _METHOD_OPTIONS)
-        if unknown:
-            raise ValueError(f"Invalid option(s) {unknown} for an actor method; valid: {sorted(_METHOD_OPTIONS)}")
-        if "num_returns" in options:
-            _options.validate({"num_returns": options["num_returns"]}, "actor method options")
+        _validate_method_options(options, "an actor method's .options()")
         return _ActorMethodOptions(self, {**self._options, **options})
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
@@ -296,14 +292,10 @@ class ActorMethod:
             task_id=task_id, name=f"{handle._meta['class_name']}.{self._name}",
             actor_id=handle._actor_id.binary(), method=self._name, generator=generator,
             return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
-            namespace=_runtime.current_namespace(client),
         )
-        ctx = _runtime.current_task()
-        if ctx is not None:
-            spec.parent_task_id = ctx.task_id
-            spec.job_id = ctx.job_id
+        _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, spec.name)
-        refs = client.submit_actor_call(spec)
+        refs = client.submit(spec, None)
         return shape_result(refs, n, task_id, client)
 
 

@@ -9,7 +9,6 @@ import threading
 from typing import Any, Callable, Sequence, TypeVar, overload
 
 from . import _runtime
-from .exceptions import RaySystemError
 from .object_ref import ObjectRef
 from .options import check_timeout
 from .remote_function import RemoteFunction
@@ -294,10 +293,3 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     _runtime.get_client().cancel(object_ref, force, recursive)
-
-
-def _session() -> Any:
-    client = _runtime.peek_client()
-    if client is None:
-        raise RaySystemError("not connected")
-    return client

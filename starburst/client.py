@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Protocol
 from . import _runtime, config
 from ._version import __version__
 from ._proto import starburst_pb2 as pb
-from .exceptions import GetTimeoutError, RayError, RaySystemError, RayTaskError
+from .exceptions import GetTimeoutError, RaySystemError, RayTaskError
 from .object_ref import ObjectRef
 from .serialization import Serialized, deserialize, serialize
-from .store import ObjectStore, open_store, pack_value
+from .store import ObjectStore, load_value, open_store, pack_value
 
 
 class Transport(Protocol):
@@ -201,13 +201,6 @@ class Client:
         self.hold(spec.actor_id)
         self._send(pb.ClientOp(submit=spec))
 
-    def submit_actor_call(self, spec: pb.TaskSpec) -> list[ObjectRef]:
-        with self._cond:
-            self._expected.update(spec.return_ids)
-        refs = [ObjectRef(rid, self) for rid in spec.return_ids]
-        self._send(pb.ClientOp(submit=spec))
-        return refs
-
     def register_stream(self, task_id: bytes) -> None:
         """Items of this streaming task are pushed as they are yielded: keep each on arrival (the
         arrival counts as one hold, which the generator hands over to the ref it returns)."""
@@ -361,21 +354,20 @@ class Client:
 
         While a value from a stored object is alive, later gets of it share its mapping (as in
         Ray); the mapping (and its file descriptor) goes away with the last value using it."""
-        if value.WhichOneof("where") == "key":
-            assert self.store is not None
-            cached = self._mapped.get(object_id) if object_id is not None else None
-            mapping = cached() if cached is not None else None
-            if mapping is not None:
-                view = memoryview(mapping)
-            else:
-                view = self.store.get(value.key)
-                if object_id is not None and view.obj is not None:
-                    try:
-                        self._mapped[object_id] = weakref.ref(view.obj)
-                    except TypeError:  # not weak-referenceable (e.g. bytes from another store)
-                        pass
-            return deserialize(view)
-        return deserialize(value.inline)
+        assert self.store is not None
+        if object_id is None or value.WhichOneof("where") != "key":
+            return load_value(value, self.store)
+        cached = self._mapped.get(object_id)
+        mapping = cached() if cached is not None else None
+        if mapping is not None:
+            return deserialize(memoryview(mapping))
+        view = self.store.get(value.key)
+        if view.obj is not None:
+            try:
+                self._mapped[object_id] = weakref.ref(view.obj)
+            except TypeError:  # not weak-referenceable (e.g. bytes from another store)
+                pass
+        return deserialize(view)
 
     def _raise(self, value: pb.Value) -> None:
         error = self.load(value)
@@ -409,8 +401,9 @@ class Client:
                             ready_futures.append((fut, value))
                         for waiter in self._waiters.pop(object_id, ()):
                             waiter.arrived(value)
-                    elif object_id[16:] != b"\x01\x00\x00\x00":
-                        # Pushed for us (a streaming item nobody iterates any more): let it go.
+                    else:
+                        # Pushed for us but no longer wanted (e.g. a streaming item nobody iterates):
+                        # let it go. The head ignores a release for what we don't hold.
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
                 elif kind == "reply":

@@ -30,14 +30,13 @@ runs; nodes nested in lists, tuples or dicts become nested ObjectRefs, which are
 node runs at most once per ``execute()``, however many nodes use it.
 
 Running a DAG goes through the public API only (``.remote``/``.options`` of remote functions, actor
-classes and actor methods). ``.bind`` itself is provided by those classes; :func:`install_bind` adds
-it to them where it is missing.
+classes and actor methods). ``.bind`` itself is provided by those classes.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 __all__ = [
     "DAGNode",
@@ -48,7 +47,6 @@ __all__ = [
     "InputAttributeNode",
     "MultiOutputNode",
     "DAGInputData",
-    "install_bind",
 ]
 
 _actor_creation_lock = threading.Lock()
@@ -481,39 +479,3 @@ class MultiOutputNode(DAGNode):
 
 # --------------------------------------------------------------------------------------------
 # .bind on the API classes
-
-
-def _is_missing_or_stub(cls: type) -> bool:
-    fn = cls.__dict__.get("bind")
-    if fn is None:
-        return True
-    code = getattr(fn, "__code__", None)
-    return code is not None and "NotImplementedError" in code.co_names
-
-
-def install_bind(force: bool = False) -> list[str]:
-    """Give the API classes their ``.bind`` (where it is missing or still a NotImplementedError stub,
-    or everywhere with ``force``); returns the names of the classes changed. The same methods, as
-    one-liners, can be written into those classes instead."""
-    from .actor import ActorClass, ActorMethod, _ActorClassOptions, _ActorMethodOptions
-    from .remote_function import RemoteFunction, _BoundOptions
-
-    def method_options(opts: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in opts.items() if k != "is_async"}
-
-    bindings: dict[type, Callable[..., DAGNode]] = {
-        RemoteFunction: lambda self, *a, **k: FunctionNode(self, a, k),
-        _BoundOptions: lambda self, *a, **k: FunctionNode(self._remote_function, a, k, self._options),
-        ActorClass: lambda self, *a, **k: ClassNode(self, a, k),
-        _ActorClassOptions: lambda self, *a, **k: ClassNode(self._actor_class, a, k, self._options),
-        ActorMethod: lambda self, *a, **k: ClassMethodNode(self._handle, self._name, a, k),
-        _ActorMethodOptions: lambda self, *a, **k: ClassMethodNode(
-            self._method._handle, self._method._name, a, k, method_options(self._options)),
-    }
-    changed = []
-    for cls, bind in bindings.items():
-        if force or _is_missing_or_stub(cls):
-            bind.__name__ = bind.__qualname__ = "bind"
-            cls.bind = bind
-            changed.append(cls.__name__)
-    return changed

@@ -3,7 +3,6 @@ and Ray's deprecated ``num_returns="dynamic"`` (one ref to a DynamicObjectRefGen
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Iterator
 
 from .object_ref import ObjectRef
@@ -11,7 +10,9 @@ from .object_ref import ObjectRef
 
 def item_id(task_id: bytes, index: int) -> bytes:
     """The object id of the ``index``-th value a streaming task yields."""
-    return task_id + struct.pack("<I", index + 2)
+    from .remote_function import object_id
+
+    return object_id(task_id, index + 2)
 
 
 class ObjectRefGenerator:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 from . import _runtime
 from .serialization import note_contained_ref
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ObjectRef:

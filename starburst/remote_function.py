@@ -29,8 +29,13 @@ class _Dep:
         return (_Dep, (self.index,))
 
 
+def object_id(task_id: bytes, slot: int) -> bytes:
+    """The id of a task's object in ``slot``: returns are slots 1..n; streaming items follow."""
+    return task_id + struct.pack("<I", slot)
+
+
 def return_ids(task_id: bytes, n: int) -> list[bytes]:
-    return [task_id + struct.pack("<I", i + 1) for i in range(n)]
+    return [object_id(task_id, i + 1) for i in range(n)]
 
 
 class RemoteFunction:
@@ -100,7 +105,6 @@ class RemoteFunction:
             return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
             generator=generator,
         )
-        spec.namespace = _runtime.current_namespace(client)
         spec.resources.cpus = o["num_cpus"]
         spec.resources.gpus = o.get("num_gpus") or 0
         spec.resources.memory = o.get("memory") or 0
@@ -110,10 +114,7 @@ class RemoteFunction:
             r = o["retry_exceptions"]
             spec.retry_exceptions = pickle.dumps(True if r is True else tuple(r))
         runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
-        ctx = _runtime.current_task()
-        if ctx is not None:
-            spec.parent_task_id = ctx.task_id
-            spec.job_id = ctx.job_id
+        _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, self._function.__qualname__)
         refs = client.submit(spec, function)
         return shape_result(refs, n, task_id, client)
@@ -194,11 +195,9 @@ def fill_args(client: Any, spec: pb.TaskSpec, args: tuple, kwargs: dict, what: s
 
 def _find_bad_argument(args: tuple, kwargs: dict) -> str:
     for i, a in enumerate(args):
-        problem = find_unpicklable(a)
-        if problem != "it pickles on its own":
+        if find_unpicklable(a) is not None:
             return f"argument at position {i} ({type(a).__name__})"
     for k, v in kwargs.items():
-        problem = find_unpicklable(v)
-        if problem != "it pickles on its own":
+        if find_unpicklable(v) is not None:
             return f"keyword argument {k!r} ({type(v).__name__})"
     return "arguments"

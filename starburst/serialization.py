@@ -161,10 +161,10 @@ def ship_user_modules() -> None:
             pass
 
 
-def find_unpicklable(value: Any) -> str:
-    """A short description of why ``value`` can't be pickled (for error messages)."""
+def find_unpicklable(value: Any) -> str | None:
+    """Why ``value`` can't be pickled (for error messages); None when it can."""
     try:
         cloudpickle.dumps(value, protocol=5)
     except Exception as exc:  # noqa: BLE001 - we report whatever pickling raised
         return f"{type(exc).__name__}: {exc}"
-    return "it pickles on its own"
+    return None

@@ -62,7 +62,6 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -72,6 +71,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from starburst import config
+from starburst._files import write_atomic
 
 __all__ = [
     "ClusterCA", "Identity", "NodeBundle", "BundleIntegrityError",
@@ -144,20 +144,7 @@ def _key_pem(key) -> bytes:
 
 def _write_private(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically; the file is 0600 from the moment it exists."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, [data], fsync=True)
 
 
 @dataclass(frozen=True)

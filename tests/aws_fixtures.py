@@ -71,6 +71,18 @@ def moto_server():
         server.stop()
 
 
+def fake_credentials(monkeypatch, tmp_path) -> None:
+    """Fake credentials and region, and no profile or config file of the developer's: no request
+    can reach a real account."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait for instance metadata
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
 @pytest.fixture
 def aws(moto_server, monkeypatch, tmp_path):
     """A clean moto account for one test, with the environment pointing boto3 at it."""
@@ -79,12 +91,5 @@ def aws(moto_server, monkeypatch, tmp_path):
         if var.startswith("AWS_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait for instance metadata
-    # No profile or config file of the developer's can change where requests go.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    fake_credentials(monkeypatch, tmp_path)
     yield AwsEnv(moto_server, REGION, ACCOUNT_ID)

@@ -7,6 +7,7 @@ import json
 
 import boto3
 import pytest
+from aws_fixtures import fake_credentials
 from botocore.stub import Stubber
 
 from starburst.aws import pricing
@@ -26,13 +27,7 @@ from starburst.aws.pricing import (
 
 @pytest.fixture(autouse=True)
 def dummy_aws(monkeypatch, tmp_path):
-    """Fake credentials and region, and no user AWS config: no test can reach a real account."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    fake_credentials(monkeypatch, tmp_path)
 
 
 class FakeClock:

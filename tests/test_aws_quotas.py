@@ -8,6 +8,7 @@ import json
 
 import boto3
 import pytest
+from aws_fixtures import fake_credentials
 from botocore.stub import ANY, Stubber
 
 from starburst.aws import quotas
@@ -28,12 +29,7 @@ NOW = dt.datetime(2026, 11, 30, 17, 0, tzinfo=dt.timezone.utc)
 @pytest.fixture(autouse=True)
 def dummy_aws(monkeypatch, tmp_path):
     """Fake credentials and region, no user AWS config, and a private STARBURST_HOME."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    fake_credentials(monkeypatch, tmp_path)
     monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
 
 

@@ -59,7 +59,7 @@ def _object_files(store: pathlib.Path) -> set[str]:
     names = set()
     for entry in os.scandir(store):
         try:
-            if entry.is_file(follow_symlinks=False) and not entry.name.endswith(".tmp"):
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):  # "." : being written
                 names.add(entry.name)
         except FileNotFoundError:
             pass

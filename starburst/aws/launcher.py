@@ -41,7 +41,8 @@ from botocore.exceptions import ClientError
 
 from .pricing import CostMeter, format_cost, would_exceed
 from .quotas import QuotaSource, WavePlan, plan_waves
-from .resources import CLUSTER_TAG, MANAGED_TAG, Settings
+from ._errors import error_code as _code
+from .resources import CLUSTER_TAG, MANAGED_TAG, Settings, _tag_dict
 from .sizes import ARCHITECTURES, FARGATE_SIZES, UNITS_PER_VCPU, format_size, normalize_arch
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,8 @@ def new_cluster_id(settings: Settings) -> str:
     return f"{settings.name}-{uuid.uuid4().hex[:12]}"
 
 
-def _code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
-
-
 def _message(exc: ClientError) -> str:
     return exc.response.get("Error", {}).get("Message", "") or str(exc)
-
-
-def _tags(tags: list[dict] | None) -> dict[str, str]:
-    return {t["key"]: t["value"] for t in tags or []}
 
 
 def _client(session, service: str, region: str):
@@ -381,7 +374,7 @@ class FargateLauncher:
                                   "InvalidParameterException"):
                 raise
             found = None
-        if (found is not None and _tags(found.get("tags")).get(MANAGED_TAG) == "true"
+        if (found is not None and _tag_dict(found.get("tags"), "key", "value").get(MANAGED_TAG) == "true"
                 and self._matches(found["taskDefinition"], wanted)):
             self.task_definition_arn = found["taskDefinition"]["taskDefinitionArn"]
         else:
@@ -678,7 +671,7 @@ def find_orphans(session, settings: Settings, exclude: Iterable[str] = (),
         for task in answer.get("tasks", []):
             if task.get("desiredStatus") == "STOPPED":
                 continue
-            tags = _tags(task.get("tags"))
+            tags = _tag_dict(task.get("tags"), "key", "value")
             started_by = task.get("startedBy", "")
             if tags.get(CLUSTER_TAG) in skip or started_by in skip:
                 continue

@@ -18,13 +18,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import pathlib
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Protocol
 
+from starburst._files import write_atomic
+from starburst.aws._errors import error_code
 from starburst.aws.sizes import format_number
 
 SERVICE_CODE = "fargate"
@@ -118,10 +118,8 @@ class QuotaRequestStore:
 
     def _save(self, requests: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".quota-", dir=self.path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "requests": requests}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        data = json.dumps({"version": 1, "requests": requests}, indent=2, sort_keys=True)
+        write_atomic(self.path, [data.encode()])
 
     @staticmethod
     def _key(region: str, spot: bool) -> str:
@@ -229,7 +227,7 @@ class ServiceQuotasSource:
         try:
             quota = self.client.get_service_quota(ServiceCode=SERVICE_CODE, QuotaCode=code)["Quota"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchResourceException":
+            if error_code(exc) != "NoSuchResourceException":
                 raise
             quota = self.client.get_aws_default_service_quota(ServiceCode=SERVICE_CODE, QuotaCode=code)[
                 "Quota"
@@ -286,7 +284,7 @@ class ServiceQuotasSource:
                 ServiceCode=SERVICE_CODE, QuotaCode=QUOTA_CODES[bool(spot)], DesiredValue=float(desired)
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceAlreadyExistsException":
+            if error_code(exc) == "ResourceAlreadyExistsException":
                 found = self._find_open(spot)
                 if found is not None:
                     return found

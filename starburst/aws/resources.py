@@ -43,6 +43,8 @@ from botocore.exceptions import (
 )
 
 from .. import config
+from ._errors import error_code as _code
+from .._files import write_atomic
 
 MANAGED_TAG = "starburst:managed"
 CLUSTER_TAG = "starburst:cluster"
@@ -197,9 +199,7 @@ class Settings:
     def save(self, path: pathlib.Path | None = None) -> pathlib.Path:
         path = path or self.path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, [(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()])
         return path
 
 
@@ -270,10 +270,6 @@ class TeardownReport(_Report):
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
 
 
 def _tag_list(tags: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict]:

@@ -15,7 +15,7 @@ from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .launch import spawn_local_node
-from .scheduler import LINGER_S, WINDOW_S, Node, Scheduler, Session
+from .scheduler import Node, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
@@ -86,7 +86,7 @@ class NodeLink:
             node = self.node
             if node is not None and len(node.inflight) > 2 * node.total["CPU"]:
                 # The node has plenty queued: gather more before the next (costly) write.
-                await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
+                await asyncio.sleep(config.batch_delay(last_write))
             while not self._queue.empty():
                 ops.extend(self._queue.get_nowait())
             await call.write(pb.HeadToNode(ops=ops))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import pickle
 import time
 from typing import Callable, Iterable
 
@@ -22,8 +21,7 @@ from ..exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
-from ..serialization import serialize
-from ..store import ObjectStore
+from ..store import ObjectStore, error_value
 
 log = logging.getLogger("starburst.head")
 
@@ -33,11 +31,6 @@ log = logging.getLogger("starburst.head")
 PREFETCH_PER_CPU = 2.0
 PREFETCH_PER_CPU_SHORT = 16.0
 SHORT_TASK_S = 0.005
-#: When a stream has more results coming, a batch waits at least LINGER_S and is written at most
-#: every WINDOW_S, so that a busy stream carries few large messages (each write costs ~0.2 ms of
-#: CPU) while a lone result is never delayed.
-LINGER_S = 0.001
-WINDOW_S = 0.005
 
 
 class Sink:
@@ -181,10 +174,6 @@ class Actor:
     @property
     def name(self) -> str:
         return self.options.name
-
-
-def error_value(error: BaseException) -> pb.Value:
-    return pb.Value(inline=serialize(error).to_bytes(), is_error=True)
 
 
 class Scheduler:
@@ -514,8 +503,10 @@ class Scheduler:
     def _retries_left(self, task: Task) -> bool:
         return task.spec.max_retries < 0 or task.spec.attempt < task.spec.max_retries
 
-    def _requeue(self, task: Task) -> None:
-        task.spec.attempt += 1
+    def _requeue(self, task: Task, charge: bool = True) -> None:
+        """Back to the front of the queue; ``charge``: counts as a retry (it ran, or may have)."""
+        if charge:
+            task.spec.attempt += 1
         task.state = Task.QUEUED
         task.node = None
         self.queue.appendleft(task)
@@ -609,9 +600,7 @@ class Scheduler:
             previous = self.durations.get(fid)
             self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
         if done.failure == pb.TaskDone.NOT_STARTED:
-            task.node = None  # back to the front of the queue, as if never sent
-            task.state = Task.QUEUED
-            self.queue.appendleft(task)
+            self._requeue(task, charge=False)
         elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
         elif done.failure == pb.TaskDone.CANCELLED:
@@ -889,7 +878,3 @@ class Scheduler:
             if obj.value is not None and obj.value.WhichOneof("where") == "key":
                 self._delete_key(obj.value.key)
         self.objects.clear()
-
-
-def unpickle_retry_exceptions(data: bytes):
-    return pickle.loads(data) if data else False

@@ -17,12 +17,13 @@ import uuid
 import grpc
 
 from .. import config
+from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..store import LocalStore
 from .nodes import LocalNodeProcess, NodeLink
-from .scheduler import LINGER_S, WINDOW_S, Scheduler, Session
+from .scheduler import Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
@@ -77,7 +78,7 @@ class Head(pb_grpc.HeadServicer):
                 if ops is None:
                     break
                 if session.outstanding > 1:  # more results are coming: send them together
-                    await asyncio.sleep(max(LINGER_S, last_write + WINDOW_S - time.monotonic()))
+                    await asyncio.sleep(config.batch_delay(last_write))
                 while not queue.empty():
                     more = queue.get_nowait()
                     if more is None:
@@ -189,10 +190,7 @@ class Head(pb_grpc.HeadServicer):
             "store_url": self.store.url, "version": __version__,
             "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
         }
-        path = config.head_file()
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)
+        write_atomic(config.head_file(), [json.dumps(info).encode()])
 
     def _remove_head_file(self) -> None:
         path = config.head_file()

@@ -32,8 +32,8 @@ import cloudpickle
 from .. import _runtime
 from .._proto import starburst_pb2 as pb
 from ..exceptions import ObjectStoreFullError, RayTaskError
-from ..serialization import deserialize, serialize
-from ..store import load_value, open_store, pack_value
+from ..serialization import serialize
+from ..store import error_value, load_value, open_store, pack_value
 from .. import config
 from .framing import encode, recv_frame
 
@@ -422,11 +422,9 @@ class Executor:
             cause = exc
         error = RayTaskError(spec.name, tb, cause, os.getpid(), self.node)
         try:
-            data = serialize(error).to_bytes()
+            value = error_value(error)
         except Exception:  # noqa: BLE001 - the exception itself can't be pickled: keep its text
-            error = RayTaskError(spec.name, tb, None, os.getpid(), self.node)
-            data = serialize(error).to_bytes()
-        value = pb.Value(inline=data, is_error=True, size=len(data))
+            value = error_value(RayTaskError(spec.name, tb, None, os.getpid(), self.node))
         for rid in spec.return_ids:
             done.results.add(id=rid, value=value)
         if spec.retry_exceptions:

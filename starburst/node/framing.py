@@ -36,14 +36,6 @@ async def read_frames(reader: asyncio.StreamReader):
         buf = buf[start:]
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    try:
-        header = await reader.readexactly(4)
-        return await reader.readexactly(_LEN.unpack(header)[0])
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-
-
 def recv_frame(sock: socket.socket) -> bytes | None:
     header = _recv_exactly(sock, 4)
     if header is None:

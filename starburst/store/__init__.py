@@ -8,7 +8,7 @@ Fargate clusters' store (parallel multipart upload, ranged parallel download, a 
 from __future__ import annotations
 
 from .._proto import starburst_pb2 as pb
-from ..serialization import Serialized
+from ..serialization import Serialized, serialize
 from .base import ObjectStore
 from .local import LocalStore
 
@@ -35,6 +35,12 @@ def pack_value(ser: Serialized, key: str, store: ObjectStore, inline_threshold: 
     return value
 
 
+def error_value(error: BaseException) -> pb.Value:
+    """A Value carrying an exception (always inline: errors are small)."""
+    data = serialize(error).to_bytes()
+    return pb.Value(inline=data, size=len(data), is_error=True)
+
+
 def load_value(value: pb.Value, store: ObjectStore):
     """Deserialize a Value message (zero-copy from the store for large ones)."""
     from ..serialization import deserialize
@@ -44,4 +50,4 @@ def load_value(value: pb.Value, store: ObjectStore):
     return deserialize(value.inline)
 
 
-__all__ = ["ObjectStore", "LocalStore", "open_store", "pack_value", "load_value"]
+__all__ = ["ObjectStore", "LocalStore", "open_store", "pack_value", "load_value", "error_value"]

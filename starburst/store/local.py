@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 
+from .._files import write_atomic
 from ..serialization import Serialized
 from .base import ObjectStore
 
@@ -26,22 +27,7 @@ class LocalStore(ObjectStore):
         return os.path.join(self.directory, key)
 
     def put(self, key: str, value: Serialized) -> None:
-        path = self._path(key)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                for chunk in value.chunks():
-                    view = memoryview(chunk).cast("B")
-                    while view:
-                        view = view[f.write(view) :]
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomic(self._path(key), value.chunks())
 
     def get(self, key: str) -> memoryview:
         with open(self._path(key), "rb") as f:
