@@ -58,9 +58,30 @@ def init(
     runtime_env: dict[str, Any] | None = None,
     log_to_driver: bool = True,
     cluster: str = "local",
+    workers: int | tuple[int, int] | None = None,
+    cpu: float | str | None = None,
+    memory: int | str | None = None,
+    arch: str | None = None,
+    spot: bool | None = None,
+    idle_timeout: float | None = None,
+    max_cost: float | None = None,
+    region: str | None = None,
+    image: str | None = None,
+    lease: float | None = None,
+    auto_quota_request: bool | None = None,
     **kwargs: Any,
 ) -> ClusterContext:
     """Connect this process to a starburst cluster, starting the embedded local one if needed.
+
+    ``cluster="fargate"`` starts a cluster of Fargate tasks instead (after ``starburst setup``):
+    ``workers`` (a number, or ``(min, max)`` to scale with the backlog; default 4), ``cpu`` and
+    ``memory`` per worker (default 2 vCPU, ``"4GB"``; checked against Fargate's sizes), ``arch``
+    (``"x86_64"`` or ``"arm64"``), ``spot``, ``idle_timeout`` (seconds before an idle worker above
+    ``min`` stops; default 300), ``max_cost`` (US dollars: nothing launches past it, and reaching
+    it stops the cluster), ``region``, ``image`` (default: built from this environment),
+    ``lease`` (seconds a worker waits for a lost head before exiting; default 180) and
+    ``auto_quota_request`` (when the vCPU quota is short: request an increase without asking).
+    The cluster stops at ``shutdown()``, which prints its runtime and cost.
 
     With no ``address``: uses ``$STARBURST_ADDRESS`` (or ``$RAY_ADDRESS``) if set, else the head
     running for this user (started by ``starburst up`` or another ``init()``), else starts a local
@@ -74,10 +95,13 @@ def init(
         raise TypeError(f"init() got unexpected keyword argument(s) {unknown}")
     if kwargs.get("local_mode"):
         log.warning("local_mode is deprecated in Ray and ignored by starburst: tasks run in worker processes")
-    if cluster != "local":
-        raise ValueError(
-            f"cluster={cluster!r} is not available yet: only the embedded local cluster ('local') exists"
-        )
+    given = {k: v for k, v in (("workers", workers), ("cpu", cpu), ("memory", memory), ("arch", arch),
+                                ("spot", spot), ("idle_timeout", idle_timeout), ("max_cost", max_cost),
+                                ("region", region), ("image", image), ("lease", lease),
+                                ("auto_quota_request", auto_quota_request)) if v is not None}
+    fargate = _fargate_options(cluster, given)
+    if fargate is not None and num_cpus is not None:
+        raise ValueError("num_cpus is for the local cluster; a Fargate cluster's size is workers= and cpu=")
     if num_gpus:
         raise ValueError("num_gpus: the local cluster has no GPUs in starburst yet")
     if resources:
@@ -103,7 +127,7 @@ def init(
             return _context()  # inside a task: the executor's session is used
         if address is None:
             address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-        head_address = _resolve_head(address, num_cpus)
+        head_address = _resolve_head(address, num_cpus, fargate)
         from .client import Client, GrpcTransport
 
         client = Client(
@@ -115,12 +139,29 @@ def init(
         return _context()
 
 
-def _resolve_head(address: str | None, num_cpus: float | None) -> str:
+def _fargate_options(cluster: str, given: dict[str, Any]):
+    """The checked options of ``init(cluster="fargate", ...)`` (None for the local cluster)."""
+    if cluster == "local":
+        if given:
+            raise ValueError(f"{sorted(given)} apply to cluster='fargate' only")
+        return None
+    if cluster != "fargate":
+        raise ValueError(f"cluster={cluster!r}: use 'local' (the default, this machine) or 'fargate'")
+    from .aws.cluster import check_options
+
+    auto = given.pop("auto_quota_request", None)
+    options = check_options(**given)
+    return options, auto
+
+
+def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> str:
     global _started_head
     from .head import process
     if address not in (None, "auto", "local"):
         if num_cpus is not None:
             raise ValueError("When connecting to an existing cluster, num_cpus must not be provided.")
+        if fargate is not None:
+            raise ValueError("cluster='fargate' starts a cluster: don't pass an address with it")
         return address.removeprefix("starburst://").removeprefix("ray://")
     with process.head_lock():
         running = process.find_head() if address != "local" else None
@@ -130,14 +171,33 @@ def _resolve_head(address: str | None, num_cpus: float | None) -> str:
                     "When connecting to an existing cluster, num_cpus must not be provided "
                     f"(a head is running at {running.address}; stop it with 'starburst down')."
                 )
+            if fargate is not None and running.provider != "fargate":
+                raise RuntimeError(
+                    f"a local cluster is running (pid {running.pid}); stop it with 'starburst down' "
+                    "before starting a Fargate cluster, or call init() without cluster= to use it"
+                )
             return running.address
         if address == "auto":
             raise ConnectionError(
                 "Could not find a running starburst cluster (address='auto'). Start one with "
                 "'starburst up', or call init() without an address to start a local one."
             )
-        _started_head = process.start_head(num_cpus, exit_when_unused=True)
+        config_file = ""
+        if fargate is not None:
+            config_file = _prepare_fargate(*fargate)
+        _started_head = process.start_head(num_cpus, exit_when_unused=True, cluster_config=config_file)
         return _started_head.address
+
+
+def _prepare_fargate(options, auto_quota_request) -> str:
+    """Check and price the Fargate cluster on this machine; returns its options file for the head."""
+    from . import config
+    from .aws.cluster import prepare
+
+    options = prepare(options, auto_quota_request=auto_quota_request)
+    path = config.home() / "clusters" / f"{options.cluster_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(options.save(path))
 
 
 def _context() -> ClusterContext:
@@ -173,8 +233,26 @@ def shutdown() -> None:
             from .head import process
 
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
-            if not process.wait_exit(started.pid, 20):
+            if not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
                 process.stop_head(started)
+            if started.provider != "local":
+                _print_report(started.cluster_id)
+
+
+def _print_report(cluster_id: str) -> None:
+    import json
+
+    from .aws.provider import ShutdownReport, report_path
+
+    try:
+        report = ShutdownReport(**json.loads(report_path(cluster_id).read_text()))
+    except (OSError, ValueError, TypeError):
+        log.warning("the Fargate cluster %s left no shutdown report; 'starburst down --all' stops any "
+                    "task it may have left", cluster_id)
+        return
+    import sys
+
+    print(f"starburst: {report.text()}", file=sys.stderr)
 
 
 atexit.register(shutdown)

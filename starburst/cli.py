@@ -6,6 +6,7 @@
                                               (--all: and every starburst task on Fargate, by tag)
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
     starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
+    starburst env [--build | --rebuild] [--json]  the worker environment: spec, hash, image
 
 Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
 """
@@ -36,14 +37,40 @@ def _status(address: str):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    config_file = ""
     with process.head_lock():
         running = process.find_head()
         if running is not None:
             print(f"starburst is already running at {running.address} (pid {running.pid}); "
                   "'starburst down' stops it.")
             return 0
-        info = process.start_head(args.num_cpus, exit_when_unused=False, port=args.port)
+        if args.cluster == "fargate":
+            from .api import _prepare_fargate
+            from .aws.cluster import check_options
+
+            workers = tuple(int(w) for w in args.workers.split(",")) if "," in args.workers else int(args.workers)
+            try:
+                options = check_options(
+                    workers=workers, cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
+                    idle_timeout=args.idle_timeout, max_cost=args.max_cost, region=args.region,
+                    image=args.image, lease=args.lease)
+            except (TypeError, ValueError) as exc:
+                print(f"starburst up: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            try:
+                config_file = _prepare_fargate(options, args.auto_quota_request or None)
+            except (RuntimeError, ValueError) as exc:
+                print(f"starburst up: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        try:
+            info = process.start_head(args.num_cpus, exit_when_unused=False, port=args.port,
+                                      cluster_config=config_file)
+        except RuntimeError as exc:
+            print(f"starburst up: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     print(f"starburst head running at {info.address} (pid {info.pid})")
+    if config_file:
+        print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
     print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
     return 0
 
@@ -66,6 +93,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             "drivers": st.sessions, "queued": st.queued, "running": st.running,
             "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
             "store": st.store_url,
+            "cluster": {"provider": st.cluster.provider, "cluster_id": st.cluster.cluster_id,
+                        "region": st.cluster.region, "nodes_pending": st.cluster.nodes_pending,
+                        "workers": [st.cluster.workers_min, st.cluster.workers_max],
+                        "node_size": st.cluster.node_size, "cost_usd": st.cluster.cost_usd,
+                        "cost_per_hour": st.cluster.cost_per_hour, "max_cost": st.cluster.max_cost or None,
+                        "message": st.cluster.message},
             "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
                        "cpus_in_use": n.cpus_in_use, "running": n.running, "executors": n.executors,
                        "pid": n.pid} for n in st.nodes],
@@ -75,7 +108,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  drivers {st.sessions}   tasks: {st.running} running, {st.queued} queued, "
           f"{st.tasks_finished} finished")
     print(f"  objects {st.objects} ({_size(st.object_bytes)}) in {st.store_url}")
-    print(f"  nodes {len(st.nodes)}   CPUs {used:g}/{total_cpus:g} in use")
+    c = st.cluster
+    if c.provider == "fargate":
+        from .aws.pricing import format_cost
+
+        budget = f" of max_cost {format_cost(c.max_cost)}" if c.max_cost else ""
+        print(f"  Fargate {c.cluster_id} in {c.region}: workers {c.workers_min}-{c.workers_max} x {c.node_size}")
+        print(f"  cost so far {format_cost(c.cost_usd)}{budget}, now {format_cost(c.cost_per_hour)}/hour")
+        if c.message:
+            print(f"  note: {c.message}")
+    pending = f", {c.nodes_pending} starting" if c.nodes_pending else ""
+    print(f"  nodes {len(st.nodes)}{pending}   CPUs {used:g}/{total_cpus:g} in use")
     for n in st.nodes:
         print(f"    {n.node_id:<12} {n.address:<22} {n.resources.cpus:g} CPUs, {n.running} tasks, "
               f"{n.executors} executors, pid {n.pid}")
@@ -176,6 +219,124 @@ def cmd_run(args: argparse.Namespace) -> int:
     return main_run([args.script, *args.args])
 
 
+def _travels(pkg) -> str:
+    """How a package of the driver's environment reaches the workers."""
+    if pkg.kind == "vcs":
+        return f"pip installs it in the image from {pkg.vcs}+{pkg.url}@{pkg.commit[:12]}"
+    if pkg.kind == "url":
+        return f"pip installs it in the image from {pkg.url}"
+    if pkg.kind == "installed":
+        return "a wheel repacked from its installed files, in the image"
+    if pkg.kind == "local":
+        how = f"a wheel built from {pkg.path} when the image is built"
+        if pkg.name == "starburst":
+            how += " (later edits need 'starburst env --rebuild' or a new version)"
+        elif pkg.editable:
+            how += "; its modules also travel by value with each task, so edits reach the workers"
+        return how
+    return "pip installs the pinned version in the image"
+
+
+def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
+    """Fill ``out`` with the image's URI and whether it exists, building it on request."""
+    from .aws.resources import AwsSetupError, Settings
+
+    if not Settings.path().exists() and not args.region:
+        out["aws"] = {"status": "not set up",
+                      "message": "AWS is not set up on this machine: run 'starburst setup' first"}
+        if args.build or args.rebuild:
+            print(f"starburst env: can't build the image: {out['aws']['message']}", file=sys.stderr)
+            return EXIT_FAILED
+        return 0
+    import boto3
+
+    from .envsync.image import BuildError, ConsoleProgress, account_id, ensure_image, image_exists, image_uri
+
+    try:
+        settings = _aws_settings(args)
+        if args.builder:
+            settings.builder = args.builder
+    except (AwsSetupError, ValueError) as exc:
+        out["aws"] = {"status": "error", "message": str(exc)}
+        print(f"starburst env: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out["aws"] = {"status": "ok", "region": settings.region, "builder": settings.builder}
+    session = boto3.Session(region_name=settings.region)
+    try:
+        out["image"] = image_uri(settings, account_id(session, settings.region), spec)
+        out["image_exists"] = image_exists(session.client("ecr", region_name=settings.region),
+                                           settings.repository, spec.hash())
+        if args.rebuild or (args.build and not out["image_exists"]):
+            ensure_image(session, settings, spec, rebuild=args.rebuild,
+                         progress=ConsoleProgress(sys.stderr))
+            out["image_exists"] = out["built"] = True
+    except BuildError as exc:
+        out["aws"] = {**out["aws"], "status": "error", "message": str(exc)}
+        print(f"starburst env: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .envsync import capture, derived_spec
+    from .envsync.dockerfile import base_image_for, platform_for
+
+    spec = capture()
+    if args.pip:
+        try:
+            spec = derived_spec(spec, {"pip": args.pip})
+        except ValueError as exc:
+            print(f"starburst env: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    counts = {kind: len(spec.by_kind(kind)) for kind in ("index", "local", "vcs", "url")}
+    out: dict = {
+        "hash": spec.hash(), "python": spec.python, "python_full": spec.python_full,
+        "arch": spec.arch, "platform": platform_for(spec), "base_image": base_image_for(spec),
+        "packages": {"total": len(spec.packages), **counts},
+        "starburst": {**spec.starburst.to_json(), "travels": _travels(spec.starburst)},
+        "local": [{**p.to_json(), "travels": _travels(p)} for p in spec.local],
+        "direct": [{**p.to_json(), "travels": _travels(p)} for p in spec.vcs + spec.urls],
+        "pip": list(spec.pip), "excluded": list(spec.excluded),
+        "image": None, "image_exists": None, "built": False,
+    }
+    code = _env_aws(args, spec, out)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return code
+    print(f"starburst environment {out['hash']}" + (" (derived: runtime_env pip)" if spec.pip else ""))
+    print(f"  python     {spec.python_full}, {spec.arch}: image on {out['base_image']}, {out['platform']}")
+    print(f"  packages   {len(spec.packages)}: {counts['index']} pinned from the index, {counts['local']} local, "
+          f"{counts['vcs']} from version control, {counts['url']} from URLs")
+    if spec.excluded:
+        print(f"  left out   {', '.join(spec.excluded)} (build tools and packages for other systems)")
+    print(f"  starburst  {spec.starburst.version} ({spec.starburst.kind}): {out['starburst']['travels']}")
+    for title, items in (("local packages", out["local"]), ("from version control and URLs", out["direct"])):
+        if items:
+            print(f"  {title}:")
+            for p in items:
+                print(f"    {p['name']} {p['version']}: {p['travels']}")
+    if spec.pip:
+        print(f"  runtime_env pip  {' '.join(spec.pip)}")
+    aws = out["aws"]
+    if aws["status"] == "not set up":
+        print(f"  image      unknown: {aws['message']}")
+    elif out["image"] is None:
+        print(f"  image      unknown: {aws['message']}")
+    else:
+        print(f"  image      {out['image']}")
+        if out["built"]:
+            state = "built and pushed just now"
+        elif out["image_exists"]:
+            state = "in ECR"
+        elif aws["status"] == "error":
+            state = f"unknown: {aws['message']}"
+        else:
+            state = (f"not built yet: 'starburst env --build' builds it (with {aws['builder']}), "
+                     "as will the first run on Fargate")
+        print(f"             {state}")
+    return code
+
+
 def _down_all(args: argparse.Namespace, info) -> int:
     """The laptop died or a head crashed: stop the local head, and every starburst task on Fargate
     found by its tags (in the region of 'starburst setup')."""
@@ -226,11 +387,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"starburst {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    up = sub.add_parser("up", help="start a local cluster that stays up until 'starburst down'",
-                        description="Start a head and a local node. Drivers' init() finds and reuses it, "
-                                    "so warm workers survive a notebook restart.")
+    up = sub.add_parser("up", help="start a cluster (local, or Fargate) that stays up until 'starburst down'",
+                        description="Start a head and its nodes: a local node, or Fargate workers with "
+                                    "--cluster fargate. Drivers' init() finds and reuses it, so warm workers "
+                                    "survive a notebook restart.")
     up.add_argument("--num-cpus", type=float, default=None, help="executors to run (default: all CPUs)")
     up.add_argument("--port", type=int, default=0, help="port for drivers (default: any free port)")
+    up.add_argument("--cluster", choices=("local", "fargate"), default="local",
+                    help="where the nodes run: this machine (default) or Fargate tasks (after 'starburst setup')")
+    fg = up.add_argument_group("Fargate cluster (--cluster fargate)")
+    fg.add_argument("--workers", default="4", help="a number, or MIN,MAX to scale with the backlog (default 4)")
+    fg.add_argument("--cpu", default="2", help="vCPU per worker (default 2)")
+    fg.add_argument("--memory", default="4GB", help="memory per worker, e.g. 8GB (default 4GB)")
+    fg.add_argument("--arch", default=None, help="x86_64 (default) or arm64")
+    fg.add_argument("--spot", action="store_true", help="use Fargate Spot (cheaper; may be interrupted)")
+    fg.add_argument("--idle-timeout", type=float, default=300.0,
+                    help="seconds before an idle worker above MIN stops (default 300)")
+    fg.add_argument("--max-cost", type=float, default=None,
+                    help="US dollars: nothing launches past it, and reaching it stops the cluster")
+    fg.add_argument("--region", default=None, help="AWS region (default: the one 'starburst setup' used)")
+    fg.add_argument("--image", default=None, help="worker image (default: built from this environment)")
+    fg.add_argument("--lease", type=float, default=180.0,
+                    help="seconds a worker waits for a lost head before exiting (default 180)")
+    fg.add_argument("--auto-quota-request", action="store_true",
+                    help="when the vCPU quota is short, request an increase without asking")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show the running cluster: nodes, tasks, objects",
                             description="Show the running cluster. Exit code 3 when none is running.")
@@ -281,6 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request")
     quota.add_argument("--region")
     quota.set_defaults(func=cmd_quota)
+    env = sub.add_parser("env", help="show the worker environment: spec, hash, image (and build it)",
+                         description="Show this environment as the workers get it: Python, architecture, "
+                                     "packages and how each travels, its hash (the image tag), the image "
+                                     "and whether it is in ECR. --build builds and pushes it when missing "
+                                     "(AWS CodeBuild by default: no local Docker needed).")
+    what = env.add_mutually_exclusive_group()
+    what.add_argument("--build", action="store_true", help="build and push the image if it is not in ECR")
+    what.add_argument("--rebuild", action="store_true", help="build and push the image even if it exists")
+    env.add_argument("--builder", choices=["codebuild", "docker"],
+                     help="how to build (default: the 'builder' setting, else codebuild)")
+    env.add_argument("--pip", action="append", metavar="REQ",
+                     help="show the derived environment of runtime_env={'pip': [REQ, ...]} (repeatable)")
+    env.add_argument("--region", help="AWS region (default: that of 'starburst setup')")
+    env.add_argument("--json", action="store_true", help="machine-readable output")
+    env.set_defaults(func=cmd_env)
     return parser
 
 

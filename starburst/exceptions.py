@@ -168,6 +168,11 @@ class RuntimeEnvSetupError(RayError):
     """The task's runtime_env could not be set up."""
 
 
+class ClusterStoppedError(RaySystemError):
+    """The cluster stopped before the task finished: its budget (``max_cost``) was reached, or its
+    nodes could not be started. The message says which, and what to do."""
+
+
 class CrossLanguageError(RayError):
     """Not used by starburst (Python only); present so ported code that names it still imports."""
 
@@ -190,5 +195,6 @@ __all__ = [
     "ObjectStoreFullError",
     "OutOfMemoryError",
     "RuntimeEnvSetupError",
+    "ClusterStoppedError",
     "CrossLanguageError",
 ]

@@ -76,6 +76,7 @@ def _inventory(aws, region="us-east-1"):
         "log_groups": sorted(g["logGroupName"] for g in c("logs").describe_log_groups()["logGroups"]),
         "security_groups": sorted(g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]
                                   if g["GroupName"] != "default"),
+        "build_projects": sorted(c("codebuild").list_projects()["projects"]),
         "ingress": _ingress(ec2) if any(
             g["GroupName"] == "starburst-nodes"
             for g in ec2.describe_security_groups()["SecurityGroups"]) else [],
@@ -114,9 +115,11 @@ def test_setup_creates_exactly_the_resources(aws):
         "buckets": [bucket],
         "repositories": ["starburst"],
         "clusters": [f"arn:aws:ecs:us-east-1:{aws.account_id}:cluster/starburst"],
-        "roles": ["starburst-task-execution-us-east-1", "starburst-task-us-east-1"],
-        "log_groups": ["/starburst/nodes"],
+        "roles": ["starburst-image-build-us-east-1", "starburst-task-execution-us-east-1",
+                  "starburst-task-us-east-1"],
+        "log_groups": ["/starburst/builds", "/starburst/nodes"],
         "security_groups": ["starburst-nodes"],
+        "build_projects": ["starburst-image-build"],
         "ingress": [("tcp", 47000, 47000, f"{HEAD}/32")],
     }
 
@@ -277,7 +280,8 @@ def test_setup_repairs_drift(aws):
     assert report.statuses() == {
         res.BUCKET: UPDATED, res.REPOSITORY: EXISTED, res.LOG_GROUP: UPDATED,
         res.EXECUTION_ROLE: EXISTED, res.TASK_ROLE: UPDATED, res.ECS_CLUSTER: UPDATED,
-        res.SECURITY_GROUP: EXISTED}, report.format()
+        res.SECURITY_GROUP: EXISTED, res.BUILD_LOG_GROUP: EXISTED, res.BUILD_ROLE: EXISTED,
+        res.BUILD_PROJECT: EXISTED}, report.format()
     assert "default encryption" in report[res.BUCKET].detail
     assert "lifecycle rule" in report[res.BUCKET].detail
     assert "public access block" in report[res.BUCKET].detail
@@ -333,7 +337,8 @@ def test_teardown_removes_everything_and_is_idempotent(aws):
     assert [g["GroupName"] for g in aws.client("ec2").describe_security_groups()["SecurityGroups"]] == [
         "default"]
     assert _inventory(aws) == {"buckets": [], "repositories": [], "clusters": [], "roles": [],
-                               "log_groups": [], "security_groups": [], "ingress": []}
+                               "log_groups": [], "security_groups": [], "build_projects": [],
+                               "ingress": []}
 
     again = res.teardown(session, settings)
     assert again.statuses() == {k: MISSING for k in KINDS}

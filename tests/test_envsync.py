@@ -235,7 +235,7 @@ def test_dockerfile_instruction_sequence():
     env = " ".join(a for op, a in steps if op == "ENV")
     assert "STARBURST_NODE_PORT=47000" in env and "STARBURST_LEASE_S=180" in env
     cmd = json.loads(steps[-1][1])
-    assert cmd == node_cmd() and "exec python -m starburst.node" in cmd[2]
+    assert cmd == node_cmd() == ["python", "-m", "starburst.node.entrypoint"]
     # the editable package's origin is listed for the builder
     assert "my-proj==0.3.0 from /home/me/proj (editable)" in render(spec)
 
@@ -272,42 +272,32 @@ def test_requirements_and_build_context(tmp_path):
                 assert (out / src).exists(), src
 
 
-def _fake_python(tmp_path):
-    """A ``python`` on PATH that prints its arguments as JSON."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    script = fake / "python"
-    script.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
-                      "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n")
-    script.chmod(0o755)
-    return fake
+def test_cmd_runs_the_node_entrypoint_with_the_image_defaults():
+    """The CMD is the node's entry point; with the image's ENV defaults plus what the launcher
+    sets per task, the entry point gives arguments that the real node's parser accepts."""
+    import importlib.util
 
+    from starburst.envsync.dockerfile import NODE_ENTRYPOINT
+    from starburst.node.entrypoint import node_argv
 
-def test_cmd_reads_the_environment_and_matches_the_node_cli(tmp_path):
-    """The CMD, run by a real ``sh`` with the image's ENV defaults, gives arguments that the real
-    node's parser accepts with the right values."""
     cmd = node_cmd()
-    base_env = {"PATH": f"{_fake_python(tmp_path)}:/usr/bin:/bin", "HOSTNAME": "ip-10-0-0-7",
-                "STARBURST_NODE_PORT": "47000", "STARBURST_LEASE_S": "180"}
-    run = subprocess.run(cmd, env={**base_env, "STARBURST_STORE": "s3://b/p",
-                                   "STARBURST_CLUSTER_ID": "c1"},
-                         capture_output=True, text=True, timeout=20)
-    assert run.returncode == 0, run.stderr
-    argv = json.loads(run.stdout)
-    assert argv[:2] == ["-m", "starburst.node"]
-    args = parse_args(argv[2:])
+    assert cmd == ["python", "-m", "starburst.node.entrypoint"] == ["python", "-m", NODE_ENTRYPOINT]
+    assert importlib.util.find_spec(NODE_ENTRYPOINT) is not None
+    steps = parse(render(make()))
+    assert steps[-1][0] == "CMD" and json.loads(steps[-1][1]) == cmd
+    defaults = dict(kv.split("=", 1) for op, a in steps if op == "ENV"
+                    for kv in a.split() if kv.startswith("STARBURST_"))
+    assert defaults == {"STARBURST_NODE_PORT": "47000", "STARBURST_LEASE_S": "180"}
+
+    args = parse_args(node_argv({**defaults, "HOSTNAME": "ip-10-0-0-7", "STARBURST_STORE": "s3://b/p",
+                                 "STARBURST_CLUSTER_ID": "c1"}))
     assert (args.host, args.port, args.store, args.lease, args.advertise) == \
         ("0.0.0.0", 47000, "s3://b/p", 180.0, "ip-10-0-0-7")
-    assert args.num_cpus == float(os.cpu_count() or 1)
-
-    run = subprocess.run(cmd, env={**base_env, "STARBURST_STORE": "s3://b/p",
-                                   "STARBURST_NODE_CPUS": "4", "STARBURST_NODE_PORT": "5000"},
-                         capture_output=True, text=True, timeout=20)
-    args = parse_args(json.loads(run.stdout)[2:])
+    args = parse_args(node_argv({**defaults, "STARBURST_STORE": "s3://b/p", "STARBURST_NODE_CPUS": "4",
+                                 "STARBURST_NODE_PORT": "5000"}))
     assert (args.num_cpus, args.port) == (4.0, 5000)
-
-    run = subprocess.run(cmd, env=base_env, capture_output=True, text=True, timeout=20)
-    assert run.returncode != 0 and "STARBURST_STORE must be set" in run.stderr
+    with pytest.raises(ValueError, match="STARBURST_STORE"):
+        node_argv(defaults)
 
 
 def _wheel(directory: pathlib.Path, name: str, version: str) -> None:

@@ -31,7 +31,7 @@ def start(tmp_path, lease: float) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = dict(os.environ, STARBURST_STORE=f"file://{tmp_path}", STARBURST_NODE_PORT=str(port),
                STARBURST_LEASE_S=str(lease), STARBURST_HOST="127.0.0.1", STARBURST_NODE_CPUS="1",
-               STARBURST_CLUSTER_ID="sbtest", HOSTNAME="task-1")
+               STARBURST_CLUSTER_ID="sbtest", HOSTNAME="task-1", STARBURST_INSECURE="1")
     proc = subprocess.Popen([sys.executable, str(ROOT / "worker" / "entrypoint.py")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout.readline(), "the node did not start"
@@ -80,3 +80,30 @@ def test_node_waits_for_its_head_to_reconnect_then_gives_up(tmp_path):
         assert time.monotonic() - started >= 2.0
     finally:
         proc.kill()
+
+
+def test_node_refuses_to_serve_without_its_tls_bundle(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STARBURST_")}
+    env.update(STARBURST_STORE=f"file://{tmp_path}", STARBURST_NODE_PORT=str(free_port()),
+               STARBURST_HOST="127.0.0.1")
+    proc = subprocess.run([sys.executable, str(ROOT / "worker" / "entrypoint.py")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "STARBURST_TLS_BUNDLE is not set" in proc.stderr
+
+
+def test_tls_identity_comes_from_the_bundle_checked_against_its_hash():
+    """The node fetches its bundle from where the environment says and trusts it only if it hashes
+    to the value in the environment (refusals over the wire: tests/test_rehearsal.py)."""
+    from starburst import tls
+    from starburst.node import entrypoint
+
+    ca = tls.ClusterCA.create("sbtest")
+    bundle = tls.make_node_bundle(ca.issue_node())
+    env = tls.node_environment("s3://bucket/sbtest/tls/node-bundle.json", bundle)
+    fetched = []
+    identity = entrypoint.tls_identity({**env, "STARBURST_CLUSTER_ID": "sbtest"},
+                                       fetch=lambda uri: fetched.append(uri) or bundle)
+    assert fetched == ["s3://bucket/sbtest/tls/node-bundle.json"] and identity.cluster_id == "sbtest"
+    with pytest.raises(tls.BundleIntegrityError):
+        entrypoint.tls_identity({**env, "STARBURST_CLUSTER_ID": "sbtest"}, fetch=lambda uri: bundle + b" ")

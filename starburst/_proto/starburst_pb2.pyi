@@ -326,20 +326,22 @@ class Relay(_message.Message):
     def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
 
 class HeadToNodeOp(_message.Message):
-    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor")
+    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor", "ping")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     run: Run
     cancel: Cancel
     relay: Relay
     shutdown: bool
     delete: bytes
     kill_actor: bytes
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ...) -> None: ...
+    ping: int
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
     __slots__ = ("ops",)
@@ -399,7 +401,7 @@ class TaskDone(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
-    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining")
+    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +411,7 @@ class NodeToHeadOp(_message.Message):
     ACTOR_DIED_FIELD_NUMBER: _ClassVar[int]
     STREAM_ITEM_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
     hello: NodeHello
     done: TaskDone
     log: Log
@@ -418,7 +421,8 @@ class NodeToHeadOp(_message.Message):
     actor_died: ActorDied
     stream_item: Object
     draining: bool
-    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    pong: int
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ..., draining: _Optional[bool] = ..., pong: _Optional[int] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("ops",)
@@ -483,7 +487,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_in_use: _Optional[float] = ..., running: _Optional[int] = ..., pid: _Optional[int] = ..., executors: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url")
+    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url", "cluster")
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -495,6 +499,7 @@ class StatusReply(_message.Message):
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
     head_version: str
     pid: int
     uptime_s: float
@@ -506,7 +511,34 @@ class StatusReply(_message.Message):
     objects: int
     object_bytes: int
     store_url: str
-    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ...) -> None: ...
+    cluster: ClusterStatus
+    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("provider", "cluster_id", "nodes_pending", "workers_min", "workers_max", "node_size", "cost_usd", "cost_per_hour", "max_cost", "message", "region")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_PENDING_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_MIN_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_MAX_FIELD_NUMBER: _ClassVar[int]
+    NODE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    cluster_id: str
+    nodes_pending: int
+    workers_min: int
+    workers_max: int
+    node_size: str
+    cost_usd: float
+    cost_per_hour: float
+    max_cost: float
+    message: str
+    region: str
+    def __init__(self, provider: _Optional[str] = ..., cluster_id: _Optional[str] = ..., nodes_pending: _Optional[int] = ..., workers_min: _Optional[int] = ..., workers_max: _Optional[int] = ..., node_size: _Optional[str] = ..., cost_usd: _Optional[float] = ..., cost_per_hour: _Optional[float] = ..., max_cost: _Optional[float] = ..., message: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -12,6 +12,11 @@ one account and region::
     iam-task-role       {name}-task-{region}        the bucket prefix and the log group, nothing else
     log-group           /{name}/nodes               with a retention period
     security-group      {name}-nodes (default VPC)  ingress only from the head's address, node port
+    build-log-group     /{name}/builds              the image builds' logs, with a retention period
+    iam-build-role      {name}-image-build-{region} CodeBuild's: read builds/ in the bucket, push
+                                                     to the one repository, write the build log group
+    codebuild-project   {name}-image-build          builds worker images without a local Docker
+                                                     engine (``starburst.envsync.image``)
 
 Every resource is tagged ``starburst:managed=true`` and ``starburst:cluster={name}``. A resource
 with one of these names that is *not* tagged as starburst's is never adopted or deleted: setup
@@ -67,7 +72,13 @@ EXECUTION_ROLE = "iam-execution-role"
 TASK_ROLE = "iam-task-role"
 ECS_CLUSTER = "ecs-cluster"
 SECURITY_GROUP = "security-group"
-KINDS = (BUCKET, REPOSITORY, LOG_GROUP, EXECUTION_ROLE, TASK_ROLE, ECS_CLUSTER, SECURITY_GROUP)
+BUILD_LOG_GROUP = "build-log-group"
+BUILD_ROLE = "iam-build-role"
+BUILD_PROJECT = "codebuild-project"
+KINDS = (BUCKET, REPOSITORY, LOG_GROUP, EXECUTION_ROLE, TASK_ROLE, ECS_CLUSTER, SECURITY_GROUP,
+         BUILD_LOG_GROUP, BUILD_ROLE, BUILD_PROJECT)
+#: The kinds the image build needs (``ensure_build_resources``), in creation order.
+BUILD_KINDS = (BUILD_LOG_GROUP, BUILD_ROLE, BUILD_PROJECT)
 
 #: The values CloudWatch Logs accepts for a retention period.
 VALID_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
@@ -78,6 +89,21 @@ DEFAULT_CAPACITY_STRATEGY = [{"capacityProvider": "FARGATE", "weight": 1, "base"
 LIFECYCLE_RULE_ID = "starburst-transient-expiry"
 INLINE_POLICY_NAME = "starburst"
 ECS_SERVICE_LINKED_ROLE = "AWSServiceRoleForECS"
+
+#: Key prefix in the bucket of the image builds' contexts (``builds/<env hash>.zip``): the only
+#: prefix the build role may read; never the object store's.
+BUILD_PREFIX = "builds"
+#: Image builders: AWS CodeBuild (no local Docker engine needed) or a local Docker engine.
+BUILDERS = ("codebuild", "docker")
+#: The CodeBuild build environments, by CPU architecture (native builds: no emulation). The
+#: project is made for x86_64; an arm64 build overrides type, image and compute type.
+CODEBUILD_ENVIRONMENTS = {
+    "x86_64": {"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0",
+               "computeType": "BUILD_GENERAL1_MEDIUM"},
+    "arm64": {"type": "ARM_CONTAINER", "image": "aws/codebuild/amazonlinux2-aarch64-standard:3.0",
+              "computeType": "BUILD_GENERAL1_LARGE"},
+}
+BUILD_TIMEOUT_MINUTES = 60
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
@@ -113,6 +139,9 @@ class Settings:
     log_retention_days: int = 14
     #: Objects under ``object_prefix`` are deleted this many days after they were written.
     transient_expiry_days: int = 7
+    #: How worker images are built: ``codebuild`` (default: no local Docker engine needed) or
+    #: ``docker`` (a local engine).
+    builder: str = "codebuild"
     #: Keys of aws.json that this module doesn't own, kept as they are by ``save()``.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -135,6 +164,11 @@ class Settings:
                              f"one of {', '.join(map(str, VALID_RETENTION_DAYS))}")
         if int(self.transient_expiry_days) < 1:
             raise ValueError("transient_expiry_days must be at least 1")
+        if self.object_prefix.split("/")[0] == BUILD_PREFIX:
+            raise ValueError(f"object_prefix {self.object_prefix!r}: '{BUILD_PREFIX}/' holds the "
+                             "image builds' contexts; choose another prefix")
+        if self.builder not in BUILDERS:
+            raise ValueError(f"builder {self.builder!r}: use one of {', '.join(BUILDERS)}")
 
     # -- resource names ---------------------------------------------------------------------
 
@@ -164,6 +198,22 @@ class Settings:
     @property
     def security_group(self) -> str:
         return f"{self.name}-nodes"
+
+    @property
+    def build_log_group(self) -> str:
+        return f"/{self.name}/builds"
+
+    @property
+    def build_role(self) -> str:
+        return f"{self.name}-image-build-{self.region}"
+
+    @property
+    def build_project(self) -> str:
+        return f"{self.name}-image-build"
+
+    def build_context_key(self, env_hash: str) -> str:
+        """The S3 key of an image build's context (a zip: what CodeBuild's S3 source takes)."""
+        return f"{BUILD_PREFIX}/{env_hash}.zip"
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -363,6 +413,18 @@ class _Ctx:
     def repository_arn(self) -> str:
         return self.arn("ecr", f"repository/{self.settings.repository}")
 
+    @property
+    def build_log_group_arn(self) -> str:
+        return self.arn("logs", f"log-group:{self.settings.build_log_group}")
+
+    @property
+    def build_project_arn(self) -> str:
+        return self.arn("codebuild", f"project/{self.settings.build_project}")
+
+    @property
+    def build_role_arn(self) -> str:
+        return f"arn:{self.partition}:iam::{self.account}:role/{self.settings.build_role}"
+
 
 # --------------------------------------------------------------------------------------------
 # policy documents
@@ -423,6 +485,49 @@ def _task_policy(ctx: _Ctx) -> dict:
     }
 
 
+def _build_trust_policy(ctx: _Ctx) -> dict:
+    """Only starburst's CodeBuild project in this account may assume the build role."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "codebuild.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": ctx.account},
+                "ArnLike": {"aws:SourceArn": ctx.build_project_arn},
+            },
+        }],
+    }
+
+
+def _build_policy(ctx: _Ctx) -> dict:
+    """What an image build may do: read the build contexts under ``builds/`` (CodeBuild's S3
+    source also reads the bucket's location and ACL), push to the one repository, and write its
+    own log group. Nothing of the object store, no other repository."""
+    logs = ctx.build_log_group_arn
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ReadBuildContext", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+             "Resource": f"{ctx.bucket_arn}/{BUILD_PREFIX}/*"},
+            {"Sid": "BuildSourceBucket", "Effect": "Allow",
+             "Action": ["s3:GetBucketAcl", "s3:GetBucketLocation"],
+             "Resource": ctx.bucket_arn},
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken",
+             "Resource": "*"},
+            {"Sid": "PushImage", "Effect": "Allow",
+             "Action": ["ecr:BatchCheckLayerAvailability", "ecr:CompleteLayerUpload",
+                        "ecr:InitiateLayerUpload", "ecr:PutImage", "ecr:UploadLayerPart"],
+             "Resource": ctx.repository_arn},
+            {"Sid": "WriteBuildLogs", "Effect": "Allow",
+             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": [logs, f"{logs}:*"]},
+        ],
+    }
+
+
 def _policy_documents(ctx: _Ctx) -> dict[str, dict]:
     s = ctx.settings
     return {
@@ -430,6 +535,8 @@ def _policy_documents(ctx: _Ctx) -> dict[str, dict]:
         f"{s.execution_role} inline policy '{INLINE_POLICY_NAME}'": _execution_policy(ctx),
         f"{s.task_role} trust policy": _trust_policy(ctx),
         f"{s.task_role} inline policy '{INLINE_POLICY_NAME}'": _task_policy(ctx),
+        f"{s.build_role} trust policy": _build_trust_policy(ctx),
+        f"{s.build_role} inline policy '{INLINE_POLICY_NAME}'": _build_policy(ctx),
     }
 
 
@@ -680,6 +787,10 @@ class _LogGroup(_Kind):
         return self.s.log_group
 
     @property
+    def group_arn(self) -> str:
+        return self.ctx.log_group_arn
+
+    @property
     def logs(self):
         return self.ctx.client("logs")
 
@@ -689,7 +800,7 @@ class _LogGroup(_Kind):
         if group is None:
             return _Found(False)
         tags = self.logs.list_tags_log_group(logGroupName=self.name).get("tags", {})
-        return _Found(True, _managed(tags), self.ctx.log_group_arn, {"group": group, "tags": tags})
+        return _Found(True, _managed(tags), self.group_arn, {"group": group, "tags": tags})
 
     def create(self) -> tuple[str, list[str]]:
         try:
@@ -697,7 +808,7 @@ class _LogGroup(_Kind):
         except ClientError as exc:
             if _code(exc) != "ResourceAlreadyExistsException":
                 raise
-        return self.ctx.log_group_arn, []
+        return self.group_arn, []
 
     def reconcile(self, found: _Found) -> list[str]:
         changes = []
@@ -730,6 +841,9 @@ class _Role(_Kind):
     def policy(self) -> dict:
         raise NotImplementedError
 
+    def trust(self) -> dict:
+        return _trust_policy(self.ctx)
+
     @property
     def iam(self):
         return self.ctx.client("iam")
@@ -747,7 +861,7 @@ class _Role(_Kind):
     def create(self) -> tuple[str, list[str]]:
         role = self.iam.create_role(
             RoleName=self.name, Description=self.description,
-            AssumeRolePolicyDocument=json.dumps(_trust_policy(self.ctx)),
+            AssumeRolePolicyDocument=json.dumps(self.trust()),
             Tags=_tag_list(self.ctx.tags))["Role"]
         self.iam.put_role_policy(RoleName=self.name, PolicyName=INLINE_POLICY_NAME,
                                  PolicyDocument=json.dumps(self.policy()))
@@ -758,9 +872,9 @@ class _Role(_Kind):
         if any(found.info["tags"].get(k) != v for k, v in self.ctx.tags.items()):
             iam.tag_role(RoleName=self.name, Tags=_tag_list(self.ctx.tags))
             changes.append("tags")
-        if not _same_policy(found.info["role"]["AssumeRolePolicyDocument"], _trust_policy(self.ctx)):
+        if not _same_policy(found.info["role"]["AssumeRolePolicyDocument"], self.trust()):
             iam.update_assume_role_policy(RoleName=self.name,
-                                          PolicyDocument=json.dumps(_trust_policy(self.ctx)))
+                                          PolicyDocument=json.dumps(self.trust()))
             changes.append("trust policy")
         # Least privilege: the one inline policy, exactly, and nothing attached.
         for name in self._inline_names():
@@ -1091,9 +1205,128 @@ def _describe_perm(perm: dict) -> str:
     return f"{ports} from {', '.join(sources)}"
 
 
+class _BuildLogGroup(_LogGroup):
+    kind = BUILD_LOG_GROUP
+
+    @property
+    def name(self) -> str:
+        return self.s.build_log_group
+
+    @property
+    def group_arn(self) -> str:
+        return self.ctx.build_log_group_arn
+
+
+class _BuildRole(_Role):
+    kind = BUILD_ROLE
+    description = ("starburst: lets CodeBuild read build contexts, push worker images to the "
+                   "repository and write the build log group")
+
+    @property
+    def name(self) -> str:
+        return self.s.build_role
+
+    def trust(self) -> dict:
+        return _build_trust_policy(self.ctx)
+
+    def policy(self) -> dict:
+        return _build_policy(self.ctx)
+
+
+def _subset(want: Any, have: Any) -> bool:
+    """``have`` (as AWS describes it, with fields of its own) holds everything in ``want``."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_subset(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and sorted(map(json.dumps, want)) == sorted(map(json.dumps, have))
+    return want == have
+
+
+class _BuildProject(_Kind):
+    """The CodeBuild project that builds worker images: S3 source (a build context uploaded per
+    build to ``builds/<hash>.zip``, given as the build's source location), privileged mode (it
+    runs ``docker build``), the buildspec of ``starburst.envsync.image``, logs in the build log
+    group, the local Docker layer cache."""
+
+    kind = BUILD_PROJECT
+
+    @property
+    def name(self) -> str:
+        return self.s.build_project
+
+    @property
+    def codebuild(self):
+        return self.ctx.client("codebuild")
+
+    def wanted(self) -> dict:
+        from ..envsync.image import BUILDSPEC
+
+        return {
+            "description": "starburst: builds worker images (Dockerfile generated by "
+                           "starburst.envsync) and pushes them to ECR",
+            "source": {"type": "S3", "location": f"{self.ctx.bucket}/{BUILD_PREFIX}/",
+                       "buildspec": BUILDSPEC},
+            "artifacts": {"type": "NO_ARTIFACTS"},
+            "environment": {**CODEBUILD_ENVIRONMENTS["x86_64"], "privilegedMode": True,
+                            "imagePullCredentialsType": "CODEBUILD"},
+            "serviceRole": self.ctx.build_role_arn,
+            "timeoutInMinutes": BUILD_TIMEOUT_MINUTES,
+            "logsConfig": {"cloudWatchLogs": {"status": "ENABLED",
+                                              "groupName": self.s.build_log_group},
+                           "s3Logs": {"status": "DISABLED"}},
+            "cache": {"type": "LOCAL", "modes": ["LOCAL_DOCKER_LAYER_CACHE"]},
+        }
+
+    def find(self) -> _Found:
+        projects = self.codebuild.batch_get_projects(names=[self.name]).get("projects") or []
+        if not projects:
+            return _Found(False)
+        project = projects[0]
+        tags = _tag_dict(project.get("tags"), "key", "value")
+        return _Found(True, _managed(tags), project.get("arn", self.ctx.build_project_arn),
+                      {"project": project, "tags": tags})
+
+    def create(self) -> tuple[str, list[str]]:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                project = self.codebuild.create_project(
+                    name=self.name, tags=_tag_list(self.ctx.tags, "key", "value"),
+                    **self.wanted())["project"]
+                return project.get("arn", self.ctx.build_project_arn), []
+            except ClientError as exc:
+                if _code(exc) == "ResourceAlreadyExistsException":
+                    return self.ctx.build_project_arn, []
+                # A role created seconds ago is not yet assumable by CodeBuild (IAM is
+                # eventually consistent): "CodeBuild is not authorized to perform: sts:AssumeRole".
+                if (_code(exc) != "InvalidInputException" or "AssumeRole" not in str(exc)
+                        or time.monotonic() > deadline):
+                    raise
+            time.sleep(5)
+
+    def reconcile(self, found: _Found) -> list[str]:
+        project, want = found.info["project"], self.wanted()
+        changes = [key for key, value in want.items() if not _subset(value, project.get(key))]
+        tags = found.info["tags"]
+        if any(tags.get(k) != v for k, v in self.ctx.tags.items()):
+            changes.append("tags")
+        if changes:
+            self.codebuild.update_project(
+                name=self.name, tags=_tag_list({**tags, **self.ctx.tags}, "key", "value"), **want)
+        return changes
+
+    def delete(self, found: _Found) -> None:
+        try:
+            self.codebuild.delete_project(name=self.name)
+        except ClientError as exc:
+            if _code(exc) != "ResourceNotFoundException":
+                raise
+
+
 def _kinds(ctx: _Ctx, head_ip: str | None = None) -> list[_Kind]:
     return [_Bucket(ctx), _Repository(ctx), _LogGroup(ctx), _ExecutionRole(ctx), _TaskRole(ctx),
-            _Cluster(ctx), _SecurityGroup(ctx, head_ip)]
+            _Cluster(ctx), _SecurityGroup(ctx, head_ip), _BuildLogGroup(ctx), _BuildRole(ctx),
+            _BuildProject(ctx)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1166,6 +1399,26 @@ def teardown(session, settings: Settings, wait_timeout: float = 300.0) -> Teardo
     return TeardownReport(ctx.account, ctx.region, resources)
 
 
+def ensure_build_resources(session, settings: Settings) -> list[Resource]:
+    """Create or find what an image build on CodeBuild needs (the build log group, role and
+    project), as ``setup()`` does, for an account set up before these existed; cheap when they
+    exist. Raises AwsSetupError when the bucket or the repository is missing (run setup) or a
+    build resource exists but isn't starburst's."""
+    ctx = _Ctx(session, settings)
+    for base in (_Bucket(ctx), _Repository(ctx)):
+        found = base.find()
+        if not found.exists or not found.managed:
+            raise AwsSetupError(f"starburst's {base.kind} {base.name} not found in {ctx.region}: "
+                                "run 'starburst setup'")
+    kinds = [k for k in _kinds(ctx) if k.kind in BUILD_KINDS]
+    found = [k.find() for k in kinds]
+    foreign = [f"{k.kind} {k.name}" for k, f in zip(kinds, found) if f.exists and not f.managed]
+    if foreign:
+        raise AwsSetupError("these exist but aren't tagged as starburst's (" + MANAGED_TAG
+                            + "=true): " + "; ".join(foreign))
+    return [k.ensure(f) for k, f in zip(kinds, found)]
+
+
 def find_managed(session, settings: Settings) -> list[Resource]:
     """What exists of starburst's resources: status EXISTS, MISSING or UNMANAGED for each kind."""
     ctx = _Ctx(session, settings)
@@ -1186,6 +1439,7 @@ def find_managed(session, settings: Settings) -> list[Resource]:
 
 __all__ = [
     "AwsSetupError", "Settings", "Resource", "SetupReport", "TeardownReport", "setup", "teardown",
-    "find_managed", "allow_head", "MANAGED_TAG", "CLUSTER_TAG", "KINDS",
+    "find_managed", "allow_head", "ensure_build_resources", "MANAGED_TAG", "CLUSTER_TAG", "KINDS",
+    "BUILD_KINDS", "BUILD_PREFIX", "BUILDERS", "CODEBUILD_ENVIRONMENTS",
     "CREATED", "EXISTED", "UPDATED", "DELETED", "MISSING", "EXISTS", "UNMANAGED", "SKIPPED",
 ]

@@ -1,14 +1,19 @@
 """Environment sync: the driver's Python environment as a spec, its hash (the worker image's
-tag), and the worker image's Dockerfile and build context.
+tag), the worker image's Dockerfile and build context, and building the image when its tag is new.
 
     spec = capture()                       # this interpreter, from package metadata
     spec.hash()                            # "3f9c0a..." (16 hex): the image tag
-    derived = spec.with_pip(["requests==2.32.0"])   # runtime_env pip: its own hash
+    derived = derived_spec(spec, {"pip": ["requests==2.32.0"]})   # runtime_env pip: its own hash
     build_context(spec, "ctx/")            # Dockerfile, requirements.txt, constraints.txt, spec.json
+
+    from starburst.envsync.image import ensure_image      # loads boto3: imported on demand
+    uri = ensure_image(boto3.Session(), Settings.load(), spec)   # builds only when the tag is new
 """
 
 from .dockerfile import build_context, constraints_txt, parse, render, requirements_txt
-from .spec import EnvSpec, Package, build, capture, classify, normalize_arch, normalize_name
+from .spec import (EnvSpec, Package, build, capture, classify, derived_spec, normalize_arch,
+                   normalize_name)
 
-__all__ = ["EnvSpec", "Package", "build", "capture", "classify", "normalize_arch", "normalize_name",
-           "render", "requirements_txt", "constraints_txt", "build_context", "parse"]
+__all__ = ["EnvSpec", "Package", "build", "capture", "classify", "derived_spec", "normalize_arch",
+           "normalize_name", "render", "requirements_txt", "constraints_txt", "build_context",
+           "parse"]

@@ -18,20 +18,19 @@ spec (``runtime_env`` pip) reuses every layer of its base image:
 7. a non-root user, the node's environment defaults, labels (last: a label change must not bust
    the install layers' cache), and the node entrypoint.
 
-The node reads its configuration from the environment (the launcher sets these per task):
+The ``CMD`` is the node's entry point, ``python -m starburst.node.entrypoint`` (exec form: the
+node is the container's main process and gets ECS's SIGTERM, its drain signal, directly). It
+reads its configuration from the environment, which the launcher sets per task; the image
+documents the main variables and sets the defaults of two:
 
 - ``STARBURST_STORE`` (required): object store URL, e.g. ``s3://bucket/prefix``;
 - ``STARBURST_NODE_PORT`` (default 47000): TCP port the head dials;
 - ``STARBURST_LEASE_S`` (default 180): seconds to wait for a head before exiting;
-- ``STARBURST_CLUSTER_ID``: the cluster this node belongs to (tags, TLS names);
+- ``STARBURST_CLUSTER_ID``: the cluster this node belongs to (node ids, TLS names);
 - ``STARBURST_NODE_CPUS`` (optional): executors to run (default: the CPUs the container sees);
 - ``STARBURST_ADVERTISE`` (optional): the name shown in task output (default: ``$HOSTNAME``).
 
-The node has no flag for the cluster id yet: it stays in the environment for it to read.
-
-``python -m starburst.node`` takes these as command-line flags today, so the ``CMD`` is a
-``sh -c 'exec python -m starburst.node ...'`` that expands them (``exec``: the node is the
-container's main process and gets ECS's SIGTERM directly).
+The full list (drain time, TLS bundle, ...) is in ``starburst.node.entrypoint``.
 """
 
 from __future__ import annotations
@@ -102,19 +101,13 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-def _node_command() -> str:
-    return (
-        ': "${STARBURST_STORE:?STARBURST_STORE must be set to the object store URL}"; '
-        'exec python -m starburst.node --host 0.0.0.0 --port "${STARBURST_NODE_PORT}" '
-        '--store "${STARBURST_STORE}" --lease "${STARBURST_LEASE_S}" '
-        '--advertise "${STARBURST_ADVERTISE:-${HOSTNAME:-}}" '
-        '${STARBURST_NODE_CPUS:+--num-cpus "$STARBURST_NODE_CPUS"}'
-    )
+#: The module the image runs: the node configured from the task's environment.
+NODE_ENTRYPOINT = "starburst.node.entrypoint"
 
 
 def node_cmd() -> list[str]:
     """The image's ``CMD`` (exec form)."""
-    return ["sh", "-c", _node_command()]
+    return ["python", "-m", NODE_ENTRYPOINT]
 
 
 def render(spec: EnvSpec, base_image: Optional[str] = None,
@@ -182,6 +175,7 @@ def render(spec: EnvSpec, base_image: Optional[str] = None,
     out += ["# the node's configuration (the launcher overrides these per task):"]
     out += [f"#   {name}: {meaning}" + (f" (default {default})" if default else "")
             for name, default, meaning in NODE_ENV]
+    out += [f"#   (the full list: the docstring of {NODE_ENTRYPOINT})"]
     defaults = " ".join(f"{name}={default}" for name, default, _ in NODE_ENV if default)
     out += [f"ENV {defaults}", f"EXPOSE {NODE_PORT_DEFAULT}", ""]
     labels = {
@@ -234,4 +228,4 @@ def parse(dockerfile: str) -> list[tuple[str, str]]:
 
 
 __all__ = ["render", "requirements_txt", "constraints_txt", "build_context", "parse", "node_cmd",
-           "base_image_for", "platform_for", "NODE_ENV"]
+           "base_image_for", "platform_for", "NODE_ENV", "NODE_ENTRYPOINT"]

@@ -315,6 +315,50 @@ def _normalize_requirement(req: str) -> str:
     return f"{normalize_name(name)}{extras}{rest.replace(' ', '')}"
 
 
+#: ``runtime_env`` keys that need a different image and that starburst can't honour (yet).
+UNSUPPORTED_RUNTIME_ENV = ("conda", "uv", "container", "image_uri")
+#: Keys of Ray's ``{"pip": {...}}`` form that starburst accepts.
+_PIP_DICT_KEYS = frozenset({"packages", "pip_check"})
+
+
+def _pip_requirements(pip) -> list[str]:
+    """The requirements of a ``runtime_env`` ``pip`` field in any of Ray's forms: a list of
+    requirements, ``{"packages": [...], "pip_check": bool}``, or the path of a requirements file."""
+    if isinstance(pip, dict):
+        unknown = set(pip) - _PIP_DICT_KEYS
+        if unknown:
+            raise ValueError(f"runtime_env pip: {', '.join(sorted(unknown))} not supported (the "
+                             "image's pip installs the packages; use 'packages')")
+        pip = pip.get("packages") or []
+    if isinstance(pip, (str, os.PathLike)):
+        try:
+            with open(pip, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise ValueError(f"runtime_env pip: can't read the requirements file {pip}: {exc}") from exc
+        return [line.split(" #", 1)[0].strip() for line in lines]
+    if not isinstance(pip, (list, tuple)) or not all(isinstance(r, str) for r in pip):
+        raise ValueError("runtime_env pip must be a list of requirements, {'packages': [...]}, "
+                         f"or a requirements file's path, not {type(pip).__name__}")
+    return list(pip)
+
+
+def derived_spec(spec: "EnvSpec", runtime_env: Optional[dict]) -> "EnvSpec":
+    """The spec of the image a task with ``runtime_env`` needs: ``spec`` itself when the
+    runtime_env installs nothing (env_vars, working_dir, ... need no image of their own), else
+    ``spec.with_pip(...)`` with its own hash. ValueError for what can't be honoured (conda, ...)."""
+    if not runtime_env:
+        return spec
+    unsupported = [k for k in UNSUPPORTED_RUNTIME_ENV if runtime_env.get(k)]
+    if unsupported:
+        raise ValueError(f"runtime_env {', '.join(unsupported)}: not supported; use 'pip' (the "
+                         "worker image is built from the driver's environment)")
+    pip = runtime_env.get("pip")
+    if not pip:
+        return spec
+    return spec.with_pip(_pip_requirements(pip))
+
+
 def build(python_full: str, machine: str, distributions: Iterable[DistInfo],
           extra_pip: Sequence[str] = (), starburst_version: Optional[str] = None) -> EnvSpec:
     """An ``EnvSpec`` from explicit inputs (the injectable core of ``capture``)."""

@@ -25,6 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cluster-id", default="")
     parser.add_argument("--exit-when-unused", action="store_true",
                         help="exit when the last driver disconnects (heads started by init())")
+    parser.add_argument("--provider", choices=("local", "fargate"), default="local",
+                        help="where nodes come from: a node process on this machine, or Fargate tasks")
+    parser.add_argument("--cluster-config", default="",
+                        help="JSON file with the Fargate cluster's options (written by init() / 'starburst up')")
     args = parser.parse_args(argv)
     if args.num_cpus is None:
         args.num_cpus = default_cpus()

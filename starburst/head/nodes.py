@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import subprocess
 import threading
@@ -14,52 +15,78 @@ import grpc
 from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
+from .._version import runtime_versions, version_drift
 from .launch import spawn_local_node
 from .scheduler import Node, Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
 
+#: Seconds between round-trip measurements of a node's link.
+PING_INTERVAL_S = 10.0
+
+
+class VersionDriftError(ConnectionError):
+    """A node's Python or pickling-relevant packages differ from the driver's."""
+
+
 class NodeLink:
     """The head's end of one node's Work stream. The head dials; the node answers with its hello."""
 
-    def __init__(self, scheduler: Scheduler, address: str, on_lost: Callable[["NodeLink", str], None]) -> None:
+    def __init__(self, scheduler: Scheduler, address: str, on_lost: Callable[["NodeLink", str], None],
+                 channel: Callable[[str], grpc.aio.Channel]) -> None:
         self.scheduler = scheduler
+        self._channel = channel
         self.address = address
         self.node: Node | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._on_lost = on_lost
         self._executor_sessions: dict[int, Session] = {}
+        self._pings: dict[int, float] = {}
+        self._rtts: collections.deque[float] = collections.deque(maxlen=8)
         self.task: asyncio.Task | None = None
 
     async def run(self, ready: asyncio.Future) -> None:
         reason = "stream ended"
         try:
-            async with grpc.aio.insecure_channel(self.address, options=config.GRPC_OPTIONS) as channel:
+            async with self._channel(self.address) as channel:
                 call = pb_grpc.NodeStub(channel).Work()
                 first = await call.read()
                 if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
                     raise ConnectionError(f"node at {self.address} did not say hello")
                 hello = first.ops[0].hello
+                drift = version_drift(runtime_versions(), dict(hello.versions))
+                if drift:
+                    raise VersionDriftError(
+                        f"node {hello.node_id} can't run this driver's tasks: its versions differ ("
+                        + "; ".join(drift) + "). Values pickled on one side would not unpickle on the "
+                        "other. Rebuild the worker image from this environment with 'starburst env --rebuild'.")
                 self.node = Node(self.scheduler, hello.node_id, hello, self._queue.put_nowait)
                 self.scheduler.add_node(self.node)
                 self.scheduler.flush()
                 if not ready.done():
                     ready.set_result(self.node)
                 writer = asyncio.ensure_future(self._write(call))
+                writer.add_done_callback(self._writer_done)
+                pinger = asyncio.ensure_future(self._ping())
                 try:
                     while True:
                         msg = await call.read()
                         if msg is grpc.aio.EOF:
                             break
                         self.scheduler.on_node_ops(self.node, msg.ops, self._relay)
+                        if self._pings:
+                            self._pongs(msg.ops)
                         self.scheduler.flush()
                 finally:
                     writer.cancel()
+                    pinger.cancel()
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         except (ConnectionError, OSError) as exc:
             reason = str(exc)
+            if isinstance(exc, VersionDriftError) and not ready.done():
+                ready.set_exception(exc)
         except asyncio.CancelledError:
             reason = "head is shutting down"
         except Exception as exc:  # noqa: BLE001 - a bug: log it; the node is dropped
@@ -69,6 +96,31 @@ class NodeLink:
             if not ready.done():
                 ready.set_exception(ConnectionError(f"could not reach node at {self.address}: {reason}"))
             self._lost(reason)
+
+    async def _ping(self) -> None:
+        """Measure the round trip to the node now and then: the scheduler keeps more tasks in
+        flight on a far-away node (see ``Node.depth``)."""
+        seq = 0
+        while True:
+            seq += 1
+            self._pings[seq] = time.monotonic()
+            self._queue.put_nowait([pb.HeadToNodeOp(ping=seq)])
+            await asyncio.sleep(0.5 if seq < 4 else PING_INTERVAL_S)
+
+    def _pongs(self, ops) -> None:
+        for op in ops:
+            if op.WhichOneof("op") == "pong":
+                sent = self._pings.pop(op.pong, None)
+                if sent is not None and self.node is not None:
+                    self._rtts.append(time.monotonic() - sent)
+                    # The smallest recent sample: the link's delay, not the node's batching.
+                    self.node.rtt = min(self._rtts)
+
+    def _writer_done(self, writer: asyncio.Task) -> None:
+        if not writer.cancelled() and writer.exception() is not None:
+            log.error("writing to node at %s failed: %r; dropping it", self.address, writer.exception())
+            if self.task is not None:
+                self.task.cancel()
 
     def _lost(self, reason: str) -> None:
         for session in self._executor_sessions.values():

@@ -23,6 +23,7 @@ class HeadInfo:
     pid: int
     started_by: str
     cluster_id: str = ""
+    provider: str = "local"
 
 
 @contextlib.contextmanager
@@ -47,7 +48,8 @@ def find_head() -> HeadInfo | None:
     if pid and psutil.pid_exists(pid):
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return HeadInfo(info["address"], pid, info.get("started_by", "up"), info.get("cluster_id", ""))
+                return HeadInfo(info["address"], pid, info.get("started_by", "up"), info.get("cluster_id", ""),
+                                info.get("provider", "local"))
         except psutil.Error:
             pass
     with contextlib.suppress(OSError):
@@ -55,9 +57,15 @@ def find_head() -> HeadInfo | None:
     return None
 
 
-def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, timeout: float = 60.0) -> HeadInfo:
-    """Start a head in its own session (it survives Ctrl-C in the driver's terminal)."""
+def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, timeout: float = 60.0,
+               cluster_config: str = "") -> HeadInfo:
+    """Start a head in its own session (it survives Ctrl-C in the driver's terminal).
+
+    ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``); without
+    it the head runs the embedded local cluster."""
     cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
+    if cluster_config:
+        cmd += ["--provider", "fargate", "--cluster-config", cluster_config]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if exit_when_unused:
@@ -79,7 +87,14 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     if not line:
         proc.wait()
         raise RuntimeError(f"the starburst head exited with {proc.returncode} at start; see {log_path}")
-    return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up")
+    if line.startswith("error: "):
+        proc.wait()
+        raise RuntimeError(f"the cluster could not start: {line[len('error: '):]} (details in {log_path})")
+    cluster_id = ""
+    if cluster_config:
+        cluster_id = json.loads(open(cluster_config).read()).get("cluster_id", "")
+    return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up", cluster_id,
+                    "fargate" if cluster_config else "local")
 
 
 def _warm_up_imports() -> None:

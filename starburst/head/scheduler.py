@@ -9,6 +9,7 @@ testable and makes every reply batch as large as the work allows.
 from __future__ import annotations
 
 import collections
+import math
 import logging
 import time
 from typing import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import Callable, Iterable
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
     ActorDiedError,
+    ClusterStoppedError,
     ObjectLostError,
     RaySystemError,
     TaskCancelledError,
@@ -30,6 +32,7 @@ log = logging.getLogger("starburst.head")
 #: ones shallow, so that one node doesn't sit on work another could start.
 PREFETCH_PER_CPU = 2.0
 PREFETCH_PER_CPU_SHORT = 16.0
+PREFETCH_PER_CPU_MAX = 64.0
 SHORT_TASK_S = 0.005
 
 
@@ -90,22 +93,32 @@ class Node(Sink):
         self.executors = 0
         self.draining = False
         self.alive = True
+        self.rtt = 0.0  # seconds, head <-> node (measured by the link: ping/pong)
         self._deliver = deliver
 
     def deliver(self, ops: list) -> None:
         if self.alive:
             self._deliver(ops)
 
-    def has_room(self, short: bool = True) -> bool:
+    def depth(self, duration: float | None) -> float:
+        """Tasks per CPU to keep in flight on this node for a function that runs ``duration``
+        seconds (None: not known yet): enough queued at the node that a core never waits a round
+        trip to the head for its next task, and few enough not to hoard work other nodes could do."""
+        if duration is None:
+            return PREFETCH_PER_CPU
+        if duration < SHORT_TASK_S:
+            return max(PREFETCH_PER_CPU_SHORT, min(PREFETCH_PER_CPU_MAX, math.ceil(self.rtt / SHORT_TASK_S)))
+        return min(PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU + math.ceil(self.rtt / duration))
+
+    def has_room(self, depth: float = PREFETCH_PER_CPU_SHORT) -> bool:
         if self.draining:
             return False
-        depth = PREFETCH_PER_CPU_SHORT if short else PREFETCH_PER_CPU
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
 
-    def fits(self, want: dict[str, float], short: bool) -> bool:
-        if not self.has_room(short):
+    def fits(self, want: dict[str, float], depth: float) -> bool:
+        if not self.has_room(depth):
             return False
-        factor = PREFETCH_PER_CPU_SHORT if short else PREFETCH_PER_CPU
+        factor = depth
         for name, qty in want.items():
             if not qty:
                 continue
@@ -191,6 +204,9 @@ class Scheduler:
         self.dirty: list[Sink] = []
         self.tasks_finished = 0
         self.started = time.monotonic()
+        #: The resources of nodes a provider can still start: tasks that fit them are accepted
+        #: before any such node exists (an autoscaling cluster may start with none).
+        self.node_shape: pb.Resources | None = None
 
     # ------------------------------------------------------------------ batching
 
@@ -284,6 +300,11 @@ class Scheduler:
             for k, v in node.total.items():
                 largest[k] = max(largest.get(k, 0.0), v)
             w.largest_node.memory = max(w.largest_node.memory, r.memory)
+        shape = self.node_shape
+        if shape is not None:
+            largest["CPU"] = max(largest.get("CPU", 0.0), shape.cpus)
+            largest["GPU"] = max(largest.get("GPU", 0.0), shape.gpus)
+            w.largest_node.memory = max(w.largest_node.memory, shape.memory)
         w.largest_node.cpus = largest.pop("CPU", 0.0)
         w.largest_node.gpus = largest.pop("GPU", 0.0)
         for k, v in largest.items():
@@ -613,9 +634,8 @@ class Scheduler:
     def _pick_node(self, task: Task) -> Node | None:
         best = None
         duration = self.durations.get(task.spec.function_id)
-        short = duration is not None and duration < SHORT_TASK_S
         for node in self.nodes:
-            if node.fits(task.want, short) and (best is None or node.load() < best.load()):
+            if node.fits(task.want, node.depth(duration)) and (best is None or node.load() < best.load()):
                 best = node
         return best
 
@@ -871,6 +891,15 @@ class Scheduler:
             "objects": len(self.objects),
             "object_bytes": sum(o.value.size for o in self.objects.values() if o.value is not None),
         }
+
+    def abort(self, reason: str) -> None:
+        """The cluster stops: every unfinished task fails with ``ClusterStoppedError(reason)``,
+        and every session is told ``reason`` (its driver's later calls raise it)."""
+        error = error_value(ClusterStoppedError(reason))
+        for task in list(self.tasks.values()):
+            self._fail(task, error)
+        for session in list(self.sessions.values()):
+            session.push(pb.HeadOp(error=reason))
 
     def drop_all_objects(self) -> None:
         """At shutdown: delete every stored value."""

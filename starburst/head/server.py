@@ -7,9 +7,7 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -21,29 +19,29 @@ from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
-from ..store import LocalStore
-from .nodes import LocalNodeProcess, NodeLink
+from ..store import open_store
+from .nodes import NodeLink
+from .providers import NodeProvider
 from .scheduler import Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
 
 class Head(pb_grpc.HeadServicer):
-    def __init__(self, args: argparse.Namespace, store_dir: str, first_node: subprocess.Popen | None) -> None:
+    def __init__(self, args: argparse.Namespace, provider: NodeProvider) -> None:
         self.args = args
         self.cluster_id = args.cluster_id
-        self.store_dir = store_dir
-        self.first_node = first_node
-        self.store = LocalStore(self.store_dir)
+        self.provider = provider
+        self.store = open_store(provider.store_url)
         self.scheduler = Scheduler(self.store)
+        self.scheduler.node_shape = provider.node_shape()
         self.links: list[NodeLink] = []
-        self.local_nodes: list[LocalNodeProcess] = []
-        self.nodes_started = 0
         self.stopping = asyncio.Event()
         self.shutting_down = False
         self.address = ""
         self.drivers_seen = 0
         self.started = time.monotonic()
+        self.abort_reason = ""
 
     # ----------------------------------------------------------------------- driver sessions
 
@@ -109,6 +107,7 @@ class Head(pb_grpc.HeadServicer):
         st = self.scheduler.status()
         reply.queued, reply.running = st["queued"], st["running"]
         reply.objects, reply.object_bytes = st["objects"], st["object_bytes"]
+        reply.cluster.CopyFrom(self.provider.status())
         for node in self.scheduler.nodes:
             reply.nodes.add(
                 node_id=node.node_id, address=node.hello.address, resources=node.hello.resources,
@@ -123,41 +122,41 @@ class Head(pb_grpc.HeadServicer):
 
     # ----------------------------------------------------------------------- nodes
 
-    async def start_local_node(self) -> None:
-        node = LocalNodeProcess(
-            f"local-{self.nodes_started}", self.args.num_cpus, self.store_dir,
-            str(config.log_dir() / f"node-{self.cluster_id}.log"), self.first_node,
-        )
-        self.first_node = None
-        self.nodes_started += 1
-        self.local_nodes.append(node)
-        address = await node.start()
-        await self.connect_node(address)
-        asyncio.ensure_future(self._watch_local_node(node))
-
-    async def _watch_local_node(self, node: LocalNodeProcess) -> None:
-        code = await node.wait()
-        if self.shutting_down:
-            return
-        log.error("local node %s exited with %s; starting a new one", node.node_id, code)
-        self.local_nodes.remove(node)
-        try:
-            await self.start_local_node()
-        except Exception:  # noqa: BLE001
-            log.exception("could not restart the local node")
-
-    async def connect_node(self, address: str) -> None:
-        link = NodeLink(self.scheduler, address, self._link_lost)
+    async def connect_node(self, address: str) -> NodeLink:
+        """Dial a node (through the provider's channel: TLS for remote ones) and add it to the
+        cluster; raises ConnectionError when it can't be reached or doesn't match the driver."""
+        link = NodeLink(self.scheduler, address, self._link_lost, self.provider.channel)
         self.links.append(link)
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
         link.task = asyncio.ensure_future(link.run(ready))
         await ready
+        return link
 
     def _link_lost(self, link: NodeLink, reason: str) -> None:
         if link in self.links:
             self.links.remove(link)
         if not self.shutting_down:
             log.warning("lost node at %s: %s", link.address, reason)
+            self.provider.node_lost(link.address, reason)
+
+    def abort(self, reason: str) -> None:
+        """Stop the cluster because it can't go on (budget reached, nodes can't start): every
+        driver is told why, unfinished tasks fail with that reason, and the head shuts down."""
+        if self.abort_reason:
+            return
+        self.abort_reason = reason
+        log.error("stopping the cluster: %s", reason)
+        self.scheduler.abort(reason)
+        self.scheduler.flush()
+        self.stopping.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.provider.tick()
+            except Exception:  # noqa: BLE001 - a bug in the provider: log it, keep going
+                log.exception("node provider failed")
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -166,9 +165,20 @@ class Head(pb_grpc.HeadServicer):
         pb_grpc.add_HeadServicer_to_server(self, server)
         port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
         self.address = f"{self.args.host}:{port}"
-        node_start = asyncio.ensure_future(self.start_local_node())
+        provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
-        await node_start
+        try:
+            await provider_start
+        except Exception as exc:  # noqa: BLE001 - e.g. no node could be launched: tell our starter
+            log.exception("the cluster could not start")
+            try:
+                await self.provider.stop()
+            finally:
+                announce(f"error: {exc}")
+                await server.stop(grace=0)
+                self.store.destroy()
+            raise SystemExit(1) from None
+        ticker = asyncio.ensure_future(self._tick())
         self._write_head_file()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -177,6 +187,7 @@ class Head(pb_grpc.HeadServicer):
         if self.args.exit_when_unused:
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
+        ticker.cancel()
         await self.shutdown(server)
 
     async def _exit_if_nobody_comes(self) -> None:
@@ -189,6 +200,7 @@ class Head(pb_grpc.HeadServicer):
             "address": self.address, "pid": os.getpid(), "cluster_id": self.cluster_id,
             "store_url": self.store.url, "version": __version__,
             "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
+            "provider": self.provider.name,
         }
         write_atomic(config.head_file(), [json.dumps(info).encode()])
 
@@ -203,16 +215,22 @@ class Head(pb_grpc.HeadServicer):
     async def shutdown(self, server: grpc.aio.Server) -> None:
         self.shutting_down = True
         self._remove_head_file()
+        if self.abort_reason:
+            # Give the drivers a moment to receive why before their sessions end.
+            await asyncio.sleep(0.2)
         for link in list(self.links):
             link.shutdown()
         self.scheduler.flush()
-        await asyncio.gather(*(n.stop() for n in self.local_nodes), return_exceptions=True)
-        for link in list(self.links):
-            if link.task is not None:
-                link.task.cancel()
-        await server.stop(grace=0.5)
-        self.scheduler.drop_all_objects()
-        shutil.rmtree(self.store_dir, ignore_errors=True)
+        try:
+            await self.provider.stop()
+        finally:
+            for link in list(self.links):
+                if link.task is not None:
+                    link.task.cancel()
+            await server.stop(grace=0.5)
+            self.scheduler.drop_all_objects()
+            self.store.destroy()
+            self.store.close()
 
 
 def announce(address: str) -> None:
@@ -222,10 +240,10 @@ def announce(address: str) -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
-def run(args: argparse.Namespace, store_dir: str, first_node: subprocess.Popen | None) -> None:
+def run(args: argparse.Namespace, provider: NodeProvider) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     async def main() -> None:
-        await Head(args, store_dir, first_node).serve()
+        await Head(args, provider).serve()
 
     asyncio.run(main())

@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cleanup-dir", default="",
                         help="remove this directory on exit if the head died (local nodes: the store)")
     args = parser.parse_args(argv)
+    args.tls = None  # a tls.Identity to serve with (set by the Fargate entry point, never an argument)
     args.node_id = args.node_id or "node-" + uuid.uuid4().hex[:8]
     return args
 

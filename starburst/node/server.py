@@ -7,7 +7,6 @@ import asyncio
 import collections
 import logging
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -20,7 +19,7 @@ import grpc
 from .. import config
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
-from .._version import __version__
+from .._version import runtime_versions
 from .framing import encode, read_frames
 from .launch import Early, pool_size, spawn_executor
 
@@ -109,6 +108,11 @@ class NodeServer(pb_grpc.NodeServicer):
         self.out_event.set()
 
     async def Work(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        identity = self.args.tls
+        if identity is not None and not _called_by_head(context, identity.cluster_id):
+            # The handshake already required a certificate from the cluster's CA; a node's own
+            # (server-only) certificate can't get here, but be explicit about who may call.
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only this cluster's head may call a node")
         if self.head_connected:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node already serves a head")
         self.head_connected = True
@@ -117,7 +121,7 @@ class NodeServer(pb_grpc.NodeServicer):
             self.lease_timer = None
         hello = pb.NodeHello(
             node_id=self.node_id, store_url=self.args.store, pid=os.getpid(), address=self.address,
-            versions={"python": platform.python_version(), "starburst": __version__},
+            versions=runtime_versions(),
         )
         hello.resources.cpus = self.num_cpus
         hello.resources.memory = float(_total_memory())
@@ -196,6 +200,8 @@ class NodeServer(pb_grpc.NodeServicer):
         elif kind == "shutdown":
             self.stop.set()
             self.out_event.set()
+        elif kind == "ping":
+            self.to_head(pb.NodeToHeadOp(pong=op.ping))
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:
@@ -510,7 +516,12 @@ class NodeServer(pb_grpc.NodeServicer):
             self._spawn(proc)
         server = grpc.aio.server(options=config.GRPC_OPTIONS)
         pb_grpc.add_NodeServicer_to_server(self, server)
-        port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
+        listen = f"{self.args.host}:{self.args.port}"
+        identity = self.args.tls
+        if identity is not None:
+            port = server.add_secure_port(listen, identity.server_credentials())
+        else:
+            port = server.add_insecure_port(listen)
         self.address = f"{self.args.host}:{port}"
         announced = self.address
         if self.args.runtime_dir:  # a head on this machine: a Unix socket is quicker than TCP
@@ -611,6 +622,12 @@ class NodeServer(pb_grpc.NodeServicer):
         if self.args.cleanup_dir and head_gone:
             # The head was killed before it could clean up after itself; its store is ours to remove.
             shutil.rmtree(self.args.cleanup_dir, ignore_errors=True)
+
+
+def _called_by_head(context, cluster_id: str) -> bool:
+    from .. import tls  # only remote nodes use TLS (and pay for importing cryptography)
+
+    return tls.peer_common_name(context) == tls.head_name(cluster_id)
 
 
 def _describe_exit(code: int) -> str:

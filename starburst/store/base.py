@@ -24,5 +24,9 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Drop the value; views already handed out stay valid."""
 
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Delete every value of this store, and the store itself (at cluster shutdown)."""
+
     def close(self) -> None:
         """Release what the store holds open (not the stored values)."""

@@ -41,3 +41,8 @@ class LocalStore(ObjectStore):
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+
+    def destroy(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -384,6 +384,9 @@ class S3Store(ObjectStore):
             pass  # best effort: the lifecycle rule's abort-incomplete-uploads is the backstop
         return deleted
 
+    def destroy(self) -> None:
+        self.delete_prefix()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._cache.clear()

@@ -1,0 +1,339 @@
+"""The head's Fargate node provider: launches nodes as Fargate tasks, dials them over mutual TLS,
+scales them with the backlog, keeps the cluster inside its budget, and stops every task it
+started when the head exits.
+
+Lifecycle of one node (an ECS task):
+
+    launch (RunTask) -> pending: no address yet, or not answering yet
+                     -> connected: the head's Work stream is open (tasks flow)
+                     -> stopped: StopTask by us (scale-down, shutdown, budget), or it stopped itself
+                        (lease expired, crashed, Spot reclaimed); its running tasks were retried
+
+A node whose stream drops goes back to pending: the head re-dials it while ECS says it runs (the
+node waits for its head for its lease), and forgets it once ECS says it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+import grpc
+
+from .. import config, tls
+from .._files import write_atomic
+from .._proto import starburst_pb2 as pb
+from ..head.providers import NodeProvider
+from .cluster import ClusterOptions
+from .launcher import BudgetError, FargateLauncher, LaunchError
+from .pricing import CostMeter, format_cost, format_duration, would_exceed
+from .resources import Settings
+
+if TYPE_CHECKING:
+    from ..head.server import Head
+
+log = logging.getLogger("starburst.fargate")
+
+#: A launched node that has had an address this long without answering is given up on.
+CONNECT_GIVE_UP_S = 300.0
+#: Stop the cluster this many seconds before the running nodes would take it past max_cost.
+BUDGET_MARGIN_S = 5.0
+
+
+@dataclass
+class _NodeTask:
+    arn: str
+    launched: float
+    address: str = ""
+    address_since: float = 0.0
+    link: object = None  # the head's NodeLink while connected
+    connecting: bool = False
+    idle_since: Optional[float] = None
+    stop_reason: str = ""
+
+
+@dataclass
+class ShutdownReport:
+    cluster_id: str
+    runtime_s: float
+    cost_usd: float
+    tasks_run: int
+    nodes_launched: int
+    reason: str = ""
+    stopped: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        nodes = "node" if self.nodes_launched == 1 else "nodes"
+        line = (f"cluster {self.cluster_id}: ran {format_duration(self.runtime_s)}, "
+                f"{self.nodes_launched} {nodes}, {self.tasks_run:,} tasks, cost about "
+                f"{format_cost(self.cost_usd)}")
+        return line + (f" (stopped: {self.reason})" if self.reason else "")
+
+
+def report_path(cluster_id: str):
+    path = config.home() / "reports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{cluster_id}.json"
+
+
+class FargateProvider(NodeProvider):
+    name = "fargate"
+
+    def __init__(self, options: ClusterOptions, session=None, settings: Settings | None = None,
+                 launcher: FargateLauncher | None = None, clock=time.monotonic) -> None:
+        import boto3
+
+        self.options = options
+        self.cluster_id = options.cluster_id
+        self.settings = settings or Settings.load()
+        self.session = session or boto3.Session(region_name=options.region or self.settings.region)
+        self.clock = clock
+        account = self.session.client("sts").get_caller_identity()["Account"]
+        self.bucket = self.settings.bucket_name(account)
+        prefix = f"{self.settings.object_prefix}/{self.cluster_id}"
+        self.store_url = f"s3://{self.bucket}/{prefix}"
+        self.meter = CostMeter(self.settings.region, max_cost=options.max_cost)
+
+        # Mutual TLS: a CA for this cluster only; the node's bundle goes to the cluster's prefix,
+        # and the task environment carries just its location and hash (see starburst.tls).
+        self.ca = tls.ClusterCA.create(self.cluster_id)
+        self.ca.save()
+        self.head_identity = self.ca.issue_head()
+        bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=max(12.0, options.lease_s / 3600 + 12)))
+        key = f"{prefix}/tls/node-bundle.json"
+        self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
+        env = {"STARBURST_STORE": self.store_url, **tls.node_environment(f"s3://{self.bucket}/{key}", bundle)}
+        self.launcher = launcher or FargateLauncher(
+            self.session, self.settings, self.cluster_id, options.image, size=(options.cpu, options.memory),
+            arch=options.arch, spot=options.spot, meter=self.meter, lease_s=options.lease_s, env=env,
+        )
+        self.tasks: dict[str, _NodeTask] = {}
+        self.head: Head | None = None
+        self.started = clock()
+        self.message = ""
+        self.stop_reason = ""
+        self._credentials = self.head_identity.channel_credentials()
+        self._connects: set[asyncio.Task] = set()
+        self.ever_connected = False
+        self._no_launch_until = 0.0
+
+    @classmethod
+    def from_config_file(cls, path: str) -> "FargateProvider":
+        return cls(ClusterOptions.load(path))
+
+    # ------------------------------------------------------------------ NodeProvider
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(address, self._credentials,
+                                       options=tls.secure_channel_options(self.cluster_id))
+
+    def node_shape(self) -> pb.Resources:
+        return pb.Resources(cpus=self.options.vcpu, memory=float(self.options.memory) * 2**20)
+
+    async def start(self, head: "Head") -> None:
+        """Launch the minimum number of workers now (RunTask answers in about a second); they
+        join as they come up. Raises LaunchError when none can be launched."""
+        self.head = head
+        want = self.options.workers_min
+        if self.options.quota_workers is not None:
+            want = min(want, self.options.quota_workers)
+        if want:
+            await self._launch(want, refuse=True)
+
+    async def tick(self) -> None:
+        if self._check_budget():
+            return
+        await self._refresh()
+        self._scale_down()
+        await self._scale_up()
+
+    async def stop(self) -> None:
+        """Stop every task this cluster started, then write and log the shutdown report."""
+        for connect in list(self._connects):
+            connect.cancel()
+        try:
+            stopped = await asyncio.to_thread(self.launcher.stop_all, f"starburst: {self.stop_reason or 'cluster shut down'}")
+        finally:
+            shutil.rmtree(tls.tls_dir(self.cluster_id), ignore_errors=True)  # the CA key dies with the cluster
+        report = ShutdownReport(
+            self.cluster_id, self.clock() - self.started, self.meter.cost_so_far(),
+            self.head.scheduler.tasks_finished if self.head else 0, len(self.launcher.launched),
+            self.stop_reason, stopped,
+        )
+        write_atomic(report_path(self.cluster_id), [json.dumps(report.__dict__).encode()])
+        log.info("%s", report.text())
+
+    def status(self) -> pb.ClusterStatus:
+        o = self.options
+        return pb.ClusterStatus(
+            provider=self.name, cluster_id=self.cluster_id, region=o.region,
+            nodes_pending=sum(1 for t in self.tasks.values() if t.link is None),
+            workers_min=o.workers_min, workers_max=o.workers_max, node_size=o.describe_size(),
+            cost_usd=self.meter.cost_so_far(), cost_per_hour=self.meter.burn_rate(),
+            max_cost=o.max_cost or 0.0, message=self.message,
+        )
+
+    def node_lost(self, address: str, reason: str) -> None:
+        for task in self.tasks.values():
+            if task.link is not None and task.address == address:
+                task.link = None  # back to pending: re-dialled while ECS says it runs
+                task.address_since = self.clock()
+                task.idle_since = None
+
+    # ------------------------------------------------------------------ launching and stopping
+
+    async def _launch(self, n: int, refuse: bool = False) -> int:
+        """Launch up to ``n`` nodes; returns how many started. Over budget: raises BudgetError when
+        ``refuse`` (at start), else says so and launches nothing."""
+        try:
+            launched = await asyncio.to_thread(self.launcher.launch, n)
+        except BudgetError as exc:
+            if refuse:
+                raise
+            self._say(str(exc))
+            return 0
+        now = self.clock()
+        for arn in launched:
+            self.tasks[arn] = _NodeTask(arn, now)
+        if launched.waves or len(launched) < n:
+            self._say(launched.message)
+        return len(launched)
+
+    async def _stop(self, tasks: list[_NodeTask], reason: str) -> None:
+        for task in tasks:
+            task.stop_reason = reason
+            if task.link is not None:
+                task.link.shutdown()
+            self.tasks.pop(task.arn, None)
+        try:
+            await asyncio.to_thread(self.launcher.stop, [t.arn for t in tasks], f"starburst: {reason}")
+        except LaunchError as exc:
+            log.error("%s", exc)
+
+    def _say(self, message: str) -> None:
+        self.message = message
+        log.warning("%s", message)
+
+    # ------------------------------------------------------------------ the periodic steps
+
+    def _check_budget(self) -> bool:
+        limit = self.options.max_cost
+        if limit is None:
+            return False
+        # What the running nodes will have cost a little later (by then they must be stopped).
+        if not would_exceed(limit, self.meter.cost_so_far(self.meter.clock() + BUDGET_MARGIN_S + 1.0)):
+            return False
+        spent = self.meter.cost_so_far()
+        self.stop_reason = (f"max_cost {format_cost(limit)} reached ({format_cost(spent)} spent over "
+                            f"{format_duration(self.clock() - self.started)}); the cluster was stopped. "
+                            "Raise max_cost to continue.")
+        assert self.head is not None
+        self.head.abort(self.stop_reason)
+        return True
+
+    async def _refresh(self) -> None:
+        """Notice stopped tasks, learn the addresses of new ones, dial those not connected."""
+        waiting = [t for t in self.tasks.values() if t.link is None]
+        if not waiting:
+            return
+        described = await asyncio.to_thread(self.launcher.describe, [t.arn for t in waiting])
+        stopped = {d["taskArn"]: d.get("stoppedReason") or d.get("stopCode") or "stopped"
+                   for d in described if d.get("lastStatus") == "STOPPED" or d.get("desiredStatus") == "STOPPED"}
+        for arn, why in stopped.items():
+            task = self.tasks.pop(arn, None)
+            if task is not None:
+                log.warning("node task %s stopped: %s", arn.rsplit("/", 1)[-1], why)
+                try:
+                    self.meter.task_stopped(arn)
+                except KeyError:
+                    pass
+        if stopped and not self.tasks and not self.ever_connected:
+            # Nothing ever joined and everything launched has stopped: the image can't be pulled,
+            # the container crashes at start, Spot capacity was reclaimed... Say why and stop.
+            assert self.head is not None
+            reasons = "; ".join(sorted(set(stopped.values())))
+            self.stop_reason = f"every node stopped before joining the cluster: {reasons}"
+            self.head.abort(self.stop_reason)
+            return
+        need = [t for t in self.tasks.values() if t.link is None and not t.address]
+        if need:
+            found = await asyncio.to_thread(self.launcher.addresses, [t.arn for t in need])
+            for task in need:
+                if task.arn in found:
+                    task.address, task.address_since = found[task.arn], self.clock()
+        for task in list(self.tasks.values()):
+            if task.link is None and task.address and not task.connecting:
+                if self.clock() - task.address_since > CONNECT_GIVE_UP_S:
+                    await self._stop([task], f"node did not answer at {task.address} for "
+                                             f"{CONNECT_GIVE_UP_S:g} s")
+                    continue
+                task.connecting = True
+                connect = asyncio.ensure_future(self._connect(task))
+                self._connects.add(connect)
+                connect.add_done_callback(self._connects.discard)
+
+    async def _connect(self, task: _NodeTask) -> None:
+        from ..head.nodes import VersionDriftError
+
+        assert self.head is not None
+        try:
+            task.link = await self.head.connect_node(task.address)
+            task.idle_since = self.clock()
+            self.ever_connected = True
+            log.info("node %s joined at %s", task.arn.rsplit("/", 1)[-1], task.address)
+        except VersionDriftError as exc:
+            self.stop_reason = str(exc)
+            self.head.abort(str(exc))
+        except ConnectionError as exc:
+            log.debug("node at %s not answering yet: %s", task.address, exc)
+        finally:
+            task.connecting = False
+
+    def _busy(self, task: _NodeTask) -> bool:
+        node = getattr(task.link, "node", None)
+        if node is None:
+            return True
+        if node.inflight or node.actor_inflight:
+            return True
+        assert self.head is not None
+        return any(a.node is node and a.state != "dead" for a in self.head.scheduler.actors.values())
+
+    def _scale_down(self) -> None:
+        now = self.clock()
+        idle = []
+        for task in self.tasks.values():
+            if task.link is None:
+                continue
+            if self._busy(task) or self.head.scheduler.queue:
+                task.idle_since = None
+            elif task.idle_since is None:
+                task.idle_since = now
+            elif now - task.idle_since >= self.options.idle_timeout:
+                idle.append(task)
+        surplus = len(self.tasks) - self.options.workers_min
+        if idle and surplus > 0:
+            victims = idle[:surplus]
+            asyncio.ensure_future(self._stop(victims, f"idle for {format_duration(self.options.idle_timeout)}"))
+
+    async def _scale_up(self) -> None:
+        assert self.head is not None
+        status = self.head.scheduler.status()
+        demand = status["queued"] + status["running"]
+        per_node = max(1, math.floor(self.options.vcpu))
+        want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
+        if self.options.quota_workers is not None:
+            want = min(want, max(self.options.quota_workers, self.options.workers_min))
+        missing = want - len(self.tasks)
+        if missing > 0 and self.clock() >= self._no_launch_until:
+            try:
+                if not await self._launch(missing):
+                    self._no_launch_until = self.clock() + 30.0
+            except LaunchError as exc:
+                self._say(f"could not launch {missing} more node(s): {exc}")
+                self._no_launch_until = self.clock() + 30.0
