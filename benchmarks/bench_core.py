@@ -25,11 +25,13 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
 import traceback
+
+import _common
+from _common import fmt_rate, median, percentile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -40,26 +42,6 @@ RESULT_MARKER = "BENCH_RESULT"
 
 ARRAY_MIB = 128
 ARRAY_LEN = ARRAY_MIB * 1024 * 1024 // 8  # float64 elements
-
-
-# --------------------------------------------------------------------------
-# Small statistics helpers (no numpy needed in the orchestrator).
-# --------------------------------------------------------------------------
-def percentile(values, q):
-    """Linear-interpolated percentile, q in [0, 100]."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def median(values):
-    return statistics.median(values) if values else float("nan")
 
 
 # --------------------------------------------------------------------------
@@ -337,12 +319,7 @@ def run_worker(system, cfg):
         res["ok"] = False
         res["error"] = traceback.format_exc()
     finally:
-        t0 = time.perf_counter()
-        try:
-            ad.shutdown()
-        except Exception:
-            res.setdefault("error", traceback.format_exc())
-        res["shutdown_s"] = time.perf_counter() - t0
+        _common.timed_shutdown(res, ad.shutdown)
     return res
 
 
@@ -446,29 +423,6 @@ def new_tag():
     return uuid.uuid4().hex
 
 
-def tagged_pids(tag):
-    """PIDs of live processes whose environment carries TAG_VAR=tag (Linux /proc)."""
-    needle = f"{TAG_VAR}={tag}".encode()
-    pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return pids
-    for e in entries:
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{e}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{e}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != b"Z":
-            pids.append(int(e))
-    return pids
-
-
 def _group_alive(pgid):
     try:
         os.killpg(pgid, 0)
@@ -486,7 +440,7 @@ def cleanup(proc, tag, grace=3.0):
     """
     deadline = time.monotonic() + grace
     while True:
-        pids = tagged_pids(tag)
+        pids = _common.tagged_pids(TAG_VAR, tag)
         group = _group_alive(proc.pid)
         if not pids and not group:
             return 0
@@ -651,10 +605,6 @@ def fmt_time(s):
     return f"{s * 1e6:.0f} us"
 
 
-def fmt_rate(r):
-    return "n/a" if r is None or r != r else f"{r:,.0f}/s"
-
-
 def speedup(sb, other, higher_is_better):
     """>1 means starburst is better."""
     if sb is None or other is None or not sb or not other:
@@ -705,13 +655,7 @@ def render_table(results, systems):
         else:
             cells.append("yes" if r_ray >= goal else "NO")
         rows.append(cells)
-    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
-    sep = "-+-".join("-" * w for w in widths)
-    out = [" | ".join(c.ljust(w) for c, w in zip(cols, widths)), sep]
-    for r in rows:
-        out.append(" | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(out)
+    return _common.format_table(cols, rows)
 
 
 def orchestrate(args):
@@ -723,8 +667,7 @@ def orchestrate(args):
                "processpool": args.starburst_python}
     print(f"starburst core benchmarks  ({'QUICK smoke run' if args.quick else 'full run'})  "
           f"{_dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"host: {platform.node()}  cpus: {os.cpu_count()}  load avg at start: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(_common.host_line())
     la = os.getloadavg()[0]
     if la > 0.5 * (os.cpu_count() or 1):
         print(f"WARNING: load average {la:.2f} at start on {os.cpu_count()} cpus: other work is "
@@ -860,7 +803,7 @@ def orchestrate(args):
     notes.append("f-h: one actor, default options; f/g = N calls submitted in a loop, then get "
                  "all (calls/s); h = call + get one at a time on the sync actor. processpool: "
                  "n/a (no actors).")
-    notes.append(f"load avg at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    notes.append(f"load avg at end: {_common.fmt_loads()}")
     for n in notes:
         print("  - " + n)
 

@@ -45,7 +45,6 @@ import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,9 @@ import time
 import traceback
 import urllib.request
 import uuid
+
+import _common
+from _common import fmt_rate, median, percentile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -71,21 +73,6 @@ LINK_MS = 40.0
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
-def percentile(values, q):
-    """Linear-interpolated percentile, q in [0, 100]."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def median(values):
-    return statistics.median(values) if values else float("nan")
-
-
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -195,15 +182,12 @@ def measure_throughput(cfg, res, key):
     res[key] = {"runs": runs, "rate": median([r["rate"] for r in runs]), "n": n}
 
 
-class MemReader(io.RawIOBase):
-    """A read-only, seekable file over a buffer (the array's own memory: no copy up front)."""
+class MemFile(io.RawIOBase):
+    """A seekable file over ``size`` bytes of memory (MemReader reads them, MemWriter writes them)."""
 
-    def __init__(self, buf):
-        self.view = memoryview(buf).cast("B")
+    def __init__(self, size):
+        self.size = size
         self.pos = 0
-
-    def readable(self):
-        return True
 
     def seekable(self):
         return True
@@ -212,9 +196,20 @@ class MemReader(io.RawIOBase):
         return self.pos
 
     def seek(self, offset, whence=0):
-        base = (0, self.pos, self.view.nbytes)[whence]
+        base = (0, self.pos, self.size)[whence]
         self.pos = max(0, base + offset)
         return self.pos
+
+
+class MemReader(MemFile):
+    """A read-only, seekable file over a buffer (the array's own memory: no copy up front)."""
+
+    def __init__(self, buf):
+        self.view = memoryview(buf).cast("B")
+        super().__init__(self.view.nbytes)
+
+    def readable(self):
+        return True
 
     def readinto(self, b):
         n = min(len(b), self.view.nbytes - self.pos)
@@ -225,26 +220,15 @@ class MemReader(io.RawIOBase):
         return n
 
 
-class MemWriter(io.RawIOBase):
+class MemWriter(MemFile):
     """A writable, seekable file over a fresh anonymous mmap (like starburst's download buffer)."""
 
     def __init__(self, size):
         self.buf = mmap.mmap(-1, size)
-        self.pos = 0
+        super().__init__(size)
 
     def writable(self):
         return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self.pos
-
-    def seek(self, offset, whence=0):
-        base = (0, self.pos, len(self.buf))[whence]
-        self.pos = base + offset
-        return self.pos
 
     def write(self, b):
         view = memoryview(b).cast("B")
@@ -413,13 +397,8 @@ def driver_main(scenario, cfg):
         res["ok"] = False
         res["error"] = traceback.format_exc()
     finally:
-        t0 = time.perf_counter()
-        try:
-            starburst.shutdown()
-        except BaseException:  # noqa: BLE001 - reported in the result
+        if not _common.timed_shutdown(res, starburst.shutdown, catch=BaseException):  # reported in the result
             res["ok"] = False
-            res.setdefault("error", traceback.format_exc())
-        res["shutdown_s"] = time.perf_counter() - t0
     print(RESULT_MARKER + json.dumps(res, default=str), flush=True)
     return 0 if res["ok"] else 1
 
@@ -427,25 +406,6 @@ def driver_main(scenario, cfg):
 # --------------------------------------------------------------------------
 # Bench side: servers, agents, snapshots
 # --------------------------------------------------------------------------
-def tagged_pids(tag):
-    """Live (non-zombie) processes whose environment carries TAG_VAR=tag, except this one."""
-    needle = f"{TAG_VAR}={tag}".encode()
-    pids = []
-    for e in os.listdir("/proc"):
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{e}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{e}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != b"Z":
-            pids.append(int(e))
-    return pids
-
-
 def _category(cmdline, pid, driver_pid):
     if pid == driver_pid:
         return "driver"
@@ -479,7 +439,7 @@ class Snapshotter:
     def take(self, agent, driver_pid):
         ps = self.psutil
         cpu = collections.defaultdict(float)
-        tagged = set(tagged_pids(self.tag))
+        tagged = set(_common.tagged_pids(TAG_VAR, self.tag))
         # Everyone else's processes too (by pid), to name what else used the machine meanwhile.
         others = {}
         for p in ps.process_iter(["pid", "name", "cpu_times"]):
@@ -700,10 +660,6 @@ def fmt_ms(s):
     return "n/a" if s is None or math.isnan(s) else f"{s * 1e3:.1f} ms"
 
 
-def fmt_rate(r):
-    return "n/a" if r is None or math.isnan(r) else f"{r:,.0f}/s"
-
-
 def fmt_gbs(x):
     return "n/a" if x is None or math.isnan(x) else f"{x:.3f} GB/s"
 
@@ -827,16 +783,6 @@ def build_rows(R):
     return rows, notes
 
 
-def render(rows):
-    cols = ("measurement", "starburst", "baseline", "ratio", "goal", "met?")
-    widths = [max(len(str(r[i])) for r in list(rows) + [cols]) for i in range(len(cols))]
-    out = [" | ".join(c.ljust(w) for c, w in zip(cols, widths)), "-+-".join("-" * w for w in widths)]
-    for r in rows:
-        out.append(" | ".join(str(c).ljust(w) if i in (0, 4, 5) else str(c).rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(out)
-
-
 def _others(d):
     """Who else used the CPU in a window (CPU seconds): named processes alive at both ends; the rest
     is processes that started or ended within the window, and the kernel."""
@@ -896,8 +842,7 @@ def orchestrate(args):
     started = _dt.datetime.now(_dt.timezone.utc)
     print(f"starburst Fargate rehearsal benchmarks ({'QUICK smoke run' if args.quick else 'full run'})  "
           f"{started.isoformat(timespec='seconds')}")
-    print(f"host: {platform.node()}  cpus: {os.cpu_count()}  load avg at start: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}  python {platform.python_version()}")
+    print(_common.host_line(f"  python {platform.python_version()}"))
     print(f"config: a {args.rtt_iters} round trips (+{args.rtt_warmup} warm-up); b N={args.tp_n:,} x "
           f"{args.tp_runs} run(s) (+{args.tp_warmup} warm-up) at 40 ms and at 0 ms; c {args.array_mib} MiB x "
           f"{args.array_reps} rep(s) (+16 MiB warm-up); logs in {workdir}")
@@ -947,7 +892,7 @@ def orchestrate(args):
         seaweed.stop()
         # Anything of this run still alive is a leak: report it and end it by pid.
         time.sleep(0.5)
-        left = tagged_pids(tag)
+        left = _common.tagged_pids(TAG_VAR, tag)
         R["left_behind"] = []
         for pid in left:
             try:
@@ -981,7 +926,8 @@ def report(R):
     """Print the table and the notes for the results ``R`` (of this run, or loaded from --json-out)."""
     rows, notes = build_rows(R)
     print()
-    print(render(rows))
+    print(_common.format_table(("measurement", "starburst", "baseline", "ratio", "goal", "met?"), rows,
+                               left=(0, 4, 5)))
     print()
     notes = cpu_notes(R) + notes
     for key in ("rtt", "tput", "tput0", "array"):
@@ -1006,7 +952,7 @@ def report(R):
                          f"p90 {fmt_ms(lk['p90_s'])}, min {fmt_ms(lk['min_s'])}")
     notes.append(f"left behind: {len(R['left_behind'])} process(es)" +
                  (" (ended by the harness): " + "; ".join(R["left_behind"]) if R["left_behind"] else ""))
-    notes.append(f"load avg at end: {' '.join(f'{x:.2f}' for x in R['load_end'])}")
+    notes.append(f"load avg at end: {_common.fmt_loads(R['load_end'])}")
     for n in notes:
         print("  - " + n)
 

@@ -156,7 +156,7 @@ class ActorClass:
             detached=o.get("lifetime") == "detached", handle_meta=self._handle_meta,
             get_if_exists=bool(o.get("get_if_exists")),
         ))
-        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
+        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")), client.store)
         _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, f"{self._cls.__name__}.__init__")
         if spec.actor.name:

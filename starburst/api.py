@@ -112,6 +112,10 @@ def init(
     if runtime_env is not None:
         from . import runtime_env as _renv
 
+        if fargate is not None and isinstance(runtime_env, dict) and runtime_env.get("pip"):
+            # The cluster's worker image is built with these (a derived image, its own hash).
+            runtime_env = dict(runtime_env)
+            fargate[0].pip = _pip_list(runtime_env.pop("pip"))
         runtime_env = _renv.validate(runtime_env, "init()")
     with _init_lock:
         if is_initialized():
@@ -152,6 +156,14 @@ def _fargate_options(cluster: str, given: dict[str, Any]):
     auto = given.pop("auto_quota_request", None)
     options = check_options(**given)
     return options, auto
+
+
+def _pip_list(pip: Any) -> list[str]:
+    """runtime_env['pip'] as a list of requirements (Ray accepts a list or {"packages": [...]})."""
+    packages = pip.get("packages") if isinstance(pip, dict) else pip
+    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
+        raise TypeError("runtime_env['pip'] must be a list of requirement strings or {'packages': [...]}")
+    return list(packages)
 
 
 def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> str:
@@ -240,18 +252,15 @@ def shutdown() -> None:
 
 
 def _print_report(cluster_id: str) -> None:
-    import json
+    import sys
 
-    from .aws.provider import ShutdownReport, report_path
+    from .aws.provider import read_report
 
-    try:
-        report = ShutdownReport(**json.loads(report_path(cluster_id).read_text()))
-    except (OSError, ValueError, TypeError):
+    report = read_report(cluster_id)
+    if report is None:
         log.warning("the Fargate cluster %s left no shutdown report; 'starburst down --all' stops any "
                     "task it may have left", cluster_id)
         return
-    import sys
-
     print(f"starburst: {report.text()}", file=sys.stderr)
 
 

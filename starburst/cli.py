@@ -132,10 +132,17 @@ def cmd_down(args: argparse.Namespace) -> int:
     if info is None:
         print("no starburst cluster is running", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    if process.stop_head(info, timeout=args.timeout):
+    timeout = args.timeout if args.timeout is not None else (180.0 if info.provider == "fargate" else 20.0)
+    if process.stop_head(info, timeout=timeout):
         print(f"stopped the starburst head (pid {info.pid}) and its nodes")
+        if info.provider == "fargate":
+            from .aws.provider import read_report
+
+            report = read_report(info.cluster_id)
+            print(report.text() if report else "the Fargate cluster left no report: 'starburst down --all' "
+                                               "stops any task it may have left")
         return 0
-    print(f"the head (pid {info.pid}) did not stop within {args.timeout:g} s", file=sys.stderr)
+    print(f"the head (pid {info.pid}) did not stop within {timeout:g} s", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -342,7 +349,7 @@ def _down_all(args: argparse.Namespace, info) -> int:
     found by its tags (in the region of 'starburst setup')."""
     code = 0
     if info is not None:
-        stopped = process.stop_head(info, timeout=args.timeout)
+        stopped = process.stop_head(info, timeout=args.timeout if args.timeout is not None else 180.0)
         print(f"local head (pid {info.pid}): {'stopped' if stopped else 'did not stop'}")
         code = 0 if stopped else EXIT_FAILED
     else:
@@ -419,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop the running cluster and everything it started",
                           description="Stop the head, its nodes and their executors. Exit code 3 when "
                                       "none is running.")
-    down.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to exit")
+    down.add_argument("--timeout", type=float, default=None,
+                      help="seconds to wait for it to exit (default 20; 180 for a Fargate cluster)")
     down.add_argument("--all", action="store_true",
                       help="also stop every starburst task on Fargate, found by tag (after a crash)")
     down.add_argument("--region", help="with --all: the AWS region (default: that of 'starburst setup')")

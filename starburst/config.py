@@ -22,14 +22,23 @@ def batch_delay(last_write: float) -> float:
     return max(LINGER_S, last_write + WINDOW_S - time.monotonic())
 
 
+#: Seconds between keepalive pings on every stream: a dead peer (a laptop that slept, a node
+#: that vanished) is noticed within about this plus the 10 s ping timeout.
+KEEPALIVE_S = float(os.environ.get("STARBURST_KEEPALIVE_S", 20))
+
 #: gRPC messages carry batches; allow large ones (values above the threshold never travel inline).
+#: The same options serve channels and servers: servers must accept the clients' pings on idle
+#: streams (gRPC's default answers a ping more often than every 5 minutes with GOAWAY
+#: "too_many_pings", which would end an idle driver's session).
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
-    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_S * 1000 / 2)),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 

@@ -113,7 +113,7 @@ class RemoteFunction:
         if o["retry_exceptions"]:
             r = o["retry_exceptions"]
             spec.retry_exceptions = pickle.dumps(True if r is True else tuple(r))
-        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")))
+        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")), client.store)
         _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, self._function.__qualname__)
         refs = client.submit(spec, function)

@@ -1,11 +1,20 @@
-"""``runtime_env``: what a task or actor needs around it. On the local cluster every process shares
-this machine's files, so ``working_dir`` and ``py_modules`` are used in place; package installs
-(``pip``, ``conda``) need an image and are refused here with a clear error."""
+"""``runtime_env``: what a task or actor needs around it.
+
+``working_dir`` and ``py_modules`` reach the workers the way the cluster's objects do: on the local
+cluster every process shares this machine's files, so they are used in place; on a cluster whose
+store is elsewhere (Fargate: S3) each directory or module is zipped once, content-addressed, put in
+the object store, and unpacked once per node (``resolve``). Package installs (``pip``, ``conda``)
+need an image and are refused here with a clear error (a Fargate cluster takes ``pip`` at
+``init()``, for its image)."""
 
 from __future__ import annotations
 
 import os
 import types
+import hashlib
+import io
+import tempfile
+import zipfile
 from typing import Any
 
 from ._proto import starburst_pb2 as pb
@@ -22,9 +31,10 @@ def validate(env: Any, where: str) -> dict[str, Any]:
     image = sorted(set(env) & NEEDS_IMAGE)
     if image:
         raise RuntimeEnvSetupError(
-            f"runtime_env {image} of {where}: installing packages per task needs a worker image, which "
-            "the local cluster does not use. Install them into this Python environment instead "
-            "(e.g. 'pip install ...'): the local cluster's workers share it."
+            f"runtime_env {image} of {where}: installing packages per task needs a worker image of its "
+            "own. On the local cluster install them into this Python environment (its workers share "
+            "it); for a Fargate cluster give them to init(cluster='fargate', runtime_env={'pip': "
+            "[...]}): its worker image is built with them."
         )
     unknown = sorted(set(env) - SUPPORTED)
     if unknown:
@@ -42,7 +52,7 @@ def validate(env: Any, where: str) -> dict[str, Any]:
     if modules is not None:
         if not isinstance(modules, (list, tuple)):
             raise TypeError("runtime_env['py_modules'] must be a list of paths or modules")
-        out["py_modules"] = [_module_root(m, where) for m in modules]
+        out["py_modules"] = [_module_path(m, where) for m in modules]
     return out
 
 
@@ -59,21 +69,20 @@ def _local_dir(path: Any, key: str, where: str) -> str:
     return full
 
 
-def _module_root(module: Any, where: str) -> str:
-    """The directory to put on sys.path so that ``module`` (a package dir, a .py file or a module
-    object) imports by its name."""
+def _module_path(module: Any, where: str) -> str:
+    """The package directory or ``.py`` file of ``module`` (a path or a module object); its parent
+    goes on the worker's ``sys.path``, so that it imports by its name."""
     if isinstance(module, types.ModuleType):
         file = getattr(module, "__file__", None)
         if not file:
             raise RuntimeEnvSetupError(f"runtime_env['py_modules'] of {where}: {module.__name__} has no file")
-        path = os.path.dirname(file)
-        return os.path.dirname(path) if os.path.basename(file) == "__init__.py" else path
+        return os.path.dirname(file) if os.path.basename(file) == "__init__.py" else file
     if not isinstance(module, (str, os.PathLike)):
         raise TypeError(f"runtime_env['py_modules'] entries must be paths or modules, got {type(module).__name__}")
     path = os.path.abspath(os.path.expanduser(os.fspath(module)))
     if "://" in os.fspath(module) or not os.path.exists(path):
         raise RuntimeEnvSetupError(f"runtime_env['py_modules'] of {where}: {module!r} is not a local file or directory")
-    return os.path.dirname(path)
+    return path.rstrip(os.sep)
 
 
 def merge(job: dict[str, Any], task: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,9 +96,90 @@ def merge(job: dict[str, Any], task: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def apply(spec: pb.TaskSpec, env: dict[str, Any]) -> None:
+def apply(spec: pb.TaskSpec, env: dict[str, Any], store=None) -> None:
+    """Put ``env`` into ``spec``; directories are shipped through ``store`` when the cluster's
+    workers don't share this machine's files."""
     if env.get("env_vars"):
         spec.env_vars.update(env["env_vars"])
     if env.get("working_dir"):
-        spec.working_dir = env["working_dir"]
-    spec.py_modules.extend(env.get("py_modules", ()))
+        spec.working_dir = _ship(env["working_dir"], store, contents=True)
+    for module in env.get("py_modules", ()):
+        spec.py_modules.append(_ship(module, store, contents=False) if _remote(store) else os.path.dirname(module))
+
+
+# -- shipping directories through the object store ---------------------------------------------
+
+#: A shipped directory's reference in a TaskSpec: the object-store key of its zip.
+SHIPPED = "store:"
+_SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".venv", "node_modules"}
+#: (store url, path, tree signature) -> key, so an unchanged directory is zipped once per process.
+_shipped: dict[tuple[str, str, tuple], str] = {}
+
+
+def _remote(store) -> bool:
+    from .store import LocalStore
+
+    return store is not None and not isinstance(store, LocalStore)
+
+
+def _files(path: str, contents: bool) -> list[tuple[str, str]]:
+    """(file on disk, name in the zip), sorted: a directory's contents (``contents``) or the
+    module itself under its own name."""
+    if os.path.isfile(path):
+        return [(path, os.path.basename(path))]
+    base = path if contents else os.path.dirname(path)
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            out.append((full, os.path.relpath(full, base)))
+    return out
+
+
+def _ship(path: str, store, contents: bool) -> str:
+    if not _remote(store):
+        return path
+    files = _files(path, contents)
+    signature = tuple((arc, os.stat(full).st_mtime_ns, os.stat(full).st_size) for full, arc in files)
+    cache_key = (store.url, path, signature)
+    key = _shipped.get(cache_key)
+    if key is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for full, arc in files:
+                info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = (os.stat(full).st_mode & 0o777) << 16
+                with open(full, "rb") as f:
+                    zf.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+        data = buf.getvalue()
+        key = "pkg-" + hashlib.sha256(data).hexdigest()[:32]
+        from .serialization import serialize
+
+        store.put(key, serialize(data))
+        _shipped[cache_key] = key
+    return SHIPPED + key
+
+
+def resolve(entry: str, store) -> str:
+    """On a worker: the local directory for a TaskSpec's working_dir / py_modules entry (a shipped
+    one is fetched and unpacked once per machine)."""
+    if not entry.startswith(SHIPPED):
+        return entry
+    key = entry[len(SHIPPED):]
+    dest = os.path.join(tempfile.gettempdir(), "starburst-packages", key)
+    if not os.path.isdir(dest):
+        from .serialization import deserialize
+
+        data = deserialize(store.get(key))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=key + ".", dir=os.path.dirname(dest))
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            zf.extractall(staging)
+        try:
+            os.rename(staging, dest)  # atomic: another executor may have unpacked it meanwhile
+        except OSError:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return dest

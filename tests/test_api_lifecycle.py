@@ -338,3 +338,23 @@ def test_output_of_nested_tasks_reaches_driver(run_script):
     both = _plain(proc.stdout + proc.stderr)
     assert re.search(r"\(outer pid=\d+[^)]*\) outer-says-a1b2", both), both
     assert re.search(r"\(inner pid=\d+[^)]*\) inner-says-c3d4", both), both
+
+
+def test_an_idle_session_survives_keepalive_pings(run_script):
+    """Streams ping when idle; the head and nodes must accept those pings (gRPC's default server
+    answers frequent pings with GOAWAY "too_many_pings", ending an idle driver's session)."""
+    proc = run_script(
+        """
+        import time
+        import starburst
+        starburst.init(num_cpus=1)
+        assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
+        time.sleep(35)  # idle: three pings (gRPC clamps the interval to at least 10 s)
+        assert starburst.get(starburst.remote(lambda: 2).remote(), timeout=60) == 2
+        starburst.shutdown()
+        print("ok")
+        """,
+        env={"STARBURST_KEEPALIVE_S": "10"},
+    )
+    assert proc.stdout.strip() == "ok"
+    assert "too_many_pings" not in proc.stderr

@@ -55,6 +55,7 @@ def test_init_refuses_bad_fargate_options_before_any_aws_call(monkeypatch):
 @pytest.fixture
 def account(aws, tmp_path, monkeypatch):
     monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STARBURST_HEAD_IP", "203.0.113.5")  # never ask the internet
     return aws
 
 
@@ -75,6 +76,17 @@ def test_prepare_fills_in_the_cluster_and_prices_it(account):
     assert out.cluster_id.startswith("starburst-") and out.region == "us-east-1" and out.image == IMAGE
     assert out.quota_workers == 4
     assert len(said) == 1 and said[0].startswith("4 workers x 2 vCPU/4 GB on Fargate") and "max_cost $2.00 lasts" in said[0]
+
+
+def test_a_new_laptop_address_is_admitted_by_the_security_group(account, monkeypatch):
+    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    monkeypatch.setenv("STARBURST_HEAD_IP", "198.51.100.7")
+    _, said = _prepare(check_options(), FakeQuotaSource(64))
+    assert "now admits 198.51.100.7" in said[0]
+    group = account.client("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["starburst-nodes"]}])["SecurityGroups"][0]
+    cidrs = [r["CidrIp"] for p in group["IpPermissions"] for r in p.get("IpRanges", [])]
+    assert cidrs == ["198.51.100.7/32"]
 
 
 def test_short_quota_runs_in_waves_and_offers_an_increase(account):
@@ -108,3 +120,23 @@ def test_no_room_at_all_for_the_minimum_is_an_error(account):
     full = FakeQuotaSource(on_demand_limit=6, on_demand_usage=6)
     with pytest.raises(RuntimeError, match="no worker can start now"):
         _prepare(check_options(workers=2, cpu=1, memory="2GB"), full, interactive=False)
+
+
+def test_worker_image_is_found_by_hash_and_init_pip_derives_its_own(account):
+    from rehearsal.fargate import put_fake_image
+
+    from starburst.aws.cluster import worker_image
+    from starburst.envsync import capture, derived_spec
+
+    settings = res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings
+    base = capture(machine="x86_64")
+    derived = derived_spec(base, {"pip": ["requests==2.32.0"]})
+    assert derived.hash() != base.hash()
+    put_fake_image(account.session(), settings.repository, derived.hash())
+    said: list[str] = []
+    uri = worker_image(account.session(), settings, "x86_64", said.append, ["requests==2.32.0"])
+    assert uri.endswith(f"/{settings.repository}:{derived.hash()}") and said == []  # found: no build
+    # The plain environment's image is missing: a build is submitted (moto's CodeBuild never
+    # pushes anything), and the missing image is an error, not a silent success.
+    with pytest.raises(RuntimeError, match="worker image could not be built"):
+        worker_image(account.session(), settings, "x86_64", said.append)

@@ -355,3 +355,91 @@ def test_a_dropped_stream_is_redialled_and_its_tasks_retried(rehearsal, tmp_path
             assert agent.started_count == 1 and record.alive()
         finally:
             starburst.shutdown()
+
+
+def test_working_dir_and_py_modules_are_shipped_through_s3(rehearsal, agent, tmp_path):
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "input.txt").write_text("from the laptop")
+    (work / "helpers_wd.py").write_text("def where():\n    return 'working_dir helper'\n")
+    lib = tmp_path / "libs" / "mylib_pm"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("VALUE = 'py_modules package'\n")
+    (tmp_path / "libs" / "unrelated.txt").write_text("must not travel")
+
+    starburst.init(cluster="fargate", workers=1, lease=30, **SMALL)
+    cluster_id = _cluster_id()
+
+    @starburst.remote(runtime_env={"working_dir": str(work), "py_modules": [str(lib)]})
+    def use():
+        import helpers_wd
+        import mylib_pm
+
+        with open("data/input.txt") as f:
+            text = f.read()
+        return text, helpers_wd.where(), mylib_pm.VALUE, os.getcwd(), sorted(os.listdir(os.path.dirname(mylib_pm.__path__[0])))
+
+    text, helper, value, cwd, beside = starburst.get(use.remote(), timeout=60)
+    assert (text, helper, value) == ("from the laptop", "working_dir helper", "py_modules package")
+    assert cwd != str(work)  # a copy on the node, not the laptop's directory
+    assert beside == ["mylib_pm"]  # only the module travels, not its neighbours
+    keys = rehearsal.s3_keys(_cluster_prefix(rehearsal, cluster_id))
+    assert len([k for k in keys if k.rsplit("/", 1)[-1].startswith("pkg-")]) == 2
+
+
+def test_cli_up_fargate_is_used_by_init_and_stopped_by_down(rehearsal, agent):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "starburst.cli", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    up = cli("up", "--cluster", "fargate", "--workers", "1", "--cpu", "1", "--memory", "2GB", "--lease", "30")
+    assert up.returncode == 0, up.stderr
+    assert "Fargate cluster starburst-" in up.stdout and "about $" in up.stderr  # the estimate
+    try:
+        from starburst.head import process
+
+        cluster_id = process.find_head().cluster_id
+        starburst.init()  # finds the running cluster
+        assert starburst.get(starburst.remote(lambda: os.environ["STARBURST_CLUSTER_ID"]).remote(),
+                             timeout=60) == cluster_id
+        starburst.shutdown()  # the driver leaves; a cluster from 'up' stays
+        assert len(rehearsal.running_tasks(cluster_id)) == 1
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert f"cluster {cluster_id}: ran" in down.stdout and "1 node" in down.stdout
+    assert rehearsal.running_tasks(cluster_id) == []
+    bad = cli("up", "--cluster", "fargate", "--cpu", "3", "--memory", "8GB")
+    assert bad.returncode == 2 and "nearest: 2 vCPU/8 GB or 4 vCPU/8 GB" in bad.stderr
+
+
+def test_nodes_that_crash_at_start_stop_the_cluster_with_their_reason(rehearsal, tmp_path):
+    broken = tmp_path / "broken-image"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text("raise SystemExit(3)\n")  # the container dies at once
+    with rehearsal.agent(tmp_path / "nodes") as agent:
+        agent.node_env["PYTHONPATH"] = str(broken)
+        try:
+            starburst.init(cluster="fargate", workers=2, lease=30, **SMALL)
+            cluster_id = _cluster_id()
+            with pytest.raises(starburst.exceptions.RayError,
+                               match="every node stopped before joining the cluster: Essential container"):
+                starburst.get(starburst.remote(lambda: 1).remote(), timeout=60)
+        finally:
+            starburst.shutdown()
+        assert rehearsal.running_tasks(cluster_id) == []
+        assert agent.started_count == 2  # no endless relaunching of a broken image
+
+
+def test_spot_workers_use_the_fargate_spot_capacity_provider(rehearsal, agent):
+    import boto3
+
+    starburst.init(cluster="fargate", workers=1, spot=True, lease=30, **SMALL)
+    cluster_id = _cluster_id()
+    assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    (task,) = ecs.describe_tasks(cluster=rehearsal.settings.ecs_cluster,
+                                 tasks=rehearsal.running_tasks(cluster_id))["tasks"]
+    assert task["capacityProviderName"] == "FARGATE_SPOT"
+    env = {e["name"]: e["value"] for e in task["overrides"]["containerOverrides"][0]["environment"]}
+    assert env["STARBURST_SPOT"] == "1" and env["STARBURST_CLUSTER_ID"] == cluster_id

@@ -203,11 +203,13 @@ def test_delete_and_delete_prefix(make_store, s3_server, session):  # noqa: F811
 
     assert store.get("o1") is not None  # cached now
     store.delete("o1")
+    store.flush()
     with pytest.raises(ClientError) as e:
         store.get("o1")  # gone from the cache too
     assert e.value.response["Error"]["Code"] in ("NoSuchKey", "404")
     store.delete("o1")  # deleting a missing object is fine
     store.delete("never-existed")
+    store.flush()
     assert _list(store) == sorted(f"{store.prefix}/{k}" for k in ["o0", "o2", "o3", "o4", "big"])
 
     assert store.delete_prefix() == 5

@@ -50,6 +50,8 @@ class ClusterOptions:
     lease_s: float = DEFAULT_LEASE_S
     #: How many workers the vCPU quota lets run at once (None: unknown, launch and let AWS say).
     quota_workers: Optional[int] = None
+    #: Extra requirements of ``init(runtime_env={"pip": [...]})``: the image is derived with them.
+    pip: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def vcpu(self) -> float:
@@ -123,15 +125,41 @@ def check_options(
     )
 
 
-def worker_image(session, settings, arch: str, say: Callable[[str], None]) -> str:
-    """The worker image for this environment (``starburst.envsync``): found in ECR by its hash, or
-    built and pushed first. The time this adds when the image exists is one ECR lookup."""
-    from ..envsync import capture
+#: Where the laptop learns its public address (the security group admits only that address).
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def public_ip(timeout: float = 5.0) -> Optional[str]:
+    """This machine's public IPv4 address as AWS sees it: ``$STARBURST_HEAD_IP`` if set, else
+    asked of checkip.amazonaws.com; None when it can't be found."""
+    import ipaddress
+    import os
+    import urllib.request
+
+    text = os.environ.get("STARBURST_HEAD_IP", "").strip()
+    if not text:
+        try:
+            with urllib.request.urlopen(CHECKIP_URL, timeout=timeout) as resp:
+                text = resp.read(64).decode().strip()
+        except (OSError, ValueError):
+            return None
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: list[str] = ()) -> str:
+    """The worker image for this environment (``starburst.envsync``), plus ``pip`` requirements
+    if any (a derived image with its own hash): found in ECR by its hash, or built and pushed
+    first. The time this adds when the image exists is one ECR lookup."""
+    from ..envsync import capture, derived_spec
     from ..envsync.image import BuildError, ensure_image
 
     machine = "aarch64" if arch == "arm64" else "x86_64"
+    spec = derived_spec(capture(machine=machine), {"pip": list(pip)} if pip else None)
     try:
-        return ensure_image(session, settings, capture(machine=machine), progress=say)
+        return ensure_image(session, settings, spec, progress=say)
     except BuildError as exc:
         raise RuntimeError(f"the worker image could not be built: {exc}") from exc
 
@@ -171,7 +199,7 @@ def prepare(
 
     from .launcher import new_cluster_id
     from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
-    from .resources import AwsSetupError, Settings
+    from .resources import UPDATED, AwsSetupError, Settings, allow_head
 
     settings = Settings.load()
     if not Settings.path().exists():
@@ -187,9 +215,20 @@ def prepare(
     except (BotoCoreError, ClientError) as exc:
         raise RuntimeError(f"AWS credentials don't work in {region}: {exc}. Configure them (aws "
                            "configure, AWS_PROFILE or environment variables) and try again") from exc
+    head_ip = public_ip()
+    if head_ip is None:
+        say("could not find this machine's public address (set STARBURST_HEAD_IP): the nodes admit "
+            "only the address 'starburst setup' saw")
+    else:
+        try:
+            admitted = allow_head(session, settings, head_ip)
+        except AwsSetupError as exc:
+            raise RuntimeError(str(exc)) from exc
+        if admitted.status == UPDATED:
+            say(f"this machine's address changed: the nodes' security group now admits {head_ip}")
     out = dataclasses.replace(options, region=region, cluster_id=options.cluster_id or new_cluster_id(settings))
     if not out.image:
-        out.image = (build_image or worker_image)(session, settings, out.arch, say)
+        out.image = (build_image or worker_image)(session, settings, out.arch, say, out.pip)
 
     estimate = describe_estimate(out.workers_max, out.vcpu, out.memory_gb, out.arch, out.spot, region,
                                  out.max_cost)

@@ -42,6 +42,10 @@ log = logging.getLogger("starburst.fargate")
 
 #: A launched node that has had an address this long without answering is given up on.
 CONNECT_GIVE_UP_S = 300.0
+#: Nodes in a row that stop before joining after which the cluster gives up (fewer if that's all
+#: it may run); after each, no node is launched for RELAUNCH_BACKOFF_S.
+MAX_FAILED_STARTS = 3
+RELAUNCH_BACKOFF_S = 10.0
 #: Stop the cluster this many seconds before the running nodes would take it past max_cost.
 BUDGET_MARGIN_S = 5.0
 
@@ -54,6 +58,7 @@ class _NodeTask:
     address_since: float = 0.0
     link: object = None  # the head's NodeLink while connected
     connecting: bool = False
+    joined: bool = False
     idle_since: Optional[float] = None
     stop_reason: str = ""
 
@@ -80,6 +85,14 @@ def report_path(cluster_id: str):
     path = config.home() / "reports"
     path.mkdir(parents=True, exist_ok=True)
     return path / f"{cluster_id}.json"
+
+
+def read_report(cluster_id: str) -> Optional[ShutdownReport]:
+    """The report a Fargate cluster's head wrote when it stopped, or None."""
+    try:
+        return ShutdownReport(**json.loads(report_path(cluster_id).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 class FargateProvider(NodeProvider):
@@ -120,7 +133,8 @@ class FargateProvider(NodeProvider):
         self.stop_reason = ""
         self._credentials = self.head_identity.channel_credentials()
         self._connects: set[asyncio.Task] = set()
-        self.ever_connected = False
+        self.failed_starts = 0  # nodes in a row that stopped before joining
+        self.failure_reasons: set[str] = set()
         self._no_launch_until = 0.0
 
     @classmethod
@@ -247,18 +261,25 @@ class FargateProvider(NodeProvider):
                    for d in described if d.get("lastStatus") == "STOPPED" or d.get("desiredStatus") == "STOPPED"}
         for arn, why in stopped.items():
             task = self.tasks.pop(arn, None)
-            if task is not None:
-                log.warning("node task %s stopped: %s", arn.rsplit("/", 1)[-1], why)
-                try:
-                    self.meter.task_stopped(arn)
-                except KeyError:
-                    pass
-        if stopped and not self.tasks and not self.ever_connected:
-            # Nothing ever joined and everything launched has stopped: the image can't be pulled,
-            # the container crashes at start, Spot capacity was reclaimed... Say why and stop.
+            if task is None:
+                continue
+            log.warning("node task %s stopped: %s", arn.rsplit("/", 1)[-1], why)
+            try:
+                self.meter.task_stopped(arn)
+            except KeyError:
+                pass
+            if not task.joined:
+                self.failed_starts += 1
+                self.failure_reasons.add(why)
+                self._no_launch_until = self.clock() + RELAUNCH_BACKOFF_S
+        if self.failed_starts >= min(self.options.workers_max, MAX_FAILED_STARTS):
+            # Nodes stop before they join, again and again: the image can't be pulled, the
+            # container crashes at start, Spot capacity is reclaimed... Say why and stop.
             assert self.head is not None
-            reasons = "; ".join(sorted(set(stopped.values())))
-            self.stop_reason = f"every node stopped before joining the cluster: {reasons}"
+            reasons = "; ".join(sorted(self.failure_reasons))
+            self.stop_reason = (f"every node stopped before joining the cluster: {reasons} "
+                                f"({self.failed_starts} in a row; the nodes' logs are in CloudWatch "
+                                f"log group {self.settings.log_group})")
             self.head.abort(self.stop_reason)
             return
         need = [t for t in self.tasks.values() if t.link is None and not t.address]
@@ -285,7 +306,9 @@ class FargateProvider(NodeProvider):
         try:
             task.link = await self.head.connect_node(task.address)
             task.idle_since = self.clock()
-            self.ever_connected = True
+            task.joined = True
+            self.failed_starts = 0
+            self.failure_reasons.clear()
             log.info("node %s joined at %s", task.arn.rsplit("/", 1)[-1], task.address)
         except VersionDriftError as exc:
             self.stop_reason = str(exc)

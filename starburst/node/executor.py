@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from .. import _runtime
+from .. import _runtime, runtime_env
 from .._proto import starburst_pb2 as pb
 from ..exceptions import ObjectStoreFullError, RayTaskError
 from ..serialization import serialize
@@ -232,14 +232,15 @@ class Executor:
         saved_env = {k: os.environ.get(k) for k in spec.env_vars}
         os.environ.update(spec.env_vars)
         saved_place = (os.getcwd(), list(sys.path)) if (spec.working_dir or spec.py_modules) else None
-        if spec.working_dir:
-            os.chdir(spec.working_dir)
-            sys.path.insert(0, spec.working_dir)
-        for root in spec.py_modules:
-            sys.path.insert(0, root)
         becomes_actor = spec.HasField("actor")
         try:
             try:
+                if spec.working_dir:
+                    working_dir = runtime_env.resolve(spec.working_dir, self.store)
+                    os.chdir(working_dir)
+                    sys.path.insert(0, working_dir)
+                for root in spec.py_modules:
+                    sys.path.insert(0, runtime_env.resolve(root, self.store))
                 function = self._callable(run)
                 args, kwargs = self._arguments(run)
                 result = function(*args, **kwargs)

@@ -8,11 +8,12 @@
 - ``get`` fetches the first ``part_size`` bytes with a ranged GET, learns the object's size from
   its ``Content-Range``, and reads the rest with parallel ranged GETs straight into one preallocated
   page-aligned buffer (no copy beyond the download). Objects read are kept in a small LRU cache
-  bounded by bytes (``cache_bytes``, 1 GiB by default), so a process that reads an object twice
+  bounded by bytes (``cache_bytes``, by default 1 GiB or 1/8 of memory), so a process that reads an object twice
   downloads it once (concurrent readers of one key share one download). The views handed out are
   read-only. Downloads are checked for length only: S3 returns no checksum for a ranged GET, so
   integrity on the way down rests on TLS (the checksums are verified by the server on upload).
-- ``delete`` removes one object (a missing one is fine); ``delete_prefix`` removes everything under
+- ``delete`` schedules one object's removal (batched, in the background; ``flush`` waits; a missing
+  object is fine); ``delete_prefix`` removes everything under
   the prefix (and aborts unfinished multipart uploads there), for cluster shutdown.
 
 The client is built from ``client``, else ``session``, else a default boto3 session; the endpoint
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import logging
 import mmap
 import re
 import threading
@@ -34,6 +36,8 @@ from botocore.exceptions import ClientError
 
 from ..serialization import Serialized
 from .base import ObjectStore
+
+log = logging.getLogger("starburst.store")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -169,7 +173,7 @@ class S3Store(ObjectStore):
         client=None,
         max_concurrency: int = 8,
         part_size: int = 8 * MiB,
-        cache_bytes: int = 1 * GiB,
+        cache_bytes: int | None = None,
         checksum: str = "CRC32",
         max_attempts: int = 8,
     ) -> None:
@@ -201,10 +205,13 @@ class S3Store(ObjectStore):
                 kwargs["region_name"] = options["region"]
             client = session.client("s3", config=config, **kwargs)
         self.client = client
-        self._cache = _LRUCache(cache_bytes)
+        self._cache = _LRUCache(default_cache_bytes() if cache_bytes is None else cache_bytes)
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="starburst-s3")
+        self._deletes: list[str] = []
+        self._delete_lock = threading.Lock()
+        self._deleter: Future | None = None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -350,8 +357,42 @@ class S3Store(ObjectStore):
     # -- delete ------------------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
+        """Schedule the object's deletion and return at once (the head calls this on its event
+        loop); deletions are sent in batches of up to 1000 keys. ``flush()`` waits for them."""
         self._cache.discard(key)
-        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        name = self.object_key(key)
+        with self._delete_lock:
+            self._deletes.append(name)
+            if self._deleter is None:
+                self._deleter = self._pool.submit(self._send_deletes)
+
+    def _send_deletes(self) -> None:
+        while True:
+            with self._delete_lock:
+                batch, self._deletes = self._deletes[:1000], self._deletes[1000:]
+                if not batch:
+                    self._deleter = None
+                    return
+            try:
+                r = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+                errors = r.get("Errors") or []
+            except Exception as exc:  # noqa: BLE001 - the lifecycle rule is the backstop
+                errors = [{"Key": batch[0], "Code": type(exc).__name__, "Message": str(exc)}]
+            if errors:
+                e = errors[0]
+                log.warning("could not delete %d object(s) from s3://%s, e.g. %s: %s %s",
+                            len(errors), self.bucket, e.get("Key"), e.get("Code"), e.get("Message"))
+
+    def flush(self) -> None:
+        """Wait until every deletion asked for so far has been sent."""
+        while True:
+            with self._delete_lock:
+                deleter = self._deleter
+            if deleter is None:
+                return
+            deleter.result()
 
     def delete_prefix(self) -> int:
         """Delete every object under the prefix; returns how many. For cluster shutdown."""
@@ -385,11 +426,24 @@ class S3Store(ObjectStore):
         return deleted
 
     def destroy(self) -> None:
+        self.flush()
         self.delete_prefix()
 
     def close(self) -> None:
+        self.flush()
         self._pool.shutdown(wait=True)
         self._cache.clear()
+
+
+def default_cache_bytes() -> int:
+    """1 GiB, or an eighth of the machine's memory if that is less (a Fargate task with 2 GB
+    runs an executor per vCPU, each with its own cache)."""
+    try:
+        import psutil
+
+        return min(1 * GiB, psutil.virtual_memory().total // 8)
+    except Exception:  # noqa: BLE001
+        return 256 * MiB
 
 
 def _total_size(response: dict) -> int:

@@ -82,6 +82,7 @@ class Rehearsal:
             AWS_ENDPOINT_URL=self.moto, AWS_EC2_METADATA_DISABLED="true",
             AWS_CONFIG_FILE=str(self.home / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(self.home / "no-aws-credentials"),
+            STARBURST_HEAD_IP="127.0.0.1",  # the laptop's "public" address: never ask the internet
         )
         self.home.mkdir(parents=True, exist_ok=True)
         reset_moto(self.moto)
