@@ -159,10 +159,20 @@ def _fargate_options(cluster: str, given: dict[str, Any]):
 
 
 def _pip_list(pip: Any) -> list[str]:
-    """runtime_env['pip'] as a list of requirements (Ray accepts a list or {"packages": [...]})."""
+    """runtime_env['pip'] as a list of requirements (Ray accepts a list or {"packages": [...]});
+    packages whose versions must match the driver's can't be changed this way."""
+    import re
+
+    from ._version import PINNED
+
     packages = pip.get("packages") if isinstance(pip, dict) else pip
     if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
         raise TypeError("runtime_env['pip'] must be a list of requirement strings or {'packages': [...]}")
+    for req in packages:
+        name = re.split(r"[\s<>=!~;\[@]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in PINNED:
+            raise ValueError(f"runtime_env['pip'] can't install {req!r}: the workers' {name} must be the "
+                             f"driver's version. Install it into this environment instead; the image follows it.")
     return list(packages)
 
 
@@ -183,6 +193,10 @@ def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> 
                     "When connecting to an existing cluster, num_cpus must not be provided "
                     f"(a head is running at {running.address}; stop it with 'starburst down')."
                 )
+            if fargate is not None and running.provider == "fargate":
+                log.warning("a Fargate cluster (%s) is already running: using it as it is; the options "
+                            "given to init() apply to a new cluster ('starburst down' stops this one)",
+                            running.cluster_id)
             if fargate is not None and running.provider != "fargate":
                 raise RuntimeError(
                     f"a local cluster is running (pid {running.pid}); stop it with 'starburst down' "

@@ -48,7 +48,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             from .api import _prepare_fargate
             from .aws.cluster import check_options
 
-            workers = tuple(int(w) for w in args.workers.split(",")) if "," in args.workers else int(args.workers)
+            try:
+                workers = tuple(int(w) for w in args.workers.split(",")) if "," in args.workers else int(args.workers)
+            except ValueError:
+                print(f"starburst up: --workers {args.workers!r}: give a number, or MIN,MAX", file=sys.stderr)
+                return EXIT_USAGE
             try:
                 options = check_options(
                     workers=workers, cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,

@@ -382,6 +382,7 @@ class Client:
     def on_message(self, msg: pb.HeadMsg) -> None:
         """Called by the transport for every batch from the head."""
         ready_futures = []
+        failed_futures: list = []
         unwanted = False
         for op in msg.ops:  # output first: it was written before the results in this batch
             if op.WhichOneof("op") == "log":
@@ -413,11 +414,12 @@ class Client:
                 elif kind == "welcome":
                     self.welcome = op.welcome
                     self._cond.notify_all()
-                elif kind == "error":
+                elif kind == "error":  # the session ends (e.g. the cluster stopped): wake every waiter
                     self._error = op.error
-                    self._cond.notify_all()
+                    failed_futures.extend(self._release_waiters())
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
+        self._fail_futures(failed_futures)
         if unwanted:
             self._wake()
 
@@ -427,19 +429,28 @@ class Client:
             if self._error is None:
                 self._error = error
             self.closed = True
-            futures = [f for fs in self._futures.values() for f in fs]
-            self._futures.clear()
-            for waiters in self._waiters.values():
-                for waiter in waiters:
-                    waiter.event.set()
-            self._waiters.clear()
-            for fut in self._requests.values():
-                if not fut.done():
-                    fut.set_exception(RaySystemError(f"lost the session with the head: {error}"))
-            self._cond.notify_all()
+            futures = self._release_waiters()
+        self._fail_futures(futures)
+
+    def _release_waiters(self) -> list:
+        """With the lock held, once ``_error`` is set: wake every blocked get/wait (they raise
+        with the error), fail pending requests; returns the ObjectRef futures to fail."""
+        futures = [f for fs in self._futures.values() for f in fs]
+        self._futures.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
+        self._waiters.clear()
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
+        self._cond.notify_all()
+        return futures
+
+    def _fail_futures(self, futures: list) -> None:
         for fut in futures:
             if not fut.done():
-                fut.set_exception(RaySystemError(f"lost the session with the head: {error}"))
+                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
 
     def error_text(self) -> str:
         return self._error or "closed"

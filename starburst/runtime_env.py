@@ -48,6 +48,11 @@ def validate(env: Any, where: str) -> dict[str, Any]:
     working_dir = env.get("working_dir")
     if working_dir is not None:
         out["working_dir"] = _local_dir(working_dir, "working_dir", where)
+    excludes = env.get("excludes")
+    if excludes is not None:
+        if not isinstance(excludes, (list, tuple)) or not all(isinstance(e, str) for e in excludes):
+            raise TypeError("runtime_env['excludes'] must be a list of patterns, e.g. ['data/', '*.bin']")
+        out["excludes"] = list(excludes)
     modules = env.get("py_modules")
     if modules is not None:
         if not isinstance(modules, (list, tuple)):
@@ -101,10 +106,11 @@ def apply(spec: pb.TaskSpec, env: dict[str, Any], store=None) -> None:
     workers don't share this machine's files."""
     if env.get("env_vars"):
         spec.env_vars.update(env["env_vars"])
+    excludes = tuple(env.get("excludes", ()))
     if env.get("working_dir"):
-        spec.working_dir = _ship(env["working_dir"], store, contents=True)
+        spec.working_dir = _ship(env["working_dir"], store, True, excludes)
     for module in env.get("py_modules", ()):
-        spec.py_modules.append(_ship(module, store, contents=False) if _remote(store) else os.path.dirname(module))
+        spec.py_modules.append(_ship(module, store, False, excludes) if _remote(store) else os.path.dirname(module))
 
 
 # -- shipping directories through the object store ---------------------------------------------
@@ -112,8 +118,24 @@ def apply(spec: pb.TaskSpec, env: dict[str, Any], store=None) -> None:
 #: A shipped directory's reference in a TaskSpec: the object-store key of its zip.
 SHIPPED = "store:"
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache", ".venv", "node_modules"}
-#: (store url, path, tree signature) -> key, so an unchanged directory is zipped once per process.
-_shipped: dict[tuple[str, str, tuple], str] = {}
+#: A shipped directory or module may hold at most this much (use runtime_env['excludes']).
+MAX_SHIPPED_BYTES = 256 * 1024 * 1024
+#: A shipped directory is looked at again for changes at most this often (seconds).
+RECHECK_S = 2.0
+#: (store url, path, excludes) -> (when checked, tree signature, key).
+_shipped: dict[tuple, tuple[float, tuple, str]] = {}
+
+
+def _excluded(rel: str, excludes: tuple[str, ...]) -> bool:
+    """Gitignore-like: a pattern matches the relative path or any of its parts ("data/" a directory)."""
+    import fnmatch
+
+    parts = rel.split(os.sep)
+    for pattern in excludes:
+        p = pattern.strip("/")
+        if fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts):
+            return True
+    return False
 
 
 def _remote(store) -> bool:
@@ -122,42 +144,57 @@ def _remote(store) -> bool:
     return store is not None and not isinstance(store, LocalStore)
 
 
-def _files(path: str, contents: bool) -> list[tuple[str, str]]:
-    """(file on disk, name in the zip), sorted: a directory's contents (``contents``) or the
-    module itself under its own name."""
+def _files(path: str, contents: bool, excludes: tuple[str, ...]) -> list[tuple[str, str, os.stat_result]]:
+    """(file on disk, name in the zip, its stat), sorted: a directory's contents (``contents``)
+    or the module itself under its own name, without what ``excludes`` names."""
     if os.path.isfile(path):
-        return [(path, os.path.basename(path))]
+        return [(path, os.path.basename(path), os.stat(path))]
     base = path if contents else os.path.dirname(path)
     out = []
     for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS
+                         and not _excluded(os.path.relpath(os.path.join(root, d), path), excludes))
         for name in sorted(files):
             full = os.path.join(root, name)
-            out.append((full, os.path.relpath(full, base)))
+            if not _excluded(os.path.relpath(full, path), excludes):
+                out.append((full, os.path.relpath(full, base), os.stat(full)))
     return out
 
 
-def _ship(path: str, store, contents: bool) -> str:
+def _ship(path: str, store, contents: bool, excludes: tuple[str, ...] = ()) -> str:
     if not _remote(store):
         return path
-    files = _files(path, contents)
-    signature = tuple((arc, os.stat(full).st_mtime_ns, os.stat(full).st_size) for full, arc in files)
-    cache_key = (store.url, path, signature)
-    key = _shipped.get(cache_key)
-    if key is None:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for full, arc in files:
-                info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = (os.stat(full).st_mode & 0o777) << 16
-                with open(full, "rb") as f:
-                    zf.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
-        data = buf.getvalue()
-        key = "pkg-" + hashlib.sha256(data).hexdigest()[:32]
-        from .serialization import serialize
+    import time
 
-        store.put(key, serialize(data))
-        _shipped[cache_key] = key
+    cache_key = (store.url, path, excludes)
+    cached = _shipped.get(cache_key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < RECHECK_S:
+        return SHIPPED + cached[2]
+    files = _files(path, contents, excludes)
+    signature = tuple((arc, st.st_mtime_ns, st.st_size) for _, arc, st in files)
+    if cached is not None and cached[1] == signature:
+        _shipped[cache_key] = (now, signature, cached[2])
+        return SHIPPED + cached[2]
+    total = sum(st.st_size for _, _, st in files)
+    if total > MAX_SHIPPED_BYTES:
+        raise RuntimeEnvSetupError(
+            f"runtime_env: {path} holds {total / 2**20:.0f} MiB, more than the {MAX_SHIPPED_BYTES // 2**20} MiB "
+            "that travel to the workers with a task. Leave data out with runtime_env['excludes'] "
+            "(e.g. ['data/', '*.parquet']) and pass it with starburst.put() or from S3.")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for full, arc, st in files:
+            info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (st.st_mode & 0o777) << 16
+            with open(full, "rb") as f:
+                zf.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+    data = buf.getvalue()
+    key = "pkg-" + hashlib.sha256(data).hexdigest()[:32]
+    from .serialization import serialize
+
+    store.put(key, serialize(data))
+    _shipped[cache_key] = (now, signature, key)
     return SHIPPED + key
 
 
@@ -167,6 +204,8 @@ def resolve(entry: str, store) -> str:
     if not entry.startswith(SHIPPED):
         return entry
     key = entry[len(SHIPPED):]
+    if not key.startswith("pkg-") or not key[4:].isalnum():
+        raise RuntimeEnvSetupError(f"not a shipped package: {entry!r}")
     dest = os.path.join(tempfile.gettempdir(), "starburst-packages", key)
     if not os.path.isdir(dest):
         from .serialization import deserialize

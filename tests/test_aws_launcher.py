@@ -404,3 +404,27 @@ def test_cli_down_all_stops_the_tasks_a_crashed_head_left(env, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "stopped 3 starburst task(s)" in out.stdout
     assert {s[0] for s in _states(aws, list(crashed)).values()} == {"STOPPED"}
+
+
+def test_closing_mid_launch_abandons_it_and_stops_what_it_started(env):
+    """Shutdown while a launch waits out a capacity shortage: the launch starts no further batch,
+    stops the tasks it had started, and stop_all afterwards finds nothing left."""
+    aws, settings = env
+    launcher = _launcher(aws, settings)
+
+    def fewer(params, **_):
+        params["count"] = min(params["count"], 3)
+
+    def add_failures(parsed, **_):
+        parsed["failures"] = [{"reason": CAPACITY_REASON}] * 7
+
+    launcher.ecs.meta.events.register("provide-client-params.ecs.RunTask", fewer)
+    launcher.ecs.meta.events.register("after-call.ecs.RunTask", add_failures)
+    launcher.sleep = lambda seconds: launcher.close()  # the head shuts down during the backoff
+    with pytest.raises(LaunchError, match="shutting down"):
+        launcher.launch(10)
+    assert len(launcher.launched) == 3 and _running(aws) == []
+    assert launcher.stop_all() == []
+    with pytest.raises(LaunchError, match="shutting down"):
+        launcher.launch(1)  # a closed launcher launches nothing more
+    assert _running(aws) == []

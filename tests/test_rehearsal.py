@@ -267,9 +267,9 @@ def test_a_node_with_another_cloudpickle_is_refused_with_a_clear_error(rehearsal
         agent.node_env["PYTHONPATH"] = str(fake)
         try:
             starburst.init(cluster="fargate", workers=1, lease=30, **SMALL)
-            ref = starburst.remote(lambda: 1).remote()
+            # The task fails, or, if the cluster stopped before it was submitted, .remote() does.
             with pytest.raises(starburst.exceptions.RayError, match="cloudpickle: driver .*, node 0.0.1") as info:
-                starburst.get(ref, timeout=60)
+                starburst.get(starburst.remote(lambda: 1).remote(), timeout=60)
             assert "starburst env --rebuild" in str(info.value)
         finally:
             starburst.shutdown()
@@ -366,21 +366,24 @@ def test_working_dir_and_py_modules_are_shipped_through_s3(rehearsal, agent, tmp
     lib.mkdir(parents=True)
     (lib / "__init__.py").write_text("VALUE = 'py_modules package'\n")
     (tmp_path / "libs" / "unrelated.txt").write_text("must not travel")
+    (work / "big").mkdir()
+    (work / "big" / "huge.bin").write_bytes(b"x" * 1000)
 
     starburst.init(cluster="fargate", workers=1, lease=30, **SMALL)
     cluster_id = _cluster_id()
 
-    @starburst.remote(runtime_env={"working_dir": str(work), "py_modules": [str(lib)]})
+    @starburst.remote(runtime_env={"working_dir": str(work), "py_modules": [str(lib)], "excludes": ["big/"]})
     def use():
         import helpers_wd
         import mylib_pm
 
         with open("data/input.txt") as f:
             text = f.read()
-        return text, helpers_wd.where(), mylib_pm.VALUE, os.getcwd(), sorted(os.listdir(os.path.dirname(mylib_pm.__path__[0])))
+        return (text, helpers_wd.where(), mylib_pm.VALUE, os.getcwd(),
+                sorted(os.listdir(os.path.dirname(mylib_pm.__path__[0]))), os.path.exists("big"))
 
-    text, helper, value, cwd, beside = starburst.get(use.remote(), timeout=60)
-    assert (text, helper, value) == ("from the laptop", "working_dir helper", "py_modules package")
+    text, helper, value, cwd, beside, big = starburst.get(use.remote(), timeout=60)
+    assert (text, helper, value, big) == ("from the laptop", "working_dir helper", "py_modules package", False)
     assert cwd != str(work)  # a copy on the node, not the laptop's directory
     assert beside == ["mylib_pm"]  # only the module travels, not its neighbours
     keys = rehearsal.s3_keys(_cluster_prefix(rehearsal, cluster_id))

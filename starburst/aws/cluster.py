@@ -265,6 +265,6 @@ def prepare(
         elif pending is None:
             say(f"to run all workers at once, request {wanted} vCPU: init(..., auto_quota_request=True) "
                 "or answer y in a terminal")
-    if plan.workers == 0 and out.workers_min > 0:
+    if plan.workers == 0:
         raise RuntimeError(f"no worker can start now: {plan.message}")
     return out

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Optional
@@ -224,6 +225,9 @@ class FargateLauncher:
         self.stopped: set[str] = set()
         #: The last launch's message (quota, waves), also logged.
         self.last_message = ""
+        #: Set by ``close()``: a launch in progress starts no further batch (and stops what it
+        #: started), so that a stop_all() after it misses nothing.
+        self.closing = threading.Event()
         self._network: Optional[dict] = None
 
     # -- sizes and names -----------------------------------------------------------------------
@@ -439,6 +443,7 @@ class FargateLauncher:
         try:
             remaining = count
             while remaining:
+                self._check_open()
                 batch = self._run_batch(task_definition, min(MAX_PER_RUN_TASK, remaining), started)
                 remaining -= batch
         except BaseException as exc:
@@ -494,7 +499,12 @@ class FargateLauncher:
             delay = self._backoff(attempt)
             log.info("RunTask: %s; retrying %d in %.1f s", "; ".join(reasons), missing, delay)
             self.sleep(delay)
+            self._check_open()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_open(self) -> None:
+        if self.closing.is_set():
+            raise LaunchError("the cluster is shutting down: launch abandoned", ["closing"])
 
     def _record_started(self, arns: list[str], started: list[str]) -> None:
         now = self.clock()
@@ -568,7 +578,11 @@ class FargateLauncher:
     # -- stopping ------------------------------------------------------------------------------
 
     def stop(self, task_arns: Iterable[str], reason: str = "starburst: stopped by the head") -> list[str]:
-        """Stop these tasks (ones already stopped or gone are fine); returns those stopped."""
+        """Stop these tasks (ones already stopped or gone are fine); returns those stopped. Every
+        task is tried even when some fail (network errors included); then LaunchError names the
+        ones left running."""
+        from botocore.exceptions import BotoCoreError
+
         done = []
         errors = []
         for arn in list(task_arns):
@@ -580,6 +594,9 @@ class FargateLauncher:
                     errors.append(f"{arn}: {_code(exc)}")
                     continue
                 log.debug("stop %s: %s", arn, _message(exc))
+            except BotoCoreError as exc:  # no connection, expired credentials...
+                errors.append(f"{arn}: {exc}")
+                continue
             self.stopped.add(arn)
             done.append(arn)
             if self.meter is not None:
@@ -588,18 +605,37 @@ class FargateLauncher:
                 except KeyError:
                     pass
         if errors:
-            raise LaunchError("could not stop " + "; ".join(errors), errors)
+            raise LaunchError(f"could not stop {len(errors)} task(s) (each exits by itself after its "
+                              f"lease; 'starburst down --all' retries): " + "; ".join(errors), errors)
         return done
 
     def running(self) -> list[str]:
         """Tasks of this cluster id that ECS still wants running."""
         return _list_tasks(self, self.settings.ecs_cluster, startedBy=self.cluster_id)
 
+    def close(self) -> None:
+        """No new launch batches from now on (a launch in progress gives up and stops its tasks)."""
+        self.closing.set()
+
     def stop_all(self, reason: str = "starburst: cluster shut down") -> list[str]:
-        """Stop every task started by this cluster id (this launcher's and any ECS still lists)."""
-        arns = list(dict.fromkeys(
-            [a for a in self.launched if a not in self.stopped] + self.running()))
-        return self.stop(arns, reason)
+        """Stop every task started by this cluster id: those this launcher started first, then any
+        other ECS still lists for it (when listing works)."""
+        from botocore.exceptions import BotoCoreError
+
+        self.close()
+        failed: Optional[LaunchError] = None
+        try:
+            stopped = self.stop([a for a in self.launched if a not in self.stopped], reason)
+        except LaunchError as exc:
+            failed, stopped = exc, []
+        try:
+            others = [a for a in self.running() if a not in self.stopped]
+            stopped += self.stop(others, reason)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not list the cluster's tasks (%s)", exc)
+        if failed is not None:
+            raise failed
+        return stopped
 
     # -- context manager -----------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("starburst.fargate")
 
+#: How long a cluster's certificates are valid (a cluster running longer can't add nodes).
+CERT_DAYS = 7
 #: A launched node that has had an address this long without answering is given up on.
 CONNECT_GIVE_UP_S = 300.0
 #: Nodes in a row that stop before joining after which the cluster gives up (fewer if that's all
@@ -115,12 +117,12 @@ class FargateProvider(NodeProvider):
 
         # Mutual TLS: a CA for this cluster only; the node's bundle goes to the cluster's prefix,
         # and the task environment carries just its location and hash (see starburst.tls).
-        self.ca = tls.ClusterCA.create(self.cluster_id)
-        self.ca.save()
-        self.head_identity = self.ca.issue_head()
-        bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=max(12.0, options.lease_s / 3600 + 12)))
+        self.ca = tls.ClusterCA.create(self.cluster_id, valid_days=CERT_DAYS + 1)
+        self.head_identity = self.ca.issue_head(valid_hours=CERT_DAYS * 24)
+        bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=CERT_DAYS * 24))
         key = f"{prefix}/tls/node-bundle.json"
         self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
+        self.ca.save()
         env = {"STARBURST_STORE": self.store_url, **tls.node_environment(f"s3://{self.bucket}/{key}", bundle)}
         self.launcher = launcher or FargateLauncher(
             self.session, self.settings, self.cluster_id, options.image, size=(options.cpu, options.memory),
@@ -133,6 +135,7 @@ class FargateProvider(NodeProvider):
         self.stop_reason = ""
         self._credentials = self.head_identity.channel_credentials()
         self._connects: set[asyncio.Task] = set()
+        self._launching: set[asyncio.Future] = set()
         self.failed_starts = 0  # nodes in a row that stopped before joining
         self.failure_reasons: set[str] = set()
         self._no_launch_until = 0.0
@@ -161,6 +164,9 @@ class FargateProvider(NodeProvider):
             await self._launch(want, refuse=True)
 
     async def tick(self) -> None:
+        assert self.head is not None
+        if self.head.abort_reason or self.head.shutting_down:
+            return
         if self._check_budget():
             return
         await self._refresh()
@@ -171,8 +177,16 @@ class FargateProvider(NodeProvider):
         """Stop every task this cluster started, then write and log the shutdown report."""
         for connect in list(self._connects):
             connect.cancel()
+        # A launch still running in its thread must finish (or give up) first, or tasks it starts
+        # after stop_all's look would be missed.
+        self.launcher.close()
+        await asyncio.gather(*self._launching, return_exceptions=True)
+        stopped: list[str] = []
         try:
             stopped = await asyncio.to_thread(self.launcher.stop_all, f"starburst: {self.stop_reason or 'cluster shut down'}")
+        except LaunchError as exc:
+            log.error("%s", exc)
+            self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + str(exc)
         finally:
             shutil.rmtree(tls.tls_dir(self.cluster_id), ignore_errors=True)  # the CA key dies with the cluster
         report = ShutdownReport(
@@ -205,8 +219,11 @@ class FargateProvider(NodeProvider):
     async def _launch(self, n: int, refuse: bool = False) -> int:
         """Launch up to ``n`` nodes; returns how many started. Over budget: raises BudgetError when
         ``refuse`` (at start), else says so and launches nothing."""
+        launch = asyncio.ensure_future(asyncio.to_thread(self.launcher.launch, n))
+        self._launching.add(launch)
+        launch.add_done_callback(self._launching.discard)
         try:
-            launched = await asyncio.to_thread(self.launcher.launch, n)
+            launched = await asyncio.shield(launch)  # a cancelled tick must not orphan it: stop() waits
         except BudgetError as exc:
             if refuse:
                 raise
@@ -220,10 +237,10 @@ class FargateProvider(NodeProvider):
         return len(launched)
 
     async def _stop(self, tasks: list[_NodeTask], reason: str) -> None:
+        """StopTask: ECS sends SIGTERM, the node drains (anything queued there goes back to the
+        head unrun) and exits; its stream's end removes it from the scheduler."""
         for task in tasks:
             task.stop_reason = reason
-            if task.link is not None:
-                task.link.shutdown()
             self.tasks.pop(task.arn, None)
         try:
             await asyncio.to_thread(self.launcher.stop, [t.arn for t in tasks], f"starburst: {reason}")
@@ -291,8 +308,13 @@ class FargateProvider(NodeProvider):
         for task in list(self.tasks.values()):
             if task.link is None and task.address and not task.connecting:
                 if self.clock() - task.address_since > CONNECT_GIVE_UP_S:
-                    await self._stop([task], f"node did not answer at {task.address} for "
-                                             f"{CONNECT_GIVE_UP_S:g} s")
+                    why = (f"node did not answer at {task.address} for {CONNECT_GIVE_UP_S:g} s (does "
+                           f"the security group {self.settings.security_group} admit this machine's address?)")
+                    self._say(why)
+                    if not task.joined:
+                        self.failed_starts += 1
+                        self.failure_reasons.add(why)
+                    await self._stop([task], why)
                     continue
                 task.connecting = True
                 connect = asyncio.ensure_future(self._connect(task))
@@ -304,7 +326,11 @@ class FargateProvider(NodeProvider):
 
         assert self.head is not None
         try:
-            task.link = await self.head.connect_node(task.address)
+            link = await self.head.connect_node(task.address)
+            if self.tasks.get(task.arn) is not task:  # stopped meanwhile (e.g. a Spot interruption)
+                link.shutdown()
+                return
+            task.link = link
             task.idle_since = self.clock()
             task.joined = True
             self.failed_starts = 0
@@ -342,12 +368,18 @@ class FargateProvider(NodeProvider):
         surplus = len(self.tasks) - self.options.workers_min
         if idle and surplus > 0:
             victims = idle[:surplus]
-            asyncio.ensure_future(self._stop(victims, f"idle for {format_duration(self.options.idle_timeout)}"))
+            for task in victims:
+                task.link.node.draining = True  # now, before anything else can be placed there
+            stopping = asyncio.ensure_future(self._stop(victims, f"idle for {format_duration(self.options.idle_timeout)}"))
+            self._connects.add(stopping)
+            stopping.add_done_callback(self._connects.discard)
 
     async def _scale_up(self) -> None:
         assert self.head is not None
-        status = self.head.scheduler.status()
-        demand = status["queued"] + status["running"]
+        scheduler = self.head.scheduler
+        # Runnable work: tasks waiting for a node, plus one per busy CPU (tasks queued ahead on a
+        # node and tasks waiting for their arguments don't need more nodes).
+        demand = len(scheduler.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in scheduler.nodes)
         per_node = max(1, math.floor(self.options.vcpu))
         want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
         if self.options.quota_workers is not None:

@@ -16,7 +16,16 @@ if args.provider == "local":
 else:
     from ..aws.provider import FargateProvider  # noqa: E402
 
-    provider = FargateProvider.from_config_file(args.cluster_config)
+    try:
+        provider = FargateProvider.from_config_file(args.cluster_config)
+    except Exception as exc:  # noqa: BLE001 - tell whoever started us (init() / starburst up) why
+        import logging
+        import sys
+
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger("starburst.head").exception("the Fargate cluster could not be prepared")
+        print(f"error: {exc}", flush=True)
+        sys.exit(1)
     args.cluster_id = provider.cluster_id
 
 from .server import run  # noqa: E402

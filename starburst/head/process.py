@@ -66,6 +66,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
     if cluster_config:
         cmd += ["--provider", "fargate", "--cluster-config", cluster_config]
+        timeout = max(timeout, 900.0)  # launching many nodes with capacity retries takes minutes
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if exit_when_unused:
@@ -80,8 +81,13 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
-            proc.kill()
-            raise RuntimeError(f"the starburst head did not start within {timeout} s; see {log_path}")
+            # SIGTERM: a Fargate head stops whatever it had launched before it exits.
+            proc.terminate()
+            try:
+                proc.wait(180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line:

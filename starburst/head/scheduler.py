@@ -110,7 +110,7 @@ class Node(Sink):
             return max(PREFETCH_PER_CPU_SHORT, min(PREFETCH_PER_CPU_MAX, math.ceil(self.rtt / SHORT_TASK_S)))
         return min(PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU + math.ceil(self.rtt / duration))
 
-    def has_room(self, depth: float = PREFETCH_PER_CPU_SHORT) -> bool:
+    def has_room(self, depth: float = PREFETCH_PER_CPU_MAX) -> bool:
         if self.draining:
             return False
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1

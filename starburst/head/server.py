@@ -26,6 +26,9 @@ from .scheduler import Scheduler, Session
 
 log = logging.getLogger("starburst.head")
 
+#: The provider failing this many ticks in a row (about as many seconds) stops the cluster.
+MAX_PROVIDER_FAILURES = 30
+
 
 class Head(pb_grpc.HeadServicer):
     def __init__(self, args: argparse.Namespace, provider: NodeProvider) -> None:
@@ -151,12 +154,17 @@ class Head(pb_grpc.HeadServicer):
         self.stopping.set()
 
     async def _tick(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.provider.tick()
-            except Exception:  # noqa: BLE001 - a bug in the provider: log it, keep going
-                log.exception("node provider failed")
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - e.g. AWS unreachable, credentials expired
+                failures += 1
+                log.exception("node provider failed (%d in a row)", failures)
+                if failures >= MAX_PROVIDER_FAILURES:
+                    self.abort(f"the cluster's nodes can't be managed: {exc!r} ({failures} times in a row)")
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -165,11 +173,16 @@ class Head(pb_grpc.HeadServicer):
         pb_grpc.add_HeadServicer_to_server(self, server)
         port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
         self.address = f"{self.args.host}:{port}"
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
         provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
         try:
             await provider_start
-        except Exception as exc:  # noqa: BLE001 - e.g. no node could be launched: tell our starter
+            if self.stopping.is_set():
+                raise RuntimeError("stopped while starting")
+        except BaseException as exc:  # e.g. no node could be launched: tell our starter
             log.exception("the cluster could not start")
             try:
                 await self.provider.stop()
@@ -180,9 +193,6 @@ class Head(pb_grpc.HeadServicer):
             raise SystemExit(1) from None
         ticker = asyncio.ensure_future(self._tick())
         self._write_head_file()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
         announce(self.address)
         if self.args.exit_when_unused:
             asyncio.ensure_future(self._exit_if_nobody_comes())

@@ -436,12 +436,15 @@ class S3Store(ObjectStore):
 
 
 def default_cache_bytes() -> int:
-    """1 GiB, or an eighth of the machine's memory if that is less (a Fargate task with 2 GB
-    runs an executor per vCPU, each with its own cache)."""
+    """1 GiB, or less on a small machine: together, the caches of a node's executors (one per
+    CPU, each with its own) take at most a quarter of its memory."""
     try:
+        import os
+
         import psutil
 
-        return min(1 * GiB, psutil.virtual_memory().total // 8)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(1 * GiB, psutil.virtual_memory().total // (4 * max(1, cpus)))
     except Exception:  # noqa: BLE001
         return 256 * MiB
 
