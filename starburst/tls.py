@@ -11,7 +11,8 @@ Trust model
 - The head gets a *client-only* certificate (``ExtendedKeyUsage: clientAuth``; CN and DNS SAN
   ``head.<cluster_id>.starburst``). It is issued on the laptop and never uploaded anywhere.
 - Nodes get a *server-only* certificate (``serverAuth``; CN and DNS SAN
-  ``node.<cluster_id>.starburst``), short-lived (hours, at most the cluster's lease). Because the
+  ``node.<cluster_id>.starburst``), valid for as long as the cluster may run (the Fargate
+  provider asks for 7 days; the CA itself lives only as long as its cluster). Because the
   extended key usages differ, a node certificate cannot be presented as a client to another node:
   only the head can call a node, and a node cannot pose as the head.
 - Nodes are reached by a public IP that the head learns only after launch, so the node certificate
@@ -29,7 +30,7 @@ Delivering node credentials (no secret in plain sight)
 Anyone allowed to ``ecs:DescribeTasks`` / ``DescribeTaskDefinition`` can read a task's environment
 and command, so the node's private key must not travel there. Instead:
 
-1. At cluster start the head issues one short-lived node key + certificate for the cluster
+1. At cluster start the head issues one node key + certificate for the cluster
    (:meth:`ClusterCA.issue_node`) and packs it with the CA certificate into a bundle
    (:func:`make_node_bundle`, a small JSON document; the CA *key* is never in it).
 2. The head uploads the bundle to the cluster's S3 prefix, e.g.
@@ -46,7 +47,7 @@ and command, so the node's private key must not travel there. Instead:
    node will trust: even someone able to write to the prefix cannot make a node trust their CA.
 
 If the bundle leaked, the holder could pose as *a node* of this one cluster toward the head until
-the certificate expires (hours), but could not call nodes or pose as the head (wrong key usage),
+the certificate expires, but could not call nodes or pose as the head (wrong key usage),
 nor act for any other cluster.
 
 The S3 calls themselves belong to the AWS backend; the functions here are pure.

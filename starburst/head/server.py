@@ -138,7 +138,7 @@ class Head(pb_grpc.HeadServicer):
     def _link_lost(self, link: NodeLink, reason: str) -> None:
         if link in self.links:
             self.links.remove(link)
-        if not self.shutting_down:
+        if not self.shutting_down and link.node is not None:  # (a node not up yet is no news)
             log.warning("lost node at %s: %s", link.address, reason)
             self.provider.node_lost(link.address, reason)
 
