@@ -110,7 +110,11 @@ class Node(Sink):
             return max(PREFETCH_PER_CPU_SHORT, min(PREFETCH_PER_CPU_MAX, math.ceil(self.rtt / SHORT_TASK_S)))
         return min(PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU + math.ceil(self.rtt / duration))
 
-    def has_room(self, depth: float = PREFETCH_PER_CPU_MAX) -> bool:
+    def max_depth(self) -> float:
+        """The deepest ``depth()`` this node can ask for (with its current round trip)."""
+        return min(PREFETCH_PER_CPU_MAX, max(PREFETCH_PER_CPU_SHORT, PREFETCH_PER_CPU + math.ceil(self.rtt / SHORT_TASK_S)))
+
+    def has_room(self, depth: float) -> bool:
         if self.draining:
             return False
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
@@ -646,7 +650,7 @@ class Scheduler:
         # tasks ahead: this runs after every incoming batch.
         skipped: list[Task] = []
         while self.queue and len(skipped) < 8:
-            if not any(n.has_room() for n in self.nodes):
+            if not any(n.has_room(n.max_depth()) for n in self.nodes):
                 break
             task = self.queue.popleft()
             node = self._pick_node(task)
