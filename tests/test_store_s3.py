@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import re
 import threading
 import uuid
@@ -166,6 +167,30 @@ def test_cache_hit_avoids_a_second_download(make_store):
     tiny.get("k")
     tiny.get("k")
     assert tcalls.calls["GetObject"] == 2
+
+
+def test_a_node_downloads_an_object_once_for_all_its_executors(make_store, tmp_path):
+    """Stores sharing a cache directory (one node's executors): the first get downloads into a file
+    there, the others map that file; the directory stays under its size budget, oldest out."""
+    shared = str(tmp_path / "objects")
+    os.mkdir(shared)
+    writer = make_store()
+    arr = np.arange(12 * MiB, dtype=np.uint8)  # several ranged GETs
+    writer.put("a", serialize(arr))
+    writer.put("b", serialize(arr[::-1].copy()))
+    first, second = make_store(cache_dir=shared), make_store(cache_dir=shared)
+    c1, c2 = Calls(first.client), Calls(second.client)
+    assert np.array_equal(deserialize(first.get("a")), arr)
+    assert c1.calls["GetObject"] >= 2 and os.listdir(shared) == ["a"]
+    assert np.array_equal(deserialize(second.get("a")), arr)
+    assert c2.calls["GetObject"] == 0  # mapped from the node's file
+    # A budget of one object: reading another removes the least recently used file.
+    third = make_store(cache_dir=shared, cache_dir_bytes=serialize(arr).size + 100)
+    third.get("b")
+    assert os.listdir(shared) == ["b"]
+    assert np.array_equal(deserialize(first.get("a")), arr)  # still mapped where it was read
+    second.delete("b")
+    assert os.listdir(shared) == []
 
 
 def test_concurrent_gets_of_one_key_download_it_once(make_store):

@@ -55,6 +55,9 @@ def pool_size(num_cpus: float) -> int:
 
 def spawn_executor(executor_id: int, socket_path: str, args: argparse.Namespace) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.store.startswith("s3://"):
+        # One download per node: the executors share their S3 reads through files in here.
+        env["STARBURST_CACHE_DIR"] = os.path.join(os.path.dirname(socket_path), "objects")
     return subprocess.Popen(
         [sys.executable, "-m", "starburst.node.executor", "--socket", socket_path, "--id", str(executor_id),
          "--store", args.store, "--node", args.advertise or ""],
@@ -66,6 +69,7 @@ def prepare(args: argparse.Namespace) -> Early:
     """Listen on the executors' socket and start the pool, before importing grpc and friends."""
     socket_dir = tempfile.mkdtemp(prefix=f"{args.node_id}-", dir=args.runtime_dir or None)
     socket_path = os.path.join(socket_dir, "executors.sock")
+    os.mkdir(os.path.join(socket_dir, "objects"))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(128)

@@ -612,11 +612,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 proc.wait()
         unix_server.close()
         await server.stop(grace=0.2)
-        try:
-            os.unlink(self.socket_path)
-            os.rmdir(self.socket_dir)
-        except OSError:
-            pass
+        shutil.rmtree(self.socket_dir, ignore_errors=True)  # the executors' socket and object cache
         parent = self.args.parent_pid
         head_gone = (parent and os.getppid() != parent) or self.head_lost_at_start
         if self.args.cleanup_dir and head_gone:

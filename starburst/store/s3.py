@@ -9,8 +9,10 @@
   its ``Content-Range``, and reads the rest with parallel ranged GETs straight into one preallocated
   page-aligned buffer (no copy beyond the download). Objects read are kept in a small LRU cache
   bounded by bytes (``cache_bytes``, by default 1 GiB or 1/8 of memory), so a process that reads an object twice
-  downloads it once (concurrent readers of one key share one download). The views handed out are
-  read-only. Downloads are checked for length only: S3 returns no checksum for a ranged GET, so
+  downloads it once (concurrent readers of one key share one download). With ``cache_dir`` (a
+  node's executors share one: ``$STARBURST_CACHE_DIR``), downloads land in files there, which the
+  node's other processes map instead of downloading again (least recently used files are removed
+  past ``cache_dir_bytes``). The views handed out are read-only. Downloads are checked for length only: S3 returns no checksum for a ranged GET, so
   integrity on the way down rests on TLS (the checksums are verified by the server on upload).
 - ``delete`` schedules one object's removal (batched, in the background; ``flush`` waits; a missing
   object is fine); ``delete_prefix`` removes everything under
@@ -27,6 +29,8 @@ import collections
 import http.client
 import logging
 import mmap
+import os
+import tempfile
 import re
 import threading
 import urllib.parse
@@ -174,6 +178,8 @@ class S3Store(ObjectStore):
         max_concurrency: int = 8,
         part_size: int = 8 * MiB,
         cache_bytes: int | None = None,
+        cache_dir: str | None = None,
+        cache_dir_bytes: int = 4 * GiB,
         checksum: str = "CRC32",
         max_attempts: int = 8,
     ) -> None:
@@ -206,6 +212,10 @@ class S3Store(ObjectStore):
             client = session.client("s3", config=config, **kwargs)
         self.client = client
         self._cache = _LRUCache(default_cache_bytes() if cache_bytes is None else cache_bytes)
+        #: A directory shared by the processes of one node (``$STARBURST_CACHE_DIR`` on Fargate
+        #: nodes): an object downloaded by one executor is mapped from there by the others.
+        self.cache_dir = cache_dir if cache_dir is not None else os.environ.get("STARBURST_CACHE_DIR") or None
+        self.cache_dir_bytes = cache_dir_bytes
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="starburst-s3")
@@ -295,6 +305,8 @@ class S3Store(ObjectStore):
 
     def get(self, key: str) -> memoryview:
         cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cached_file(key)
         if cached is not None:
             return cached
         name = self.object_key(key)
@@ -330,7 +342,17 @@ class S3Store(ObjectStore):
         if total == 0:
             first["Body"].close()
             return memoryview(b"")
-        buf = mmap.mmap(-1, total)  # page-aligned, zero pages until written
+        staging = None
+        if self.cache_dir:
+            # Downloaded into a file that the node's other processes map instead of downloading.
+            fd, staging = tempfile.mkstemp(prefix=f".{key}.", dir=self.cache_dir)
+            try:
+                os.ftruncate(fd, total)
+                buf = mmap.mmap(fd, total)
+            finally:
+                os.close(fd)
+        else:
+            buf = mmap.mmap(-1, total)  # page-aligned, zero pages until written
         view = memoryview(buf)
         # A server that ignores Range answers 200 with the whole object: then that is all of it.
         head = min(self.part_size, total) if first.get("ContentRange") else total
@@ -349,10 +371,54 @@ class S3Store(ObjectStore):
             except BaseException:
                 for f in futures:
                     f.cancel()
+                if staging is not None:
+                    os.unlink(staging)
                 raise
+        if staging is not None:
+            os.rename(staging, os.path.join(self.cache_dir, key))  # complete: others may map it now
+            self._evict()
         result = view.toreadonly()
         self._cache.put(key, result)
         return result
+
+    # -- the node-wide file cache ------------------------------------------------------------
+
+    def _cached_file(self, key: str) -> memoryview | None:
+        """The object from the node's cache directory, if another process downloaded it."""
+        if not self.cache_dir:
+            return None
+        path = os.path.join(self.cache_dir, key)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                view = memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ))
+            os.utime(path)  # recently used: evicted last
+        except (FileNotFoundError, ValueError):
+            return None
+        self._cache.put(key, view)
+        return view
+
+    def _evict(self) -> None:
+        """Keep the cache directory under ``cache_dir_bytes``: least recently used files go first
+        (a process that has one mapped keeps its pages until it lets go)."""
+        entries = []
+        with os.scandir(self.cache_dir) as it:
+            for entry in it:
+                if not entry.name.startswith("."):
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    entries.append((st.st_mtime_ns, st.st_size, entry.path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.cache_dir_bytes:
+                break
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            total -= size
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -360,6 +426,11 @@ class S3Store(ObjectStore):
         """Schedule the object's deletion and return at once (the head calls this on its event
         loop); deletions are sent in batches of up to 1000 keys. ``flush()`` waits for them."""
         self._cache.discard(key)
+        if self.cache_dir:
+            try:
+                os.unlink(os.path.join(self.cache_dir, key))
+            except FileNotFoundError:
+                pass
         name = self.object_key(key)
         with self._delete_lock:
             self._deletes.append(name)
@@ -439,8 +510,6 @@ def default_cache_bytes() -> int:
     """1 GiB, or less on a small machine: together, the caches of a node's executors (one per
     CPU, each with its own) take at most a quarter of its memory."""
     try:
-        import os
-
         import psutil
 
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
