@@ -165,6 +165,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from .aws.resources import AwsSetupError, setup
 
     settings = _aws_settings(args)
+    if args.task_policy is not None:
+        import dataclasses
+
+        try:
+            settings = dataclasses.replace(settings, task_policy_arns=[p for p in args.task_policy if p])
+        except ValueError as exc:
+            print(f"starburst setup: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         report = setup(boto3.Session(region_name=settings.region), settings, head_ip=args.head_ip)
     except AwsSetupError as exc:
@@ -452,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--region", help="AWS region (default: saved setting, then AWS_REGION)")
     setup.add_argument("--head-ip", help="public address of this machine, admitted on the node port")
     setup.add_argument("--show-policies", action="store_true", help="print the IAM policy documents")
+    setup.add_argument("--task-policy", action="append", metavar="ARN",
+                       help="a managed IAM policy your task code needs, attached to the nodes' role "
+                            "(repeatable; e.g. arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess; "
+                            "--task-policy '' removes them all)")
     setup.set_defaults(func=cmd_setup)
     teardown = sub.add_parser("teardown", help="remove everything 'starburst setup' created",
                               description="Remove starburst's AWS resources (the bucket and its objects "

@@ -373,3 +373,35 @@ def test_missing_credentials_are_a_clear_error(aws, monkeypatch):
         res.teardown(boto3.Session(), Settings())
     with pytest.raises(AwsSetupError, match="no AWS credentials"):
         res.find_managed(boto3.Session(), Settings())
+
+
+def test_task_policies_asked_for_are_attached_and_only_those(aws):
+    """task_policy_arns: what the user's task code may do in AWS (say, read their data buckets)."""
+    iam = aws.client("iam")
+
+    def policy(name, action):
+        doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]}
+        return iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(doc))["Policy"]["Arn"]
+
+    read_s3, read_ddb = policy("ReadMyData", "s3:GetObject"), policy("ReadMyTables", "dynamodb:GetItem")
+    missing = f"arn:aws:iam::{aws.account_id}:policy/NoSuchPolicy"
+    with pytest.raises(res.AwsSetupError, match="NoSuchPolicy does not exist"):
+        res.setup(aws.session(), res.Settings(task_policy_arns=[missing]), head_ip=HEAD)
+    settings = res.Settings(task_policy_arns=[read_s3])
+    report = res.setup(aws.session(), settings, head_ip=HEAD)
+
+    def attached(role):
+        return sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"])
+
+    assert attached(settings.task_role) == [read_s3]
+    assert attached(settings.execution_role) == []  # the others stay least privilege
+    assert "attached managed policies" in report.format(policies=True)
+    assert not res.setup(aws.session(), settings, head_ip=HEAD).changed  # idempotent
+    changed = res.setup(aws.session(), res.Settings(task_policy_arns=[read_ddb]), head_ip=HEAD)
+    assert attached(settings.task_role) == [read_ddb]
+    assert "detached ReadMyData" in changed.format() and "attached ReadMyTables" in changed.format()
+    with pytest.raises(ValueError, match="managed policy ARNs"):
+        res.Settings(task_policy_arns=["AmazonS3ReadOnlyAccess"])
+    res.teardown(aws.session(), settings)
+    with pytest.raises(ClientError):
+        iam.get_role(RoleName=settings.task_role)

@@ -51,3 +51,19 @@ def test_cost_estimate_and_invalid_size(tmp_path):
     bad = cli("cost", "--cpu", "4", "--memory", "64GB", home=tmp_path)
     assert bad.returncode == 2
     assert "nearest" in bad.stderr and "16 vCPU/64 GB" in bad.stderr
+
+
+def test_setup_task_policy_is_saved_and_a_bad_one_refused(aws, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    iam = boto3.client("iam", region_name="us-east-1")
+    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+    arn = iam.create_policy(PolicyName="ReadMyData", PolicyDocument=json.dumps(doc))["Policy"]["Arn"]
+    bad = cli("setup", "--region", "us-east-1", "--task-policy", "ReadMyData", home=home)
+    assert bad.returncode == 2 and "managed policy ARNs" in bad.stderr
+    ok = cli("setup", "--region", "us-east-1", "--head-ip", "203.0.113.7", "--task-policy", arn, home=home)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((home / "aws.json").read_text())["task_policy_arns"] == [arn]
+    again = cli("setup", home=home)  # the saved setting is kept
+    assert again.returncode == 0 and "detached" not in again.stdout
+    cleared = cli("setup", "--task-policy", "", home=home)
+    assert cleared.returncode == 0 and "detached ReadMyData" in cleared.stdout

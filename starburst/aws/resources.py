@@ -107,6 +107,7 @@ BUILD_TIMEOUT_MINUTES = 60
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+_POLICY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -142,6 +143,9 @@ class Settings:
     #: How worker images are built: ``codebuild`` (default: no local Docker engine needed) or
     #: ``docker`` (a local engine).
     builder: str = "codebuild"
+    #: Managed IAM policies attached to the nodes' task role besides its own (what your task code
+    #: may do in AWS, e.g. ``arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess`` to read your data).
+    task_policy_arns: list[str] = field(default_factory=list)
     #: Keys of aws.json that this module doesn't own, kept as they are by ``save()``.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -169,6 +173,10 @@ class Settings:
                              "image builds' contexts; choose another prefix")
         if self.builder not in BUILDERS:
             raise ValueError(f"builder {self.builder!r}: use one of {', '.join(BUILDERS)}")
+        if not isinstance(self.task_policy_arns, list) or not all(
+                isinstance(a, str) and _POLICY_ARN_RE.match(a) for a in self.task_policy_arns):
+            raise ValueError(f"task_policy_arns {self.task_policy_arns!r}: give managed policy ARNs, e.g. "
+                             "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess")
 
     # -- resource names ---------------------------------------------------------------------
 
@@ -537,6 +545,8 @@ def _policy_documents(ctx: _Ctx) -> dict[str, dict]:
         f"{s.task_role} inline policy '{INLINE_POLICY_NAME}'": _task_policy(ctx),
         f"{s.build_role} trust policy": _build_trust_policy(ctx),
         f"{s.build_role} inline policy '{INLINE_POLICY_NAME}'": _build_policy(ctx),
+        **({f"{s.task_role} attached managed policies (task_policy_arns)": list(s.task_policy_arns)}
+           if s.task_policy_arns else {}),
     }
 
 
@@ -844,6 +854,10 @@ class _Role(_Kind):
     def trust(self) -> dict:
         return _trust_policy(self.ctx)
 
+    def attached(self) -> list[str]:
+        """Managed policies the role should have attached (none: least privilege by default)."""
+        return []
+
     @property
     def iam(self):
         return self.ctx.client("iam")
@@ -865,7 +879,18 @@ class _Role(_Kind):
             Tags=_tag_list(self.ctx.tags))["Role"]
         self.iam.put_role_policy(RoleName=self.name, PolicyName=INLINE_POLICY_NAME,
                                  PolicyDocument=json.dumps(self.policy()))
-        return role["Arn"], []
+        for arn in self.attached():
+            self._attach(arn)
+        return role["Arn"], [f"attached {arn.rsplit('/', 1)[-1]}" for arn in self.attached()]
+
+    def _attach(self, arn: str) -> None:
+        try:
+            self.iam.attach_role_policy(RoleName=self.name, PolicyArn=arn)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchEntity", "InvalidInput"):
+                raise AwsSetupError(f"task policy {arn} does not exist or can't be attached: check "
+                                    "task_policy_arns (starburst setup --task-policy)") from exc
+            raise
 
     def reconcile(self, found: _Found) -> list[str]:
         iam, changes = self.iam, []
@@ -876,7 +901,7 @@ class _Role(_Kind):
             iam.update_assume_role_policy(RoleName=self.name,
                                           PolicyDocument=json.dumps(self.trust()))
             changes.append("trust policy")
-        # Least privilege: the one inline policy, exactly, and nothing attached.
+        # Least privilege: the one inline policy, exactly, and only the managed policies asked for.
         for name in self._inline_names():
             if name != INLINE_POLICY_NAME:
                 iam.delete_role_policy(RoleName=self.name, PolicyName=name)
@@ -892,9 +917,16 @@ class _Role(_Kind):
             iam.put_role_policy(RoleName=self.name, PolicyName=INLINE_POLICY_NAME,
                                 PolicyDocument=json.dumps(self.policy()))
             changes.append("inline policy")
-        for arn in self._attached_arns():
-            iam.detach_role_policy(RoleName=self.name, PolicyArn=arn)
-            changes.append(f"detached {arn.rsplit('/', 1)[-1]}")
+        wanted = self.attached()
+        have = self._attached_arns()
+        for arn in have:
+            if arn not in wanted:
+                iam.detach_role_policy(RoleName=self.name, PolicyArn=arn)
+                changes.append(f"detached {arn.rsplit('/', 1)[-1]}")
+        for arn in wanted:
+            if arn not in have:
+                self._attach(arn)
+                changes.append(f"attached {arn.rsplit('/', 1)[-1]}")
         return changes
 
     def _inline_names(self) -> list[str]:
@@ -949,6 +981,9 @@ class _TaskRole(_Role):
 
     def policy(self) -> dict:
         return _task_policy(self.ctx)
+
+    def attached(self) -> list[str]:
+        return list(self.s.task_policy_arns)
 
 
 class _Cluster(_Kind):
