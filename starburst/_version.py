@@ -1,3 +1,5 @@
+import functools
+
 __version__ = "0.1.0"
 
 #: Packages whose versions must agree between a driver and its nodes: values are pickled on one
@@ -6,6 +8,7 @@ __version__ = "0.1.0"
 PINNED = ("python", "starburst", "cloudpickle", "numpy")
 
 
+@functools.cache
 def runtime_versions() -> dict[str, str]:
     """This interpreter's versions of the packages in :data:`PINNED` ("" for one not installed)."""
     import platform

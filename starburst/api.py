@@ -115,7 +115,9 @@ def init(
         if fargate is not None and isinstance(runtime_env, dict) and runtime_env.get("pip"):
             # The cluster's worker image is built with these (a derived image, its own hash).
             runtime_env = dict(runtime_env)
-            fargate[0].pip = _pip_list(runtime_env.pop("pip"))
+            from .envsync.spec import pip_requirements
+
+            fargate[0].pip = pip_requirements(runtime_env.pop("pip"))
         runtime_env = _renv.validate(runtime_env, "init()")
     with _init_lock:
         if is_initialized():
@@ -158,24 +160,6 @@ def _fargate_options(cluster: str, given: dict[str, Any]):
     return options, auto
 
 
-def _pip_list(pip: Any) -> list[str]:
-    """runtime_env['pip'] as a list of requirements (Ray accepts a list or {"packages": [...]});
-    packages whose versions must match the driver's can't be changed this way."""
-    import re
-
-    from ._version import PINNED
-
-    packages = pip.get("packages") if isinstance(pip, dict) else pip
-    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
-        raise TypeError("runtime_env['pip'] must be a list of requirement strings or {'packages': [...]}")
-    for req in packages:
-        name = re.split(r"[\s<>=!~;\[@]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
-        if name in PINNED:
-            raise ValueError(f"runtime_env['pip'] can't install {req!r}: the workers' {name} must be the "
-                             f"driver's version. Install it into this environment instead; the image follows it.")
-    return list(packages)
-
-
 def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> str:
     global _started_head
     from .head import process
@@ -208,22 +192,24 @@ def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> 
                 "Could not find a running starburst cluster (address='auto'). Start one with "
                 "'starburst up', or call init() without an address to start a local one."
             )
-        config_file = ""
+        config_file = cluster_id = ""
         if fargate is not None:
-            config_file = _prepare_fargate(*fargate)
-        _started_head = process.start_head(num_cpus, exit_when_unused=True, cluster_config=config_file)
+            config_file, cluster_id = _prepare_fargate(*fargate)
+        _started_head = process.start_head(num_cpus, exit_when_unused=True, cluster_config=config_file,
+                                           cluster_id=cluster_id)
         return _started_head.address
 
 
-def _prepare_fargate(options, auto_quota_request) -> str:
-    """Check and price the Fargate cluster on this machine; returns its options file for the head."""
+def _prepare_fargate(options, auto_quota_request) -> tuple[str, str]:
+    """Check and price the Fargate cluster on this machine; returns its options file for the head
+    and its cluster id."""
     from . import config
     from .aws.cluster import prepare
 
     options = prepare(options, auto_quota_request=auto_quota_request)
     path = config.home() / "clusters" / f"{options.cluster_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return str(options.save(path))
+    return str(options.save(path)), options.cluster_id
 
 
 def _context() -> ClusterContext:

@@ -37,7 +37,7 @@ def _status(address: str):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    config_file = ""
+    config_file = cluster_id = ""
     with process.head_lock():
         running = process.find_head()
         if running is not None:
@@ -62,13 +62,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"starburst up: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             try:
-                config_file = _prepare_fargate(options, args.auto_quota_request or None)
+                config_file, cluster_id = _prepare_fargate(options, args.auto_quota_request or None)
             except (RuntimeError, ValueError) as exc:
                 print(f"starburst up: {exc}", file=sys.stderr)
                 return EXIT_FAILED
         try:
             info = process.start_head(args.num_cpus, exit_when_unused=False, port=args.port,
-                                      cluster_config=config_file)
+                                      cluster_config=config_file, cluster_id=cluster_id)
         except RuntimeError as exc:
             print(f"starburst up: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -415,19 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cluster", choices=("local", "fargate"), default="local",
                     help="where the nodes run: this machine (default) or Fargate tasks (after 'starburst setup')")
     fg = up.add_argument_group("Fargate cluster (--cluster fargate)")
-    fg.add_argument("--workers", default="4", help="a number, or MIN,MAX to scale with the backlog (default 4)")
-    fg.add_argument("--cpu", default="2", help="vCPU per worker (default 2)")
-    fg.add_argument("--memory", default="4GB", help="memory per worker, e.g. 8GB (default 4GB)")
+    from .aws import cluster as defaults  # light: no boto3 at import
+
+    fg.add_argument("--workers", default=str(defaults.DEFAULT_WORKERS),
+                    help=f"a number, or MIN,MAX to scale with the backlog (default {defaults.DEFAULT_WORKERS})")
+    fg.add_argument("--cpu", default=str(defaults.DEFAULT_CPU),
+                    help=f"vCPU per worker (default {defaults.DEFAULT_CPU})")
+    fg.add_argument("--memory", default=defaults.DEFAULT_MEMORY,
+                    help=f"memory per worker, e.g. 8GB (default {defaults.DEFAULT_MEMORY})")
     fg.add_argument("--arch", default=None, help="x86_64 (default) or arm64")
     fg.add_argument("--spot", action="store_true", help="use Fargate Spot (cheaper; may be interrupted)")
-    fg.add_argument("--idle-timeout", type=float, default=300.0,
-                    help="seconds before an idle worker above MIN stops (default 300)")
+    fg.add_argument("--idle-timeout", type=float, default=defaults.DEFAULT_IDLE_TIMEOUT_S,
+                    help=f"seconds before an idle worker above MIN stops (default {defaults.DEFAULT_IDLE_TIMEOUT_S:g})")
     fg.add_argument("--max-cost", type=float, default=None,
                     help="US dollars: nothing launches past it, and reaching it stops the cluster")
     fg.add_argument("--region", default=None, help="AWS region (default: the one 'starburst setup' used)")
     fg.add_argument("--image", default=None, help="worker image (default: built from this environment)")
-    fg.add_argument("--lease", type=float, default=180.0,
-                    help="seconds a worker waits for a lost head before exiting (default 180)")
+    fg.add_argument("--lease", type=float, default=defaults.DEFAULT_LEASE_S,
+                    help=f"seconds a worker waits for a lost head before exiting (default {defaults.DEFAULT_LEASE_S:g})")
     fg.add_argument("--auto-quota-request", action="store_true",
                     help="when the vCPU quota is short, request an increase without asking")
     up.set_defaults(func=cmd_up)

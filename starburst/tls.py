@@ -6,7 +6,8 @@ signatures, X.509 v3 certificates) and by gRPC's BoringSSL; this module only cho
 Trust model
 -----------
 - ``ClusterCA.create(cluster_id)`` makes a self-signed CA for one cluster. Its key never leaves the
-  machine running the head; it is saved under ``$STARBURST_HOME/tls/<cluster_id>/`` with 0600 files
+  machine running the head (the Fargate provider keeps it in memory only); ``save()`` can keep it
+  under ``$STARBURST_HOME/tls/<cluster_id>/`` with 0600 files
   in a 0700 directory.
 - The head gets a *client-only* certificate (``ExtendedKeyUsage: clientAuth``; CN and DNS SAN
   ``head.<cluster_id>.starburst``). It is issued on the laptop and never uploaded anywhere.
@@ -138,6 +139,14 @@ def _general_name(san) -> x509.GeneralName:
         return x509.DNSName(str(san))
 
 
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs) only; a leaf signs its handshakes only."""
+    return x509.KeyUsage(
+        digital_signature=not ca, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+        encipher_only=False, decipher_only=False)
+
+
 def _key_pem(key) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -198,12 +207,7 @@ class ClusterCA:
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + _dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False),
-                critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -296,12 +300,7 @@ class ClusterCA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False),
-                critical=True)
+            .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Optional
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from .pricing import CostMeter, format_cost, would_exceed
+from .pricing import CostMeter, format_cost
 from .quotas import QuotaSource, WavePlan, plan_waves
 from ._errors import error_code as _code
 from .resources import CLUSTER_TAG, MANAGED_TAG, Settings, _tag_dict
@@ -143,6 +143,12 @@ def default_address_resolver(ec2) -> Callable[[list[str]], dict[str, str]]:
         return out
 
     return resolve
+
+
+def stop_reasons(described: Iterable[dict]) -> dict[str, str]:
+    """``{task arn: why}`` of the described tasks that stopped or are stopping."""
+    return {t["taskArn"]: t.get("stoppedReason") or t.get("stopCode") or "stopped"
+            for t in described if "STOPPED" in (t.get("lastStatus"), t.get("desiredStatus"))}
 
 
 def _eni_of(task: dict) -> Optional[str]:
@@ -405,15 +411,14 @@ class FargateLauncher:
 
     def _check_budget(self, n: int) -> None:
         meter = self.meter
-        if meter is None or meter.max_cost is None or n == 0:
+        if meter is None or n == 0 or meter.can_launch(n, self.vcpu, self.memory_gb, self.arch, self.spot):
             return
         spent = meter.cost_so_far()
         commit = meter.launch_cost(n, self.vcpu, self.memory_gb, self.arch, self.spot)
-        if would_exceed(meter.max_cost, spent + commit):
-            raise BudgetError(
-                f"max_cost {format_cost(meter.max_cost)} reached: {format_cost(spent)} spent so far "
-                f"and {n} more {format_size(self.cpu, self.memory)} tasks would commit "
-                f"{format_cost(commit)} (their first minute); nothing was launched")
+        raise BudgetError(
+            f"max_cost {format_cost(meter.max_cost)} reached: {format_cost(spent)} spent so far "
+            f"and {n} more {format_size(self.cpu, self.memory)} tasks would commit "
+            f"{format_cost(commit)} (their first minute); nothing was launched")
 
     def _plan(self, n: int) -> Optional[WavePlan]:
         if self.quota_source is None:
@@ -542,9 +547,14 @@ class FargateLauncher:
     def addresses(self, task_arns: Iterable[str]) -> dict[str, str]:
         """``{task arn: "ip:port"}`` for the tasks whose network interface has an address now;
         tasks still provisioning (no ENI or IP yet) or stopped are left out."""
+        return self.addresses_of(self.describe(task_arns))
+
+    def addresses_of(self, described: Iterable[dict]) -> dict[str, str]:
+        """``addresses()`` of tasks already described (no second DescribeTasks)."""
+        stopped = stop_reasons(described := list(described))
         by_eni: dict[str, str] = {}
-        for task in self.describe(task_arns):
-            if task.get("desiredStatus") == "STOPPED" or task.get("lastStatus") == "STOPPED":
+        for task in described:
+            if task["taskArn"] in stopped:
                 continue
             eni = _eni_of(task)
             if eni:
@@ -561,13 +571,13 @@ class FargateLauncher:
         arns = list(task_arns)
         deadline = self.clock() + timeout
         while True:
-            stopped = {t["taskArn"]: t.get("stoppedReason", "") or t.get("stopCode", "stopped")
-                       for t in self.describe(arns) if t.get("lastStatus") == "STOPPED"}
+            described = self.describe(arns)
+            stopped = stop_reasons(described)
             if stopped:
                 reasons = sorted(set(stopped.values()))
                 raise LaunchError(f"{len(stopped)} of {len(arns)} nodes stopped before they could "
                                   "be reached: " + "; ".join(reasons), reasons)
-            found = self.addresses(arns)
+            found = self.addresses_of(described)
             if len(found) == len(arns):
                 return found
             if self.clock() >= deadline:

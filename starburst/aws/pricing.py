@@ -446,6 +446,8 @@ class CostMeter:
         now: Optional[float] = None,
     ) -> bool:
         """Whether ``count`` more tasks fit under ``max_cost`` (always, without a budget)."""
+        if self.max_cost is None:
+            return True
         projected = self.cost_so_far(now) + self.launch_cost(count, cpu, memory_gb, arch, spot)
         return not would_exceed(self.max_cost, projected)
 

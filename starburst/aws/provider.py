@@ -16,12 +16,12 @@ node waits for its head for its lease), and forgets it once ECS says it stopped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import grpc
@@ -31,8 +31,8 @@ from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from ..head.providers import NodeProvider
 from .cluster import ClusterOptions
-from .launcher import BudgetError, FargateLauncher, LaunchError
-from .pricing import CostMeter, format_cost, format_duration, would_exceed
+from .launcher import BudgetError, FargateLauncher, LaunchError, stop_reasons
+from .pricing import CostMeter, CostReport, format_cost, format_duration, would_exceed
 from .resources import Settings
 
 if TYPE_CHECKING:
@@ -67,20 +67,15 @@ class _NodeTask:
 
 @dataclass
 class ShutdownReport:
+    """What a Fargate cluster's head leaves behind when it stops: its bill (the meter's
+    ``CostReport``) and why it stopped, if not on request."""
+
     cluster_id: str
-    runtime_s: float
-    cost_usd: float
-    tasks_run: int
-    nodes_launched: int
+    bill: CostReport
     reason: str = ""
-    stopped: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        nodes = "node" if self.nodes_launched == 1 else "nodes"
-        line = (f"cluster {self.cluster_id}: ran {format_duration(self.runtime_s)}, "
-                f"{self.nodes_launched} {nodes}, {self.tasks_run:,} tasks, cost about "
-                f"{format_cost(self.cost_usd)}")
-        return line + (f" (stopped: {self.reason})" if self.reason else "")
+        return f"cluster {self.cluster_id} in {self.bill.text()}" + (f" (stopped: {self.reason})" if self.reason else "")
 
 
 def report_path(cluster_id: str):
@@ -92,8 +87,9 @@ def report_path(cluster_id: str):
 def read_report(cluster_id: str) -> Optional[ShutdownReport]:
     """The report a Fargate cluster's head wrote when it stopped, or None."""
     try:
-        return ShutdownReport(**json.loads(report_path(cluster_id).read_text()))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(report_path(cluster_id).read_text())
+        return ShutdownReport(data["cluster_id"], CostReport(**data["bill"]), data.get("reason", ""))
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
@@ -115,14 +111,14 @@ class FargateProvider(NodeProvider):
         self.store_url = f"s3://{self.bucket}/{prefix}"
         self.meter = CostMeter(self.settings.region, max_cost=options.max_cost)
 
-        # Mutual TLS: a CA for this cluster only; the node's bundle goes to the cluster's prefix,
+        # Mutual TLS: a CA for this cluster only, in this process's memory (its key never touches
+        # disk, and dies with the head); the node's bundle goes to the cluster's prefix,
         # and the task environment carries just its location and hash (see starburst.tls).
         self.ca = tls.ClusterCA.create(self.cluster_id, valid_days=CERT_DAYS + 1)
         self.head_identity = self.ca.issue_head(valid_hours=CERT_DAYS * 24)
         bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=CERT_DAYS * 24))
         key = f"{prefix}/tls/node-bundle.json"
         self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
-        self.ca.save()
         env = {"STARBURST_STORE": self.store_url, **tls.node_environment(f"s3://{self.bucket}/{key}", bundle)}
         self.launcher = launcher or FargateLauncher(
             self.session, self.settings, self.cluster_id, options.image, size=(options.cpu, options.memory),
@@ -181,20 +177,16 @@ class FargateProvider(NodeProvider):
         # after stop_all's look would be missed.
         self.launcher.close()
         await asyncio.gather(*self._launching, return_exceptions=True)
-        stopped: list[str] = []
         try:
-            stopped = await asyncio.to_thread(self.launcher.stop_all, f"starburst: {self.stop_reason or 'cluster shut down'}")
+            await asyncio.to_thread(self.launcher.stop_all, f"starburst: {self.stop_reason or 'cluster shut down'}")
         except LaunchError as exc:
             log.error("%s", exc)
             self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + str(exc)
-        finally:
-            shutil.rmtree(tls.tls_dir(self.cluster_id), ignore_errors=True)  # the CA key dies with the cluster
-        report = ShutdownReport(
-            self.cluster_id, self.clock() - self.started, self.meter.cost_so_far(),
-            self.head.scheduler.tasks_finished if self.head else 0, len(self.launcher.launched),
-            self.stop_reason, stopped,
-        )
-        write_atomic(report_path(self.cluster_id), [json.dumps(report.__dict__).encode()])
+        if self.head is not None:
+            self.meter.record_tasks_run(self.head.scheduler.tasks_finished)
+        report = ShutdownReport(self.cluster_id, self.meter.report(), self.stop_reason)
+        data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason}
+        write_atomic(report_path(self.cluster_id), [json.dumps(data).encode()])
         log.info("%s", report.text())
 
     def status(self) -> pb.ClusterStatus:
@@ -274,8 +266,7 @@ class FargateProvider(NodeProvider):
         if not waiting:
             return
         described = await asyncio.to_thread(self.launcher.describe, [t.arn for t in waiting])
-        stopped = {d["taskArn"]: d.get("stoppedReason") or d.get("stopCode") or "stopped"
-                   for d in described if d.get("lastStatus") == "STOPPED" or d.get("desiredStatus") == "STOPPED"}
+        stopped = stop_reasons(described)
         for arn, why in stopped.items():
             task = self.tasks.pop(arn, None)
             if task is None:
@@ -301,7 +292,9 @@ class FargateProvider(NodeProvider):
             return
         need = [t for t in self.tasks.values() if t.link is None and not t.address]
         if need:
-            found = await asyncio.to_thread(self.launcher.addresses, [t.arn for t in need])
+            arns = {t.arn for t in need}
+            found = await asyncio.to_thread(self.launcher.addresses_of,
+                                            [d for d in described if d["taskArn"] in arns])
             for task in need:
                 if task.arn in found:
                     task.address, task.address_since = found[task.arn], self.clock()

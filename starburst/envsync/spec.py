@@ -321,9 +321,23 @@ UNSUPPORTED_RUNTIME_ENV = ("conda", "uv", "container", "image_uri")
 _PIP_DICT_KEYS = frozenset({"packages", "pip_check"})
 
 
-def _pip_requirements(pip) -> list[str]:
+def pip_requirements(pip) -> list[str]:
     """The requirements of a ``runtime_env`` ``pip`` field in any of Ray's forms: a list of
-    requirements, ``{"packages": [...], "pip_check": bool}``, or the path of a requirements file."""
+    requirements, ``{"packages": [...], "pip_check": bool}``, or the path of a requirements file.
+    ValueError for a package whose version must stay the driver's (numpy, cloudpickle, ...)."""
+    requirements = _parse_pip(pip)
+    from .._version import PINNED
+
+    for req in requirements:
+        m = _REQ.match(req)
+        name = normalize_name(m.group(1)) if m else ""
+        if name in PINNED:
+            raise ValueError(f"runtime_env pip can't install {req!r}: the workers' {name} must be the "
+                             "driver's version. Install it into this environment instead; the image follows it.")
+    return requirements
+
+
+def _parse_pip(pip) -> list[str]:
     if isinstance(pip, dict):
         unknown = set(pip) - _PIP_DICT_KEYS
         if unknown:
@@ -356,7 +370,7 @@ def derived_spec(spec: "EnvSpec", runtime_env: Optional[dict]) -> "EnvSpec":
     pip = runtime_env.get("pip")
     if not pip:
         return spec
-    return spec.with_pip(_pip_requirements(pip))
+    return spec.with_pip(pip_requirements(pip))
 
 
 def build(python_full: str, machine: str, distributions: Iterable[DistInfo],

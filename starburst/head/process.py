@@ -58,11 +58,11 @@ def find_head() -> HeadInfo | None:
 
 
 def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, timeout: float = 60.0,
-               cluster_config: str = "") -> HeadInfo:
+               cluster_config: str = "", cluster_id: str = "") -> HeadInfo:
     """Start a head in its own session (it survives Ctrl-C in the driver's terminal).
 
-    ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``); without
-    it the head runs the embedded local cluster."""
+    ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``) and
+    ``cluster_id`` its id; without them the head runs the embedded local cluster."""
     cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
     if cluster_config:
         cmd += ["--provider", "fargate", "--cluster-config", cluster_config]
@@ -96,9 +96,6 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     if line.startswith("error: "):
         proc.wait()
         raise RuntimeError(f"the cluster could not start: {line[len('error: '):]} (details in {log_path})")
-    cluster_id = ""
-    if cluster_config:
-        cluster_id = json.loads(open(cluster_config).read()).get("cluster_id", "")
     return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up", cluster_id,
                     "fargate" if cluster_config else "local")
 

@@ -111,8 +111,9 @@ class Node(Sink):
         return min(PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU + math.ceil(self.rtt / duration))
 
     def max_depth(self) -> float:
-        """The deepest ``depth()`` this node can ask for (with its current round trip)."""
-        return min(PREFETCH_PER_CPU_MAX, max(PREFETCH_PER_CPU_SHORT, PREFETCH_PER_CPU + math.ceil(self.rtt / SHORT_TASK_S)))
+        """The deepest ``depth()`` this node can ask for (with its current round trip): the
+        shortest tasks' (long ones ask for less)."""
+        return max(self.depth(0.0), self.depth(SHORT_TASK_S))
 
     def has_room(self, depth: float) -> bool:
         if self.draining:
@@ -122,13 +123,12 @@ class Node(Sink):
     def fits(self, want: dict[str, float], depth: float) -> bool:
         if not self.has_room(depth):
             return False
-        factor = depth
         for name, qty in want.items():
             if not qty:
                 continue
             total = self.total.get(name, 0.0)
             if name == "CPU":
-                total = total * factor + self.blocked_cpus
+                total = total * depth + self.blocked_cpus
             if self.used[name] + qty > total + 1e-9:
                 return False
         return True
@@ -649,8 +649,9 @@ class Scheduler:
         # A task that fits nowhere doesn't hold up smaller ones behind it, but we look only a few
         # tasks ahead: this runs after every incoming batch.
         skipped: list[Task] = []
+        deepest = [(n, n.max_depth()) for n in self.nodes]
         while self.queue and len(skipped) < 8:
-            if not any(n.has_room(n.max_depth()) for n in self.nodes):
+            if not any(n.has_room(depth) for n, depth in deepest):
                 break
             task = self.queue.popleft()
             node = self._pick_node(task)
@@ -877,9 +878,7 @@ class Scheduler:
 
     def _hold_actor(self, session: Session, actor: Actor) -> None:
         """The session gets a handle: count it (the client does not send add_ref for these)."""
-        obj = self.objects.get(actor.id)
-        if obj is None:
-            obj = self._obj(actor.id)
+        obj = self._obj(actor.id)
         if actor.id not in session.held:
             session.held.add(actor.id)
             obj.refs += 1

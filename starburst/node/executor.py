@@ -279,7 +279,7 @@ class Executor:
         done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
         async with self.actor_semaphore:
             started = time.monotonic()
-            token = _runtime.set_current_task(_runtime.TaskContext(
+            _runtime.set_current_task(_runtime.TaskContext(
                 spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
             try:
                 function = self._callable(run)
@@ -293,7 +293,6 @@ class Executor:
                 self._fail(done, spec, exc)
             finally:
                 _runtime.set_current_task(None)
-                del token
             done.duration_s = time.monotonic() - started
         self.report(done, run)  # a short blocking write on the Unix socket, from the loop itself
         self.actor_tasks.discard(asyncio.current_task())

@@ -216,6 +216,7 @@ class S3Store(ObjectStore):
         #: nodes): an object downloaded by one executor is mapped from there by the others.
         self.cache_dir = cache_dir if cache_dir is not None else os.environ.get("STARBURST_CACHE_DIR") or None
         self.cache_dir_bytes = cache_dir_bytes
+        self._added = 0  # bytes downloaded into cache_dir since the last eviction pass
         self._inflight: dict[str, Future] = {}
         self._inflight_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="starburst-s3")
@@ -376,7 +377,10 @@ class S3Store(ObjectStore):
                 raise
         if staging is not None:
             os.rename(staging, os.path.join(self.cache_dir, key))  # complete: others may map it now
-            self._evict()
+            self._added += total
+            if self._added > self.cache_dir_bytes // 8:  # look at the directory now and then, not per get
+                self._added = 0
+                self._evict()
         result = view.toreadonly()
         self._cache.put(key, result)
         return result
