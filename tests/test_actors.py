@@ -189,29 +189,52 @@ def test_each_callers_calls_stay_in_order_across_forked_handles(cluster):
 # ------------------------------------------------------------------------------ concurrency
 
 
+class _Sleeper:
+    """Records how many of its calls ran at once (``peak_``)."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    def nap(self, t):
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(t)
+        with self.lock:
+            self.active -= 1
+
+    def peak_(self):
+        return self.peak
+
+
+class _AsyncSleeper:
+    """``_Sleeper`` as an async actor: its naps overlap on one event loop."""
+
+    def __init__(self):
+        self.active = 0
+        self.peak = 0
+
+    async def nap(self, t):
+        import asyncio
+
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(t)
+        self.active -= 1
+        return t
+
+    async def peak_(self):
+        return self.peak
+
+
 def test_threaded_actor_runs_max_concurrency_calls_at_once(cluster):
     ray = cluster
 
-    @ray.remote(max_concurrency=4)
-    class Sleeper:
-        def __init__(self):
-            import threading
-
-            self.lock = threading.Lock()
-            self.active = 0
-            self.peak = 0
-
-        def nap(self, t):
-            with self.lock:
-                self.active += 1
-                self.peak = max(self.peak, self.active)
-            time.sleep(t)
-            with self.lock:
-                self.active -= 1
-
-        def peak_(self):
-            return self.peak
-
+    Sleeper = ray.remote(max_concurrency=4)(_Sleeper)
     s = Sleeper.remote()
     assert ray.get(s.peak_.remote(), timeout=GET_TIMEOUT) == 0
     start = time.monotonic()
@@ -224,21 +247,7 @@ def test_threaded_actor_runs_max_concurrency_calls_at_once(cluster):
 def test_default_actor_runs_one_call_at_a_time(cluster):
     ray = cluster
 
-    @ray.remote
-    class Sleeper:
-        def __init__(self):
-            self.active = 0
-            self.peak = 0
-
-        def nap(self, t):
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-            time.sleep(t)
-            self.active -= 1
-
-        def peak_(self):
-            return self.peak
-
+    Sleeper = ray.remote(_Sleeper)
     s = Sleeper.remote()
     ray.get([s.nap.remote(0.05) for _ in range(6)], timeout=GET_TIMEOUT)
     assert ray.get(s.peak_.remote(), timeout=GET_TIMEOUT) == 1
@@ -247,24 +256,7 @@ def test_default_actor_runs_one_call_at_a_time(cluster):
 def test_async_actor_runs_many_awaits_concurrently(cluster):
     ray = cluster
 
-    @ray.remote
-    class AsyncSleeper:
-        def __init__(self):
-            self.active = 0
-            self.peak = 0
-
-        async def nap(self, t):
-            import asyncio
-
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-            await asyncio.sleep(t)
-            self.active -= 1
-            return t
-
-        async def peak_(self):
-            return self.peak
-
+    AsyncSleeper = ray.remote(_AsyncSleeper)
     a = AsyncSleeper.remote()
     assert ray.get(a.peak_.remote(), timeout=GET_TIMEOUT) == 0
     start = time.monotonic()
@@ -277,23 +269,7 @@ def test_async_actor_runs_many_awaits_concurrently(cluster):
 def test_async_actor_max_concurrency_limits_concurrency(cluster):
     ray = cluster
 
-    @ray.remote(max_concurrency=3)
-    class AsyncSleeper:
-        def __init__(self):
-            self.active = 0
-            self.peak = 0
-
-        async def nap(self, t):
-            import asyncio
-
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-            await asyncio.sleep(t)
-            self.active -= 1
-
-        async def peak_(self):
-            return self.peak
-
+    AsyncSleeper = ray.remote(max_concurrency=3)(_AsyncSleeper)
     a = AsyncSleeper.remote()
     ray.get(a.peak_.remote(), timeout=GET_TIMEOUT)
     start = time.monotonic()

@@ -49,6 +49,8 @@ def test_init_refuses_bad_fargate_options_before_any_aws_call(monkeypatch):
         starburst.init(cluster="kubernetes")
     with pytest.raises(ValueError, match="num_cpus is for the local cluster"):
         starburst.init(cluster="fargate", num_cpus=4)
+    with pytest.raises(ValueError, match="numpy must be the driver's version"):
+        starburst.init(cluster="fargate", runtime_env={"pip": ["requests", "NumPy>=2"]})
     assert not starburst.is_initialized()
 
 
@@ -122,7 +124,7 @@ def test_no_room_at_all_for_the_minimum_is_an_error(account):
         _prepare(check_options(workers=2, cpu=1, memory="2GB"), full, interactive=False)
 
 
-def test_worker_image_is_found_by_hash_and_init_pip_derives_its_own(account):
+def test_worker_image_is_found_by_hash_and_pip_derives_its_own(account):
     from rehearsal.fargate import put_fake_image
 
     from starburst.aws.cluster import worker_image

@@ -60,8 +60,10 @@ def test_environment_to_node_arguments():
 
 def test_node_exits_when_no_head_comes_within_its_lease(tmp_path):
     proc, _ = start(tmp_path, lease=1.5)
+    started = time.monotonic()
     try:
         assert proc.wait(timeout=20) == 0
+        assert 1.0 <= time.monotonic() - started < 10  # after its lease, not at once
     finally:
         proc.kill()
 
