@@ -49,6 +49,29 @@ def tree(pid: int) -> list[int]:
     return [pid] + [c.pid for c in proc.children(recursive=True)]
 
 
+def _floor(requirement_prefix: str) -> tuple[int, ...]:
+    """The lower bound pyproject.toml puts on a runtime dependency, as a version tuple."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(rf"{requirement_prefix}\b", d)]
+    return tuple(int(x) for x in re.search(r">=([\d.]+)", spec).group(1).split("."))
+
+
+def test_generated_code_demands_no_newer_runtime_than_pyproject_allows():
+    """The committed gencode refuses to import under an older grpcio/protobuf than its generator's:
+    pyproject's floors must be at least that, or a fresh install of the lowest allowed versions fails."""
+    import re
+
+    grpc_code = (ROOT / "starburst" / "_proto" / "starburst_pb2_grpc.py").read_text()
+    needed_grpc = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", grpc_code).group(1)
+    assert _floor("grpcio") >= tuple(int(x) for x in needed_grpc.split(".")), needed_grpc
+    pb_code = (ROOT / "starburst" / "_proto" / "starburst_pb2.py").read_text()
+    needed_pb = re.search(r"Protobuf Python Version: ([\d.]+)", pb_code).group(1)
+    assert _floor("protobuf") >= tuple(int(x) for x in needed_pb.split(".")), needed_pb
+
+
 def test_generated_protobuf_code_is_current(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
