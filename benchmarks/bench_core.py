@@ -195,7 +195,9 @@ def run_worker(system, cfg):
     res = {"system": system, "ok": True, "python": sys.executable,
            "python_version": platform.python_version(),
            "numpy_version": np.__version__, "config": cfg}
-    log = lambda msg: print(f"[{system}] {msg}", file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        print(f"[{system}] {msg}", file=sys.stderr, flush=True)
 
     ad = make_adapter(system)
     res["version"] = ad.version

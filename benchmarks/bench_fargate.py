@@ -393,7 +393,7 @@ def driver_main(scenario, cfg):
             measure_arrays(cfg, res)
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
-    except BaseException:  # noqa: BLE001 - reported in the result; the cluster is still shut down
+    except BaseException:
         res["ok"] = False
         res["error"] = traceback.format_exc()
     finally:
@@ -518,7 +518,7 @@ class MotoProcess:
                     return self.endpoint
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server not ready after {timeout:g} s")
+                    raise RuntimeError(f"moto server not ready after {timeout:g} s") from None
                 time.sleep(0.1)
 
     def stop(self):
@@ -880,7 +880,7 @@ def orchestrate(args):
         for name, scenario, latency, cfg in plan:
             R[name] = run_scenario(name, scenario, latency, cfg, rehearsal, snapshotter, workdir, args)
             failed |= not R[name].get("ok")
-    except BaseException:  # noqa: BLE001 - reported; everything is stopped below
+    except BaseException:
         failed = True
         R["error"] = traceback.format_exc()
         print(R["error"], file=sys.stderr)
@@ -910,7 +910,7 @@ def orchestrate(args):
             json.dump(R, f, indent=2, default=str)
     try:
         report(R)
-    except Exception:  # noqa: BLE001 - the JSON is written; --report can render it again
+    except Exception:
         traceback.print_exc()
         failed = True
     if args.json_out:

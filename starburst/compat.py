@@ -62,7 +62,7 @@ class _AliasLoader(importlib.abc.Loader):
 class RayAliasFinder(importlib.abc.MetaPathFinder):
     """A meta-path finder mapping ``ray`` and ``ray.*`` onto ``starburst`` and ``starburst.*``."""
 
-    def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001 - importlib's signature
+    def find_spec(self, fullname: str, path=None, target=None):
         if fullname != ALIAS and not fullname.startswith(ALIAS + "."):
             return None
         real = _target_name(fullname)

@@ -1,6 +1,6 @@
 """pytest plugin: a moto server on 127.0.0.1 for tests of starburst's AWS control plane.
 
-A test module uses it with ``from aws_fixtures import aws, moto_server`` (pytest puts tests/ on
+Registered for every test module by ``pytest_plugins`` in conftest.py (pytest puts tests/ on
 ``sys.path``). ``moto_server`` starts one ``ThreadedMotoServer`` per test session on a free port;
 ``aws`` resets it before each test and points boto3 at it through the environment
 (``AWS_ENDPOINT_URL``, dummy credentials, ``AWS_DEFAULT_REGION``), so code under test creates its

@@ -10,6 +10,10 @@ import tempfile
 
 import pytest
 
+# Session fixtures for the AWS control plane (moto server) and S3 (SeaweedFS): registered once
+# here, so every module shares one server of each instead of starting its own.
+pytest_plugins = ("aws_fixtures", "s3_fixtures")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

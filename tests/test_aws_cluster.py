@@ -5,7 +5,6 @@ quotas), the setup check, the estimate, the quota waves message and the increase
 from __future__ import annotations
 
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 
 import starburst
 from starburst.aws import resources as res

@@ -15,7 +15,6 @@ import json
 import urllib.request
 
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 from botocore.awsrequest import AWSResponse
 
 from starburst.aws import resources as res

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 from botocore.exceptions import ClientError
 
 from starburst.aws import resources as res

@@ -9,7 +9,6 @@ import sys
 
 import boto3
 
-from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
 
 
 def cli(*args: str, home) -> subprocess.CompletedProcess:
@@ -18,7 +17,7 @@ def cli(*args: str, home) -> subprocess.CompletedProcess:
                           timeout=120, env=env, stdin=subprocess.DEVNULL)
 
 
-def test_setup_is_idempotent_and_teardown_removes_everything(aws, tmp_path):  # noqa: F811
+def test_setup_is_idempotent_and_teardown_removes_everything(aws, tmp_path):
     home = tmp_path / "home"
     first = cli("setup", "--region", "us-east-1", "--head-ip", "203.0.113.7", "--show-policies", home=home)
     assert first.returncode == 0, first.stderr
@@ -35,7 +34,7 @@ def test_setup_is_idempotent_and_teardown_removes_everything(aws, tmp_path):  # 
     assert saved["bucket"] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 
-def test_setup_without_credentials_fails_clearly(aws, tmp_path, monkeypatch):  # noqa: F811
+def test_setup_without_credentials_fails_clearly(aws, tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     out = cli("setup", "--region", "us-east-1", home=tmp_path / "home")
@@ -53,7 +52,7 @@ def test_cost_estimate_and_invalid_size(tmp_path):
     assert "nearest" in bad.stderr and "16 vCPU/64 GB" in bad.stderr
 
 
-def test_setup_task_policy_is_saved_and_a_bad_one_refused(aws, tmp_path):  # noqa: F811
+def test_setup_task_policy_is_saved_and_a_bad_one_refused(aws, tmp_path):
     home = tmp_path / "home"
     iam = boto3.client("iam", region_name="us-east-1")
     doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
 
 from starburst.aws import resources as res
 from starburst.aws.resources import Settings
@@ -53,7 +52,7 @@ def test_env_without_aws_setup(tmp_path):
     assert build.returncode == 1 and "starburst setup" in build.stderr
 
 
-def test_env_with_aws(aws, tmp_path):  # noqa: F811
+def test_env_with_aws(aws, tmp_path):
     home = tmp_path / "home"
     report = res.setup(aws.session(), Settings(), head_ip="203.0.113.5")
     report.settings.save(home / "aws.json")
@@ -84,7 +83,7 @@ def test_env_with_aws(aws, tmp_path):  # noqa: F811
     assert "docker command was not found on PATH" in nodocker.stderr and "CodeBuild" in nodocker.stderr
 
 
-def test_env_with_aws_but_no_credentials(aws, tmp_path, monkeypatch):  # noqa: F811
+def test_env_with_aws_but_no_credentials(aws, tmp_path, monkeypatch):
     home = tmp_path / "home"
     Settings().save(home / "aws.json")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 
 import starburst
 from starburst.aws import resources as res

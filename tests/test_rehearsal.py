@@ -18,8 +18,6 @@ import time
 
 import numpy as np
 import pytest
-from aws_fixtures import moto_server  # noqa: F401 - fixture
-from s3_fixtures import s3_server  # noqa: F401 - fixture
 
 from rehearsal.fargate import Rehearsal
 
@@ -31,7 +29,7 @@ SMALL = dict(cpu=1, memory="2GB")
 
 
 @pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
+def rehearsal(moto_server, s3_server, tmp_path_factory):
     r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
     try:
         yield r

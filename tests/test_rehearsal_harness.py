@@ -16,7 +16,6 @@ import time
 
 import grpc
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 from rehearsal.agent import EXITED_REASON, FakeEcsAgent, tasks_stay_running
 from rehearsal.latency_proxy import LatencyProxy
 

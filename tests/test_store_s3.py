@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
-from s3_fixtures import s3_server  # noqa: F401  (the session fixture)
 
 from starburst.serialization import deserialize, serialize
 from starburst.store.s3 import MiB, S3Store, parse_s3_url
@@ -58,12 +57,12 @@ class Calls:
 
 
 @pytest.fixture(scope="module")
-def session(s3_server):  # noqa: F811
+def session(s3_server):
     return s3_server.session()  # one session: loading the service model once saves time per test
 
 
 @pytest.fixture
-def make_store(s3_server, session):  # noqa: F811
+def make_store(s3_server, session):
     """Stores on a fresh prefix per test; extra stores on the same prefix act as other nodes."""
     prefix = f"cluster-{uuid.uuid4().hex[:8]}"
     stores = []
@@ -222,7 +221,7 @@ def test_concurrent_gets_of_one_key_download_it_once(make_store):
     assert bytes(views[0]) == ser.to_bytes()
 
 
-def test_delete_and_delete_prefix(make_store, s3_server, session):  # noqa: F811
+def test_delete_and_delete_prefix(make_store, s3_server, session):
     store = make_store()
     for i in range(5):
         store.put(f"o{i}", serialize(i))

@@ -436,7 +436,7 @@ def test_pool_context_manager_terminates_and_maxtasksperchild(cluster):
         assert len(set(pids)) == 3  # a fresh worker for every chunk
         slow = p.apply_async(_slow, (30,))
     # terminate() on exit: the unfinished call fails instead of hanging
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - multiprocessing leaves the error type unspecified
         slow.get(timeout=20)
     with pytest.raises(ValueError):
         p.apply(_square, (2,))

@@ -528,7 +528,7 @@ class FargateLauncher:
             return
         try:
             self.stop(started, reason="starburst: launch failed")
-        except Exception:  # noqa: BLE001 - the launch error is the one to report
+        except Exception:
             log.exception("stopping the tasks of a failed launch; left: %s",
                           [a for a in started if a not in self.stopped])
 
@@ -656,7 +656,7 @@ class FargateLauncher:
         why = "cluster shut down" if exc_type is None else f"head exited on {exc_type.__name__}"
         try:
             self.stop_all(reason=f"starburst: {why}")
-        except Exception:  # noqa: BLE001 - don't hide the original exception
+        except Exception:
             if exc_type is None:
                 raise
             log.exception("stopping the cluster's tasks")

@@ -193,7 +193,7 @@ class PricingApiPriceSource:
             if region not in self._cache:
                 try:
                     self._cache[region] = self.fetch(region)
-                except Exception as exc:  # no permission, no network, throttled: use the table
+                except Exception as exc:  # noqa: BLE001 - no permission, no network, throttled: use the table
                     self.last_error = exc
                     return self._fallback(region, key, f"Pricing API failed: {exc}")
             table = self._cache[region]

@@ -143,7 +143,7 @@ def _site_dirs() -> set[str]:
     import sysconfig
 
     dirs = set()
-    for d in [*getattr(site, "getsitepackages", lambda: [])(),
+    for d in [*getattr(site, "getsitepackages", list)(),
               getattr(site, "getusersitepackages", lambda: "")(),
               sysconfig.get_paths().get("purelib", ""), sysconfig.get_paths().get("platlib", "")]:
         if d:

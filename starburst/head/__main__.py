@@ -10,15 +10,15 @@ if args.provider == "local":
     log_path = str(config.log_dir() / f"node-{args.cluster_id}.log")
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path)  # starts while we import
 
-    from .providers import LocalProvider  # noqa: E402
+    from .providers import LocalProvider
 
     provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node)
 else:
-    from ..aws.provider import FargateProvider  # noqa: E402
+    from ..aws.provider import FargateProvider
 
     try:
         provider = FargateProvider.from_config_file(args.cluster_config)
-    except Exception as exc:  # noqa: BLE001 - tell whoever started us (init() / starburst up) why
+    except Exception as exc:
         import logging
         import sys
 

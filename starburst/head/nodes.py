@@ -89,7 +89,7 @@ class NodeLink:
                 ready.set_exception(exc)
         except asyncio.CancelledError:
             reason = "head is shutting down"
-        except Exception as exc:  # noqa: BLE001 - a bug: log it; the node is dropped
+        except Exception as exc:
             log.exception("head failed handling a node's stream")
             reason = f"internal error: {exc!r}"
         finally:

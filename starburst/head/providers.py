@@ -101,7 +101,7 @@ class LocalProvider(NodeProvider):
         self.nodes.remove(node)
         try:
             await self._start_node()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not restart the local node")
 
     async def stop(self) -> None:

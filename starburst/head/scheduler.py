@@ -394,7 +394,7 @@ class Scheduler:
     def _delete_key(self, key: str) -> None:
         try:
             self.store.delete(key)
-        except Exception:  # noqa: BLE001 - a failed delete leaves garbage, not a wrong result
+        except Exception:
             log.exception("could not delete object %s", key)
 
     # ------------------------------------------------------------------ tasks

@@ -66,7 +66,7 @@ class Head(pb_grpc.HeadServicer):
                     self.scheduler.flush()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
-            except Exception:  # noqa: BLE001 - a bug: log it; the session ends
+            except Exception:
                 log.exception("head failed handling a session")
             finally:
                 queue.put_nowait(None)
@@ -160,7 +160,7 @@ class Head(pb_grpc.HeadServicer):
             try:
                 await self.provider.tick()
                 failures = 0
-            except Exception as exc:  # noqa: BLE001 - e.g. AWS unreachable, credentials expired
+            except Exception as exc:
                 failures += 1
                 log.exception("node provider failed (%d in a row)", failures)
                 if failures >= MAX_PROVIDER_FAILURES:

@@ -138,7 +138,7 @@ class NodeServer(pb_grpc.NodeServicer):
                     self._pump()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
-            except Exception:  # noqa: BLE001 - a bug: say so in the node's log, then stop
+            except Exception:
                 log.exception("node failed handling the head's stream")
             finally:
                 stream_done.set()

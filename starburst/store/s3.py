@@ -298,8 +298,8 @@ class S3Store(ObjectStore):
                 f.cancel()
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
-            except Exception:
-                pass  # the bucket's lifecycle rule cleans up what this couldn't
+            except Exception:  # noqa: BLE001 - the bucket's lifecycle rule cleans up what this couldn't
+                pass
             raise
 
     # -- get ---------------------------------------------------------------------------------
@@ -496,8 +496,8 @@ class S3Store(ObjectStore):
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]
                 )
-        except Exception:
-            pass  # best effort: the lifecycle rule's abort-incomplete-uploads is the backstop
+        except Exception:  # noqa: BLE001 - the lifecycle rule's abort-incomplete-uploads is the backstop
+            pass
         return deleted
 
     def destroy(self) -> None:

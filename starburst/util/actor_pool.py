@@ -33,8 +33,7 @@ def _key(future: Any) -> Any:
 def _actor_died_types() -> tuple:
     from starburst import exceptions
 
-    return tuple(t for t in (getattr(exceptions, "ActorDiedError", None),
-                             getattr(exceptions, "RayActorError", None)) if t is not None)
+    return (exceptions.RayActorError,)
 
 
 class ActorPool:
@@ -216,7 +215,7 @@ class ActorPool:
         alive = True
         try:
             return starburst.get(future)
-        except _actor_died_types() or ():
+        except _actor_died_types():
             alive = False
             raise
         finally:

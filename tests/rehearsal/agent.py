@@ -354,7 +354,7 @@ class FakeEcsAgent:
         while not self._stop.is_set():
             try:
                 self._poll()
-            except Exception as exc:  # noqa: BLE001 - keep polling; tests see self.errors
+            except Exception as exc:
                 if self._stop.is_set():
                     break
                 log.warning("fake ECS agent: %r", exc, exc_info=True)
