@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import numpy as np
 import pytest
@@ -502,17 +501,23 @@ def test_nested_wait_inside_task(cluster):
     assert ray.get(waiter.remote(), timeout=GET_TIMEOUT) == (4, 0, [0, 1, 2, 3])
 
 
-def test_tasks_run_in_parallel_on_two_cpus(cluster):
+def test_tasks_run_in_parallel_on_two_cpus(cluster, tmp_path):
+    """Each task announces itself and waits for the other: only tasks that run at the same time
+    can both see each other (run one after the other, the first gives up and says so)."""
     ray = cluster
 
     @ray.remote
-    def nap():
+    def meet(me: str, other: str, where: str) -> bool:
+        import os
         import time
 
-        time.sleep(1.0)
-        return 1
+        open(os.path.join(where, me), "w").close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if os.path.exists(os.path.join(where, other)):
+                return True
+            time.sleep(0.01)
+        return False
 
-    ray.get([nap.remote(), nap.remote()], timeout=GET_TIMEOUT)  # warm two workers up
-    start = time.monotonic()
-    assert ray.get([nap.remote(), nap.remote()], timeout=GET_TIMEOUT) == [1, 1]
-    assert time.monotonic() - start < 1.9
+    assert ray.get([meet.remote("a", "b", str(tmp_path)), meet.remote("b", "a", str(tmp_path))],
+                   timeout=GET_TIMEOUT) == [True, True]

@@ -47,6 +47,19 @@ async def hello(port: int) -> pb.NodeHello:
         return first.ops[0].hello
 
 
+async def hello_when_free(port: int, timeout: float = 30) -> pb.NodeHello:
+    """``hello``, again until the node has noticed that its previous head hung up (until then it
+    refuses a second head with FAILED_PRECONDITION)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await hello(port)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 def test_environment_to_node_arguments():
     argv = node_argv({"STARBURST_STORE": "s3://b/p", "STARBURST_LEASE_S": "90", "HOSTNAME": "ip-10-0-0-1",
                       "STARBURST_CLUSTER_ID": "starburst-abc", "STARBURST_NODE_CPUS": "4"})
@@ -69,17 +82,18 @@ def test_node_exits_when_no_head_comes_within_its_lease(tmp_path):
 
 
 def test_node_waits_for_its_head_to_reconnect_then_gives_up(tmp_path):
-    proc, port = start(tmp_path, lease=3)
+    proc, port = start(tmp_path, lease=6)
     try:
         first = asyncio.run(hello(port))
         assert first.node_id == "sbtest-task-1" and first.resources.cpus == 1.0
-        time.sleep(2.0)  # most of the lease: a timer left over from this first drop would fire soon
+        time.sleep(3.0)  # half the lease: a timer left over from this first drop would fire 3 s later
         assert proc.poll() is None, "a dropped stream must not end the node before its lease"
-        again = asyncio.run(hello(port))  # the head dials again within the lease
+        again = asyncio.run(hello_when_free(port))  # the head dials again within the lease
         assert again.node_id == first.node_id
         started = time.monotonic()
-        assert proc.wait(timeout=30) == 0  # then nobody comes back: it leaves after the lease
-        assert time.monotonic() - started >= 2.0
+        assert proc.wait(timeout=60) == 0  # then nobody comes back: it leaves after the lease
+        # A stale timer from the first drop would end it ~3 s after `started`; a fresh lease, >= 6 s.
+        assert time.monotonic() - started >= 5.0
     finally:
         proc.kill()
 
