@@ -454,7 +454,7 @@ class InputAttributeNode(DAGNode):
         value = run.results[self._input_node]
         if isinstance(value, DAGInputData) or self._accessor == "__getitem__":
             return value[self._key]
-        return getattr(value, self._key)
+        return getattr(value, str(self._key))
 
     def _describe(self) -> str:
         return f"[{self._key!r}]" if self._accessor == "__getitem__" else f".{self._key}"

@@ -7,7 +7,7 @@ remote traceback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 
 class RayError(Exception):
@@ -54,16 +54,18 @@ class RayTaskError(RayError):
         return _dual_class(cause_cls)(self)
 
 
-_dual_classes: dict[type, type] = {}
+_dual_classes: dict[type, Callable[[RayTaskError], RayTaskError]] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> Callable[[RayTaskError], RayTaskError]:
+    """The class that is both RayTaskError and ``cause_cls`` (made once per cause class), or, when
+    ``cause_cls`` can't be subclassed, a function that leaves the error as it is."""
     cls = _dual_classes.get(cause_cls)
     if cls is not None:
         return cls
     try:
 
-        class _Dual(RayTaskError, cause_cls):  # type: ignore[misc, valid-type]
+        class _Dual(RayTaskError, cause_cls):
             def __init__(self, error: RayTaskError) -> None:
                 RayTaskError.__init__(
                     self, error.function_name, error.traceback_str, error.cause, error.pid, error.node
@@ -84,11 +86,12 @@ def _dual_class(cause_cls: type) -> type:
 
         _Dual.__name__ = f"RayTaskError({cause_cls.__name__})"
         _Dual.__qualname__ = _Dual.__name__
-        cls = _Dual
+        made: Callable[[RayTaskError], RayTaskError] = _Dual
     except TypeError:  # e.g. a class that forbids subclassing, or conflicting layouts
-        cls = lambda error: error  # noqa: E731
-    _dual_classes[cause_cls] = cls
-    return cls
+        def made(error: RayTaskError) -> RayTaskError:
+            return error
+    _dual_classes[cause_cls] = made
+    return made
 
 
 def _rebuild_dual(args: tuple) -> RayTaskError:

@@ -61,11 +61,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
-import pathlib
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,11 +71,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from starburst import config
-from starburst._files import write_atomic
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "ClusterCA", "Identity", "NodeBundle", "BundleIntegrityError",
-    "node_server_name", "head_name", "tls_dir",
+    "node_server_name", "head_name",
     "server_credentials", "channel_credentials", "channel_options", "secure_channel_options",
     "peer_common_name",
     "make_node_bundle", "bundle_digest", "verify_bundle", "open_node_bundle",
@@ -93,8 +93,6 @@ _BUNDLE_FORMAT = "starburst-node-tls/1"
 _CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Certificates start this long before "now", so a node whose clock is a little behind accepts them.
 _CLOCK_SKEW = _dt.timedelta(minutes=5)
-_CA_CERT_FILE = "ca.crt"
-_CA_KEY_FILE = "ca.key"
 
 
 class BundleIntegrityError(ValueError):
@@ -117,11 +115,6 @@ def node_server_name(cluster_id: str) -> str:
 def head_name(cluster_id: str) -> str:
     """The name in the head's (client) certificate of ``cluster_id``."""
     return f"head.{_check_cluster_id(cluster_id)}.starburst"
-
-
-def tls_dir(cluster_id: str) -> pathlib.Path:
-    """``$STARBURST_HOME/tls/<cluster_id>``: where a cluster's CA is kept (not created here)."""
-    return config.home() / "tls" / _check_cluster_id(cluster_id)
 
 
 def _now() -> _dt.datetime:
@@ -152,11 +145,6 @@ def _key_pem(key) -> bytes:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _write_private(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically; the file is 0600 from the moment it exists."""
-    write_atomic(path, [data], fsync=True)
-
-
 @dataclass(frozen=True)
 class Identity:
     """What one endpoint needs for mutual TLS: the cluster's CA certificate, its own cert and key."""
@@ -166,10 +154,10 @@ class Identity:
     cert_pem: bytes
     key_pem: bytes
 
-    def server_credentials(self) -> "grpc.ServerCredentials":  # noqa: F821
+    def server_credentials(self) -> grpc.ServerCredentials:
         return server_credentials(self.cert_pem, self.key_pem, self.ca_pem)
 
-    def channel_credentials(self) -> "grpc.ChannelCredentials":  # noqa: F821
+    def channel_credentials(self) -> grpc.ChannelCredentials:
         return channel_credentials(self.cert_pem, self.key_pem, self.ca_pem)
 
     def channel_options(self) -> list[tuple[str, str]]:
@@ -220,44 +208,6 @@ class ClusterCA:
     @property
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
-
-    def save(self, directory: os.PathLike | str | None = None) -> pathlib.Path:
-        """Write ``ca.crt`` and ``ca.key`` (both 0600) into ``directory`` (0700).
-
-        The default directory is :func:`tls_dir` (``$STARBURST_HOME/tls/<cluster_id>``).
-        """
-        path = pathlib.Path(directory) if directory is not None else tls_dir(self.cluster_id)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-        _write_private(path / _CA_KEY_FILE, self.key_pem)
-        _write_private(path / _CA_CERT_FILE, self.cert_pem)
-        return path
-
-    @classmethod
-    def load(cls, cluster_id: str, directory: os.PathLike | str | None = None) -> "ClusterCA":
-        """Read a CA saved by :meth:`save`; refuses a key file others can read or write."""
-        path = pathlib.Path(directory) if directory is not None else tls_dir(cluster_id)
-        key_path = path / _CA_KEY_FILE
-        mode = key_path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise PermissionError(f"{key_path} has mode {mode:o}; it must be 0600")
-        cert = x509.load_pem_x509_certificate((path / _CA_CERT_FILE).read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_path} is not an EC private key")
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
-            raise ValueError(f"{key_path} does not match {path / _CA_CERT_FILE}")
-        return cls(cluster_id, cert, key)
-
-    @classmethod
-    def load_or_create(cls, cluster_id: str, valid_days: float = 30,
-                       directory: os.PathLike | str | None = None) -> "ClusterCA":
-        path = pathlib.Path(directory) if directory is not None else tls_dir(cluster_id)
-        if (path / _CA_KEY_FILE).exists():
-            return cls.load(cluster_id, path)
-        ca = cls.create(cluster_id, valid_days=valid_days)
-        ca.save(path)
-        return ca
 
     # -- issuing --------------------------------------------------------------------------------
 

@@ -6,8 +6,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
-import os
-import stat
 import time
 from concurrent import futures
 
@@ -193,25 +191,6 @@ def test_certificate_extensions(ca, node, head):
         ca.issue("nothing", ["x"])
     with pytest.raises(ValueError):
         tls.ClusterCA.create("Not_A_Label")
-
-
-def test_save_load_with_0600(ca, starburst_home):
-    path = ca.save()
-    assert path == starburst_home / "tls" / CLUSTER
-    assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    files = sorted(p.name for p in path.iterdir())
-    assert files == ["ca.crt", "ca.key"]
-    for name in files:
-        assert stat.S_IMODE((path / name).stat().st_mode) == 0o600, name
-    loaded = tls.ClusterCA.load(CLUSTER)
-    assert loaded.cert == ca.cert
-    assert loaded.key_pem == ca.key_pem
-    # A loaded CA issues certs that the original's clients accept.
-    assert tls.ClusterCA.load_or_create(CLUSTER).cert == ca.cert
-    os.chmod(path / "ca.key", 0o644)
-    with pytest.raises(PermissionError):
-        tls.ClusterCA.load(CLUSTER)
-    os.chmod(path / "ca.key", 0o600)
 
 
 # -- node credential bundle -------------------------------------------------------------------------

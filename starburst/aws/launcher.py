@@ -161,7 +161,36 @@ def _eni_of(task: dict) -> Optional[str]:
     return None
 
 
-class FargateLauncher:
+class _Retrying:
+    """AWS calls retried with exponential backoff and jitter while AWS throttles or is briefly
+    unavailable (shared by the launcher and the orphan finder)."""
+
+    sleep: Callable[[float], None]
+    rng: random.Random
+    max_attempts: int
+    backoff_base: float
+    backoff_cap: float
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: half the step plus up to the other half at random."""
+        step = min(self.backoff_cap, self.backoff_base * (2 ** attempt))
+        return step / 2 + self.rng.uniform(0, step / 2)
+
+    def _call(self, method: Callable, **kwargs) -> Any:
+        """An API call, retried with backoff while AWS throttles or is briefly unavailable."""
+        for attempt in range(self.max_attempts):
+            try:
+                return method(**kwargs)
+            except ClientError as exc:
+                if _code(exc) not in RETRYABLE_CODES or attempt == self.max_attempts - 1:
+                    raise
+                delay = self._backoff(attempt)
+                log.info("%s: %s; retrying in %.1f s", method.__name__, _code(exc), delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class FargateLauncher(_Retrying):
     """Launches, locates and stops the Fargate tasks (nodes) of one starburst cluster.
 
     ``size`` is ``(cpu_units, memory_mib)``, a valid Fargate size (see ``sizes.validate_size``).
@@ -258,26 +287,6 @@ class FargateLauncher:
     @property
     def task_tags(self) -> dict[str, str]:
         return {MANAGED_TAG: "true", CLUSTER_TAG: self.cluster_id}
-
-    # -- retries -------------------------------------------------------------------------------
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: half the step plus up to the other half at random."""
-        step = min(self.backoff_cap, self.backoff_base * (2 ** attempt))
-        return step / 2 + self.rng.uniform(0, step / 2)
-
-    def _call(self, method: Callable, **kwargs) -> Any:
-        """An API call, retried with backoff while AWS throttles or is briefly unavailable."""
-        for attempt in range(self.max_attempts):
-            try:
-                return method(**kwargs)
-            except ClientError as exc:
-                if _code(exc) not in RETRYABLE_CODES or attempt == self.max_attempts - 1:
-                    raise
-                delay = self._backoff(attempt)
-                log.info("%s: %s; retrying in %.1f s", method.__name__, _code(exc), delay)
-                self.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- what setup created --------------------------------------------------------------------
 
@@ -413,6 +422,7 @@ class FargateLauncher:
         meter = self.meter
         if meter is None or n == 0 or meter.can_launch(n, self.vcpu, self.memory_gb, self.arch, self.spot):
             return
+        assert meter.max_cost is not None  # can_launch says yes to anything without a budget
         spent = meter.cost_so_far()
         commit = meter.launch_cost(n, self.vcpu, self.memory_gb, self.arch, self.spot)
         raise BudgetError(
@@ -677,7 +687,7 @@ def _list_tasks(caller, cluster: str, **filters) -> list[str]:
             return out
 
 
-class _Orphans:
+class _Orphans(_Retrying):
     """Enough of a launcher for ``find_orphans`` / ``stop_orphans`` (no image, no size)."""
 
     def __init__(self, session, settings: Settings, sleep: Callable[[float], None]):
@@ -687,9 +697,6 @@ class _Orphans:
         self.rng = random.Random()
         self.max_attempts = 6
         self.backoff_base, self.backoff_cap = 1.0, 30.0
-
-    _backoff = FargateLauncher._backoff
-    _call = FargateLauncher._call
 
 
 def _is_cluster_missing(exc: ClientError) -> bool:

@@ -354,7 +354,7 @@ class CodeBuildBuilder:
         while True:
             build = self.poll(build_id)
             now = self.clock()
-            phase = build.get("currentPhase")
+            phase = build.get("currentPhase") or "?"
             if phase != last_phase:
                 progress(f"CodeBuild {phase}: {PHASES.get(phase, phase)}")
                 last_phase, since = phase, now
@@ -554,8 +554,9 @@ def ensure_image(session, settings, spec: EnvSpec,
     preflight = getattr(chosen, "preflight", None)
     if preflight is not None:
         preflight()
-    if base_image is None and getattr(chosen, "base_registry", None):
-        base_image = f"{chosen.base_registry}/{base_image_for(spec)}"
+    registry = getattr(chosen, "base_registry", None)
+    if base_image is None and registry:
+        base_image = f"{registry}/{base_image_for(spec)}"
     say(f"building {uri} with {name}: python {spec.python} {spec.arch}, "
         f"{len(spec.packages)} packages, starburst {spec.starburst.version}")
     with tempfile.TemporaryDirectory(prefix="starburst-build-") as tmp:

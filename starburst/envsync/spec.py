@@ -102,7 +102,7 @@ class Package:
         return out
 
     def to_json(self) -> dict:
-        out = {"name": self.name, "version": self.version, "kind": self.kind}
+        out: dict[str, str | bool] = {"name": self.name, "version": self.version, "kind": self.kind}
         for key in ("url", "vcs", "commit", "path"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
@@ -392,9 +392,9 @@ def build(python_full: str, machine: str, distributions: Iterable[DistInfo],
             continue
         packages.setdefault(pkg.name, pkg)  # first wins, as for import
     if starburst is None:
-        if starburst_version is None:
-            from .._version import __version__ as starburst_version
-        starburst = Package(STARBURST, starburst_version)
+        from .._version import __version__
+
+        starburst = Package(STARBURST, starburst_version or __version__)
     if starburst.kind == "index":
         # The name ``starburst`` on PyPI belongs to an unrelated project: never install it by
         # name from an index. An installed (non-editable, non-URL) starburst is repacked into a

@@ -194,14 +194,19 @@ class LocalNodeProcess:
 
     async def wait(self) -> int:
         """Wait for the process to exit (on a thread of its own: it may live as long as the head)."""
-        assert self.proc is not None
+        proc = self.proc
+        assert proc is not None
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
 
+        def settle(code: int) -> None:
+            if not done.done():
+                done.set_result(code)
+
         def waiter() -> None:
-            code = self.proc.wait()
+            code = proc.wait()
             try:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(code))
+                loop.call_soon_threadsafe(settle, code)
             except RuntimeError:
                 pass
 

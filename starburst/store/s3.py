@@ -35,6 +35,7 @@ import re
 import threading
 import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -317,6 +318,7 @@ class S3Store(ObjectStore):
             owner = pending is None
             if owner:
                 pending = self._inflight[key] = Future()
+        assert pending is not None
         if not owner:
             return pending.result()
         try:
@@ -375,7 +377,7 @@ class S3Store(ObjectStore):
                 if staging is not None:
                     os.unlink(staging)
                 raise
-        if staging is not None:
+        if staging is not None and self.cache_dir:
             os.rename(staging, os.path.join(self.cache_dir, key))  # complete: others may map it now
             self._added += total
             if self._added > self.cache_dir_bytes // 8:  # look at the directory now and then, not per get
@@ -536,7 +538,7 @@ def _read_into(body, view: memoryview) -> None:
     straight into ``view`` (``recv_into``: no intermediate bytes objects), and the connection goes
     back to the pool afterwards; otherwise it falls back to urllib3's own reads.
     """
-    raw = getattr(body, "_raw_stream", None)
+    raw: Any = getattr(body, "_raw_stream", None)
     fp = getattr(raw, "_fp", None)
     n = 0
     try:
