@@ -96,9 +96,11 @@ class Rehearsal:
         self._stack.enter_context(tasks_stay_running(self.moto))
         return self
 
-    def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0) -> FakeEcsAgent:
-        return FakeEcsAgent(self.moto, REGION, self.settings.ecs_cluster, self.node_env, log_dir,
-                            latency_ms=latency_ms, stop_grace_s=5.0).start()
+    def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0, firewall: bool = False,
+              **node_env: str) -> FakeEcsAgent:
+        """A started agent; ``node_env`` overrides what the nodes' platform gives them."""
+        return FakeEcsAgent(self.moto, REGION, self.settings.ecs_cluster, {**self.node_env, **node_env}, log_dir,
+                            latency_ms=latency_ms, stop_grace_s=5.0, firewall=firewall).start()
 
     def running_tasks(self, cluster_id: str | None = None) -> list[str]:
         import boto3
