@@ -45,7 +45,7 @@ from .cluster import public_ip, worker_image
 from .launcher import default_address_resolver, stop_reasons
 from .pricing import BuiltinPriceSource, format_cost, task_cost
 from .quotas import ServiceQuotasSource
-from .resources import EXISTS, AwsSetupError, Settings, find_managed
+from .resources import BUCKET, EXISTS, SECURITY_GROUP, AwsSetupError, Settings, find_managed
 
 #: The smallest Fargate task: what doctor launches.
 CPU, MEMORY, MEMORY_GB = 0.25, "0.5GB", 0.5
@@ -323,39 +323,51 @@ class Doctor:
                               cause="setup never finished, or something was deleted or recreated by hand",
                               fix="run 'starburst setup' again (it creates what is missing)",
                               resources={r.kind: r.status for r in found})
-        bucket = next(r.name for r in found if r.kind == "bucket")
-        private = self._bucket_private(bucket)
-        group = next((r for r in found if r.kind == "security_group"), None)
-        detail = f"{len(found)} present; bucket {bucket} {private}"
-        if group is not None:
-            detail += f"; security group {group.detail}"
-        return detail, {"resources": {r.kind: r.status for r in found}, "bucket": bucket,
-                        "security_group": group.detail if group else ""}
+        bucket = next(r.name for r in found if r.kind == BUCKET)
+        unknown = self._bucket_private(bucket)
+        group = next((r for r in found if r.kind == SECURITY_GROUP), None)
+        data = {"resources": {r.kind: r.status for r in found}, "bucket": bucket,
+                "security_group": group.detail if group else ""}
+        admits = f"; security group {group.detail}" if group is not None else ""
+        if unknown:
+            raise Warned(f"{len(found)} present{admits}; bucket {bucket}: could not verify its {unknown}",
+                         cause="these credentials may not read the bucket's configuration",
+                         fix="nothing needed to run; 'starburst setup' sets them", **data)
+        return f"{len(found)} present{admits}; bucket {bucket} private and encrypted", data
 
     def _bucket_private(self, bucket: str) -> str:
-        """'private and encrypted', or CheckFailed; Warned when S3 can't say (no permission)."""
+        """Why the bucket is not private and encrypted (CheckFailed), or what could not be verified
+        (S3 refused to say: no permission, or a store without the API); "" when all is well."""
         from botocore.exceptions import ClientError
 
         from ._errors import error_code
 
         s3 = self._session().client("s3", region_name=self.report.region)
+        unknown = []
+        try:
+            rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"].get("Rules")
+            if not rules:
+                raise CheckFailed(f"the bucket {bucket} has no default encryption", fix="run 'starburst setup' again")
+        except ClientError as exc:
+            if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
+                raise CheckFailed(f"the bucket {bucket} has no default encryption",
+                                  cause="its encryption configuration was removed",
+                                  fix="run 'starburst setup' again (it restores it)") from exc
+            unknown.append(f"encryption ({error_code(exc)})")
         try:
             block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-            encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
         except ClientError as exc:
-            code = error_code(exc)
-            if code in ("NoSuchPublicAccessBlockConfiguration", "ServerSideEncryptionConfigurationNotFoundError"):
-                raise CheckFailed(f"the bucket {bucket} is not private and encrypted ({code})",
-                                  cause="its public access block or default encryption was removed",
-                                  fix="run 'starburst setup' again (it restores them)") from exc
-            return f"(privacy not verifiable here: {code})"
-        open_ = sorted(k for k, v in block.items() if not v)
+            if error_code(exc) != "NoSuchPublicAccessBlockConfiguration":
+                unknown.append(f"public access block ({error_code(exc)})")
+                return ", ".join(unknown)
+            block = {}
+        open_ = sorted(k for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+                       if not block.get(k))
         if open_:
             raise CheckFailed(f"the bucket {bucket} does not block public access: {', '.join(open_)} off",
-                              cause="its public access block was changed", fix="run 'starburst setup' again")
-        if not encryption.get("Rules"):
-            raise CheckFailed(f"the bucket {bucket} has no default encryption", fix="run 'starburst setup' again")
-        return "private and encrypted"
+                              cause="its public access block was changed or removed",
+                              fix="run 'starburst setup' again (it restores it)")
+        return ", ".join(unknown)
 
     def check_quota(self) -> tuple[str, dict]:
         assert self.settings is not None
@@ -364,7 +376,8 @@ class Doctor:
             limit = source.fargate_vcpu_limit(False)
             used = source.current_vcpu_usage(False)
         except Exception as exc:  # noqa: BLE001 - botocore errors of two services: say which
-            raise Warned(f"could not read the Fargate vCPU quota: {exc}",
+            why = str(exc).splitlines()[0][:200]
+            raise Warned(f"could not read the Fargate vCPU quota: {why}",
                          cause="the credentials may lack servicequotas:GetServiceQuota or cloudwatch:GetMetricData",
                          fix="nothing needed to run; without it starburst can't plan launches around the quota") from exc
         if limit - used < CPU:
@@ -547,7 +560,7 @@ class Doctor:
         """The node does not answer on its port: compare what the group admits with this address."""
         assert self.settings is not None
         mine = public_ip()
-        group = next((r for r in find_managed(self._session(), self.settings) if r.kind == "security_group"), None)
+        group = next((r for r in find_managed(self._session(), self.settings) if r.kind == SECURITY_GROUP), None)
         admits = group.detail if group is not None else "unknown"
         detail = f"the node did not answer on port {port} at {host} ({error}); the security group: {admits}"
         if mine is None:
@@ -591,7 +604,7 @@ class Doctor:
         import starburst
 
         host, port = self.address.rsplit(":", 1)
-        noop = starburst.remote(_noop)
+        noop = starburst.remote(num_cpus=CPU)(_noop)
         starburst.get(noop.remote(), timeout=120)  # the first starts an executor
         rtts = []
         for _ in range(10):
@@ -606,7 +619,7 @@ class Doctor:
     def check_s3(self) -> tuple[str, dict]:
         import starburst
 
-        result = starburst.get(starburst.remote(_s3_round_trip).remote(S3_BYTES), timeout=300)
+        result = starburst.get(starburst.remote(num_cpus=CPU)(_s3_round_trip).remote(S3_BYTES), timeout=300)
         if not result["same"]:
             raise CheckFailed("the bytes read back from S3 differ from those written", fix="run doctor again")
         mib = result["bytes"] / 2**20

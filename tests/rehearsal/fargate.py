@@ -92,9 +92,19 @@ class Rehearsal:
         self.settings = res.setup(session, settings, head_ip="127.0.0.1").settings
         self.settings.save()
         put_fake_image(session, self.settings.repository, capture().hash())
+        self._copy_bucket_settings(session.client("s3"))
         self._setenv(AWS_ENDPOINT_URL_S3=self.s3.endpoint)
         self._stack.enter_context(tasks_stay_running(self.moto))
         return self
+
+    def _copy_bucket_settings(self, moto_s3) -> None:
+        """The SeaweedFS bucket gets the tags and default encryption setup gave moto's (SeaweedFS
+        has no public access block: that stays moto's alone)."""
+        seaweed = self.s3.session().client("s3", endpoint_url=self.s3.endpoint)
+        bucket = self.settings.bucket
+        seaweed.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": moto_s3.get_bucket_tagging(Bucket=bucket)["TagSet"]})
+        encryption = moto_s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+        seaweed.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=encryption)
 
     def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0, firewall: bool = False,
               **node_env: str) -> FakeEcsAgent:
