@@ -19,7 +19,7 @@ from starburst import cli
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: Short timeouts: in the rehearsal a node starts in seconds.
-ARGS = ["doctor", "--json", "--timeout", "45", "--lease", "3"]
+ARGS = ["doctor", "--json", "--timeout", "45", "--lease", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +93,13 @@ def test_doctor_passes_on_a_healthy_account_and_leaves_nothing_running(rehearsal
 
 def test_the_checklist_is_printed_with_timings_and_cost(rehearsal, tmp_path, capsys):
     with rehearsal.agent(tmp_path / "nodes"):
-        code = cli.main(["doctor", "--timeout", "45", "--lease", "3"])
+        code = cli.main(["doctor", "--timeout", "45", "--lease", "8"])
     out = capsys.readouterr().out
     assert code == 0, out
     for title in ("credentials", "RunTask", "RUNNING", "TCP connect", "TLS handshake", "S3 64 MiB", "lease"):
         line = next(ln for ln in out.splitlines() if f" {title} " in ln)
         assert line.lstrip().startswith("ok") and " s  " in line, line
-    assert "doctor: all checks passed; cost $0.0" in out and "of a $0.01 budget" in out, out
+    assert "doctor: all checks passed; cost $0.0" in out and "of a $0.0100 budget" in out, out
 
 
 def test_node_unreachable_names_the_security_group_and_the_fix(rehearsal, tmp_path, capsys, monkeypatch):

@@ -219,6 +219,7 @@ class Doctor:
         self.address = ""
         self.connect_times: list[float] = []
         self._launched_at: Optional[float] = None
+        self._running_at: Optional[float] = None
         self._stopped_at: Optional[float] = None
         self._head_pid: Optional[int] = None
 
@@ -378,7 +379,8 @@ class Doctor:
         except Exception as exc:  # noqa: BLE001 - botocore errors of two services: say which
             why = str(exc).splitlines()[0][:200]
             raise Warned(f"could not read the Fargate vCPU quota: {why}",
-                         cause="the credentials may lack servicequotas:GetServiceQuota or cloudwatch:GetMetricData",
+                         cause="Service Quotas or CloudWatch did not answer (these credentials need servicequotas:Get* "
+                               "and cloudwatch:GetMetricData)",
                          fix="nothing needed to run; without it starburst can't plan launches around the quota") from exc
         if limit - used < CPU:
             raise CheckFailed(f"Fargate vCPU quota {limit:g}, {used:g} in use: no room for {CPU} vCPU",
@@ -512,6 +514,7 @@ class Doctor:
             raise CheckFailed(f"the task is still {status} after {self.join_timeout:g} s",
                               cause="Fargate capacity is short, or the image is large and slow to pull",
                               fix="run doctor again later, or with a longer --timeout")
+        self._running_at = time.monotonic()
         return "ECS says RUNNING", {"last_status": status}
 
     def check_address(self) -> tuple[str, dict]:
@@ -550,19 +553,27 @@ class Doctor:
 
         self._wait(probe, self._left_by_deadline())
         if stopped:
-            raise self._stopped_early("before it answered")
+            assert self._running_at is not None
+            ran = time.monotonic() - self._running_at
+            if ran < self.lease - 2 * self.poll_s:
+                raise self._stopped_early("before it answered")
+            # A node no head reaches waits its lease, then exits: unreachable, not crashed.
+            raise self._unreachable(host, port, last, f"after {ran:.0f} s the node gave up waiting for a "
+                                                      f"head (its lease is {self.lease:g} s) and exited")
         if not self.connect_times:
             raise self._unreachable(host, port, last)
         return f"{self.address} answers: connect {self.connect_times[0] * 1000:.1f} ms", {
             "connect_ms": self.connect_times[0] * 1000}
 
-    def _unreachable(self, host: str, port: str, error: Exception | None) -> CheckFailed:
+    def _unreachable(self, host: str, port: str, error: Exception | None, note: str = "") -> CheckFailed:
         """The node does not answer on its port: compare what the group admits with this address."""
         assert self.settings is not None
         mine = public_ip()
         group = next((r for r in find_managed(self._session(), self.settings) if r.kind == SECURITY_GROUP), None)
         admits = group.detail if group is not None else "unknown"
         detail = f"the node did not answer on port {port} at {host} ({error}); the security group: {admits}"
+        if note:
+            detail += f"; {note}"
         if mine is None:
             cause = "this machine's public address could not be learned, and the group may admit an old one"
             fix = "set STARBURST_HEAD_IP to this machine's public address and run 'starburst setup' again"
