@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator, Optional
 from .cluster import public_ip, worker_image
 from .launcher import default_address_resolver, stop_reasons
 from .pricing import BuiltinPriceSource, format_cost, task_cost
+from .provider import read_report
 from .quotas import ServiceQuotasSource
 from .resources import BUCKET, EXISTS, SECURITY_GROUP, AwsSetupError, Settings, find_managed
 
@@ -75,17 +76,17 @@ class Check:
 class CheckFailed(Exception):
     """A check failed: what was seen, its likely cause and what to do."""
 
-    def __init__(self, detail: str, cause: str = "", fix: str = "", **data: Any):
+    def __init__(self, detail: str, cause: str = "", fix: str = "", data: Optional[dict[str, Any]] = None):
         super().__init__(detail)
-        self.detail, self.cause, self.fix, self.data = detail, cause, fix, data
+        self.detail, self.cause, self.fix, self.data = detail, cause, fix, data or {}
 
 
 class Warned(Exception):
     """A check could not be completed, but nothing is known to be wrong."""
 
-    def __init__(self, detail: str, cause: str = "", fix: str = "", **data: Any):
+    def __init__(self, detail: str, cause: str = "", fix: str = "", data: Optional[dict[str, Any]] = None):
         super().__init__(detail)
-        self.detail, self.cause, self.fix, self.data = detail, cause, fix, data
+        self.detail, self.cause, self.fix, self.data = detail, cause, fix, data or {}
 
 
 @dataclass
@@ -297,7 +298,8 @@ class Doctor:
         if not Settings.path().exists():
             raise CheckFailed("starburst has no AWS resources on this machine yet",
                               cause=f"no settings in {Settings.path()}",
-                              fix="run 'starburst setup' (it creates the bucket, roles, ECS cluster and security group)")
+                              fix="run 'starburst setup' (it creates the bucket, roles, ECS cluster and security "
+                                  "group)")
         self.settings = Settings.load()
         self.report.region = self.settings.region
         try:
@@ -323,7 +325,7 @@ class Doctor:
             raise CheckFailed(f"not as 'starburst setup' left them: {names}",
                               cause="setup never finished, or something was deleted or recreated by hand",
                               fix="run 'starburst setup' again (it creates what is missing)",
-                              resources={r.kind: r.status for r in found})
+                              data={"resources": {r.kind: r.status for r in found}})
         bucket = next(r.name for r in found if r.kind == BUCKET)
         unknown = self._bucket_private(bucket)
         group = next((r for r in found if r.kind == SECURITY_GROUP), None)
@@ -333,7 +335,7 @@ class Doctor:
         if unknown:
             raise Warned(f"{len(found)} present{admits}; bucket {bucket}: could not verify its {unknown}",
                          cause="these credentials may not read the bucket's configuration",
-                         fix="nothing needed to run; 'starburst setup' sets them", **data)
+                         fix="nothing needed to run; 'starburst setup' sets them", data=data)
         return f"{len(found)} present{admits}; bucket {bucket} private and encrypted", data
 
     def _bucket_private(self, bucket: str) -> str:
@@ -381,11 +383,12 @@ class Doctor:
             raise Warned(f"could not read the Fargate vCPU quota: {why}",
                          cause="Service Quotas or CloudWatch did not answer (these credentials need servicequotas:Get* "
                                "and cloudwatch:GetMetricData)",
-                         fix="nothing needed to run; without it starburst can't plan launches around the quota") from exc
+                         fix="nothing needed to run; without it starburst can't plan launches around the "
+                             "quota") from exc
         if limit - used < CPU:
             raise CheckFailed(f"Fargate vCPU quota {limit:g}, {used:g} in use: no room for {CPU} vCPU",
                               cause="the quota is used up by other tasks", fix="'starburst quota' shows it; "
-                              "stop other Fargate tasks or request an increase", limit=limit, used=used)
+                              "stop other Fargate tasks or request an increase", data={"limit": limit, "used": used})
         return f"Fargate on-demand vCPU: {limit:g}, {used:g} in use", {"limit": limit, "used": used}
 
     def check_image(self) -> tuple[str, dict]:
@@ -408,7 +411,7 @@ class Doctor:
             raise CheckFailed(f"no image for this environment ({spec.hash()}) in ECR",
                               cause="it was never built (the first init(cluster='fargate') builds it), or "
                                     "it was deleted", fix="run 'starburst env --build' (or doctor without "
-                                                          "--no-build)", image=uri)
+                                                          "--no-build)", data={"image": uri})
         start = time.monotonic()
         try:
             self.image = worker_image(session, self.settings, "x86_64", lambda line: None)
@@ -440,7 +443,7 @@ class Doctor:
         if worst_cost > self.budget:
             raise CheckFailed(f"its timeouts could cost {format_cost(worst_cost)}, over the "
                               f"{format_cost(self.budget)} budget", fix="shorten --timeout or raise --budget")
-        self._launched_at = time.monotonic()
+        self._launched_at = start = time.monotonic()
         try:
             starburst.init(cluster="fargate", workers=1, cpu=CPU, memory=MEMORY, max_cost=self.budget,
                            lease=self.lease, image=self.image, idle_timeout=3600, auto_quota_request=False)
@@ -450,15 +453,15 @@ class Doctor:
         assert info is not None
         self._head_pid = info.pid
         self.report.cluster_id = info.cluster_id
-        arns = self._wait(lambda: self._ecs().list_tasks(cluster=self.settings.ecs_cluster,
-                                                         startedBy=info.cluster_id)["taskArns"],
-                          30.0)
+        ecs, cluster = self._ecs(), self.settings.ecs_cluster
+        arns = self._wait(lambda: ecs.list_tasks(cluster=cluster, startedBy=info.cluster_id)["taskArns"], 30.0)
         if not arns:
             raise CheckFailed("the head started but ECS lists no task of its cluster",
                               fix="'starburst down --all' stops anything left; run doctor again")
         self.task_arn = arns[0]
-        return f"task {self.task_arn.rsplit('/', 1)[-1]} of cluster {info.cluster_id}", {
-            "task": self.task_arn, "cluster_id": info.cluster_id}
+        took = time.monotonic() - start
+        return (f"init (checks, head, RunTask) {took:.1f} s: task {self.task_arn.rsplit('/', 1)[-1]} of cluster "
+                f"{info.cluster_id}"), {"task": self.task_arn, "cluster_id": info.cluster_id}
 
     def _wait(self, probe: Callable[[], Any], timeout: float) -> Any:
         """``probe()`` until it returns something true or ``timeout`` passes (then its last value)."""
@@ -499,7 +502,7 @@ class Doctor:
             cause = "ECS stopped it (capacity, Spot, or an account limit)"
             fix = f"see the reason; the node's log is in {logs}"
         return CheckFailed(f"the task stopped {where}: {why}", cause=cause, fix=fix,
-                           stopped_reason=why)
+                           data={"stopped_reason": why})
 
     def check_running(self) -> tuple[str, dict]:
         def probe():
@@ -586,7 +589,7 @@ class Doctor:
                      f"firewall here blocks outbound TCP port {port}")
             fix = (f"set STARBURST_HEAD_IP to the address your connections leave from and run 'starburst setup' "
                    f"again, or allow outbound TCP port {port}")
-        return CheckFailed(detail, cause=cause, fix=fix, admitted=admits, public_ip=mine)
+        return CheckFailed(detail, cause=cause, fix=fix, data={"admitted": admits, "public_ip": mine})
 
     def check_joined(self) -> tuple[str, dict]:
         import starburst
@@ -606,6 +609,9 @@ class Doctor:
             return f"the node joined over mutual TLS; cold start {cold:.1f} s", {"cold_start_s": cold}
         if self.task.get("lastStatus") != "RUNNING":
             raise self._stopped_early("before it joined")
+        report = read_report(self.report.cluster_id) if outcome == "head-gone" else None
+        if report is not None and report.reason:
+            raise CheckFailed(f"the head stopped before the node joined: {report.reason}")
         raise CheckFailed(f"the node answers TCP at {self.address} but did not join within the timeout",
                           cause="the TLS handshake failed (a certificate or clock problem), or the node is not "
                                 "starburst's (another listener on the port)",
@@ -657,7 +663,12 @@ class Doctor:
         """Stop whatever of the cluster is still running; ECS must confirm STOPPED. Always runs."""
         import starburst
 
+        from starburst.head import process
+
         assert self.settings is not None
+        if not self.report.cluster_id:  # interrupted inside init(): the head may be up all the same
+            head = process.find_head()
+            self.report.cluster_id = head.cluster_id if head is not None and head.provider == "fargate" else ""
         # The driver first: if the head still runs, it stops its tasks as at any shutdown.
         quiet = logging.getLogger("starburst")
         level = quiet.level
@@ -689,12 +700,12 @@ class Doctor:
         data = {"last_status": self.task.get("lastStatus"), "cost_usd": cost, "budget_usd": self.budget}
         bill = f"cost {format_cost(cost)} (budget {format_cost(self.budget)})"
         if left:
-            raise CheckFailed(f"tasks still running: {', '.join(left)}", fix="run 'starburst down --all'", **data)
+            raise CheckFailed(f"tasks still running: {', '.join(left)}", fix="run 'starburst down --all'", data=data)
         if cost > self.budget:
-            raise CheckFailed(f"{bill}: over the budget", cause="a step took far longer than its timeout", **data)
+            raise CheckFailed(f"{bill}: over the budget", cause="a step took far longer than its timeout", data=data)
         if not confirmed:
             raise Warned(f"StopTask accepted (desired STOPPED) but ECS still says {self.task.get('lastStatus')} after "
-                         f"{self.stop_timeout:g} s; {bill}", fix="'starburst down --all' later confirms", **data)
+                         f"{self.stop_timeout:g} s; {bill}", fix="'starburst down --all' later confirms", data=data)
         return f"ECS confirms STOPPED ({self.task.get('stoppedReason', '')}); {bill}", data
 
     def _delete_leftovers(self, cluster_id: str) -> None:

@@ -102,7 +102,8 @@ class Rehearsal:
         has no public access block: that stays moto's alone)."""
         seaweed = self.s3.session().client("s3", endpoint_url=self.s3.endpoint)
         bucket = self.settings.bucket
-        seaweed.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": moto_s3.get_bucket_tagging(Bucket=bucket)["TagSet"]})
+        tags = moto_s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+        seaweed.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tags})
         encryption = moto_s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
         seaweed.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=encryption)
 
