@@ -189,3 +189,29 @@ def test_missing_image_fails_before_anything_is_launched(rehearsal, tmp_path, ca
     assert [c["status"] for c in report["checks"][4:]] == ["skip"] * 8  # no task, so no stop check
     assert report["cost_usd"] is None and report["cluster_id"] == ""
     assert os.environ["STARBURST_HEAD_IP"] == "127.0.0.1"
+
+
+def test_sigterm_mid_run_stops_everything_doctor_started(rehearsal, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with rehearsal.agent(tmp_path / "nodes") as agent:
+        proc = subprocess.Popen([sys.executable, "-m", "starburst.cli", *ARGS[:-1], "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            (node,) = agent.wait_for_nodes(1, timeout=120)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        report = json.loads(out)
+        assert proc.returncode == 1, err[-3000:]
+        checks = _checks(report)
+        assert checks["interrupted"]["status"] == "fail" and "SIGTERM" in checks["interrupted"]["detail"]
+        assert checks["stop"]["status"] == "pass", _brief(report)
+        assert agent.wait_exited(node.task_arn, timeout=60) is not None
+        assert node.stopped_reason.startswith("starburst")  # stopped by StopTask, not by its lease
+    _cost_under_budget(report)
+    _nothing_left(rehearsal, report)
