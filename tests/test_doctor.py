@@ -16,7 +16,7 @@ from s3_fixtures import s3_server  # noqa: F401 - fixture
 
 from starburst import cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 #: Short timeouts: in the rehearsal a node starts in seconds.
 ARGS = ["doctor", "--json", "--timeout", "45", "--lease", "8"]
@@ -29,6 +29,29 @@ def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
         yield r
     finally:
         r.exit()
+
+
+def test_doctor_before_setup_says_run_setup(tmp_path, monkeypatch, capsys):
+    # No AWS endpoint is needed to find this out: one failed check, nothing else tried or started.
+    monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
+    code = cli.main(["doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["ok"] is False
+    first, *rest = report["checks"]
+    assert first["name"] == "credentials" and first["status"] == "fail"
+    assert "run 'starburst setup'" in first["fix"]
+    assert {c["status"] for c in rest} == {"skip"} and "stop" not in [c["name"] for c in rest]
+    assert report["cost_usd"] is None
+
+
+def test_the_checklist_names_cause_and_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("starburst doctor: one 0.25 vCPU / 0.5GB Fargate task, budget $0.0100")
+    assert out[1].split()[:2] == ["FAIL", "credentials"]
+    assert out[2].strip().startswith("likely cause: no settings in") and out[3].strip().startswith("fix: run")
+    assert out[-1] == "doctor: FAILED (credentials); no Fargate task was started"
 
 
 def _doctor(capsys, *extra: str) -> tuple[int, dict]:
@@ -66,6 +89,7 @@ def _cost_under_budget(report: dict) -> None:
     assert _checks(report)["stop"]["data"]["cost_usd"] == report["cost_usd"]
 
 
+@pytest.mark.slow
 def test_doctor_passes_on_a_healthy_account_and_leaves_nothing_running(rehearsal, tmp_path, capsys):
     with rehearsal.agent(tmp_path / "nodes", firewall=True) as agent:
         code, report = _doctor(capsys)
@@ -91,6 +115,7 @@ def test_doctor_passes_on_a_healthy_account_and_leaves_nothing_running(rehearsal
         assert rehearsal.s3_keys(f"{rehearsal.settings.object_prefix}/{report['cluster_id']}/") == []
 
 
+@pytest.mark.slow
 def test_the_checklist_is_printed_with_timings_and_cost(rehearsal, tmp_path, capsys):
     with rehearsal.agent(tmp_path / "nodes"):
         code = cli.main(["doctor", "--timeout", "45", "--lease", "8"])
@@ -102,6 +127,7 @@ def test_the_checklist_is_printed_with_timings_and_cost(rehearsal, tmp_path, cap
     assert "doctor: all checks passed; cost $0.0" in out and "of a $0.0100 budget" in out, out
 
 
+@pytest.mark.slow
 def test_node_unreachable_names_the_security_group_and_the_fix(rehearsal, tmp_path, capsys, monkeypatch):
     # checkip's view of this machine differs from where its connections come from (127.0.0.1):
     # init() admits that address, the security group no longer admits the real one.
@@ -124,6 +150,7 @@ def test_node_unreachable_names_the_security_group_and_the_fix(rehearsal, tmp_pa
     _nothing_left(rehearsal, report)
 
 
+@pytest.mark.slow
 def test_old_address_in_the_group_and_this_one_unknown(rehearsal, tmp_path, capsys, monkeypatch):
     # Setup ran from another address, and this machine's can't be learned now (so init() can't
     # re-admit it): the node is unreachable and doctor says to name the address and run setup.
@@ -148,6 +175,7 @@ def test_old_address_in_the_group_and_this_one_unknown(rehearsal, tmp_path, caps
     _nothing_left(rehearsal, report)
 
 
+@pytest.mark.slow
 def test_unreadable_tls_bundle_is_named(rehearsal, tmp_path, capsys):
     # The nodes' role can't read the bucket: the node exits at start (it can't fetch its bundle).
     with rehearsal.agent(tmp_path / "nodes", AWS_SECRET_ACCESS_KEY="not-the-role-key") as agent:
@@ -168,6 +196,7 @@ def test_unreadable_tls_bundle_is_named(rehearsal, tmp_path, capsys):
     _nothing_left(rehearsal, report)
 
 
+@pytest.mark.slow
 def test_missing_image_fails_before_anything_is_launched(rehearsal, tmp_path, capsys):
     import boto3
 
@@ -191,6 +220,7 @@ def test_missing_image_fails_before_anything_is_launched(rehearsal, tmp_path, ca
     assert os.environ["STARBURST_HEAD_IP"] == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_stops_everything_doctor_started(rehearsal, tmp_path):
     import signal
     import subprocess
@@ -215,3 +245,14 @@ def test_sigterm_mid_run_stops_everything_doctor_started(rehearsal, tmp_path):
         assert node.stopped_reason.startswith("starburst")  # stopped by StopTask, not by its lease
     _cost_under_budget(report)
     _nothing_left(rehearsal, report)
+
+
+@pytest.mark.slow
+def test_timeouts_that_could_overrun_the_budget_launch_nothing(rehearsal, tmp_path, capsys):
+    with rehearsal.agent(tmp_path / "nodes") as agent:
+        code, report = _doctor(capsys, "--timeout", "100000")
+        assert agent.started_count == 0
+    run_task = _checks(report)["run_task"]
+    assert code == 1 and run_task["status"] == "fail", _brief(report)
+    assert "over the $0.0100 budget" in run_task["detail"] and "--timeout" in run_task["fix"]
+    assert "stop" not in _checks(report) and report["cost_usd"] is None

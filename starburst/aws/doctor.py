@@ -46,7 +46,14 @@ from .launcher import default_address_resolver, stop_reasons
 from .pricing import BuiltinPriceSource, format_cost, task_cost
 from .provider import read_report
 from .quotas import ServiceQuotasSource
-from .resources import BUCKET, EXISTS, SECURITY_GROUP, AwsSetupError, Settings, find_managed
+from .resources import (
+    BUCKET,
+    EXISTS,
+    SECURITY_GROUP,
+    AwsSetupError,
+    Settings,
+    find_managed,
+)
 
 #: The smallest Fargate task: what doctor launches.
 CPU, MEMORY, MEMORY_GB = 0.25, "0.5GB", 0.5
@@ -55,6 +62,9 @@ CPU, MEMORY, MEMORY_GB = 0.25, "0.5GB", 0.5
 BUDGET = 0.01
 #: Bytes the node writes to S3 and reads back.
 S3_BYTES = 64 * 2**20
+#: Seconds allowed: the first task (an executor starts), each later one, the S3 round trip.
+FIRST_TASK_S, TASK_S, S3_S = 60.0, 10.0, 120.0
+ROUND_TRIPS = 10
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 
@@ -140,20 +150,25 @@ def _s3_round_trip(nbytes: int) -> dict[str, Any]:
     import hashlib
     import uuid
 
+    import numpy as np
+
     from starburst.serialization import serialize
     from starburst.store.s3 import S3Store
 
     store = S3Store(os.environ["STARBURST_STORE"], cache_bytes=0, cache_dir="")
-    data = os.urandom(nbytes)
+    # An array travels out of band: no copy of its bytes beside the one read back (0.5 GB nodes).
+    value = serialize(np.frombuffer(os.urandom(nbytes), dtype=np.uint8))
     key = f"doctor-{uuid.uuid4().hex}"
-    value = serialize(data)
+    sent = hashlib.sha256()
+    for chunk in value.chunks():
+        sent.update(chunk)
     start = time.monotonic()
     store.put(key, value)
     put_s = time.monotonic() - start
     start = time.monotonic()
     back = store.get(key)
     get_s = time.monotonic() - start
-    same = hashlib.sha256(b"".join(value.chunks())).digest() == hashlib.sha256(back).digest()
+    same = sent.digest() == hashlib.sha256(back).digest()
     store.delete(key)
     store.flush()
     store.close()
@@ -221,6 +236,7 @@ class Doctor:
         self.connect_times: list[float] = []
         self._launched_at: Optional[float] = None
         self._running_at: Optional[float] = None
+        self.worst_cost: Optional[float] = None
         self._stopped_at: Optional[float] = None
         self._head_pid: Optional[int] = None
 
@@ -438,11 +454,14 @@ class Doctor:
             raise CheckFailed(f"a starburst head is running here (pid {running.pid}, {running.provider})",
                               cause="doctor starts a cluster of its own",
                               fix="stop it with 'starburst down', then run doctor again")
-        worst = self.join_timeout + self.lease + self.stop_timeout + 120.0
+        # Every wait is bounded: the longest the task can run (ECS stops it within a minute or so).
+        worst = (self.join_timeout + FIRST_TASK_S + ROUND_TRIPS * TASK_S + S3_S + self.lease + 60.0
+                 + self.stop_timeout + 60.0)
         worst_cost = task_cost(worst, CPU, MEMORY_GB, self._rates())
         if worst_cost > self.budget:
             raise CheckFailed(f"its timeouts could cost {format_cost(worst_cost)}, over the "
                               f"{format_cost(self.budget)} budget", fix="shorten --timeout or raise --budget")
+        self.worst_cost = worst_cost
         self._launched_at = start = time.monotonic()
         try:
             starburst.init(cluster="fargate", workers=1, cpu=CPU, memory=MEMORY, max_cost=self.budget,
@@ -461,7 +480,8 @@ class Doctor:
         self.task_arn = arns[0]
         took = time.monotonic() - start
         return (f"init (checks, head, RunTask) {took:.1f} s: task {self.task_arn.rsplit('/', 1)[-1]} of cluster "
-                f"{info.cluster_id}"), {"task": self.task_arn, "cluster_id": info.cluster_id}
+                f"{info.cluster_id}"), {"task": self.task_arn, "cluster_id": info.cluster_id,
+                                        "worst_case_cost_usd": worst_cost}
 
     def _wait(self, probe: Callable[[], Any], timeout: float) -> Any:
         """``probe()`` until it returns something true or ``timeout`` passes (then its last value)."""
@@ -622,21 +642,21 @@ class Doctor:
 
         host, port = self.address.rsplit(":", 1)
         noop = starburst.remote(num_cpus=CPU)(_noop)
-        starburst.get(noop.remote(), timeout=120)  # the first starts an executor
+        starburst.get(noop.remote(), timeout=FIRST_TASK_S)  # the first starts an executor
         rtts = []
-        for _ in range(10):
+        for _ in range(ROUND_TRIPS):
             start = time.perf_counter()
-            starburst.get(noop.remote(), timeout=60)
+            starburst.get(noop.remote(), timeout=TASK_S)
             rtts.append(time.perf_counter() - start)
         connects = [_connect_s(host, int(port), 5.0) for _ in range(5)]
         rtt, tcp = statistics.median(rtts), statistics.median(connects)
-        return (f"task {rtt * 1000:.1f} ms (median of 10) vs TCP connect {tcp * 1000:.1f} ms: "
+        return (f"task {rtt * 1000:.1f} ms (median of {ROUND_TRIPS}) vs TCP connect {tcp * 1000:.1f} ms: "
                 f"{max(0.0, rtt - tcp) * 1000:.1f} ms is starburst's"), {"rtt_ms": rtt * 1000, "connect_ms": tcp * 1000}
 
     def check_s3(self) -> tuple[str, dict]:
         import starburst
 
-        result = starburst.get(starburst.remote(num_cpus=CPU)(_s3_round_trip).remote(S3_BYTES), timeout=300)
+        result = starburst.get(starburst.remote(num_cpus=CPU)(_s3_round_trip).remote(S3_BYTES), timeout=S3_S)
         if not result["same"]:
             raise CheckFailed("the bytes read back from S3 differ from those written", fix="run doctor again")
         mib = result["bytes"] / 2**20
@@ -662,7 +682,6 @@ class Doctor:
     def check_stop(self) -> tuple[str, dict]:
         """Stop whatever of the cluster is still running; ECS must confirm STOPPED. Always runs."""
         import starburst
-
         from starburst.head import process
 
         assert self.settings is not None
