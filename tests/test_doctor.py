@@ -256,3 +256,24 @@ def test_timeouts_that_could_overrun_the_budget_launch_nothing(rehearsal, tmp_pa
     assert code == 1 and run_task["status"] == "fail", _brief(report)
     assert "over the $0.0100 budget" in run_task["detail"] and "--timeout" in run_task["fix"]
     assert "stop" not in _checks(report) and report["cost_usd"] is None
+
+
+@pytest.mark.slow
+def test_a_missing_setup_resource_says_run_setup_and_launches_nothing(rehearsal, tmp_path, capsys):
+    import boto3
+
+    logs = boto3.client("logs", region_name="us-east-1")
+    group = rehearsal.settings.log_group
+    tags = logs.list_tags_log_group(logGroupName=group)["tags"]
+    logs.delete_log_group(logGroupName=group)
+    try:
+        with rehearsal.agent(tmp_path / "nodes") as agent:
+            code, report = _doctor(capsys)
+            assert agent.started_count == 0
+    finally:
+        logs.create_log_group(logGroupName=group, tags=tags)
+    resources = _checks(report)["resources"]
+    assert code == 1 and resources["status"] == "fail", _brief(report)
+    assert f"log-group {group} (not found)" in resources["detail"]
+    assert resources["fix"] == "run 'starburst setup' again (it creates what is missing)"
+    assert "stop" not in _checks(report) and report["cost_usd"] is None

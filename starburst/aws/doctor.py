@@ -46,14 +46,7 @@ from .launcher import default_address_resolver, stop_reasons
 from .pricing import BuiltinPriceSource, format_cost, task_cost
 from .provider import read_report
 from .quotas import ServiceQuotasSource
-from .resources import (
-    BUCKET,
-    EXISTS,
-    SECURITY_GROUP,
-    AwsSetupError,
-    Settings,
-    find_managed,
-)
+from .resources import BUCKET, BUILD_KINDS, EXISTS, MISSING, SECURITY_GROUP, AwsSetupError, Settings, find_managed
 
 #: The smallest Fargate task: what doctor launches.
 CPU, MEMORY, MEMORY_GB = 0.25, "0.5GB", 0.5
@@ -335,7 +328,9 @@ class Doctor:
             found = find_managed(self._session(), self.settings)
         except AwsSetupError as exc:
             raise CheckFailed(str(exc), fix="run 'starburst setup'") from exc
-        bad = [r for r in found if r.status != EXISTS]
+        # The image build's own resources are created by the first build when missing.
+        later = [r for r in found if r.kind in BUILD_KINDS and r.status == MISSING]
+        bad = [r for r in found if r.status != EXISTS and r not in later]
         if bad:
             names = ", ".join(f"{r.kind} {r.name} ({r.status})" for r in bad)
             raise CheckFailed(f"not as 'starburst setup' left them: {names}",
@@ -348,11 +343,13 @@ class Doctor:
         data = {"resources": {r.kind: r.status for r in found}, "bucket": bucket,
                 "security_group": group.detail if group else ""}
         admits = f"; security group {group.detail}" if group is not None else ""
+        if later:
+            admits += f"; the image build's {', '.join(r.kind for r in later)}: made by the first build"
         if unknown:
-            raise Warned(f"{len(found)} present{admits}; bucket {bucket}: could not verify its {unknown}",
+            raise Warned(f"{len(found) - len(later)} present{admits}; bucket {bucket}: could not verify its {unknown}",
                          cause="these credentials may not read the bucket's configuration",
                          fix="nothing needed to run; 'starburst setup' sets them", data=data)
-        return f"{len(found)} present{admits}; bucket {bucket} private and encrypted", data
+        return f"{len(found) - len(later)} present{admits}; bucket {bucket} private and encrypted", data
 
     def _bucket_private(self, bucket: str) -> str:
         """Why the bucket is not private and encrypted (CheckFailed), or what could not be verified
@@ -676,6 +673,10 @@ class Doctor:
                               f"(lease {self.lease:g} s)", cause="the node's lease did not end it",
                               fix="'starburst down --all' stops such tasks; please report this")
         took = time.monotonic() - killed
+        why = self.task.get("stoppedReason", "")
+        if "exited" not in why.lower():
+            raise CheckFailed(f"the task was stopped, but not by its node's exit: {why}",
+                              cause="something else stopped it before the lease ran out", fix="run doctor again")
         return f"head killed: the node stopped itself after {took:.1f} s (lease {self.lease:g} s)", {
             "stopped_after_s": took, "lease_s": self.lease}
 
