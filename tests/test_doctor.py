@@ -203,7 +203,7 @@ def test_missing_image_fails_before_anything_is_launched(rehearsal, tmp_path, ca
     from starburst.envsync import capture
 
     ecr = boto3.client("ecr", region_name="us-east-1")
-    tag = capture().hash()
+    tag = capture(machine="x86_64").hash()
     ecr.batch_delete_image(repositoryName=rehearsal.settings.repository, imageIds=[{"imageTag": tag}])
     try:
         with rehearsal.agent(tmp_path / "nodes") as agent:

@@ -36,6 +36,7 @@ import os
 import signal
 import socket
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -406,10 +407,10 @@ class Doctor:
 
     def check_image(self) -> tuple[str, dict]:
         from ..envsync import capture
-        from ..envsync.image import BuildError, account_id, image_exists, image_uri
+        from ..envsync.image import BuildError, ConsoleProgress, account_id, image_exists, image_uri
 
         assert self.settings is not None
-        spec = capture()
+        spec = capture(machine="x86_64")  # doctor's task is x86_64, whatever this machine is
         session = self._session()
         uri = image_uri(self.settings, account_id(session, self.settings.region), spec)
         ecr = session.client("ecr", region_name=self.settings.region)
@@ -427,7 +428,7 @@ class Doctor:
                                                           "--no-build)", data={"image": uri})
         start = time.monotonic()
         try:
-            self.image = worker_image(session, self.settings, "x86_64", lambda line: None)
+            self.image = worker_image(session, self.settings, "x86_64", ConsoleProgress(sys.stderr))
         except RuntimeError as exc:
             raise CheckFailed(f"the image was missing and its build failed: {exc}",
                               cause="see the build's log above", fix="'starburst env --build' shows the build "
