@@ -19,7 +19,7 @@ from starburst import cli
 pytestmark = pytest.mark.timeout(300)
 
 #: Short timeouts: in the rehearsal a node starts in seconds.
-ARGS = ["doctor", "--json", "--timeout", "45", "--lease", "8"]
+ARGS = ["doctor", "--json", "--timeout", "60", "--lease", "12"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_doctor_passes_on_a_healthy_account_and_leaves_nothing_running(rehearsal
 @pytest.mark.slow
 def test_the_checklist_is_printed_with_timings_and_cost(rehearsal, tmp_path, capsys):
     with rehearsal.agent(tmp_path / "nodes"):
-        code = cli.main(["doctor", "--timeout", "45", "--lease", "8"])
+        code = cli.main(["doctor", "--timeout", "60", "--lease", "12"])
     out = capsys.readouterr().out
     assert code == 0, out
     for title in ("credentials", "RunTask", "RUNNING", "TCP connect", "TLS handshake", "S3 64 MiB", "lease"):
