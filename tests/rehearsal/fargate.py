@@ -99,13 +99,16 @@ class Rehearsal:
 
     def _copy_bucket_settings(self, moto_s3) -> None:
         """The SeaweedFS bucket gets the tags and default encryption setup gave moto's (SeaweedFS
-        has no public access block: that stays moto's alone)."""
+        has no public access block: that stays moto's alone); ``exit()`` removes them again (the
+        server is shared with other tests)."""
         seaweed = self.s3.session().client("s3", endpoint_url=self.s3.endpoint)
         bucket = self.settings.bucket
         tags = moto_s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
         seaweed.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tags})
         encryption = moto_s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
         seaweed.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=encryption)
+        self._stack.callback(seaweed.delete_bucket_tagging, Bucket=bucket)
+        self._stack.callback(seaweed.delete_bucket_encryption, Bucket=bucket)
 
     def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0, firewall: bool = False,
               **node_env: str) -> FakeEcsAgent:
