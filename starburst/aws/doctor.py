@@ -458,7 +458,7 @@ class Doctor:
         worst_cost = task_cost(worst, CPU, MEMORY_GB, self._rates())
         if worst_cost > self.budget:
             raise CheckFailed(f"its timeouts could cost {format_cost(worst_cost)}, over the "
-                              f"{format_cost(self.budget)} budget", fix="shorten --timeout or raise --budget")
+                              f"{format_cost(self.budget)} budget", fix="shorten --timeout or --lease")
         self.worst_cost = worst_cost
         self._launched_at = start = time.monotonic()
         try:
@@ -467,7 +467,9 @@ class Doctor:
         except Exception as exc:  # noqa: BLE001 - prepare's and the head's errors say what to do
             raise CheckFailed(f"the cluster did not start: {exc}") from exc
         info = process.find_head()
-        assert info is not None
+        if info is None:
+            raise CheckFailed("the head exited as soon as it started", fix="run doctor again; 'starburst down --all' "
+                                                                          "stops any task it left")
         self._head_pid = info.pid
         self.report.cluster_id = info.cluster_id
         ecs, cluster = self._ecs(), self.settings.ecs_cluster
@@ -512,7 +514,7 @@ class Doctor:
             cause = "the task could not reach ECR or CloudWatch Logs (execution role, or no public IP/route)"
             fix = "run 'starburst setup' again"
         elif "exited" in why.lower():
-            bundle = f"s3://{self.settings.bucket or '<bucket>'}/{self.settings.object_prefix}/..."
+            bundle = f"s3://{self.settings.bucket_name(self.report.account)}/{self.settings.object_prefix}/..."
             cause = (f"the node exited at start, most often because it could not read its TLS bundle ({bundle}): "
                      "the task role lacks s3:GetObject on that prefix or the bucket denies it")
             fix = f"run 'starburst setup' again (it restores the task role's policy); the node's log is in {logs}"
@@ -621,19 +623,28 @@ class Doctor:
             return self._describe().get("lastStatus") != "RUNNING"
 
         outcome = self._wait(probe, self._left_by_deadline())
+        assert self.settings is not None
+        log_group = self.settings.log_group
         if outcome is True and self.task.get("lastStatus") == "RUNNING":
             assert self._launched_at is not None
             cold = time.monotonic() - self._launched_at
             return f"the node joined over mutual TLS; cold start {cold:.1f} s", {"cold_start_s": cold}
         if self.task.get("lastStatus") != "RUNNING":
-            raise self._stopped_early("before it joined")
+            assert self._running_at is not None
+            if time.monotonic() - self._running_at < self.lease - 2 * self.poll_s:
+                raise self._stopped_early("before it joined")
+            raise CheckFailed(f"the node answered TCP at {self.address}, but no head joined it within its lease "
+                              f"({self.lease:g} s), so it exited",
+                              cause="the head's TLS handshake with the node failed (a certificate, clock or "
+                                    "version problem), or something between them cuts TLS (a proxy)",
+                              fix=f"the node's log in CloudWatch log group {log_group} says which")
         report = read_report(self.report.cluster_id) if outcome == "head-gone" else None
         if report is not None and report.reason:
             raise CheckFailed(f"the head stopped before the node joined: {report.reason}")
         raise CheckFailed(f"the node answers TCP at {self.address} but did not join within the timeout",
                           cause="the TLS handshake failed (a certificate or clock problem), or the node is not "
                                 "starburst's (another listener on the port)",
-                          fix=f"its log is in CloudWatch log group {self.settings.log_group if self.settings else ''}")
+                          fix=f"its log is in CloudWatch log group {log_group}")
 
     def check_round_trip(self) -> tuple[str, dict]:
         import starburst
