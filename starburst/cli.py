@@ -7,6 +7,7 @@
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
     starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
     starburst env [--build | --rebuild] [--json]  the worker environment: spec, hash, image
+    starburst doctor [--json]                 check the AWS account end to end (one tiny task, <= 1 cent)
 
 Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
 """
@@ -356,6 +357,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .aws.doctor import run_doctor
+
+    report = run_doctor(as_json=args.json, join_timeout=args.timeout, lease=args.lease, build=not args.no_build)
+    return 0 if report.ok else EXIT_FAILED
+
+
 def _down_all(args: argparse.Namespace, info) -> int:
     """The laptop died or a head crashed: stop the local head, and every starburst task on Fargate
     found by its tags (in the region of 'starburst setup')."""
@@ -505,6 +513,19 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--region", help="AWS region (default: that of 'starburst setup')")
     env.add_argument("--json", action="store_true", help="machine-readable output")
     env.set_defaults(func=cmd_env)
+    doctor = sub.add_parser("doctor", help="check the AWS account end to end on one tiny Fargate task (<= 1 cent)",
+                            description="Check credentials, setup's resources, the quota and the worker image; "
+                                        "start one 0.25 vCPU task and time its cold start (RunTask, RUNNING, "
+                                        "address, TCP, TLS), a task round trip, 64 MiB through S3 from the node, "
+                                        "the node's lease, and its stop. Each failure names its likely cause "
+                                        "and fix. Exit code 1 when a check fails.")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds for the task to start and the node to join (default 300)")
+    doctor.add_argument("--lease", type=float, default=30.0, help="the node's lease in seconds (default 30)")
+    doctor.add_argument("--no-build", action="store_true",
+                        help="fail when the worker image is missing instead of building it")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -192,11 +192,14 @@ class FakeEcsAgent:
     """Runs a local node process for every RUNNING task of ``ecs_cluster`` in the moto server at
     ``endpoint`` (see the module docstring). ``latency_ms``: round trip added between the head
     and each node by a proxy (0: none). ``poll_s``: seconds between polls of moto.
-    ``stop_grace_s``: seconds between SIGTERM and SIGKILL when a task is stopped."""
+    ``stop_grace_s``: seconds between SIGTERM and SIGKILL when a task is stopped.
+    ``firewall``: enforce the task's security groups as AWS does for the head's connections
+    (which come from 127.0.0.1): unless a group admits 127.0.0.1 on the node's port, the node
+    listens on another loopback address and nothing answers at its public one."""
 
     def __init__(self, endpoint: str, region: str, ecs_cluster: str, node_env: dict[str, str],
                  log_dir: pathlib.Path, latency_ms: float = 0.0, poll_s: float = 0.2,
-                 stop_grace_s: float = 10.0):
+                 stop_grace_s: float = 10.0, firewall: bool = False):
         if latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {latency_ms!r}")
         self.endpoint = endpoint
@@ -207,6 +210,7 @@ class FakeEcsAgent:
         self.latency_ms = float(latency_ms)
         self.poll_s = float(poll_s)
         self.stop_grace_s = float(stop_grace_s)
+        self.firewall = firewall
         #: Problems met by the polling thread (it carries on), newest last.
         self.errors: list[str] = []
         self._nodes: dict[str, NodeRecord] = {}
@@ -459,7 +463,8 @@ class FakeEcsAgent:
                    or 47000)
         claims: list[IO] = []
         ip = self._take_host(port, claims)
-        listen_host = self._take_host(port, claims) if self.latency_ms > 0 else ip
+        blocked = self.firewall and not self._admits_head(_eni_of(task), port)
+        listen_host = self._take_host(port, claims) if self.latency_ms > 0 or blocked else ip
         env = {**os.environ, **self.node_env, **task_env,
                "STARBURST_HOST": listen_host, "HOSTNAME": task_id}
         log_path = self.log_dir / f"node-{task_id}.log"
@@ -482,7 +487,7 @@ class FakeEcsAgent:
         with self._lock:
             self._nodes[arn] = record
             self._changed.notify_all()
-        if listen_host != ip:
+        if listen_host != ip and not blocked:
             record.proxy = LatencyProxy(ip, port, listen_host, port, rtt_ms=self.latency_ms).start()
         if record.eni_id is None:
             self.errors.append(f"{task_id}: no network interface in the task's attachments; "
@@ -491,6 +496,23 @@ class FakeEcsAgent:
             self._give_public_ip(record)
         log.info("task %s: node pid %d at %s (listening on %s)", task_id, proc.pid,
                  record.address, listen_host)
+
+    def _admits_head(self, eni_id: Optional[str], port: int) -> bool:
+        """Whether a security group of the task's ENI admits TCP from 127.0.0.1 on ``port``."""
+        import ipaddress
+
+        if eni_id is None:
+            return False
+        (eni,) = self.ec2.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"]
+        groups = [g["GroupId"] for g in eni.get("Groups", [])]
+        head = ipaddress.ip_address("127.0.0.1")
+        for group in self.ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"] if groups else []:
+            for perm in group.get("IpPermissions", []):
+                ports_ok = perm.get("IpProtocol") == "-1" or (
+                    perm.get("IpProtocol") == "tcp" and perm.get("FromPort", 0) <= port <= perm.get("ToPort", 0))
+                if ports_ok and any(head in ipaddress.ip_network(r["CidrIp"]) for r in perm.get("IpRanges", [])):
+                    return True
+        return False
 
     def _give_public_ip(self, record: NodeRecord) -> None:
         """An Elastic IP ``record.ip`` on the task's ENI: moto then reports it as the ENI's

@@ -92,13 +92,29 @@ class Rehearsal:
         self.settings = res.setup(session, settings, head_ip="127.0.0.1").settings
         self.settings.save()
         put_fake_image(session, self.settings.repository, capture().hash())
+        self._copy_bucket_settings(session.client("s3"))
         self._setenv(AWS_ENDPOINT_URL_S3=self.s3.endpoint)
         self._stack.enter_context(tasks_stay_running(self.moto))
         return self
 
-    def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0) -> FakeEcsAgent:
-        return FakeEcsAgent(self.moto, REGION, self.settings.ecs_cluster, self.node_env, log_dir,
-                            latency_ms=latency_ms, stop_grace_s=5.0).start()
+    def _copy_bucket_settings(self, moto_s3) -> None:
+        """The SeaweedFS bucket gets the tags and default encryption setup gave moto's (SeaweedFS
+        has no public access block: that stays moto's alone); ``exit()`` removes them again (the
+        server is shared with other tests)."""
+        seaweed = self.s3.session().client("s3", endpoint_url=self.s3.endpoint)
+        bucket = self.settings.bucket
+        tags = moto_s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+        seaweed.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tags})
+        encryption = moto_s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+        seaweed.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=encryption)
+        self._stack.callback(seaweed.delete_bucket_tagging, Bucket=bucket)
+        self._stack.callback(seaweed.delete_bucket_encryption, Bucket=bucket)
+
+    def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0, firewall: bool = False,
+              **node_env: str) -> FakeEcsAgent:
+        """A started agent; ``node_env`` overrides what the nodes' platform gives them."""
+        return FakeEcsAgent(self.moto, REGION, self.settings.ecs_cluster, {**self.node_env, **node_env}, log_dir,
+                            latency_ms=latency_ms, stop_grace_s=5.0, firewall=firewall).start()
 
     def running_tasks(self, cluster_id: str | None = None) -> list[str]:
         import boto3
