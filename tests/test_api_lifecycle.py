@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 SCRIPT_TIMEOUT = 120
 
 
@@ -340,6 +342,7 @@ def test_output_of_nested_tasks_reaches_driver(run_script):
     assert re.search(r"\(inner pid=\d+[^)]*\) inner-says-c3d4", both), both
 
 
+@pytest.mark.slow
 def test_an_idle_session_survives_keepalive_pings(run_script):
     """Streams ping when idle; the head and nodes must accept those pings (gRPC's default server
     answers frequent pings with GOAWAY "too_many_pings", ending an idle driver's session)."""

@@ -71,6 +71,7 @@ def test_prepare_requires_setup(account):
         _prepare(check_options(), FakeQuotaSource())
 
 
+@pytest.mark.slow
 def test_prepare_fills_in_the_cluster_and_prices_it(account):
     res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
     out, said = _prepare(check_options(workers=4, cpu=2, memory="4GB", max_cost=2), FakeQuotaSource(64))
@@ -123,6 +124,7 @@ def test_no_room_at_all_for_the_minimum_is_an_error(account):
         _prepare(check_options(workers=2, cpu=1, memory="2GB"), full, interactive=False)
 
 
+@pytest.mark.slow
 def test_worker_image_is_found_by_hash_and_pip_derives_its_own(account):
     from rehearsal.fargate import put_fake_image
 

@@ -21,6 +21,8 @@ from starburst.aws.resources import (
     Settings,
 )
 
+pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
+
 HEAD = "203.0.113.5"
 NEW_HEAD = "198.51.100.7"
 TAGS = {"starburst:managed": "true", "starburst:cluster": "starburst"}

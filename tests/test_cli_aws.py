@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import boto3
+import pytest
+
+pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
 
 
 

@@ -7,10 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 from starburst.aws import resources as res
 from starburst.aws.resources import Settings
 from starburst.envsync import capture, derived_spec
+
+pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
 
 MANIFEST = json.dumps({"schemaVersion": 2,
                        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",

@@ -622,6 +622,7 @@ def _index_wheel(directory: Path, name: str, version: str) -> None:
         whl.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
 
 
+@pytest.mark.slow
 def test_dockerfile_install_steps_run_in_a_throwaway_virtualenv(tmp_path):
     """Every COPY and pip RUN step of a generated Dockerfile, run in order against a fresh
     virtualenv standing in for the image (paths under a scratch root): the index packages

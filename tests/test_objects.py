@@ -279,6 +279,7 @@ def test_retried_task_still_has_its_large_arguments(cluster, store, tmp_path, ho
 # ------------------------------------------------------------------------------ refs inside values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", ["inline", "stored"])
 def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster, store, container):
     ray = cluster
@@ -619,6 +620,7 @@ def test_driver_ending_leaves_no_processes_and_no_store_files(run_script, ending
 # --------------------------------------------------------------- nested work owned by an executor
 
 
+@pytest.mark.slow
 def test_nested_task_ref_returned_by_a_task_survives_the_executor_being_retired(cluster):
     """A task returns the ref of a task it submitted. Executors started while others were blocked
     are retired when idle; the ref must keep working when the one that ran the task goes away."""

@@ -23,7 +23,7 @@ from rehearsal.fargate import Rehearsal
 
 import starburst
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # the full tier only
 
 SMALL = dict(cpu=1, memory="2GB")
 

@@ -23,6 +23,8 @@ from starburst.aws import resources as res
 from starburst.aws.launcher import FargateLauncher
 from starburst.aws.resources import Settings
 
+pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
+
 HEAD = "203.0.113.5"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:py311-rehearsal"
 

@@ -85,6 +85,7 @@ def test_cancel_reaches_tasks_queued_on_an_executor(cluster):
     assert ray.get(blockers, timeout=TIMEOUT) == ["done", "done"]
 
 
+@pytest.mark.slow
 def test_short_parents_blocking_on_children_do_not_deadlock(cluster):
     ray = cluster
 

@@ -81,6 +81,7 @@ def test_node_exits_when_no_head_comes_within_its_lease(tmp_path):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_node_waits_for_its_head_to_reconnect_then_gives_up(tmp_path):
     proc, port = start(tmp_path, lease=6)
     try:
