@@ -20,7 +20,9 @@ from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..store import open_store
+from .joblog import JobLogs
 from .nodes import NodeLink
+from .observer import Observer
 from .providers import NodeProvider
 from .scheduler import Scheduler, Session
 
@@ -38,6 +40,9 @@ class Head(pb_grpc.HeadServicer):
         self.store = open_store(provider.store_url)
         self.scheduler = Scheduler(self.store)
         self.scheduler.node_shape = provider.node_shape()
+        self.observer = self.scheduler.observer = Observer(self.scheduler, JobLogs())
+        self.dashboard_url = ""
+        self._dashboard = None
         self.links: list[NodeLink] = []
         self.stopping = asyncio.Event()
         self.shutting_down = False
@@ -178,6 +183,7 @@ class Head(pb_grpc.HeadServicer):
             loop.add_signal_handler(sig, self.stopping.set)
         provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
+        await self._start_dashboard()
         try:
             await provider_start
             if self.stopping.is_set():
@@ -200,6 +206,15 @@ class Head(pb_grpc.HeadServicer):
         ticker.cancel()
         await self.shutdown(server)
 
+    async def _start_dashboard(self) -> None:
+        from .dashboard import Dashboard
+
+        try:
+            self._dashboard = Dashboard(self)
+            self.dashboard_url = await self._dashboard.start()
+        except Exception:  # noqa: BLE001 - the cluster works without its web page
+            log.exception("the dashboard could not start")
+
     async def _exit_if_nobody_comes(self) -> None:
         await asyncio.sleep(60)
         if self.drivers_seen == 0:
@@ -210,7 +225,7 @@ class Head(pb_grpc.HeadServicer):
             "address": self.address, "pid": os.getpid(), "cluster_id": self.cluster_id,
             "store_url": self.store.url, "version": __version__,
             "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
-            "provider": self.provider.name,
+            "provider": self.provider.name, "dashboard": self.dashboard_url,
         }
         write_atomic(config.head_file(), [json.dumps(info).encode()])
 
@@ -238,6 +253,10 @@ class Head(pb_grpc.HeadServicer):
                 if link.task is not None:
                     link.task.cancel()
             await server.stop(grace=0.5)
+            if self._dashboard is not None:
+                await self._dashboard.stop()
+            if self.observer.joblogs is not None:
+                self.observer.joblogs.close()
             self.scheduler.drop_all_objects()
             self.store.destroy()
             self.store.close()

@@ -1,0 +1,130 @@
+"""Progress bars for long waits (tqdm).
+
+- :func:`progress` is the explicit helper: ``for ref in starburst.progress(refs): ...`` yields the
+  refs as their tasks finish, with a bar.
+- ``get``/``wait`` over several refs show a bar by themselves once they have waited ``DELAY_S``
+  (2 s), but only where a person is looking: a terminal (stdout and stderr both TTYs) or a notebook.
+  Never in a non-interactive run; off with ``init(progress=False)`` or ``STARBURST_PROGRESS=0``.
+
+The bar follows arrivals (it blocks in ``wait`` for the next results), it never polls.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .object_ref import ObjectRef
+
+#: Seconds a get/wait runs before its bar appears.
+DELAY_S = float(os.environ.get("STARBURST_PROGRESS_DELAY", 2.0))
+#: Set by ``init(progress=...)``; None: decided by the environment.
+enabled: bool | None = None
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def interactive() -> bool:
+    """Whether automatic bars may be shown: not switched off, and someone is watching."""
+    if enabled is False or os.environ.get("STARBURST_PROGRESS", "").lower() in ("0", "false", "no", "off"):
+        return False
+    from . import _runtime
+
+    if _runtime.executor_client_factory is not None:
+        return False  # inside a task: its output goes to a log, not a person
+    if _in_notebook():
+        return True
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _bar(total: int, desc: str, initial: int = 0):
+    if _in_notebook():
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True,
+                leave=True, smoothing=0.1)
+
+
+def _ready_now(client, refs: list["ObjectRef"]) -> tuple[list["ObjectRef"], list["ObjectRef"]]:
+    return client.wait(refs, len(refs), 0)
+
+
+def progress(refs: Sequence["ObjectRef"], *, desc: str = "tasks") -> Iterator["ObjectRef"]:
+    """Yield ``refs`` as their values become ready (in completion order), drawing a bar.
+
+    ``for ref in starburst.progress(refs): use(starburst.get(ref))``. The bar is drawn wherever
+    stderr goes, interactive or not (it is asked for)."""
+    from . import _runtime
+
+    client = _runtime.get_client()
+    pending = list(dict.fromkeys(refs))
+    with _bar(len(pending), desc) as bar:
+        while pending:
+            ready, pending = client.wait(pending, 1, None)  # blocks until one more is done
+            if pending:
+                more, pending = _ready_now(client, pending)
+                ready += more
+            bar.update(len(ready))
+            yield from ready
+
+
+class AutoProgress:
+    """The bar a long ``get``/``wait`` shows by itself (see the module's docstring). Use as a
+    context manager around the blocking call; costs nothing when no bar is wanted."""
+
+    def __init__(self, refs: Sequence["ObjectRef"], needed: int, desc: str) -> None:
+        self.refs = list(dict.fromkeys(refs))
+        self.needed = min(needed, len(self.refs))
+        self.desc = desc
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "AutoProgress":
+        if self.needed >= 2 and interactive():
+            self._thread = threading.Thread(target=self._run, name="starburst-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        from . import _runtime
+
+        if self._done.wait(DELAY_S):
+            return
+        client = _runtime.peek_client()
+        if client is None:
+            return
+        try:
+            ready, pending = _ready_now(client, self.refs)
+            count = len(ready)
+            with _bar(self.needed, self.desc, initial=min(count, self.needed)) as bar:
+                while pending and count < self.needed and not self._done.is_set():
+                    # Block for the next arrival; the bound only lets us notice that the get is over.
+                    ready, pending = client.wait(pending, 1, 0.5)
+                    if ready and pending:
+                        more, pending = _ready_now(client, pending)
+                        ready += more
+                    count += len(ready)
+                    bar.update(min(len(ready), self.needed - bar.n))
+        except Exception:  # noqa: BLE001 - a progress bar must never break the get it decorates
+            return
