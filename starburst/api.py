@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 from . import _runtime
 from .object_ref import ObjectRef
 from .options import check_timeout
-from .progress import AutoProgress
+from .progress import AutoProgress, configure_progress
 from .remote_function import RemoteFunction
 
 log = logging.getLogger("starburst")
@@ -147,9 +147,7 @@ def init(
         )
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
-        from . import progress as _progress
-
-        _progress.enabled = progress
+        configure_progress(progress)
         _announce_dashboard(head_address)
         return _context()
 

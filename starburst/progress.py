@@ -25,6 +25,12 @@ DELAY_S = float(os.environ.get("STARBURST_PROGRESS_DELAY", 2.0))
 enabled: bool | None = None
 
 
+def configure_progress(enable: bool | None) -> None:
+    """``init(progress=...)``: True/False forces bars on/off; None leaves it to the environment."""
+    global enabled
+    enabled = enable
+
+
 def _in_notebook() -> bool:
     shell = sys.modules.get("IPython")
     if shell is None:
@@ -57,8 +63,14 @@ def _bar(total: int, desc: str, initial: int = 0):
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True,
-                leave=True, smoothing=0.1)
+    # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 80x24.
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        sized = size.columns > 0 and size.lines > 0
+    except (OSError, ValueError, AttributeError):
+        sized = False
+    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=sized,
+                ncols=None if sized else 80, nrows=None if sized else 24, leave=True, smoothing=0.1)
 
 
 def _ready_now(client, refs: list["ObjectRef"]) -> tuple[list["ObjectRef"], list["ObjectRef"]]:
