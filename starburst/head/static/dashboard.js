@@ -3,6 +3,7 @@
 (function () {
   const token = document.querySelector('meta[name="starburst-token"]').content;
   const $ = (id) => document.getElementById(id);
+  const closedErrors = new Set();  // errors the reader folded: not unfolded again by an update
 
   function text(el, value) { if (el.textContent !== String(value)) el.textContent = String(value); }
   function bytes(n) {
@@ -98,11 +99,17 @@
     }
     if (atBottom) out.scrollTop = out.scrollHeight;
     const errors = $("errors");
+    const wasOpen = new Set([...errors.querySelectorAll("details[open]")].map((d) => d.dataset.key));
     errors.replaceChildren();
     if (!s.errors.length) { const p = document.createElement("p"); p.className = "sub"; p.textContent = "no error"; errors.appendChild(p); }
+    let newest = true;
     for (const e of s.errors.slice().reverse()) {
       const d = document.createElement("details");
       d.className = "error";
+      d.dataset.key = `${e.t}/${e.task}`;
+      d.open = wasOpen.has(d.dataset.key) || (newest && !closedErrors.has(d.dataset.key));
+      d.addEventListener("toggle", () => { if (!d.open) closedErrors.add(d.dataset.key); });
+      newest = false;
       const sum = document.createElement("summary");
       sum.textContent = `${e.task} (${e.job}) at ${new Date(e.t * 1000).toLocaleTimeString()}`;
       const pre = document.createElement("pre");
