@@ -98,8 +98,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     used = sum(n.cpus_in_use for n in st.nodes)
     if args.json:
         print(json.dumps({
-            "running": True, "dashboard": _dashboard_url(info.address), "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
-            "drivers": st.sessions, "queued": st.queued, "running": st.running,
+            "running": True, "dashboard": _dashboard_url(info.address),
+            "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
+            "drivers": st.sessions, "queued": st.queued, "tasks_running": st.running,
             "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
             "store": st.store_url,
             "cluster": {"provider": st.cluster.provider, "cluster_id": st.cluster.cluster_id,

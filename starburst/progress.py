@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     from .object_ref import ObjectRef
 
 #: Seconds a get/wait runs before its bar appears.
-DELAY_S = float(os.environ.get("STARBURST_PROGRESS_DELAY", 2.0))
+DELAY_S = float(os.environ.get("STARBURST_PROGRESS_DELAY") or 2.0)
 #: Set by ``init(progress=...)``; None: decided by the environment.
 enabled: bool | None = None
 
@@ -60,9 +60,9 @@ def interactive() -> bool:
 
 def _bar(total: int, desc: str, initial: int = 0):
     if _in_notebook():
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     else:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
     # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 80x24.
     try:
         size = os.get_terminal_size(sys.stderr.fileno())
@@ -100,7 +100,7 @@ class AutoProgress:
     """The bar a long ``get``/``wait`` shows by itself (see the module's docstring). Use as a
     context manager around the blocking call; costs nothing when no bar is wanted."""
 
-    def __init__(self, refs: Sequence["ObjectRef"], needed: int, desc: str) -> None:
+    def __init__(self, refs: Sequence[Any], needed: int, desc: str) -> None:
         self.refs = list(dict.fromkeys(refs))
         self.needed = min(needed, len(self.refs))
         self.desc = desc

@@ -58,6 +58,18 @@ def test_every_route_needs_the_token_and_timeline_writes_a_trace(cluster, tmp_pa
     assert len(returned) == 5
 
 
+def test_status_and_init_give_the_dashboard_url(cluster):
+    url = cluster.api._context().dashboard_url
+    assert url.startswith("http://127.0.0.1:") and "?token=" in url
+    proc = subprocess.run([sys.executable, "-m", "starburst", "status", "--json"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    st = json.loads(proc.stdout)
+    assert st["running"] is True and st["dashboard"] == url and st["tasks_running"] >= 0
+    text = subprocess.run([sys.executable, "-m", "starburst", "status"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert f"dashboard {url}" in text
+
+
 def _chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -39,15 +39,15 @@ RETENTION_HELP = ("Retention: a job's output is rotated at 8 MiB (two files kept
 
 
 def max_bytes() -> int:
-    return int(os.environ.get("STARBURST_JOB_LOG_BYTES", 8 << 20))
+    return int(os.environ.get("STARBURST_JOB_LOG_BYTES") or 8 << 20)
 
 
 def retention_days() -> float:
-    return float(os.environ.get("STARBURST_LOG_RETENTION_DAYS", 7))
+    return float(os.environ.get("STARBURST_LOG_RETENTION_DAYS") or 7)
 
 
 def max_jobs() -> int:
-    return int(os.environ.get("STARBURST_LOG_MAX_JOBS", 50))
+    return int(os.environ.get("STARBURST_LOG_MAX_JOBS") or 50)
 
 
 def jobs_dir(create: bool = False) -> pathlib.Path:

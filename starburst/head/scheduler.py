@@ -12,7 +12,7 @@ import collections
 import math
 import logging
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
@@ -24,6 +24,9 @@ from ..exceptions import (
     WorkerCrashedError,
 )
 from ..store import ObjectStore, error_value
+
+if TYPE_CHECKING:
+    from .observer import Observer
 
 log = logging.getLogger("starburst.head")
 
@@ -212,7 +215,7 @@ class Scheduler:
         #: before any such node exists (an autoscaling cluster may start with none).
         self.node_shape: pb.Resources | None = None
         #: Told about output, task ends and finished tasks (``head/observer.py``); None: nobody.
-        self.observer = None
+        self.observer: Observer | None = None
 
     # ------------------------------------------------------------------ batching
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -26,6 +27,9 @@ from .observer import Observer
 from .providers import NodeProvider
 from .scheduler import Scheduler, Session
 
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
+
 log = logging.getLogger("starburst.head")
 
 #: The provider failing this many ticks in a row (about as many seconds) stops the cluster.
@@ -40,9 +44,10 @@ class Head(pb_grpc.HeadServicer):
         self.store = open_store(provider.store_url)
         self.scheduler = Scheduler(self.store)
         self.scheduler.node_shape = provider.node_shape()
-        self.observer = self.scheduler.observer = Observer(self.scheduler, JobLogs())
+        self.observer = Observer(self.scheduler, JobLogs())
+        self.scheduler.observer = self.observer
         self.dashboard_url = ""
-        self._dashboard = None
+        self._dashboard: Dashboard | None = None
         self.links: list[NodeLink] = []
         self.stopping = asyncio.Event()
         self.shutting_down = False
@@ -210,8 +215,8 @@ class Head(pb_grpc.HeadServicer):
         from .dashboard import Dashboard
 
         try:
-            self._dashboard = Dashboard(self)
-            self.dashboard_url = await self._dashboard.start()
+            dashboard = self._dashboard = Dashboard(self)
+            self.dashboard_url = await dashboard.start()
         except Exception:  # noqa: BLE001 - the cluster works without its web page
             log.exception("the dashboard could not start")
 
