@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from typing import Any
 
 
@@ -16,6 +15,8 @@ def timeline(filename: str | os.PathLike | None = None) -> list[dict[str, Any]] 
 
     With ``filename``, writes ``{"traceEvents": [...]}`` there and returns None; without it,
     returns the list of events."""
+    import urllib.request
+
     from . import _runtime
     from .api import dashboard_url
 

@@ -48,6 +48,7 @@ class Head(pb_grpc.HeadServicer):
         self.scheduler.observer = self.observer
         self.dashboard_url = ""
         self._dashboard: Dashboard | None = None
+        self._dashboard_task: asyncio.Future | None = None
         self.links: list[NodeLink] = []
         self.stopping = asyncio.Event()
         self.shutting_down = False
@@ -188,7 +189,6 @@ class Head(pb_grpc.HeadServicer):
             loop.add_signal_handler(sig, self.stopping.set)
         provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
-        await self._start_dashboard()
         try:
             await provider_start
             if self.stopping.is_set():
@@ -203,6 +203,9 @@ class Head(pb_grpc.HeadServicer):
                 self.store.destroy()
             raise SystemExit(1) from None
         ticker = asyncio.ensure_future(self._tick())
+        # The URL is known now (its socket is bound); it serves once aiohttp is imported, on a
+        # thread, after we announced (so the import never delays a cluster's start).
+        self._dashboard_task = self._start_dashboard()
         self._write_head_file()
         announce(self.address)
         if self.args.exit_when_unused:
@@ -211,14 +214,25 @@ class Head(pb_grpc.HeadServicer):
         ticker.cancel()
         await self.shutdown(server)
 
-    async def _start_dashboard(self) -> None:
+    def _start_dashboard(self) -> asyncio.Future | None:
+        """Bind the dashboard's socket now (its URL goes into head.json) and serve it in the
+        background; the cluster works without it if it fails."""
         from .dashboard import Dashboard
 
         try:
             dashboard = self._dashboard = Dashboard(self)
-            self.dashboard_url = await dashboard.start()
-        except Exception:  # noqa: BLE001 - the cluster works without its web page
+        except OSError:
             log.exception("the dashboard could not start")
+            return None
+        self.dashboard_url = dashboard.url
+
+        async def start() -> None:
+            try:
+                await dashboard.start()
+            except Exception:  # noqa: BLE001
+                log.exception("the dashboard could not start")
+
+        return asyncio.ensure_future(start())
 
     async def _exit_if_nobody_comes(self) -> None:
         await asyncio.sleep(60)
@@ -258,6 +272,8 @@ class Head(pb_grpc.HeadServicer):
                 if link.task is not None:
                     link.task.cancel()
             await server.stop(grace=0.5)
+            if self._dashboard_task is not None:
+                self._dashboard_task.cancel()
             if self._dashboard is not None:
                 await self._dashboard.stop()
             if self.observer.joblogs is not None:
