@@ -147,3 +147,27 @@ def test_dashboard_in_a_real_browser_shows_counts_that_change(tmp_path):
         if job is not None and job.poll() is None:
             job.kill()
         subprocess.run([sys.executable, "-m", "starburst", "down"], env=env, capture_output=True, timeout=60)
+
+
+def test_ray_timeline_through_starburst_run(tmp_path):
+    script = tmp_path / "ray_script.py"
+    trace = tmp_path / "ray-trace.json"
+    script.write_text(textwrap.dedent(f"""
+        import ray
+
+        ray.init(num_cpus=1)
+
+        @ray.remote
+        def step(i):
+            return i
+
+        ray.get([step.remote(i) for i in range(3)])
+        ray.timeline(filename={str(trace)!r})
+        ray.shutdown()
+    """))
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "starburst", "run", str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert sorted(e["name"] for e in events if e["ph"] == "X") == ["step"] * 3

@@ -156,12 +156,26 @@ def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_pat
         assert "hello from task 1" in only and "ValueError" not in only
         errors = _cli(home, "logs", job, "--errors").stdout
         assert "ValueError: this task fails on purpose" in errors and "hello from task" not in errors
-        # The driver has exited; the detached actor prints now, and that is kept in its job's log.
+        # The driver has exited; the detached actor prints now, and that is kept in its job's log:
+        # `logs --follow` shows it as it comes, and ends when the cluster stops.
         assert "printed after the driver left" not in out.stdout
-        flag.touch()
-        deadline = time.monotonic() + 30
-        while "printed after the driver left" not in _cli(home, "logs", job).stdout:
-            assert time.monotonic() < deadline, "the detached actor's later output never reached the job log"
-            time.sleep(0.2)
+        env = dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT))
+        follow = subprocess.Popen([sys.executable, "-m", "starburst", "logs", job, "--follow"],
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            first = follow.stdout.readline()
+            assert "hello from task" in first  # what was already there comes first
+            flag.touch()
+            for line in follow.stdout:
+                if "printed after the driver left" in line:
+                    assert line.startswith("(Ticker pid=")
+                    break
+            else:
+                raise AssertionError("logs --follow ended without the detached actor's later output")
+            assert "printed after the driver left" in _cli(home, "logs", job).stdout
+            assert _cli(home, "down").returncode == 0
+            assert follow.wait(30) == 0
+        finally:
+            follow.kill()
     finally:
         _cli(home, "down")
