@@ -170,6 +170,8 @@ def _watch_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from .head import joblog
 
+    if args.node:
+        return _node_logs(args)
     try:
         job = joblog.find_job(args.job)
     except LookupError as exc:
@@ -454,6 +456,26 @@ def _down_all(args: argparse.Namespace, info) -> int:
     return code
 
 
+def _node_logs(args: argparse.Namespace) -> int:
+    """A Fargate node's own log, from CloudWatch (the log group 'starburst setup' made)."""
+    import boto3
+
+    from .aws import node_logs
+
+    settings = _aws_settings(args)
+    logs = boto3.Session(region_name=settings.region).client("logs")
+    try:
+        stream = node_logs.find_stream(logs, settings.log_group, args.node)
+        for message in node_logs.read(logs, settings.log_group, stream, follow=args.follow):
+            print(message, flush=True)
+    except LookupError as exc:
+        print(f"starburst logs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _duration(seconds: float) -> str:
     from .aws.pricing import format_duration  # one duration format everywhere
 
@@ -525,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep printing new output until the cluster stops (or Ctrl-C)")
     logs.add_argument("--errors", action="store_true",
                       help="only errors: tasks that failed (with tracebacks) and what tasks wrote to stderr")
+    logs.add_argument("--node", metavar="TASK_ID",
+                      help="instead: a Fargate node's own log from CloudWatch (its ECS task id, or a prefix)")
+    logs.add_argument("--region", help="with --node: the AWS region (default: that of 'starburst setup')")
     logs.set_defaults(func=cmd_logs)
     down = sub.add_parser("down", help="stop the running cluster and everything it started",
                           description="Stop the head, its nodes and their executors. Exit code 3 when "

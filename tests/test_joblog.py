@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
 
 from starburst.head import joblog
 
@@ -179,3 +180,28 @@ def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_pat
             follow.kill()
     finally:
         _cli(home, "down")
+
+
+def test_logs_node_reads_a_fargate_nodes_cloudwatch_stream(aws, tmp_path):  # noqa: F811
+    from starburst.aws.resources import Settings
+
+    group = Settings(region=aws.region).log_group
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=group)
+    for task_id, lines in (("3f9a0c1d2e", ["node listening on :47000", "lost the head; waiting"]),
+                           ("77b1aa0000", ["other node"])):
+        stream = f"node/node/{task_id}"
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
+            {"timestamp": int(time.time() * 1000) + i, "message": m} for i, m in enumerate(lines)])
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "starburst", "logs", *args], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    out = cli("--node", "3f9a")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["node listening on :47000", "lost the head; waiting"]
+    missing = cli("--node", "0000")
+    assert missing.returncode == 1 and "3f9a0c1d2e" in missing.stderr and "77b1aa0000" in missing.stderr
