@@ -46,7 +46,8 @@ class Observer:
         self.timeline: collections.deque[tuple[str, str, int, float, float, bool]] = collections.deque(
             maxlen=TIMELINE_EVENTS)
         self.finished = 0
-        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=30)
+        #: (time, finished so far, finished per function) at each snapshot: rates over ~the last 30
+        self._rate_samples: collections.deque[tuple[float, int, dict[str, int]]] = collections.deque(maxlen=30)
 
     # ------------------------------------------------------------------ hooks (scheduler's loop)
 
@@ -94,9 +95,15 @@ class Observer:
 
         s = self.scheduler
         now = time.monotonic()
-        self._rate_samples.append((now, self.finished))
-        t0, n0 = self._rate_samples[0]
-        rate = (self.finished - n0) / (now - t0) if now - t0 > 0.5 else 0.0
+        per_function = {name: st.done + st.failed for name, st in self.functions.items()}
+        self._rate_samples.append((now, self.finished, per_function))
+        t0, n0, f0 = self._rate_samples[0]
+        span = now - t0
+
+        def rate_of(count: int, before: int) -> float:
+            return round((count - before) / span, 2) if span > 0.5 else 0.0
+
+        rate = rate_of(self.finished, n0)
         funcs: dict[str, dict[str, Any]] = {}
 
         def row(name: str) -> dict[str, Any]:
@@ -104,11 +111,11 @@ class Observer:
             if r is None:
                 st = self.functions.get(name)
                 r = funcs[name] = {"name": name, "queued": 0, "running": 0, "done": st.done if st else 0,
-                                   "failed": st.failed if st else 0}
+                                   "failed": st.failed if st else 0, "rate_per_s": 0.0}
             return r
 
         for name in self.functions:
-            row(name)
+            row(name)["rate_per_s"] = rate_of(per_function[name], f0.get(name, 0))
         for task in s.tasks.values():
             r = row(task.spec.name)
             r["running" if task.state == Task.RUNNING else "queued"] += 1
@@ -151,7 +158,7 @@ class Observer:
             "time": time.time(),
             "uptime_s": now - s.started,
             "nodes": nodes,
-            "tasks": {**totals, "rate_per_s": round(rate, 2)},
+            "tasks": {**totals, "rate_per_s": rate},
             "functions": sorted(funcs.values(), key=lambda f: f["name"]),
             "actors": actors,
             "objects": {"count": stored + inline, "bytes": stored_bytes + inline_bytes, "stored": stored,

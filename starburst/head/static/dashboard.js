@@ -82,7 +82,7 @@
       (n) => n.memory ? bytes(n.memory) : "–", (n) => n.running, (n) => n.executors, (n) => `${n.rtt_ms} ms`,
     ], "no node yet");
     fill("functions", s.functions, [
-      (f) => f.name, (f) => f.queued, (f) => f.running, (f) => f.done, (f) => f.failed, bar,
+      (f) => f.name, (f) => f.queued, (f) => f.running, (f) => f.done, (f) => f.failed, (f) => `${f.rate_per_s}/s`, bar,
     ], "no task yet");
     fill("actors", s.actors, [
       (a) => a.class, (a) => a.name || "–", (a) => a.state + (a.detached ? " (detached)" : ""), (a) => a.node || "–",
