@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
@@ -58,6 +59,20 @@ def interactive() -> bool:
         return False
 
 
+#: tqdm's own time fields are replaced by the postfix (see ``_show``): one duration format everywhere.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # tqdm puts ", " before a postfix
+
+
+def _show(bar: Any, added: int, started: float) -> None:
+    """Advance ``bar`` by ``added`` and show the time since ``started`` and the rate."""
+    from .aws.pricing import format_duration
+
+    elapsed = time.monotonic() - started
+    rate = (bar.n + added) / elapsed if elapsed > 0 else 0.0
+    bar.set_postfix_str(f"{format_duration(elapsed)}, {rate:.1f} tasks/s", refresh=False)
+    bar.update(added)
+
+
 def _bar(total: int, desc: str, initial: int = 0):
     if _in_notebook():
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
@@ -70,7 +85,7 @@ def _bar(total: int, desc: str, initial: int = 0):
     except (OSError, ValueError, AttributeError):
         sized = False
     return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=sized,
-                ncols=None if sized else 80, nrows=None if sized else 24, leave=True, smoothing=0.1)
+                ncols=None if sized else 80, nrows=None if sized else 24, leave=True, bar_format=BAR_FORMAT)
 
 
 def _ready_now(client, refs: list["ObjectRef"]) -> tuple[list["ObjectRef"], list["ObjectRef"]]:
@@ -86,13 +101,14 @@ def progress(refs: Sequence["ObjectRef"], *, desc: str = "tasks") -> Iterator["O
 
     client = _runtime.get_client()
     pending = list(dict.fromkeys(refs))
+    started = time.monotonic()
     with _bar(len(pending), desc) as bar:
         while pending:
             ready, pending = client.wait(pending, 1, None)  # blocks until one more is done
             if pending:
                 more, pending = _ready_now(client, pending)
                 ready += more
-            bar.update(len(ready))
+            _show(bar, len(ready), started)
             yield from ready
 
 
@@ -106,9 +122,11 @@ class AutoProgress:
         self.desc = desc
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = 0.0
 
     def __enter__(self) -> "AutoProgress":
         if self.needed >= 2 and interactive():
+            self._started = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="starburst-progress", daemon=True)
             self._thread.start()
         return self
@@ -137,6 +155,9 @@ class AutoProgress:
                         more, pending = _ready_now(client, pending)
                         ready += more
                     count += len(ready)
-                    bar.update(min(len(ready), self.needed - bar.n))
+                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
+                if pending and count < self.needed:  # the call is over: show where it ended
+                    ready, pending = _ready_now(client, pending)
+                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
         except Exception:  # noqa: BLE001 - a progress bar must never break the get it decorates
             return
