@@ -205,3 +205,23 @@ def test_logs_node_reads_a_fargate_nodes_cloudwatch_stream(aws, tmp_path):  # no
     assert out.stdout.splitlines() == ["node listening on :47000", "lost the head; waiting"]
     missing = cli("--node", "0000")
     assert missing.returncode == 1 and "3f9a0c1d2e" in missing.stderr and "77b1aa0000" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_run_leaves_no_empty_log_file(run_script, tmp_path):
+    for _ in range(2):  # not one more file per init() either
+        run_script("""
+            import starburst
+            starburst.init(num_cpus=1)
+
+            @starburst.remote
+            def speak():
+                print("said something")
+
+            starburst.get(speak.remote())
+            starburst.shutdown()
+        """)
+    logs = tmp_path / "home" / "logs"
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert [p for p in files if p.stat().st_size == 0] == []
+    assert sorted(p.name for p in files) == [joblog.OUTPUT, joblog.OUTPUT]  # one job log per run
