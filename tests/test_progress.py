@@ -112,3 +112,29 @@ def test_progress_helper_yields_refs_as_they_finish(cluster, capsys):
     assert sorted(seen, key=refs.index) == refs and len(seen) == 20
     err = capsys.readouterr().err
     assert "squares" in err and "20/20" in err, err
+
+
+def test_automatic_bars_only_where_someone_looks(monkeypatch):
+    import types
+
+    import importlib
+
+    mod = importlib.import_module("starburst.progress")  # (starburst.progress is the function)
+    monkeypatch.delenv("STARBURST_PROGRESS", raising=False)
+    monkeypatch.setattr(mod, "enabled", None)
+    assert not mod.interactive()  # pytest captures stdout: not a terminal, not a notebook
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = ZMQInteractiveShell  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert mod.interactive()
+    monkeypatch.setenv("STARBURST_PROGRESS", "0")
+    assert not mod.interactive()
+    monkeypatch.delenv("STARBURST_PROGRESS")
+    mod.configure_progress(False)
+    assert not mod.interactive()
+    mod.configure_progress(None)
+    assert mod.interactive()
