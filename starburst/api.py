@@ -148,7 +148,7 @@ def init(
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
         configure_progress(progress)
-        _announce_dashboard(head_address)
+        _announce_dashboard(head_address, client.welcome.job_id if client.welcome else "")
         return _context()
 
 
@@ -167,12 +167,13 @@ def dashboard_url(head_address: str | None = None) -> str:
     return str(info.get("dashboard") or "")
 
 
-def _announce_dashboard(head_address: str) -> None:
+def _announce_dashboard(head_address: str, job_id: str) -> None:
     url = dashboard_url(head_address)
     if url:
         import sys
 
-        print(f"starburst: dashboard at {url}", file=sys.stderr)
+        job = f" (this job: {job_id}; 'starburst logs' shows its output later)" if job_id else ""
+        print(f"starburst: dashboard at {url}{job}", file=sys.stderr)
 
 
 def _fargate_options(cluster: str, given: dict[str, Any]):
