@@ -73,6 +73,38 @@ def _show(bar: Any, added: int, started: float) -> None:
     bar.update(added)
 
 
+def format_cluster(state: dict) -> str:
+    """The one-line state of a Fargate cluster (from the dashboard's snapshot): workers joined and
+    starting, $/hour, cost so far, budget left; "" for the local cluster."""
+    from .aws.pricing import format_cost
+
+    c = state.get("cluster") or {}
+    if c.get("provider") != "fargate":
+        return ""
+    low, high = c.get("workers") or (0, 0)
+    starting = f", {c['nodes_pending']} starting" if c.get("nodes_pending") else ""
+    size = f"{low}-{high}" if low != high else f"{high}"
+    parts = [f"workers {len(state.get('nodes', []))} joined{starting} (of {size})",
+             f"{format_cost(c.get('cost_per_hour') or 0.0)}/h", f"{format_cost(c.get('cost_usd') or 0.0)} so far"]
+    if c.get("max_cost"):
+        parts.append(f"{format_cost(c.get('budget_left') or 0.0)} left")
+    return ", ".join(parts)
+
+
+def cluster_line(dashboard_url: str) -> str:
+    """:func:`format_cluster` of the head behind ``dashboard_url`` ("" if it can't be read)."""
+    import json
+    import urllib.request
+
+    base, _, query = dashboard_url.partition("?")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    try:
+        with opener.open(f"{base.rstrip('/')}/api/state?{query}", timeout=5) as response:
+            return format_cluster(json.load(response))
+    except (OSError, ValueError):
+        return ""
+
+
 def _bar(total: int, desc: str, initial: int = 0):
     if _in_notebook():
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
@@ -145,10 +177,19 @@ class AutoProgress:
         if client is None:
             return
         try:
+            from .api import dashboard_url
+
+            url = dashboard_url(getattr(getattr(client, "transport", None), "address", None))
+            fargate = bool(url and cluster_line(url))  # the local cluster has no line to show
+            shown = 0.0
             ready, pending = _ready_now(client, self.refs)
             count = len(ready)
             with _bar(self.needed, self.desc, initial=min(count, self.needed)) as bar:
                 while pending and count < self.needed and not self._done.is_set():
+                    if fargate and time.monotonic() - shown >= 1.0:  # launches, joins, cost: live
+                        shown = time.monotonic()
+                        line = cluster_line(url)
+                        bar.set_description_str(f"{self.desc} [{line}]" if line else self.desc, refresh=False)
                     # Block for the next arrival; the bound only lets us notice that the get is over.
                     ready, pending = client.wait(pending, 1, 0.5)
                     if ready and pending:

@@ -36,3 +36,8 @@ def test_dashboard_shows_fargate_nodes_cost_and_budget(rehearsal, agent):  # noq
     assert 0 < c["cost_usd"] < 0.01 and c["cost_per_hour"] > 0
     assert c["budget_left"] == pytest.approx(5 - c["cost_usd"]) and c["hours_left"] > 1
     assert snap["objects"]["store"] == "s3"
+    # The live line a long get shows on a Fargate cluster reads the same snapshot.
+    import importlib
+
+    line = importlib.import_module("starburst.progress").cluster_line(ctx.dashboard_url)
+    assert line.startswith("workers 2 joined (of 2), $") and line.endswith(" left"), line

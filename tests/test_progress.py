@@ -138,3 +138,14 @@ def test_automatic_bars_only_where_someone_looks(monkeypatch):
     assert not mod.interactive()
     mod.configure_progress(None)
     assert mod.interactive()
+
+
+def test_fargate_cluster_line():
+    import importlib
+
+    mod = importlib.import_module("starburst.progress")
+    state = {"nodes": [{}, {}], "cluster": {"provider": "fargate", "workers": [0, 20], "nodes_pending": 3,
+                                            "cost_per_hour": 0.41, "cost_usd": 0.0123, "max_cost": 5.0,
+                                            "budget_left": 4.9877}}
+    assert mod.format_cluster(state) == "workers 2 joined, 3 starting (of 0-20), $0.41/h, $0.0123 so far, $4.99 left"
+    assert mod.format_cluster({"nodes": [{}], "cluster": {"provider": "local"}}) == ""
