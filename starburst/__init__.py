@@ -17,7 +17,9 @@ from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import ClusterContext, cancel, get, init, is_initialized, put, remote, shutdown, wait
 from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
+from .progress import progress
 from .runtime_context import available_resources, cluster_resources, get_runtime_context, nodes
+from .trace import timeline
 
 __all__ = [
     "__version__",
@@ -34,6 +36,8 @@ __all__ = [
     "cluster_resources",
     "get_runtime_context",
     "nodes",
+    "progress",
+    "timeline",
     "cancel",
     "exceptions",
     "get",

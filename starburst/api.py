@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 from . import _runtime
 from .object_ref import ObjectRef
 from .options import check_timeout
+from .progress import AutoProgress, configure_progress
 from .remote_function import RemoteFunction
 
 log = logging.getLogger("starburst")
@@ -34,8 +35,8 @@ class ClusterContext(dict):
         return dict(self)
 
     @property
-    def dashboard_url(self) -> None:
-        return None
+    def dashboard_url(self) -> str:
+        return dashboard_url(self.get("address") or None)
 
     def __enter__(self) -> "ClusterContext":
         return self
@@ -69,6 +70,7 @@ def init(
     image: str | None = None,
     lease: float | None = None,
     auto_quota_request: bool | None = None,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> ClusterContext:
     """Connect this process to a starburst cluster, starting the embedded local one if needed.
@@ -88,6 +90,9 @@ def init(
     cluster with ``num_cpus`` executors (default: all CPUs) that stops at ``shutdown()``.
     ``address="auto"`` requires a running head; ``address="local"`` always starts a new one;
     ``address="host:port"`` connects to that head.
+
+    ``progress=False`` turns off the progress bar that long ``get``/``wait`` calls show in a
+    terminal or notebook (as does ``STARBURST_PROGRESS=0``).
     """
     global _started_head
     unknown = sorted(set(kwargs) - _INIT_ACCEPTED_NO_EFFECT)
@@ -142,7 +147,33 @@ def init(
         )
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
+        configure_progress(progress)
+        _announce_dashboard(head_address, client.welcome.job_id if client.welcome else "")
         return _context()
+
+
+def dashboard_url(head_address: str | None = None) -> str:
+    """The running head's dashboard URL (with its token), from ``head.json``; "" if unknown."""
+    import json
+
+    from . import config
+
+    try:
+        info = json.loads(config.head_file().read_text())
+    except (OSError, ValueError):
+        return ""
+    if head_address is not None and info.get("address") != head_address:
+        return ""
+    return str(info.get("dashboard") or "")
+
+
+def _announce_dashboard(head_address: str, job_id: str) -> None:
+    url = dashboard_url(head_address)
+    if url:
+        import sys
+
+        job = f" (this job: {job_id}; 'starburst logs' shows its output later)" if job_id else ""
+        print(f"starburst: dashboard at {url}{job}", file=sys.stderr)
 
 
 def _fargate_options(cluster: str, given: dict[str, Any]):
@@ -335,7 +366,11 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
         )
     check_timeout(timeout)
     client = _runtime.get_client()
-    values = client.get(refs, timeout)
+    if len(refs) < 2:
+        values = client.get(refs, timeout)
+    else:
+        with AutoProgress(refs, len(refs), "get"):
+            values = client.get(refs, timeout)
     return values[0] if single else values
 
 
@@ -367,7 +402,11 @@ def wait(
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
-    return _runtime.get_client().wait(object_refs, num_returns, timeout)
+    client = _runtime.get_client()
+    if num_returns < 2:
+        return client.wait(object_refs, num_returns, timeout)
+    with AutoProgress(object_refs, num_returns, "wait"):
+        return client.wait(object_refs, num_returns, timeout)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -1,7 +1,8 @@
 """The ``starburst`` command: start, inspect and stop a cluster.
 
     starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
-    starburst status [--json]                 what the running head is doing
+    starburst status [--json] [--watch]       what the running head is doing (and its dashboard)
+    starburst logs [JOB] [--task NAME] [--follow] [--errors]   a job's task output, kept by the head
     starburst down [--all]                    stop the running head, its nodes and executors
                                               (--all: and every starburst task on Fargate, by tag)
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
@@ -81,8 +82,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", False):
+        return _watch_status(args)
     info = process.find_head()
     if info is None:
+        if args.json:
+            print(json.dumps({"running": False}))
         print("no starburst cluster is running (start one with 'starburst up')", file=sys.stderr)
         return EXIT_NOT_RUNNING
     try:
@@ -94,8 +99,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     used = sum(n.cpus_in_use for n in st.nodes)
     if args.json:
         print(json.dumps({
+            "running": True, "dashboard": _dashboard_url(info.address),
             "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
-            "drivers": st.sessions, "queued": st.queued, "running": st.running,
+            "drivers": st.sessions, "queued": st.queued, "tasks_running": st.running,
             "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
             "store": st.store_url,
             "cluster": {"provider": st.cluster.provider, "cluster_id": st.cluster.cluster_id,
@@ -113,6 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  drivers {st.sessions}   tasks: {st.running} running, {st.queued} queued, "
           f"{st.tasks_finished} finished")
     print(f"  objects {st.objects} ({_size(st.object_bytes)}) in {st.store_url}")
+    dashboard = _dashboard_url(info.address)
+    if dashboard:
+        print(f"  dashboard {dashboard}")
     c = st.cluster
     if c.provider == "fargate":
         from .aws.pricing import format_cost
@@ -124,9 +133,71 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  note: {c.message}")
     pending = f", {c.nodes_pending} starting" if c.nodes_pending else ""
     print(f"  nodes {len(st.nodes)}{pending}   CPUs {used:g}/{total_cpus:g} in use")
+    id_width = max([12] + [len(n.node_id) for n in st.nodes])
+    address_width = max([22] + [len(n.address) for n in st.nodes])
     for n in st.nodes:
-        print(f"    {n.node_id:<12} {n.address:<22} {n.resources.cpus:g} CPUs, {n.running} tasks, "
-              f"{n.executors} executors, pid {n.pid}")
+        print(f"    {n.node_id:<{id_width}} {n.address:<{address_width}} {n.resources.cpus:g} CPUs, "
+              f"{n.running} tasks, {n.executors} executors, pid {n.pid}")
+    return 0
+
+
+def _dashboard_url(address: str) -> str:
+    from .api import dashboard_url
+
+    return dashboard_url(address)
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """Redraw the status every ``--interval`` seconds until Ctrl-C."""
+    import contextlib
+    import io
+    import time
+
+    once = argparse.Namespace(**{**vars(args), "watch": False})
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                cmd_status(once)
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write(f"{clear}{buf.getvalue()}(every {args.interval:g} s, {stamp}; Ctrl-C to stop)\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .head import joblog
+
+    if args.node:
+        return _node_logs(args)
+    try:
+        job = joblog.find_job(args.job)
+    except LookupError as exc:
+        print(f"starburst logs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.follow:
+        records = joblog.follow(job, stop=lambda: process.find_head() is None)
+    else:
+        records = joblog.read(job)
+    shown = 0
+    try:
+        for r in records:
+            if args.task and r.get("task") != args.task and not str(r.get("task", "")).startswith(args.task + "."):
+                continue
+            if args.errors and r.get("k") == "out":
+                continue
+            sys.stdout.write(joblog.format_record(r))
+            sys.stdout.flush()
+            shown += 1
+    except KeyboardInterrupt:
+        return 0
+    if not shown:
+        what = "errors" if args.errors else "output"
+        print(f"starburst logs: job {job} has no {what}" + (f" from task {args.task!r}" if args.task else ""),
+              file=sys.stderr)
     return 0
 
 
@@ -393,9 +464,30 @@ def _down_all(args: argparse.Namespace, info) -> int:
     return code
 
 
+def _node_logs(args: argparse.Namespace) -> int:
+    """A Fargate node's own log, from CloudWatch (the log group 'starburst setup' made)."""
+    import boto3
+
+    from .aws import node_logs
+
+    settings = _aws_settings(args)
+    logs = boto3.Session(region_name=settings.region).client("logs")
+    try:
+        stream = node_logs.find_stream(logs, settings.log_group, args.node)
+        for message in node_logs.read(logs, settings.log_group, stream, follow=args.follow):
+            print(message, flush=True)
+    except LookupError as exc:
+        print(f"starburst logs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    from .aws.pricing import format_duration  # one duration format everywhere
+
+    return format_duration(seconds)
 
 
 def _size(n: float) -> str:
@@ -446,8 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show the running cluster: nodes, tasks, objects",
                             description="Show the running cluster. Exit code 3 when none is running.")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true",
+                        help='machine-readable output ({"running": false} when no cluster runs)')
+    status.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
     status.set_defaults(func=cmd_status)
+    from .head.joblog import RETENTION_HELP
+
+    logs = sub.add_parser("logs", help="show a job's task output, also after it ended",
+                          description="Print what a job's tasks and actors wrote, as its driver showed it. "
+                                      "The head keeps each job's output in STARBURST_HOME/logs/jobs/. "
+                                      + RETENTION_HELP)
+    logs.add_argument("job", nargs="?", help="job id or a unique prefix of it (default: the latest job)")
+    logs.add_argument("--task", metavar="NAME", help="only this task (function name, or actor class)")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new output until the cluster stops (or Ctrl-C)")
+    logs.add_argument("--errors", action="store_true",
+                      help="only errors: tasks that failed (with tracebacks) and what tasks wrote to stderr")
+    logs.add_argument("--node", metavar="TASK_ID",
+                      help="instead: a Fargate node's own log from CloudWatch (its ECS task id, or a prefix)")
+    logs.add_argument("--region", help="with --node: the AWS region (default: that of 'starburst setup')")
+    logs.set_defaults(func=cmd_logs)
     down = sub.add_parser("down", help="stop the running cluster and everything it started",
                           description="Stop the head, its nodes and their executors. Exit code 3 when "
                                       "none is running.")

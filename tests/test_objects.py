@@ -187,7 +187,7 @@ def test_large_result_of_task_whose_ref_was_dropped_early_is_deleted(cluster, st
     time.sleep(0.2)  # the release reaches the head while the task still runs
     gate.write_text("go")
     # Nothing to get: wait until the task has finished, then its result must not stay behind.
-    assert _eventually(lambda: _status()["running"] == 0 and _status()["queued"] == 0, timeout=20)
+    assert _eventually(lambda: _status()["tasks_running"] == 0 and _status()["queued"] == 0, timeout=20)
     assert ray.get(marker.remote(), timeout=GET_TIMEOUT) == "ran"
     assert _eventually(lambda: name not in _object_files(store)), "result nobody holds was left in the store"
 

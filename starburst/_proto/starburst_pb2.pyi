@@ -373,7 +373,7 @@ class NodeHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., store_url: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskDone(_message.Message):
-    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s")
+    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s", "executor_pid")
     class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NONE: _ClassVar[TaskDone.Failure]
@@ -391,6 +391,7 @@ class TaskDone(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_PID_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     results: _containers.RepeatedCompositeFieldContainer[Object]
     failure: TaskDone.Failure
@@ -398,7 +399,8 @@ class TaskDone(_message.Message):
     detail: str
     attempt: int
     duration_s: float
-    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    executor_pid: int
+    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
     __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong")

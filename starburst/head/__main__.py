@@ -7,7 +7,7 @@ args = parse_args()
 if args.provider == "local":
     store_dir = str(config.shm_root() / f"starburst-{args.cluster_id}")
     os.makedirs(store_dir, exist_ok=True)
-    log_path = str(config.log_dir() / f"node-{args.cluster_id}.log")
+    log_path = str(config.log_dir() / "head.log")  # one log for the head and its node
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path)  # starts while we import
 
     from .providers import LocalProvider

@@ -72,7 +72,8 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     if exit_when_unused:
         cmd.append("--exit-when-unused")
     log_path = config.log_dir() / "head.log"
-    with open(log_path, "ab") as log_file:
+    _rotate_log(log_path)
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
@@ -98,6 +99,16 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
         raise RuntimeError(f"the cluster could not start: {line[len('error: '):]} (details in {log_path})")
     return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up", cluster_id,
                     "fargate" if cluster_config else "local")
+
+
+#: head.log (the head's and its local node's messages) is rotated past this size when a head starts.
+HEAD_LOG_BYTES = 8 << 20
+
+
+def _rotate_log(path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > HEAD_LOG_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
 
 
 def _warm_up_imports() -> None:

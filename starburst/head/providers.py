@@ -82,7 +82,7 @@ class LocalProvider(NodeProvider):
         assert self.head is not None
         node = LocalNodeProcess(
             f"local-{self.started}", self.num_cpus, self.store_dir,
-            str(config.log_dir() / f"node-{self.cluster_id}.log"), self.first_node,
+            str(config.log_dir() / "head.log"), self.first_node,
         )
         self.first_node = None
         self.started += 1

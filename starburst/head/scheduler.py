@@ -12,7 +12,7 @@ import collections
 import math
 import logging
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
@@ -24,6 +24,9 @@ from ..exceptions import (
     WorkerCrashedError,
 )
 from ..store import ObjectStore, error_value
+
+if TYPE_CHECKING:
+    from .observer import Observer
 
 log = logging.getLogger("starburst.head")
 
@@ -211,6 +214,8 @@ class Scheduler:
         #: The resources of nodes a provider can still start: tasks that fit them are accepted
         #: before any such node exists (an autoscaling cluster may start with none).
         self.node_shape: pb.Resources | None = None
+        #: Told about output, task ends and finished tasks (``head/observer.py``); None: nobody.
+        self.observer: Observer | None = None
 
     # ------------------------------------------------------------------ batching
 
@@ -486,6 +491,8 @@ class Scheduler:
                         actor.calls.remove(task)
                     except ValueError:
                         pass
+        if self.observer is not None:
+            self.observer.on_finish(task, results)
         task.state = Task.DONE
         task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
@@ -602,11 +609,15 @@ class Scheduler:
         self._set_value(obj, item.value)
 
     def _route_log(self, entry: pb.Log) -> None:
+        if self.observer is not None:
+            self.observer.on_log(entry)
         session = self.sessions.get(entry.job_id)
         if session is not None and session.log_to_driver:
             session.push(pb.HeadOp(log=entry))
 
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
+        if self.observer is not None:
+            self.observer.on_done(node, done)
         task = node.inflight.pop(done.task_id, None)
         if task is None:
             task = node.actor_inflight.pop(done.task_id, None)

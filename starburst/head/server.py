@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,9 +21,14 @@ from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
 from ..store import open_store
+from .joblog import JobLogs
 from .nodes import NodeLink
+from .observer import Observer
 from .providers import NodeProvider
 from .scheduler import Scheduler, Session
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 log = logging.getLogger("starburst.head")
 
@@ -38,6 +44,11 @@ class Head(pb_grpc.HeadServicer):
         self.store = open_store(provider.store_url)
         self.scheduler = Scheduler(self.store)
         self.scheduler.node_shape = provider.node_shape()
+        self.observer = Observer(self.scheduler, JobLogs())
+        self.scheduler.observer = self.observer
+        self.dashboard_url = ""
+        self._dashboard: Dashboard | None = None
+        self._dashboard_task: asyncio.Future | None = None
         self.links: list[NodeLink] = []
         self.stopping = asyncio.Event()
         self.shutting_down = False
@@ -192,6 +203,9 @@ class Head(pb_grpc.HeadServicer):
                 self.store.destroy()
             raise SystemExit(1) from None
         ticker = asyncio.ensure_future(self._tick())
+        # The URL is known now (its socket is bound); it serves once aiohttp is imported, on a
+        # thread, after we announced (so the import never delays a cluster's start).
+        self._dashboard_task = self._start_dashboard()
         self._write_head_file()
         announce(self.address)
         if self.args.exit_when_unused:
@@ -199,6 +213,26 @@ class Head(pb_grpc.HeadServicer):
         await self.stopping.wait()
         ticker.cancel()
         await self.shutdown(server)
+
+    def _start_dashboard(self) -> asyncio.Future | None:
+        """Bind the dashboard's socket now (its URL goes into head.json) and serve it in the
+        background; the cluster works without it if it fails."""
+        from .dashboard import Dashboard
+
+        try:
+            dashboard = self._dashboard = Dashboard(self)
+        except OSError:
+            log.exception("the dashboard could not start")
+            return None
+        self.dashboard_url = dashboard.url
+
+        async def start() -> None:
+            try:
+                await dashboard.start()
+            except Exception:  # noqa: BLE001
+                log.exception("the dashboard could not start")
+
+        return asyncio.ensure_future(start())
 
     async def _exit_if_nobody_comes(self) -> None:
         await asyncio.sleep(60)
@@ -210,7 +244,7 @@ class Head(pb_grpc.HeadServicer):
             "address": self.address, "pid": os.getpid(), "cluster_id": self.cluster_id,
             "store_url": self.store.url, "version": __version__,
             "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
-            "provider": self.provider.name,
+            "provider": self.provider.name, "dashboard": self.dashboard_url,
         }
         write_atomic(config.head_file(), [json.dumps(info).encode()])
 
@@ -238,6 +272,12 @@ class Head(pb_grpc.HeadServicer):
                 if link.task is not None:
                     link.task.cancel()
             await server.stop(grace=0.5)
+            if self._dashboard_task is not None:
+                self._dashboard_task.cancel()
+            if self._dashboard is not None:
+                await self._dashboard.stop()
+            if self.observer.joblogs is not None:
+                self.observer.joblogs.close()
             self.scheduler.drop_all_objects()
             self.store.destroy()
             self.store.close()
@@ -257,3 +297,16 @@ def run(args: argparse.Namespace, provider: NodeProvider) -> None:
         await Head(args, provider).serve()
 
     asyncio.run(main())
+    _drop_empty_log()
+
+
+def _drop_empty_log() -> None:
+    """No empty log files: remove our log (stderr) if nothing was written to it, the usual case
+    for a head that ran without trouble. Its nodes have stopped by now."""
+    path = config.log_dir() / "head.log"
+    try:
+        ours, there = os.fstat(sys.stderr.fileno()), path.stat()
+        if there.st_size == 0 and (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+            path.unlink()
+    except (OSError, ValueError):
+        pass

@@ -205,6 +205,7 @@ class Executor:
         del keep
 
     def report(self, done: pb.TaskDone, run: pb.Run) -> None:
+        done.executor_pid = os.getpid()
         if self.actor_pool is None and self.actor_loop is None:
             self.logs.drain()
         # What the task sent the head (puts, submits) must arrive before its result, and refs in

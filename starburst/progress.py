@@ -1,0 +1,204 @@
+"""Progress bars for long waits (tqdm).
+
+- :func:`progress` is the explicit helper: ``for ref in starburst.progress(refs): ...`` yields the
+  refs as their tasks finish, with a bar.
+- ``get``/``wait`` over several refs show a bar by themselves once they have waited ``DELAY_S``
+  (2 s), but only where a person is looking: a terminal (stdout and stderr both TTYs) or a notebook.
+  Never in a non-interactive run; off with ``init(progress=False)`` or ``STARBURST_PROGRESS=0``.
+
+The bar follows arrivals (it blocks in ``wait`` for the next results), it never polls.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .object_ref import ObjectRef
+
+#: Seconds a get/wait runs before its bar appears.
+DELAY_S = float(os.environ.get("STARBURST_PROGRESS_DELAY") or 2.0)
+#: Set by ``init(progress=...)``; None: decided by the environment.
+enabled: bool | None = None
+
+
+def configure_progress(enable: bool | None) -> None:
+    """``init(progress=...)``: True/False forces bars on/off; None leaves it to the environment."""
+    global enabled
+    enabled = enable
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def interactive() -> bool:
+    """Whether automatic bars may be shown: not switched off, and someone is watching."""
+    if enabled is False or os.environ.get("STARBURST_PROGRESS", "").lower() in ("0", "false", "no", "off"):
+        return False
+    from . import _runtime
+
+    if _runtime.executor_client_factory is not None:
+        return False  # inside a task: its output goes to a log, not a person
+    if _in_notebook():
+        return True
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+#: tqdm's own time fields are replaced by the postfix (see ``_show``): one duration format everywhere.
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # tqdm puts ", " before a postfix
+
+
+def _show(bar: Any, added: int, started: float) -> None:
+    """Advance ``bar`` by ``added`` and show the time since ``started`` and the rate."""
+    from .aws.pricing import format_duration
+
+    elapsed = time.monotonic() - started
+    rate = (bar.n + added) / elapsed if elapsed > 0 else 0.0
+    bar.set_postfix_str(f"{format_duration(elapsed)}, {rate:.1f} tasks/s", refresh=False)
+    bar.update(added)
+
+
+def format_cluster(state: dict) -> str:
+    """The one-line state of a Fargate cluster (from the dashboard's snapshot): workers joined and
+    starting, $/hour, cost so far, budget left; "" for the local cluster."""
+    from .aws.pricing import format_cost
+
+    c = state.get("cluster") or {}
+    if c.get("provider") != "fargate":
+        return ""
+    low, high = c.get("workers") or (0, 0)
+    starting = f", {c['nodes_pending']} starting" if c.get("nodes_pending") else ""
+    size = f"{low}-{high}" if low != high else f"{high}"
+    parts = [f"workers {len(state.get('nodes', []))} joined{starting} (of {size})",
+             f"{format_cost(c.get('cost_per_hour') or 0.0)}/h", f"{format_cost(c.get('cost_usd') or 0.0)} so far"]
+    if c.get("max_cost"):
+        parts.append(f"{format_cost(c.get('budget_left') or 0.0)} left")
+    return ", ".join(parts)
+
+
+def cluster_line(dashboard_url: str) -> str:
+    """:func:`format_cluster` of the head behind ``dashboard_url`` ("" if it can't be read)."""
+    import json
+    import urllib.request
+
+    base, _, query = dashboard_url.partition("?")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    try:
+        with opener.open(f"{base.rstrip('/')}/api/state?{query}", timeout=5) as response:
+            return format_cluster(json.load(response))
+    except (OSError, ValueError):
+        return ""
+
+
+def _bar(total: int, desc: str, initial: int = 0):
+    if _in_notebook():
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    else:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 80x24.
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        sized = size.columns > 0 and size.lines > 0
+    except (OSError, ValueError, AttributeError):
+        sized = False
+    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=sized,
+                ncols=None if sized else 80, nrows=None if sized else 24, leave=True, bar_format=BAR_FORMAT)
+
+
+def _ready_now(client, refs: list["ObjectRef"]) -> tuple[list["ObjectRef"], list["ObjectRef"]]:
+    return client.wait(refs, len(refs), 0)
+
+
+def progress(refs: Sequence["ObjectRef"], *, desc: str = "tasks") -> Iterator["ObjectRef"]:
+    """Yield ``refs`` as their values become ready (in completion order), drawing a bar.
+
+    ``for ref in starburst.progress(refs): use(starburst.get(ref))``. The bar is drawn wherever
+    stderr goes, interactive or not (it is asked for)."""
+    from . import _runtime
+
+    client = _runtime.get_client()
+    pending = list(dict.fromkeys(refs))
+    started = time.monotonic()
+    with _bar(len(pending), desc) as bar:
+        while pending:
+            ready, pending = client.wait(pending, 1, None)  # blocks until one more is done
+            if pending:
+                more, pending = _ready_now(client, pending)
+                ready += more
+            _show(bar, len(ready), started)
+            yield from ready
+
+
+class AutoProgress:
+    """The bar a long ``get``/``wait`` shows by itself (see the module's docstring). Use as a
+    context manager around the blocking call; costs nothing when no bar is wanted."""
+
+    def __init__(self, refs: Sequence[Any], needed: int, desc: str) -> None:
+        self.refs = list(dict.fromkeys(refs))
+        self.needed = min(needed, len(self.refs))
+        self.desc = desc
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> "AutoProgress":
+        if self.needed >= 2 and interactive():
+            self._started = time.monotonic()
+            self._thread = threading.Thread(target=self._run, name="starburst-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        from . import _runtime
+
+        if self._done.wait(DELAY_S):
+            return
+        client = _runtime.peek_client()
+        if client is None:
+            return
+        try:
+            from .api import dashboard_url
+
+            url = dashboard_url(getattr(getattr(client, "transport", None), "address", None))
+            fargate = bool(url and cluster_line(url))  # the local cluster has no line to show
+            shown = 0.0
+            ready, pending = _ready_now(client, self.refs)
+            count = len(ready)
+            with _bar(self.needed, self.desc, initial=min(count, self.needed)) as bar:
+                while pending and count < self.needed and not self._done.is_set():
+                    if fargate and time.monotonic() - shown >= 1.0:  # launches, joins, cost: live
+                        shown = time.monotonic()
+                        line = cluster_line(url)
+                        bar.set_description_str(f"{self.desc} [{line}]" if line else self.desc, refresh=False)
+                    # Block for the next arrival; the bound only lets us notice that the get is over.
+                    ready, pending = client.wait(pending, 1, 0.5)
+                    if ready and pending:
+                        more, pending = _ready_now(client, pending)
+                        ready += more
+                    count += len(ready)
+                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
+                if pending and count < self.needed:  # the call is over: show where it ended
+                    ready, pending = _ready_now(client, pending)
+                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
+        except Exception:  # noqa: BLE001 - a progress bar must never break the get it decorates
+            return

@@ -1,0 +1,151 @@
+"""Progress: a long get() shows a bar in a terminal, never when its output is piped; the explicit
+``starburst.progress`` helper yields refs as they finish."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Each task waits until the bar has been drawn (the driver's stderr is read by the test, which
+# creates the flag file once it saw the bar), so the get is long for certain, without a fixed delay.
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import starburst
+
+    starburst.init(num_cpus=2)
+
+    @starburst.remote
+    def slow(i, flag):
+        print("started", i, flush=True)
+        while not os.path.exists(flag):
+            time.sleep(0.02)
+        return i
+
+    refs = [slow.remote(i, sys.argv[1]) for i in range(6)]
+    print("SUM", sum(starburst.get(refs)), flush=True)
+    starburst.shutdown()
+""")
+
+
+def _run(tmp_path: pathlib.Path, stdout_is_tty: bool) -> tuple[str, str]:
+    """Run SCRIPT with stderr on a pseudo-terminal (stdout too, or piped); returns (stdout, stderr)."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    flag = tmp_path / ("flag-tty" if stdout_is_tty else "flag-pipe")
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT),
+               STARBURST_PROGRESS_DELAY="0.3", COLUMNS="100")
+    env.pop("STARBURST_PROGRESS", None)
+    err_master, err_slave = pty.openpty()
+    if stdout_is_tty:
+        out_master, out_slave = pty.openpty()
+        stdout = out_slave
+    else:
+        out_master, out_slave = None, None
+        stdout = subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, str(script), str(flag)], stdin=subprocess.DEVNULL, stdout=stdout,
+                            stderr=err_slave, env=env)
+    os.close(err_slave)
+    if out_slave is not None:
+        os.close(out_slave)
+    out_fd = out_master if out_master is not None else proc.stdout.fileno()
+    chunks = {out_fd: b"", err_master: b""}
+    open_fds = set(chunks)
+    try:
+        while open_fds:
+            ready, _, _ = select.select(list(open_fds), [], [], 60)
+            assert ready, f"no output for 60 s: {chunks}"
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the pty's other end closed
+                    data = b""
+                if not data:
+                    open_fds.discard(fd)
+                    continue
+                chunks[fd] += data
+            if flag.exists():
+                continue
+            if stdout_is_tty and b"get:" in chunks[err_master]:
+                flag.touch()  # the bar is drawn: let the tasks finish
+            elif not stdout_is_tty and b"started" in chunks[out_fd]:
+                # Proving an absence: give the bar several times its delay to appear (it must not).
+                time.sleep(1.5)
+                flag.touch()
+        assert proc.wait(60) == 0, chunks
+    finally:
+        proc.kill()
+        for fd in (out_master, err_master):
+            if fd is not None:
+                os.close(fd)
+    return chunks[out_fd].decode(errors="replace"), chunks[err_master].decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bar_in_a_terminal_and_none_when_piped(tmp_path):
+    out, err = _run(tmp_path, stdout_is_tty=True)
+    assert "SUM 15" in out
+    assert "get:" in err and "/6" in err and "6/6" in err, err
+
+    out, err = _run(tmp_path, stdout_is_tty=False)
+    assert "SUM 15" in out
+    assert "get:" not in err and "/6" not in err, err
+    assert "get:" not in out
+
+
+def test_progress_helper_yields_refs_as_they_finish(cluster, capsys):
+    @cluster.remote
+    def square(x):
+        return x * x
+
+    refs = [square.remote(i) for i in range(20)]
+    seen = list(cluster.progress(refs, desc="squares"))
+    assert sorted(seen, key=refs.index) == refs and len(seen) == 20
+    err = capsys.readouterr().err
+    assert "squares" in err and "20/20" in err, err
+
+
+def test_automatic_bars_only_where_someone_looks(monkeypatch):
+    import types
+
+    import importlib
+
+    mod = importlib.import_module("starburst.progress")  # (starburst.progress is the function)
+    monkeypatch.delenv("STARBURST_PROGRESS", raising=False)
+    monkeypatch.setattr(mod, "enabled", None)
+    assert not mod.interactive()  # pytest captures stdout: not a terminal, not a notebook
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = ZMQInteractiveShell  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert mod.interactive()
+    monkeypatch.setenv("STARBURST_PROGRESS", "0")
+    assert not mod.interactive()
+    monkeypatch.delenv("STARBURST_PROGRESS")
+    mod.configure_progress(False)
+    assert not mod.interactive()
+    mod.configure_progress(None)
+    assert mod.interactive()
+
+
+def test_fargate_cluster_line():
+    import importlib
+
+    mod = importlib.import_module("starburst.progress")
+    state = {"nodes": [{}, {}], "cluster": {"provider": "fargate", "workers": [0, 20], "nodes_pending": 3,
+                                            "cost_per_hour": 0.41, "cost_usd": 0.0123, "max_cost": 5.0,
+                                            "budget_left": 4.9877}}
+    assert mod.format_cluster(state) == "workers 2 joined, 3 starting (of 0-20), $0.41/h, $0.0123 so far, $4.99 left"
+    assert mod.format_cluster({"nodes": [{}], "cluster": {"provider": "local"}}) == ""
