@@ -37,7 +37,7 @@ def _in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
+        ip = shell.get_ipython()
     except Exception:  # noqa: BLE001
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
@@ -107,9 +107,9 @@ def cluster_line(dashboard_url: str) -> str:
 
 def _bar(total: int, desc: str, initial: int = 0):
     if _in_notebook():
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
     else:
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm
     # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 80x24.
     try:
         size = os.get_terminal_size(sys.stderr.fileno())

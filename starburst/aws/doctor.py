@@ -392,7 +392,7 @@ class Doctor:
         try:
             limit = source.fargate_vcpu_limit(False)
             used = source.current_vcpu_usage(False)
-        except Exception as exc:  # noqa: BLE001 - botocore errors of two services: say which
+        except Exception as exc:
             why = str(exc).splitlines()[0][:200]
             raise Warned(f"could not read the Fargate vCPU quota: {why}",
                          cause="Service Quotas or CloudWatch did not answer (these credentials need servicequotas:Get* "
@@ -464,7 +464,7 @@ class Doctor:
         try:
             starburst.init(cluster="fargate", workers=1, cpu=CPU, memory=MEMORY, max_cost=self.budget,
                            lease=self.lease, image=self.image, idle_timeout=3600, auto_quota_request=False)
-        except Exception as exc:  # noqa: BLE001 - prepare's and the head's errors say what to do
+        except Exception as exc:
             raise CheckFailed(f"the cluster did not start: {exc}") from exc
         info = process.find_head()
         if info is None:

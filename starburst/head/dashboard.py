@@ -38,7 +38,7 @@ _HEADERS = {
 
 
 def _asset(name: str) -> str:
-    return resources.files("starburst.head").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("starburst.head").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 class Dashboard:
@@ -116,8 +116,7 @@ class Dashboard:
         loop = asyncio.get_running_loop()
         web = await loop.run_in_executor(None, _import_web)
         @web.middleware
-        async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                       ) -> web.StreamResponse:
+        async def auth(request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
             return await self._auth(request, handler)
 
         app = web.Application(middlewares=[auth])

@@ -229,7 +229,7 @@ class Head(pb_grpc.HeadServicer):
         async def start() -> None:
             try:
                 await dashboard.start()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("the dashboard could not start")
 
         return asyncio.ensure_future(start())
