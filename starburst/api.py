@@ -321,7 +321,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     single = isinstance(object_refs, ObjectRef)
     if single:
         refs = [object_refs]
-    elif isinstance(object_refs, (list, tuple)):
+    elif isinstance(object_refs, list):
         refs = list(object_refs)
         for r in refs:
             if not isinstance(r, ObjectRef):
@@ -329,9 +329,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
                     f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got a list "
                     f"containing {type(r).__name__}"
                 )
-    else:
+    else:  # as in Ray, a tuple is refused too: pass a list
         raise ValueError(
-            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
+            f"Invalid type of object refs, {type(object_refs).__name__}, is given. 'object_refs' must either "
+            "be an ObjectRef or a list of ObjectRefs."
         )
     check_timeout(timeout)
     client = _runtime.get_client()
@@ -349,14 +350,17 @@ def wait(
     """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
 
     Returns ``(ready, not_ready)``, both in the order of ``object_refs``; ``ready`` has at most
-    ``num_returns`` refs.
+    ``num_returns`` refs. An ``ObjectRefGenerator`` in the list is ready when its next item (or its
+    end) is, as in Ray.
     """
+    from .generators import ObjectRefGenerator, wait_with_generators
+
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef")
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     for r in object_refs:
-        if not isinstance(r, ObjectRef):
+        if not isinstance(r, (ObjectRef, ObjectRefGenerator)):
             raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(r).__name__}")
     check_timeout(timeout)
     if not object_refs:
@@ -367,6 +371,8 @@ def wait(
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return wait_with_generators(_runtime.get_client(), object_refs, num_returns, timeout)
     return _runtime.get_client().wait(object_refs, num_returns, timeout)
 
 

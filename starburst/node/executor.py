@@ -25,13 +25,14 @@ import threading
 import time
 import traceback
 import types
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
 from .. import _runtime, runtime_env
 from .._proto import starburst_pb2 as pb
-from ..exceptions import ObjectStoreFullError, RayTaskError
+from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RayTaskError
+from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value
 from .. import config
@@ -60,6 +61,7 @@ class Executor:
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_semaphore: asyncio.Semaphore | None = None
         self.actor_tasks: set[asyncio.Task] = set()
+        self.async_calls: dict[bytes, asyncio.Task] = {}  # running calls of an async actor, by task id
         self.cancel_requested: bytes | None = None
         self.client = None
         self.client_lock = threading.Lock()
@@ -107,10 +109,18 @@ class Executor:
                             task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
                         continue
                 _runtime.cancelled_tasks.add(msg.cancel)
+                if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
+                    self.actor_loop.call_soon_threadsafe(self._cancel_async_call, msg.cancel)
+                    continue
                 run = self.current
                 if run is not None and run.spec.task_id == msg.cancel:
                     self.cancel_requested = msg.cancel
                     os.kill(os.getpid(), signal.SIGINT)
+
+    def _cancel_async_call(self, task_id: bytes) -> None:
+        task = self.async_calls.get(task_id)
+        if task is not None:
+            task.cancel()
 
     def _on_sigint(self, signum, frame) -> None:
         run = self.current
@@ -183,7 +193,9 @@ class Executor:
             if run.spec.method == "__ray_terminate__":
                 self.terminate_after_pending(run)
             else:
-                self.actor_tasks.add(self.actor_loop.create_task(self.run_one_async(run)))
+                task = self.actor_loop.create_task(self.run_one_async(run))
+                self.actor_tasks.add(task)
+                self.async_calls[run.spec.task_id] = task
 
     def terminate_after_pending(self, run: pb.Run) -> None:
         """__ray_terminate__ on an async actor: end once the calls before it are done."""
@@ -253,10 +265,15 @@ class Executor:
                     done.failure = pb.TaskDone.CANCELLED
                     return done
                 raise
+            except SystemExit as exc:
+                self._exit(spec, exc)
             except BaseException as exc:  # noqa: BLE001 - the task's error goes back to the caller
                 self._fail(done, spec, exc)
                 return done
-            self._pack_results(done, spec, result, keep)
+            try:
+                self._pack_results(done, spec, result, keep)
+            except SystemExit as exc:  # raised by a generator while it was being driven
+                self._exit(spec, exc)
             return done
         finally:
             if not becomes_actor:  # an actor keeps its runtime_env for its life
@@ -287,30 +304,49 @@ class Executor:
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                driven = bool(spec.generator) and hasattr(result, "__anext__")
+                if driven:
+                    result = await self._run_async_generator(spec, result)
                 keep = [result]
-                self._pack_results(done, spec, result, keep)
+                self._pack_results(done, spec, result, keep, driven)
+            except asyncio.CancelledError:
+                done.failure = pb.TaskDone.CANCELLED  # ray.cancel: the caller gets TaskCancelledError
+            except SystemExit as exc:
+                self._exit(spec, exc)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(done, spec, exc)
             finally:
                 _runtime.set_current_task(None)
+                self.async_calls.pop(spec.task_id, None)
+                _runtime.cancelled_tasks.discard(spec.task_id)
             done.duration_s = time.monotonic() - started
         self.report(done, run)  # a short blocking write on the Unix socket, from the loop itself
         self.actor_tasks.discard(asyncio.current_task())
 
-    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None) -> None:
-        if spec.generator:
+    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None,
+                      driven: bool = False) -> None:
+        """Store the task's results in ``done``; ``driven``: a generator task's items were already sent."""
+        if spec.generator and not driven:
             try:
                 result = self._run_generator(spec, result)
                 if keep is not None:
                     keep.append(result)  # refs inside stay held until the head has the result
+            except SystemExit:
+                raise
             except BaseException as exc:  # noqa: BLE001 - the generator raised part-way
                 self._fail(done, spec, exc)
                 return
-        try:
-            results = self._split(result, len(spec.return_ids), spec)
-        except ValueError as exc:
-            self._fail(done, spec, exc)
-            return
+        failed: BaseException | None = None
+        if len(spec.return_ids) > 1 and isinstance(result, types.GeneratorType):
+            # Ray's rule for a generator with num_returns=N: the values it yielded are kept; the
+            # refs it did not fill (it raised, or yielded too few) hold the error.
+            results, failed = self._drain_fixed(result, len(spec.return_ids), spec)
+        else:
+            try:
+                results = self._split(result, len(spec.return_ids), spec)
+            except ValueError as exc:
+                self._fail(done, spec, exc)
+                return
         for rid, value in zip(spec.return_ids, results):
             try:
                 ser = serialize(value)
@@ -330,28 +366,97 @@ class Executor:
                 done.retryable = False
                 return
             done.results.add(id=rid, value=value)
+        if failed is not None:
+            error = pb.TaskDone()
+            self._fail(error, spec, failed)
+            for rid in spec.return_ids[len(results):]:
+                done.results.add(id=rid, value=error.results[0].value)
+            done.retryable = error.retryable
+
+    @staticmethod
+    def _drain_fixed(gen: Any, n: int, spec: pb.TaskSpec) -> tuple[list, BaseException | None]:
+        values: list = []
+        try:
+            for value in gen:
+                if len(values) == n:
+                    gen.close()
+                    return [], ValueError(
+                        f"{spec.name} has num_returns={n} but its generator yielded more than {n} values")
+                values.append(value)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the generator's own error, kept for the rest
+            return values, exc
+        if len(values) < n:
+            return values, ValueError(
+                f"{spec.name} has num_returns={n} but its generator yielded only {len(values)} values")
+        return values, None
+
+    def _send_item(self, spec: pb.TaskSpec, index: int, value: Any) -> None:
+        from ..generators import item_id
+
+        oid = item_id(spec.task_id, index)
+        packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
+        if self.client is not None:
+            self.client.transport.flush()  # refs inside the item are known to the head first
+        self.send(pb.ExecutorMsg(stream_item=pb.Object(id=oid, value=packed)))
+
+    async def _run_async_generator(self, spec: pb.TaskSpec, agen: Any) -> Any:
+        """An async generator method of an async actor: stream its items (or, for "dynamic",
+        collect them)."""
+        if spec.generator == "dynamic":
+            values: list = []
+            failed: BaseException | None = None
+            try:
+                async for value in agen:
+                    values.append(value)
+            except (SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - replayed below: it goes in the last ref
+                failed = exc
+
+            def replay() -> Any:
+                yield from values
+                if failed is not None:
+                    raise failed
+
+            return self._run_dynamic(spec, replay())
+        count = 0
+        async for value in agen:
+            self._send_item(spec, count, value)
+            count += 1
+        return count
 
     def _run_generator(self, spec: pb.TaskSpec, result: Any) -> Any:
         """Drive a generator task. Streaming: report each item as it is yielded, return the count.
         Dynamic: store each item, return one DynamicObjectRefGenerator of their refs."""
-        from ..generators import DynamicObjectRefGenerator, item_id
-
         if not hasattr(result, "__next__"):
             raise TypeError(f"{spec.name} has num_returns={spec.generator!r} but returned a "
                             f"{type(result).__name__}, not a generator")
         if spec.generator == "dynamic":
-            from .. import api
-
-            return DynamicObjectRefGenerator([api.put(value) for value in result])
+            return self._run_dynamic(spec, result)
         count = 0
         for value in result:
-            oid = item_id(spec.task_id, count)
-            packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
-            if self.client is not None:
-                self.client.transport.flush()  # refs inside the item are known to the head first
-            self.send(pb.ExecutorMsg(stream_item=pb.Object(id=oid, value=packed)))
+            self._send_item(spec, count, value)
             count += 1
         return count
+
+    def _run_dynamic(self, spec: pb.TaskSpec, gen: Any) -> DynamicObjectRefGenerator:
+        """Ray's rule for ``num_returns="dynamic"``: if the generator raises, the refs of what it
+        yielded keep their values and one last ref holds the error."""
+        from .. import api
+
+        refs = []
+        try:
+            for value in gen:
+                refs.append(api.put(value))
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the error goes in the last ref
+            error = pb.TaskDone()
+            self._fail(error, spec, exc)
+            refs.append(self.make_client().put_error(error.results[0].value))
+        return DynamicObjectRefGenerator(refs)
 
     def _callable(self, run: pb.Run):
         spec = run.spec
@@ -414,6 +519,35 @@ class Executor:
             raise ValueError(f"{spec.name} has num_returns={n} but returned {len(values)} values")
         return values
 
+    def _exit(self, spec: pb.TaskSpec, exc: SystemExit) -> NoReturn:
+        """``sys.exit()`` or ``exit_actor()`` in user code ends this worker process, as in Ray.
+
+        A task's exit is a worker death (retried while ``max_retries`` allows, then
+        ``WorkerCrashedError``); an actor's ``sys.exit()`` is a crash (``max_restarts`` applies).
+        ``exit_actor()`` is an intended exit: the call gets ``ActorDiedError``, the head is told
+        not to restart the actor, and it stops this process.
+        """
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if self.actor_id and isinstance(exc, AsyncioActorExit):
+            client = self.make_client()
+            client.kill_self(self.actor_id)
+            done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+            value = error_value(ActorDiedError(
+                self.actor_id.hex(), "The actor is dead because it called exit_actor() (an intended exit: "
+                                     "it is not restarted)."))
+            for rid in spec.return_ids:
+                done.results.add(id=rid, value=value)
+            self.report(done, spec_run(spec))
+            self.logs.drain()
+            time.sleep(60)  # the head stops this process; if it can't, leave anyway
+            os._exit(0)
+        if exc.code not in (None, 0) and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        self.logs.drain()
+        if self.client is not None:
+            self.client.transport.flush()
+        os._exit(code)
+
     def _fail(self, done: pb.TaskDone, spec: pb.TaskSpec, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
         if isinstance(exc, RayTaskError):  # a failed nested task: keep its cause and its traceback
@@ -428,8 +562,15 @@ class Executor:
         for rid in spec.return_ids:
             done.results.add(id=rid, value=value)
         if spec.retry_exceptions:
-            allowed = pickle.loads(spec.retry_exceptions)
+            try:
+                allowed = pickle.loads(spec.retry_exceptions)
+            except Exception:  # noqa: BLE001 - a class this worker can't rebuild: not retried
+                allowed = ()
             done.retryable = allowed is True or (isinstance(allowed, tuple) and isinstance(cause, allowed))
+
+
+def spec_run(spec: pb.TaskSpec) -> pb.Run:
+    return pb.Run(spec=spec)
 
 
 def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
