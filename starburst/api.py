@@ -264,7 +264,39 @@ def _print_report(cluster_id: str) -> None:
     print(f"starburst: {report.text()}", file=sys.stderr)
 
 
+#: Seconds a script's unfinished tasks get to finish (and print) when the interpreter exits, before
+#: the session ends and its unreferenced work is cancelled (``STARBURST_EXIT_GRACE_S``; 0: none).
+EXIT_GRACE_S = 3.0
+
+
+def _exit_grace() -> None:
+    """At interpreter exit (not at an explicit ``shutdown()``): wait, up to the grace period, for the
+    tasks this driver submitted and never waited for (fire-and-forget), as a short Ray script's
+    ``f.remote()`` on its last line still runs and prints."""
+    import time
+
+    client = _runtime.peek_client()
+    if client is None or client.closed or _runtime.executor_client_factory is not None:
+        return
+    try:
+        grace = float(os.environ.get("STARBURST_EXIT_GRACE_S", EXIT_GRACE_S))
+    except ValueError:
+        grace = EXIT_GRACE_S
+    from ._proto import starburst_pb2 as pb
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if client.request(pb.ActorRequest(outstanding=True), timeout=max(0.1, deadline - time.monotonic())
+                              ).outstanding == 0:
+                return
+        except Exception:  # noqa: BLE001 - the session is gone: nothing to wait for
+            return
+        time.sleep(0.05)
+
+
 atexit.register(shutdown)
+atexit.register(_exit_grace)  # atexit runs last-registered first: the grace comes before shutdown
 
 
 F = TypeVar("F", bound=Callable)

@@ -562,7 +562,7 @@ class Scheduler:
         if self._retries_left(task):
             self._requeue(task)
         else:
-            self._fail(task, error_value(WorkerCrashedError(f"{task.spec.name}: {why}; no retries left")))
+            self._fail(task, error_value(WorkerCrashedError(f"{task.spec.name} has no retries left: {why}")))
 
     def on_node_ops(self, node: Node, ops: Iterable[pb.NodeToHeadOp], relay: Callable) -> None:
         for op in ops:
@@ -864,6 +864,8 @@ class Scheduler:
                 return reply
             self._hold_actor(session, actor)
             reply.actor_id, reply.handle_meta = actor.id, actor.options.handle_meta
+        elif kind == "outstanding":
+            reply.outstanding = max(0, session.outstanding)
         elif kind == "cluster_state":
             for node in self.nodes:
                 r = node.hello.resources

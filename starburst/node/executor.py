@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import faulthandler
 import fcntl
 import os
 import pickle
@@ -31,7 +32,7 @@ import cloudpickle
 
 from .. import _runtime, runtime_env
 from .._proto import starburst_pb2 as pb
-from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RayTaskError
+from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RaySystemError, RayTaskError
 from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value
@@ -46,6 +47,7 @@ class Executor:
         self.store = open_store(args.store)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(args.socket)
+        self.socket_path = args.socket
         self.send_lock = threading.RLock()
         self.pending: collections.deque[pb.Run] = collections.deque()  # queued here by the node
         self.pending_cond = threading.Condition()
@@ -165,6 +167,10 @@ class Executor:
 
     def serve(self) -> None:
         _runtime.node_id = self.node or "local"
+        # A fatal error (segfault, abort) kills the stderr forwarder with the process: its traceback
+        # goes to a file the node reads when it reports the death.
+        fd = os.open(crash_report_path(self.socket_path, self.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        faulthandler.enable(file=os.fdopen(fd, "w"), all_threads=False)
         self.logs = _LogForwarder(self)
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -254,7 +260,7 @@ class Executor:
                 for root in spec.py_modules:
                     sys.path.insert(0, runtime_env.resolve(root, self.store))
                 function = self._callable(run)
-                args, kwargs = self._arguments(run)
+                args, kwargs = self._load_arguments(run)
                 result = function(*args, **kwargs)
                 if spec.HasField("actor"):
                     self._become_actor(spec, result)
@@ -300,7 +306,7 @@ class Executor:
                 spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
             try:
                 function = self._callable(run)
-                args, kwargs = self._arguments(run)
+                args, kwargs = self._load_arguments(run)
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
@@ -489,12 +495,28 @@ class Executor:
         fid = run.spec.function_id
         function = self.functions.get(fid)
         if function is None:
-            message = self.function_msgs.pop(fid)
-            function = cloudpickle.loads(message.pickled)
-            if message.source_file and hasattr(function, "__code__"):
-                function.__code__ = _with_filename(function.__code__, message.source_file)
+            message = self.function_msgs[fid]
+            try:
+                function = cloudpickle.loads(message.pickled)
+            except Exception as exc:
+                raise RaySystemError(
+                    f"could not load {message.name} in the worker: {type(exc).__name__}: {exc} (the worker "
+                    "needs every module it uses by reference: install it there, or define it in the script)"
+                ) from exc
+            del self.function_msgs[fid]
+            if message.source_file:
+                _restore_filenames(function, message.source_file)
             self.functions[fid] = function
         return function
+
+    def _load_arguments(self, run: pb.Run) -> tuple[tuple, dict]:
+        try:
+            return self._arguments(run)
+        except Exception as exc:
+            raise RaySystemError(
+                f"could not deserialize the arguments of {run.spec.name} in the worker: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _arguments(self, run: pb.Run) -> tuple[tuple, dict]:
         from ..remote_function import _Dep
@@ -569,8 +591,35 @@ class Executor:
             done.retryable = allowed is True or (isinstance(allowed, tuple) and isinstance(cause, allowed))
 
 
+def crash_report_path(socket_path: str, executor_id: int) -> str:
+    return os.path.join(os.path.dirname(socket_path), f"executor-{executor_id}.crash")
+
+
+def read_crash_report(socket_path: str, executor_id: int) -> list[str]:
+    """The fatal-error report a dead executor left (its lines; [] if none), removing the file."""
+    path = crash_report_path(socket_path, executor_id)
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read(8192)
+        os.unlink(path)
+    except OSError:
+        return []
+    return text.splitlines()
+
+
 def spec_run(spec: pb.TaskSpec) -> pb.Run:
     return pb.Run(spec=spec)
+
+
+def _restore_filenames(obj: Any, filename: str) -> None:
+    """A function's code, or every method's of a class, gets its source file name back."""
+    if isinstance(obj, type):
+        for member in vars(obj).values():
+            member = getattr(member, "__func__", member)  # staticmethod / classmethod
+            if isinstance(member, types.FunctionType):
+                member.__code__ = _with_filename(member.__code__, filename)
+    elif isinstance(obj, types.FunctionType):
+        obj.__code__ = _with_filename(obj.__code__, filename)
 
 
 def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
