@@ -85,16 +85,20 @@ _FEATURES = {
     "dashboard": "the Ray dashboard", "autoscaler": "the Ray autoscaler", "cluster_utils": "ray.cluster_utils",
     "client": "Ray Client", "experimental": "Ray's experimental APIs (compiled graphs, channels)",
     "llm": "Ray LLM", "state": "the Ray state API",
+    "util.placement_group": "placement groups", "util.scheduling_strategies": "scheduling strategies",
+    "util.state": "the Ray state API", "util.collective": "Ray collective communication",
+    "util.dask": "Dask on Ray", "util.spark": "Spark on Ray", "util.metrics": "Ray metrics",
+    "util.joblib": "the joblib backend", "util.tracing": "Ray tracing",
 }
 
 
 def unsupported_message(fullname: str) -> str:
     """One line naming the Ray feature behind ``fullname`` that starburst lacks."""
     parts = fullname.split(".")
-    feature = _FEATURES.get(parts[1]) if len(parts) > 1 else None
+    feature = _FEATURES.get(".".join(parts[1:3])) or (_FEATURES.get(parts[1]) if len(parts) > 1 else None)
     what = f"{feature} ({fullname})" if feature else fullname
-    return (f"No module named {fullname!r}: {what} is not supported by starburst, which runs the Ray Core "
-            "API (tasks, actors, objects, ray.util, ray.dag, ray.exceptions) in place of Ray")
+    return (f"No module named {fullname!r}: starburst does not support {what}; it runs the Ray Core API "
+            "(tasks, actors, objects, ray.util, ray.dag, ray.exceptions) in place of Ray")
 
 
 _finder: RayAliasFinder | None = None

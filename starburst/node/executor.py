@@ -114,6 +114,8 @@ class Executor:
                 if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
                     self.actor_loop.call_soon_threadsafe(self._cancel_async_call, msg.cancel)
                     continue
+                if self.actor_id:  # as in Ray, a running call of a sync or threaded actor is not
+                    continue       # interrupted (actors have state): it can check is_canceled()
                 run = self.current
                 if run is not None and run.spec.task_id == msg.cancel:
                     self.cancel_requested = msg.cancel
