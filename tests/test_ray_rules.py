@@ -400,6 +400,23 @@ def test_ray_module_paths_resolve_and_gaps_say_what_is_missing(run_script):
     assert "No module named 'ray.serve': starburst does not support Ray Serve (ray.serve)" in lines[1]
 
 
+@pytest.mark.slow
+def test_the_ray_rules_script_runs_unchanged_through_starburst_run(tmp_path):
+    """tests/ray_programs/ray_rules.py is a plain Ray script; benchmarks/check_ray_rules.sh runs the
+    same file under real Ray."""
+    import subprocess
+
+    from conftest import ROOT
+
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("STARBURST_RAY_ALIAS", None)
+    proc = subprocess.run([sys.executable, "-m", "starburst.compat", "run",
+                           str(ROOT / "tests" / "ray_programs" / "ray_rules.py")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("ALL RULES HOLD"), proc.stdout + proc.stderr
+
+
 def test_fire_and_forget_task_finishes_and_prints_at_script_end(run_script):
     proc = run_script("""
         import time
