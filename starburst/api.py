@@ -350,6 +350,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     Raises the task's error as soon as one is known, :class:`GetTimeoutError` after ``timeout``
     seconds (``timeout=0`` only looks).
     """
+    from .generators import ObjectRefGenerator
+
+    if isinstance(object_refs, ObjectRefGenerator):
+        return object_refs  # as in Ray: get() of a generator returns it (iterate it for the values)
     single = isinstance(object_refs, ObjectRef)
     if single:
         refs = [object_refs]

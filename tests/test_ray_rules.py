@@ -112,6 +112,11 @@ def yields_too_few():
     yield 1
 
 
+@starburst.remote(num_returns=2)
+def yields_too_many():
+    yield from (1, 2, 3)
+
+
 def test_fixed_num_returns_generator_error_fills_the_remaining_refs(cluster):
     first, second, third = two_then_raise.remote()
     assert cluster.get([first, second]) == ["a", "b"]
@@ -122,6 +127,12 @@ def test_fixed_num_returns_generator_error_fills_the_remaining_refs(cluster):
     for ref in refs[1:]:
         with pytest.raises(ValueError, match="num_returns=3"):
             cluster.get(ref)
+    assert cluster.get(yields_too_many.remote()) == [1, 2]  # Ray keeps the first N and logs the rest
+
+
+def test_get_of_a_generator_returns_it_as_in_ray(cluster):
+    gen = count_to.remote(1)
+    assert cluster.get(gen) is gen and cluster.get(next(gen)) == 0
 
 
 @starburst.remote(num_returns="dynamic")
@@ -244,13 +255,15 @@ class SyncWorker:
         return self.saw_cancel
 
 
-def test_cancel_of_a_running_sync_actor_call_sets_a_flag_and_does_not_interrupt(cluster):
-    worker, started = SyncWorker.remote(), Signal.remote()
+@pytest.mark.parametrize("concurrency", [1, 2], ids=["sync", "threaded"])
+def test_cancel_of_a_running_sync_actor_call_sets_a_flag_and_does_not_interrupt(cluster, concurrency):
+    worker, started = SyncWorker.options(max_concurrency=concurrency).remote(), Signal.remote()
     ref = worker.work_until_cancelled.remote(started)
     cluster.get(started.wait.remote(), timeout=60)
     cluster.cancel(ref)
-    cluster.wait([ref], timeout=60)
-    assert cluster.get(worker.saw.remote(), timeout=60) is True
+    with pytest.raises(TaskCancelledError):  # what Ray 2.60 answers once the call has returned
+        cluster.get(ref, timeout=60)
+    assert cluster.get(worker.saw.remote(), timeout=60) is True  # it ran on and saw the flag
 
 
 # ------------------------------------------------------------------------------------ exceptions by value

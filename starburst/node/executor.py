@@ -267,6 +267,9 @@ class Executor:
                 if spec.HasField("actor"):
                     self._become_actor(spec, result)
                     return done
+                if self.actor_id and spec.task_id in _runtime.cancelled_tasks:
+                    done.failure = pb.TaskDone.CANCELLED  # cancelled while it ran (not interrupted)
+                    return done
                 keep.append(result)
             except KeyboardInterrupt:
                 if self.cancel_requested == spec.task_id:
@@ -386,10 +389,11 @@ class Executor:
         values: list = []
         try:
             for value in gen:
-                if len(values) == n:
+                if len(values) == n:  # as in Ray: the N refs keep their values, the surplus is reported
                     gen.close()
-                    return [], ValueError(
-                        f"{spec.name} has num_returns={n} but its generator yielded more than {n} values")
+                    print(f"{spec.name} has num_returns={n} but its generator yielded more than {n} values; "
+                          "the extra ones are dropped", file=sys.stderr)
+                    return values, None
                 values.append(value)
         except SystemExit:
             raise

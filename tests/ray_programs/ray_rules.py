@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 import tempfile
+import threading
 import time
 
 import ray
@@ -54,6 +55,11 @@ def two_then_fail():
     raise KeyError("third")
 
 
+@ray.remote(num_returns=2)
+def one_too_many():
+    yield from (1, 2, 3)
+
+
 @ray.remote(num_returns="dynamic")
 def dynamic_then_fail():
     yield 1
@@ -69,6 +75,25 @@ class AsyncStream:
 
     async def hang(self):
         await asyncio.sleep(3600)
+
+    async def retire(self):
+        ray.actor.exit_actor()
+
+
+@ray.remote(max_concurrency=2)
+class Threaded:
+    def __init__(self):
+        self.started = threading.Event()
+
+    def work(self):
+        self.started.set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ray.get_runtime_context().is_canceled():
+            time.sleep(0.01)
+        return "returned"
+
+    def wait_started(self):
+        return self.started.wait(60)
 
 
 @ray.remote(max_restarts=1)
@@ -120,6 +145,11 @@ def main():
     raises(KeyError, lambda: ray.get(c))
     check("num_returns=N: the rest raise the generator's error", True)
 
+    check("num_returns=N: a surplus value is dropped, the N refs keep theirs",
+          ray.get(one_too_many.remote()) == [1, 2])
+    gen = count.remote(1)
+    check("get of a generator returns it", ray.get(gen) is gen)
+
     refs = list(ray.get(dynamic_then_fail.remote()))
     check("dynamic: the yielded value is kept", ray.get(refs[0]) == 1)
     raises(LookupError, lambda: ray.get(refs[-1]))
@@ -146,6 +176,15 @@ def main():
     ray.cancel(ref)
     raises(ray.exceptions.TaskCancelledError, lambda: ray.get(ref))
     check("cancel of a running async actor call raises TaskCancelledError", True)
+
+    threaded = Threaded.remote()
+    ref = threaded.work.remote()
+    ray.get(threaded.wait_started.remote())
+    ray.cancel(ref)
+    raises(ray.exceptions.TaskCancelledError, lambda: ray.get(ref))
+    check("cancel of a running threaded actor call: it sees is_canceled(), get raises TaskCancelledError", True)
+    raises(ray.exceptions.ActorDiedError, lambda: ray.get(streamer.retire.remote()))
+    check("exit_actor in an async actor: ActorDiedError", True)
 
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "flaky")
