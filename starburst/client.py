@@ -171,9 +171,9 @@ class Client:
         self._send(pb.ClientOp(put=pb.Object(id=object_id, value=error)))
         return ref
 
-    def kill_self(self, actor_id: bytes) -> None:
+    def kill_self(self, actor_id: bytes, reason: str) -> None:
         """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
-        self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True)))
+        self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
 
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
         ops = []

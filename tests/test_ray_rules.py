@@ -183,8 +183,8 @@ def test_exit_actor_ends_it_for_good(cluster):
     cluster.get(actor.pid.remote())
     with pytest.raises(ActorDiedError, match="exit_actor"):
         cluster.get(actor.exit_actor.remote())
-    with pytest.raises(ActorDiedError):  # an intended exit: max_restarts=1 does not restart it
-        cluster.get(actor.pid.remote(), timeout=60)
+    with pytest.raises(ActorDiedError, match="exit_actor"):  # an intended exit: max_restarts=1 does not
+        cluster.get(actor.pid.remote(), timeout=60)                 # restart it
 
 
 def test_exit_actor_outside_an_actor_is_a_type_error():

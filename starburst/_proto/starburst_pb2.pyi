@@ -170,12 +170,14 @@ class ActorReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., error: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., handle_meta: _Optional[bytes] = ..., created: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., outstanding: _Optional[int] = ...) -> None: ...
 
 class KillActor(_message.Message):
-    __slots__ = ("actor_id", "no_restart")
+    __slots__ = ("actor_id", "no_restart", "reason")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     actor_id: bytes
     no_restart: bool
-    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ActorDied(_message.Message):
     __slots__ = ("actor_id", "reason")

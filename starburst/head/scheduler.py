@@ -184,6 +184,7 @@ class Actor:
         self.lost: list[Task] = []  # calls whose process died; retried or failed on restart
         self.restarts = 0
         self.no_restart = False
+        self.kill_reason = ""  # given with the kill (exit_actor): the text of its ActorDiedError
         self.terminating = False
         self.out_of_scope = False
         self.death: pb.Value | None = None
@@ -286,7 +287,9 @@ class Scheduler:
             elif kind == "kill_actor":
                 actor = self.actors.get(op.kill_actor.actor_id)
                 if actor is not None:
-                    self._kill_actor(actor, op.kill_actor.no_restart, "it was killed with starburst.kill()")
+                    actor.kill_reason = op.kill_actor.reason or actor.kill_reason
+                    self._kill_actor(actor, op.kill_actor.no_restart,
+                                     op.kill_actor.reason or "it was killed with starburst.kill()")
         self._dispatch()
 
     def welcome(self, session: Session) -> pb.Welcome:
@@ -759,7 +762,7 @@ class Scheduler:
             and (opts.max_restarts < 0 or actor.restarts < opts.max_restarts)
         )
         if not can_restart:
-            message = reason if actor.no_restart or actor.terminating else (
+            message = actor.kill_reason or reason if actor.no_restart or actor.terminating else (
                 f"its process died ({reason}) and it has no restarts left")
             death = error_value(ActorDiedError(actor.id.hex(), f"The actor is dead because {message}."))
             for task in lost:

@@ -558,7 +558,7 @@ class Executor:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if self.actor_id and isinstance(exc, AsyncioActorExit):
             client = self.make_client()
-            client.kill_self(self.actor_id)
+            client.kill_self(self.actor_id, "it called exit_actor() (an intended exit: it is not restarted)")
             done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
             value = error_value(ActorDiedError(
                 self.actor_id.hex(), "The actor is dead because it called exit_actor() (an intended exit: "
