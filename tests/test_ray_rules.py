@@ -398,7 +398,14 @@ def test_ray_module_paths_resolve_and_gaps_say_what_is_missing(run_script):
         assert ObjectRefGenerator is ray.ObjectRefGenerator and ObjectRef is ray.ObjectRef
         assert InputNode is ray.dag.InputNode and MultiOutputNode is ray.dag.MultiOutputNode
         ray.init(num_cpus=1)
-        assert ray.get_gpu_ids() == []
+        assert ray.get_gpu_ids() == [] and ray.util.get_node_ip_address() == "127.0.0.1"
+        assert ray.util.inspect_serializability(ray.init)[0] is True
+        try:
+            ray.util.placement_group
+        except AttributeError as exc:
+            assert "starburst does not support placement groups" in str(exc), exc
+        else:
+            raise AssertionError("ray.util.placement_group should say it is not supported")
         assert ray.get_runtime_context().get_accelerator_ids() == {"GPU": []}
         ray.shutdown()
         for name in ("ray.data", "ray.serve"):
