@@ -187,6 +187,24 @@ def test_exit_actor_ends_it_for_good(cluster):
         cluster.get(actor.pid.remote(), timeout=60)                 # restart it
 
 
+@starburst.remote(max_restarts=2)
+class LeavesAtOnce:
+    def __init__(self, path):
+        with open(path, "a") as f:
+            f.write("x")
+        starburst.actor.exit_actor()
+
+    def ping(self):
+        return "pong"
+
+
+def test_exit_actor_in_the_constructor_ends_it_without_restarts(cluster, tmp_path):
+    path = tmp_path / "constructed"
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        cluster.get(LeavesAtOnce.remote(str(path)).ping.remote(), timeout=60)
+    assert path.read_text() == "x"  # Ray 2.60 too: constructed once, not restarted
+
+
 def test_exit_actor_outside_an_actor_is_a_type_error():
     with pytest.raises(TypeError, match="inside an actor"):
         starburst.actor.exit_actor()

@@ -248,7 +248,8 @@ class Executor:
             self.log_owner = (owner, spec.job_id)  # kept until the next task: drain() runs after this one
             self.cancel_requested = None
         _runtime.set_current_task(_runtime.TaskContext(
-            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
+            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace,
+            self.actor_id or (spec.actor_id if spec.HasField("actor") else b"")))
         saved_env = {k: os.environ.get(k) for k in spec.env_vars}
         os.environ.update(spec.env_vars)
         saved_place = (os.getcwd(), list(sys.path)) if (spec.working_dir or spec.py_modules) else None
@@ -556,13 +557,14 @@ class Executor:
         not to restart the actor, and it stops this process.
         """
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if self.actor_id and isinstance(exc, AsyncioActorExit):
+        actor_id = self.actor_id or (spec.actor_id if spec.HasField("actor") else b"")
+        if actor_id and isinstance(exc, AsyncioActorExit):
             client = self.make_client()
-            client.kill_self(self.actor_id, "it called exit_actor() (an intended exit: it is not restarted)")
+            client.kill_self(actor_id, "it called exit_actor() (an intended exit: it is not restarted)")
             done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
             value = error_value(ActorDiedError(
-                self.actor_id.hex(), "The actor is dead because it called exit_actor() (an intended exit: "
-                                     "it is not restarted)."))
+                actor_id.hex(), "The actor is dead because it called exit_actor() (an intended exit: "
+                                "it is not restarted)."))
             for rid in spec.return_ids:
                 done.results.add(id=rid, value=value)
             self.report(done, spec_run(spec))
