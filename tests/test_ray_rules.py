@@ -381,6 +381,18 @@ def test_worker_crashed_error_carries_the_workers_last_stderr_lines(cluster):
     assert f'File "{__file__}"' in text and "in aborts" in text
 
 
+@starburst.remote(max_retries=0)
+def interrupts_itself():
+    raise KeyboardInterrupt("not a cancel")  # a BaseException the worker does not turn into a task error
+
+
+def test_worker_crashed_error_carries_an_uncaught_exceptions_traceback(cluster):
+    with pytest.raises(WorkerCrashedError) as info:
+        cluster.get(interrupts_itself.remote())
+    text = str(info.value)
+    assert "KeyboardInterrupt: not a cancel" in text and "in interrupts_itself" in text, text
+
+
 @starburst.remote
 class Raiser:
     def method(self):

@@ -754,7 +754,23 @@ def main() -> None:
     parser.add_argument("--id", type=int, required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--node", default="")
-    Executor(parser.parse_args()).serve()
+    args = parser.parse_args()
+    try:
+        Executor(args).serve()
+    except BaseException as exc:
+        # The stderr forwarder dies with this process: leave the traceback (the user's frames, not
+        # the executor's) where the node reads it.
+        ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith(ours) and not f.filename.startswith("<frozen")]
+        try:
+            with open(crash_report_path(args.socket, args.id), "a") as f:
+                f.write("Uncaught exception in the worker process, traceback (most recent call last):\n"
+                        + "".join(traceback.format_list(frames))
+                        + "".join(traceback.format_exception_only(type(exc), exc)))
+        except OSError:
+            pass
+        raise
 
 
 if __name__ == "__main__":
