@@ -419,6 +419,10 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     killed). ``get`` on it then raises :class:`TaskCancelledError`. ``recursive`` also cancels the
     tasks it submitted. Cancelled tasks are not retried.
     """
+    from .generators import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):  # as in Ray: cancels the generator's task
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     _runtime.get_client().cancel(object_ref, force, recursive)

@@ -346,6 +346,9 @@ class Executor:
             except SystemExit:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the generator raised part-way
+                if isinstance(exc, KeyboardInterrupt) and self.cancel_requested == spec.task_id:
+                    done.failure = pb.TaskDone.CANCELLED  # ray.cancel while it was streaming
+                    return
                 self._fail(done, spec, exc)
                 return
         failed: BaseException | None = None
