@@ -48,6 +48,15 @@ def count(n):
         yield i
 
 
+@ray.remote
+def endless():
+    i = 0
+    while True:
+        yield i
+        i += 1
+        time.sleep(0.01)
+
+
 @ray.remote(num_returns=3)
 def two_then_fail():
     yield "a"
@@ -139,6 +148,17 @@ def main():
     check("a function that yields returns an ObjectRefGenerator", isinstance(gen, ObjectRefGenerator))
     check("wait takes a generator", ray.wait([gen], num_returns=1, timeout=60)[0] == [gen])
     check("its items stream in order", [ray.get(r) for r in gen] == [0, 1, 2])
+
+    gen = endless.remote()
+    ray.get(next(gen))
+    ray.cancel(gen)
+
+    def drain():
+        for ref in gen:
+            ray.get(ref)
+
+    raises(ray.exceptions.TaskCancelledError, drain)
+    check("cancel of a generator: iterating on raises TaskCancelledError", True)
 
     a, b, c = two_then_fail.remote()
     check("num_returns=N keeps the values yielded before the error", ray.get([a, b]) == ["a", "b"])
