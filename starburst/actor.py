@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import pickle
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _runtime, runtime_env
 from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .remote_function import check_feasible, fill_args, return_ids, shape_result
+from .exceptions import AsyncioActorExit
 from .serialization import dumps_function, note_contained_ref
 
 ACTOR_OPTIONS = {
@@ -78,6 +79,9 @@ def _method_table(cls: type) -> dict[str, dict[str, Any]]:
         if inspect.isfunction(member) or inspect.ismethod(member):
             opts = dict(getattr(member, "__starburst_method_options__", {}))
             opts["is_async"] = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+            if "num_returns" not in opts and (inspect.isgeneratorfunction(member)
+                                              or inspect.isasyncgenfunction(member)):
+                opts["num_returns"] = "streaming"  # as in Ray: a method that yields streams
             table[name] = opts
     table["__ray_terminate__"] = {"num_returns": 1, "is_async": False}
     return table
@@ -130,7 +134,12 @@ class ActorClass:
                     f"Could not serialize the actor class {name}: {type(exc).__name__}: {exc}. It is sent "
                     "to the workers with cloudpickle: create locks, files or connections in __init__."
                 ) from exc
-            self._pickled = pb.Function(id=hashlib.sha256(data).digest(), pickled=data, name=name)
+            try:
+                source_file = inspect.getsourcefile(self._cls) or ""
+            except (TypeError, OSError):
+                source_file = ""
+            self._pickled = pb.Function(id=hashlib.sha256(data).digest(), pickled=data, name=name,
+                                        source_file=source_file)
         return self._pickled
 
     def _create(self, args: tuple, kwargs: dict, o: dict[str, Any]) -> "ActorHandle":
@@ -312,6 +321,19 @@ class _ActorMethodOptions:
 
         opts = {k: v for k, v in self._options.items() if k != "is_async"}
         return ClassMethodNode(self._method._handle, self._method._name, args, kwargs, opts)
+
+
+def exit_actor() -> NoReturn:
+    """End the actor this runs in, from one of its methods (``ray.actor.exit_actor``).
+
+    An intended exit: the actor is not restarted, whatever its ``max_restarts``. The calling method's
+    ref and every later call raise :class:`~starburst.exceptions.ActorDiedError`. ``TypeError``
+    outside an actor.
+    """
+    task = _runtime.current_task()
+    if task is None or not task.actor_id:
+        raise TypeError("exit_actor() can only be called inside an actor's method")
+    raise AsyncioActorExit()
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

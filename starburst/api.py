@@ -295,7 +295,39 @@ def _print_report(cluster_id: str) -> None:
     print(f"starburst: {report.text()}", file=sys.stderr)
 
 
+#: Seconds a script's unfinished tasks get to finish (and print) when the interpreter exits, before
+#: the session ends and its unreferenced work is cancelled (``STARBURST_EXIT_GRACE_S``; 0: none).
+EXIT_GRACE_S = 3.0
+
+
+def _exit_grace() -> None:
+    """At interpreter exit (not at an explicit ``shutdown()``): wait, up to the grace period, for the
+    tasks this driver submitted and never waited for (fire-and-forget), as a short Ray script's
+    ``f.remote()`` on its last line still runs and prints."""
+    import time
+
+    client = _runtime.peek_client()
+    if client is None or client.closed or _runtime.executor_client_factory is not None:
+        return
+    try:
+        grace = float(os.environ.get("STARBURST_EXIT_GRACE_S", EXIT_GRACE_S))
+    except ValueError:
+        grace = EXIT_GRACE_S
+    from ._proto import starburst_pb2 as pb
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if client.request(pb.ActorRequest(outstanding=True), timeout=max(0.1, deadline - time.monotonic())
+                              ).outstanding == 0:
+                return
+        except Exception:  # noqa: BLE001 - the session is gone: nothing to wait for
+            return
+        time.sleep(0.05)
+
+
 atexit.register(shutdown)
+atexit.register(_exit_grace)  # atexit runs last-registered first: the grace comes before shutdown
 
 
 F = TypeVar("F", bound=Callable)
@@ -349,10 +381,14 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     Raises the task's error as soon as one is known, :class:`GetTimeoutError` after ``timeout``
     seconds (``timeout=0`` only looks).
     """
+    from .generators import ObjectRefGenerator
+
+    if isinstance(object_refs, ObjectRefGenerator):
+        return object_refs  # as in Ray: get() of a generator returns it (iterate it for the values)
     single = isinstance(object_refs, ObjectRef)
     if single:
         refs = [object_refs]
-    elif isinstance(object_refs, (list, tuple)):
+    elif isinstance(object_refs, list):
         refs = list(object_refs)
         for r in refs:
             if not isinstance(r, ObjectRef):
@@ -360,9 +396,10 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
                     f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got a list "
                     f"containing {type(r).__name__}"
                 )
-    else:
+    else:  # as in Ray, a tuple is refused too: pass a list
         raise ValueError(
-            f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
+            f"Invalid type of object refs, {type(object_refs).__name__}, is given. 'object_refs' must either "
+            "be an ObjectRef or a list of ObjectRefs."
         )
     check_timeout(timeout)
     client = _runtime.get_client()
@@ -384,14 +421,17 @@ def wait(
     """Wait until ``num_returns`` of the refs are ready or ``timeout`` passes.
 
     Returns ``(ready, not_ready)``, both in the order of ``object_refs``; ``ready`` has at most
-    ``num_returns`` refs.
+    ``num_returns`` refs. An ``ObjectRefGenerator`` in the list is ready when its next item (or its
+    end) is, as in Ray.
     """
+    from .generators import ObjectRefGenerator, wait_with_generators
+
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef")
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     for r in object_refs:
-        if not isinstance(r, ObjectRef):
+        if not isinstance(r, (ObjectRef, ObjectRefGenerator)):
             raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(r).__name__}")
     check_timeout(timeout)
     if not object_refs:
@@ -403,6 +443,8 @@ def wait(
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     client = _runtime.get_client()
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return wait_with_generators(client, object_refs, num_returns, timeout)
     if num_returns < 2:
         return client.wait(object_refs, num_returns, timeout)
     with AutoProgress(object_refs, num_returns, "wait"):
@@ -416,6 +458,10 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     killed). ``get`` on it then raises :class:`TaskCancelledError`. ``recursive`` also cancels the
     tasks it submitted. Cancelled tasks are not retried.
     """
+    from .generators import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):  # as in Ray: cancels the generator's task
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     _runtime.get_client().cancel(object_ref, force, recursive)

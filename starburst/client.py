@@ -162,6 +162,19 @@ class Client:
         self._send(pb.ClientOp(put=pb.Object(id=object_id, value=v)))
         return ref
 
+    def put_error(self, error: pb.Value) -> ObjectRef:
+        """An object whose ``get`` raises ``error`` (an error Value): a dynamic generator's last ref."""
+        object_id = _runtime.new_id() + b"\xff\xff\xff\xff"
+        ref = ObjectRef(object_id, self)
+        with self._cond:
+            self._values[object_id] = error
+        self._send(pb.ClientOp(put=pb.Object(id=object_id, value=error)))
+        return ref
+
+    def kill_self(self, actor_id: bytes, reason: str) -> None:
+        """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
+        self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
+
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
         ops = []
         with self._cond:

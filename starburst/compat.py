@@ -74,12 +74,31 @@ class RayAliasFinder(importlib.abc.MetaPathFinder):
             except (ImportError, ValueError):
                 exists = False
         if not exists:
-            raise ModuleNotFoundError(
-                f"No module named {fullname!r}: starburst runs this program in place of Ray and has no "
-                f"{real!r} (it provides the Ray Core API, ray.util and ray.exceptions)",
-                name=fullname,
-            )
+            raise ModuleNotFoundError(unsupported_message(fullname), name=fullname)
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(real), is_package=True)
+
+
+#: Ray libraries and subsystems starburst does not provide, by the first part after ``ray.``.
+_FEATURES = {
+    "data": "Ray Data", "train": "Ray Train", "tune": "Ray Tune", "serve": "Ray Serve",
+    "rllib": "RLlib", "air": "Ray AIR", "workflow": "Ray Workflows", "job_submission": "Ray Jobs",
+    "dashboard": "the Ray dashboard", "autoscaler": "the Ray autoscaler", "cluster_utils": "ray.cluster_utils",
+    "client": "Ray Client", "experimental": "Ray's experimental APIs (compiled graphs, channels)",
+    "llm": "Ray LLM", "state": "the Ray state API",
+    "util.placement_group": "placement groups", "util.scheduling_strategies": "scheduling strategies",
+    "util.state": "the Ray state API", "util.collective": "Ray collective communication",
+    "util.dask": "Dask on Ray", "util.spark": "Spark on Ray", "util.metrics": "Ray metrics",
+    "util.joblib": "the joblib backend", "util.tracing": "Ray tracing",
+}
+
+
+def unsupported_message(fullname: str) -> str:
+    """One line naming the Ray feature behind ``fullname`` that starburst lacks."""
+    parts = fullname.split(".")
+    feature = _FEATURES.get(".".join(parts[1:3])) or (_FEATURES.get(parts[1]) if len(parts) > 1 else None)
+    what = f"{feature} ({fullname})" if feature else fullname
+    return (f"No module named {fullname!r}: starburst does not support {what}; it runs the Ray Core API "
+            "(tasks, actors, objects, ray.util, ray.dag, ray.exceptions) in place of Ray")
 
 
 _finder: RayAliasFinder | None = None

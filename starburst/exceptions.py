@@ -136,6 +136,11 @@ class ActorDiedError(RayActorError):
     """The actor is dead: killed, out of scope, failed in its constructor, or out of restarts."""
 
 
+class AsyncioActorExit(SystemExit):
+    """Raised inside an actor by ``exit_actor()`` (``ray.exceptions.AsyncioActorExit``); not an error
+    a caller sees: callers get :class:`ActorDiedError`."""
+
+
 class ActorUnavailableError(RayActorError):
     """The actor is temporarily unreachable (restarting)."""
 
@@ -193,6 +198,7 @@ __all__ = [
     "RayActorError",
     "ActorDiedError",
     "ActorUnavailableError",
+    "AsyncioActorExit",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectStoreFullError",

@@ -3,6 +3,7 @@ and Ray's deprecated ``num_returns="dynamic"`` (one ref to a DynamicObjectRefGen
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 from .object_ref import ObjectRef
@@ -55,6 +56,8 @@ class ObjectRefGenerator:
         client = self._client
         oid = item_id(self._task_id, self._next)
         client.wait_any([oid, self._end._id], timeout)
+        if not client.has_value(oid) and not client.has_value(self._end._id):
+            return _NIL  # timed out (only with a timeout)
         if not client.has_value(oid):
             count, error = client.peek_count(self._end._id)
             if error:
@@ -86,12 +89,74 @@ class ObjectRefGenerator:
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
 
+    def _probe_ids(self) -> list[bytes]:
+        """Ids whose arrival makes this generator ready for ``wait``: its next item, or its end."""
+        return [item_id(self._task_id, self._next), self._end._id]
+
+    def _is_ready(self) -> bool:
+        return self._done or any(self._client.has_value(i) for i in self._probe_ids())
+
+    def is_finished(self) -> bool:
+        """True when every item has been handed out (``next`` would raise ``StopIteration``)."""
+        if self._done:
+            return True
+        count, error = self._client.peek_count(self._end._id)
+        return count is not None and self._next >= count
+
+    def _next_sync(self, timeout_s: float | None = None) -> ObjectRef:
+        """Ray's non-blocking form: the next ref, or a nil ref (``.is_nil()``) if none came in time."""
+        ref = self._next_ref(timeout=timeout_s)
+        if ref is None:
+            raise StopIteration
+        return ref
+
     def completed(self) -> ObjectRef:
         """A ref that is ready once the task has finished (its value: the number of items)."""
         return self._end
 
     def __repr__(self) -> str:
         return f"ObjectRefGenerator({self._task_id.hex()})"
+
+
+class _NilRef(ObjectRef):
+    """What ``_next_sync`` returns when no item came within its timeout."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(b"\0" * 20)
+
+    def is_nil(self) -> bool:
+        return True
+
+    def __del__(self) -> None:
+        pass
+
+
+_NIL: Any = _NilRef()
+
+
+def wait_with_generators(client: Any, items: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+    """``wait`` over refs and ObjectRefGenerators, keeping the order of ``items``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def ready(item: Any) -> bool:
+        if isinstance(item, ObjectRefGenerator):
+            return item._is_ready()
+        return client.has_value(item._id)
+
+    while True:
+        done = [item for item in items if ready(item)]
+        left = None if deadline is None else deadline - time.monotonic()
+        if len(done) >= num_returns or (left is not None and left <= 0):
+            break
+        probes: list[bytes] = []
+        for item in items:
+            if item not in done:
+                probes.extend(item._probe_ids() if isinstance(item, ObjectRefGenerator) else [item._id])
+        client.wait_any(probes, left)
+    chosen = set(map(id, done[:num_returns]))
+    return [i for i in items if id(i) in chosen], [i for i in items if id(i) not in chosen]
 
 
 class DynamicObjectRefGenerator:

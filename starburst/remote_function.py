@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import pickle
+import inspect
 import struct
 from typing import Any, Callable
 
@@ -12,7 +12,7 @@ from . import _runtime, runtime_env
 from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .object_ref import ObjectRef
-from .serialization import dumps_function, find_unpicklable, serialize
+from .serialization import dumps_function, find_unpicklable, pickle_exception_classes, serialize
 
 DEFAULTS: dict[str, Any] = {"num_cpus": 1, "num_returns": 1, "max_retries": 3, "retry_exceptions": False}
 
@@ -45,6 +45,8 @@ class RemoteFunction:
         self._function = function
         self._options = _options.validate(dict(options), f"@remote function {function.__qualname__}")
         self._pickled: pb.Function | None = None
+        # As in Ray: a function that yields is a streaming generator unless num_returns says otherwise.
+        self._default_returns: Any = "streaming" if inspect.isgeneratorfunction(function) else 1
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -92,7 +94,7 @@ class RemoteFunction:
     def _submit(self, args: tuple, kwargs: dict, opts: dict[str, Any]) -> Any:
         client = _runtime.get_client()
         function = self._function_message()
-        o = {**DEFAULTS, **opts}
+        o = {**DEFAULTS, "num_returns": self._default_returns, **opts}
         check_feasible(client, o, self._function.__qualname__)
         task_id = _runtime.new_id()
         n = o["num_returns"]
@@ -112,7 +114,7 @@ class RemoteFunction:
             spec.resources.custom[key] = qty
         if o["retry_exceptions"]:
             r = o["retry_exceptions"]
-            spec.retry_exceptions = pickle.dumps(True if r is True else tuple(r))
+            spec.retry_exceptions = pickle_exception_classes(r)
         runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")), client.store)
         _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, self._function.__qualname__)

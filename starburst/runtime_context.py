@@ -56,8 +56,14 @@ class RuntimeContext:
         """True once ``cancel()`` was called for the running task (it may be checking to stop)."""
         return self._task is not None and self._task.task_id in _runtime.cancelled_tasks
 
+    @property
     def was_current_actor_reconstructed(self) -> bool:
+        """True in an actor that was restarted after its process died (a property, as in Ray)."""
         return _runtime.actor_restarted
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators assigned to this worker, by kind: ``{"GPU": [...]}`` (see :func:`get_gpu_ids`)."""
+        return {"GPU": [str(i) for i in get_gpu_ids()]}
 
     @property
     def current_actor(self) -> Any:
@@ -71,6 +77,17 @@ class RuntimeContext:
     def get(self) -> dict[str, Any]:
         return {"job_id": self.get_job_id(), "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
                 "node_id": self.get_node_id(), "namespace": self.namespace}
+
+
+def get_gpu_ids() -> list[int | str]:
+    """The GPU ids this worker may use, from ``CUDA_VISIBLE_DEVICES`` (what Ray sets for a task with
+    ``num_gpus``); ``[]`` when it is unset, as on starburst's CPU-only workers."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return []
+    return [int(d) if d.strip().isdigit() else d.strip() for d in visible.split(",") if d.strip()]
 
 
 def get_runtime_context() -> RuntimeContext:

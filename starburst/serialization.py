@@ -113,6 +113,13 @@ def deserialize(data: bytes | memoryview) -> Any:
     return pickle.loads(pickled, buffers=buffers)
 
 
+def pickle_exception_classes(retry: Any) -> bytes:
+    """``retry_exceptions`` for the wire: ``True``, or a tuple of classes pickled by value when their
+    module can't be imported by the workers (a class defined in the script, ``__main__``)."""
+    ship_user_modules()
+    return cloudpickle.dumps(True if retry is True else tuple(retry), protocol=5)
+
+
 def dumps_function(fn: Any) -> bytes:
     ship_user_modules()
     return cloudpickle.dumps(fn, protocol=5)

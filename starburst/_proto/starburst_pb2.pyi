@@ -134,19 +134,21 @@ class ActorOptions(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., is_async: _Optional[bool] = ..., max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., name: _Optional[str] = ..., detached: _Optional[bool] = ..., handle_meta: _Optional[bytes] = ..., get_if_exists: _Optional[bool] = ...) -> None: ...
 
 class ActorRequest(_message.Message):
-    __slots__ = ("request_id", "create_named", "get_named", "cluster_state")
+    __slots__ = ("request_id", "create_named", "get_named", "cluster_state", "outstanding")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_NAMED_FIELD_NUMBER: _ClassVar[int]
     GET_NAMED_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     create_named: TaskSpec
     get_named: str
     cluster_state: bool
-    def __init__(self, request_id: _Optional[int] = ..., create_named: _Optional[_Union[TaskSpec, _Mapping]] = ..., get_named: _Optional[str] = ..., cluster_state: _Optional[bool] = ...) -> None: ...
+    outstanding: bool
+    def __init__(self, request_id: _Optional[int] = ..., create_named: _Optional[_Union[TaskSpec, _Mapping]] = ..., get_named: _Optional[str] = ..., cluster_state: _Optional[bool] = ..., outstanding: _Optional[bool] = ...) -> None: ...
 
 class ActorReply(_message.Message):
-    __slots__ = ("request_id", "error", "actor_id", "handle_meta", "created", "total", "available", "nodes")
+    __slots__ = ("request_id", "error", "actor_id", "handle_meta", "created", "total", "available", "nodes", "outstanding")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +157,7 @@ class ActorReply(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     error: str
     actor_id: bytes
@@ -163,15 +166,18 @@ class ActorReply(_message.Message):
     total: Resources
     available: Resources
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., handle_meta: _Optional[bytes] = ..., created: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    outstanding: int
+    def __init__(self, request_id: _Optional[int] = ..., error: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., handle_meta: _Optional[bytes] = ..., created: _Optional[bool] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., available: _Optional[_Union[Resources, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., outstanding: _Optional[int] = ...) -> None: ...
 
 class KillActor(_message.Message):
-    __slots__ = ("actor_id", "no_restart")
+    __slots__ = ("actor_id", "no_restart", "reason")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     actor_id: bytes
     no_restart: bool
-    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ActorDied(_message.Message):
     __slots__ = ("actor_id", "reason")

@@ -187,6 +187,7 @@ class Actor:
         self.lost: list[Task] = []  # calls whose process died; retried or failed on restart
         self.restarts = 0
         self.no_restart = False
+        self.kill_reason = ""  # given with the kill (exit_actor): the text of its ActorDiedError
         self.terminating = False
         self.out_of_scope = False
         self.death: pb.Value | None = None
@@ -291,7 +292,9 @@ class Scheduler:
             elif kind == "kill_actor":
                 actor = self.actors.get(op.kill_actor.actor_id)
                 if actor is not None:
-                    self._kill_actor(actor, op.kill_actor.no_restart, "it was killed with starburst.kill()")
+                    actor.kill_reason = op.kill_actor.reason or actor.kill_reason
+                    self._kill_actor(actor, op.kill_actor.no_restart,
+                                     op.kill_actor.reason or "it was killed with starburst.kill()")
         self._dispatch()
 
     def welcome(self, session: Session) -> pb.Welcome:
@@ -569,7 +572,7 @@ class Scheduler:
         if self._retries_left(task):
             self._requeue(task)
         else:
-            self._fail(task, error_value(WorkerCrashedError(f"{task.spec.name}: {why}; no retries left")))
+            self._fail(task, error_value(WorkerCrashedError(f"{task.spec.name} has no retries left: {why}")))
 
     def on_node_ops(self, node: Node, ops: Iterable[pb.NodeToHeadOp], relay: Callable) -> None:
         for op in ops:
@@ -770,7 +773,7 @@ class Scheduler:
             and (opts.max_restarts < 0 or actor.restarts < opts.max_restarts)
         )
         if not can_restart:
-            message = reason if actor.no_restart or actor.terminating else (
+            message = actor.kill_reason or reason if actor.no_restart or actor.terminating else (
                 f"its process died ({reason}) and it has no restarts left")
             death = error_value(ActorDiedError(actor.id.hex(), f"The actor is dead because {message}."))
             for task in lost:
@@ -875,6 +878,8 @@ class Scheduler:
                 return reply
             self._hold_actor(session, actor)
             reply.actor_id, reply.handle_meta = actor.id, actor.options.handle_meta
+        elif kind == "outstanding":
+            reply.outstanding = max(0, session.outstanding)
         elif kind == "cluster_state":
             for node in self.nodes:
                 r = node.hello.resources

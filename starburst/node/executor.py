@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import faulthandler
 import fcntl
 import os
 import pickle
@@ -25,13 +26,14 @@ import threading
 import time
 import traceback
 import types
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 
 from .. import _runtime, runtime_env
 from .._proto import starburst_pb2 as pb
-from ..exceptions import ObjectStoreFullError, RayTaskError
+from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RaySystemError, RayTaskError
+from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value
 from .. import config
@@ -45,6 +47,7 @@ class Executor:
         self.store = open_store(args.store)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(args.socket)
+        self.socket_path = args.socket
         self.send_lock = threading.RLock()
         self.pending: collections.deque[pb.Run] = collections.deque()  # queued here by the node
         self.pending_cond = threading.Condition()
@@ -60,6 +63,7 @@ class Executor:
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_semaphore: asyncio.Semaphore | None = None
         self.actor_tasks: set[asyncio.Task] = set()
+        self.async_calls: dict[bytes, asyncio.Task] = {}  # running calls of an async actor, by task id
         self.cancel_requested: bytes | None = None
         self.client = None
         self.client_lock = threading.Lock()
@@ -107,10 +111,20 @@ class Executor:
                             task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
                         continue
                 _runtime.cancelled_tasks.add(msg.cancel)
+                if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
+                    self.actor_loop.call_soon_threadsafe(self._cancel_async_call, msg.cancel)
+                    continue
+                if self.actor_id:  # as in Ray, a running call of a sync or threaded actor is not
+                    continue       # interrupted (actors have state): it can check is_canceled()
                 run = self.current
                 if run is not None and run.spec.task_id == msg.cancel:
                     self.cancel_requested = msg.cancel
                     os.kill(os.getpid(), signal.SIGINT)
+
+    def _cancel_async_call(self, task_id: bytes) -> None:
+        task = self.async_calls.get(task_id)
+        if task is not None:
+            task.cancel()
 
     def _on_sigint(self, signum, frame) -> None:
         run = self.current
@@ -155,6 +169,10 @@ class Executor:
 
     def serve(self) -> None:
         _runtime.node_id = self.node or "local"
+        # A fatal error (segfault, abort) kills the stderr forwarder with the process: its traceback
+        # goes to a file the node reads when it reports the death.
+        fd = os.open(crash_report_path(self.socket_path, self.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        faulthandler.enable(file=os.fdopen(fd, "w"), all_threads=False)
         self.logs = _LogForwarder(self)
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -183,7 +201,9 @@ class Executor:
             if run.spec.method == "__ray_terminate__":
                 self.terminate_after_pending(run)
             else:
-                self.actor_tasks.add(self.actor_loop.create_task(self.run_one_async(run)))
+                task = self.actor_loop.create_task(self.run_one_async(run))
+                self.actor_tasks.add(task)
+                self.async_calls[run.spec.task_id] = task
 
     def terminate_after_pending(self, run: pb.Run) -> None:
         """__ray_terminate__ on an async actor: end once the calls before it are done."""
@@ -229,7 +249,8 @@ class Executor:
             self.log_owner = (owner, spec.job_id)  # kept until the next task: drain() runs after this one
             self.cancel_requested = None
         _runtime.set_current_task(_runtime.TaskContext(
-            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
+            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace,
+            self.actor_id or (spec.actor_id if spec.HasField("actor") else b"")))
         saved_env = {k: os.environ.get(k) for k in spec.env_vars}
         os.environ.update(spec.env_vars)
         saved_place = (os.getcwd(), list(sys.path)) if (spec.working_dir or spec.py_modules) else None
@@ -243,10 +264,13 @@ class Executor:
                 for root in spec.py_modules:
                     sys.path.insert(0, runtime_env.resolve(root, self.store))
                 function = self._callable(run)
-                args, kwargs = self._arguments(run)
+                args, kwargs = self._load_arguments(run)
                 result = function(*args, **kwargs)
                 if spec.HasField("actor"):
                     self._become_actor(spec, result)
+                    return done
+                if self.actor_id and spec.task_id in _runtime.cancelled_tasks:
+                    done.failure = pb.TaskDone.CANCELLED  # cancelled while it ran (not interrupted)
                     return done
                 keep.append(result)
             except KeyboardInterrupt:
@@ -254,10 +278,15 @@ class Executor:
                     done.failure = pb.TaskDone.CANCELLED
                     return done
                 raise
+            except SystemExit as exc:
+                self._exit(spec, exc)
             except BaseException as exc:  # noqa: BLE001 - the task's error goes back to the caller
                 self._fail(done, spec, exc)
                 return done
-            self._pack_results(done, spec, result, keep)
+            try:
+                self._pack_results(done, spec, result, keep)
+            except SystemExit as exc:  # raised by a generator while it was being driven
+                self._exit(spec, exc)
             return done
         finally:
             if not becomes_actor:  # an actor keeps its runtime_env for its life
@@ -284,34 +313,56 @@ class Executor:
                 spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace, self.actor_id))
             try:
                 function = self._callable(run)
-                args, kwargs = self._arguments(run)
+                args, kwargs = self._load_arguments(run)
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                driven = bool(spec.generator) and hasattr(result, "__anext__")
+                if driven:
+                    result = await self._run_async_generator(spec, result)
                 keep = [result]
-                self._pack_results(done, spec, result, keep)
+                self._pack_results(done, spec, result, keep, driven)
+            except asyncio.CancelledError:
+                done.failure = pb.TaskDone.CANCELLED  # ray.cancel: the caller gets TaskCancelledError
+            except SystemExit as exc:
+                self._exit(spec, exc)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(done, spec, exc)
             finally:
                 _runtime.set_current_task(None)
+                self.async_calls.pop(spec.task_id, None)
+                _runtime.cancelled_tasks.discard(spec.task_id)
             done.duration_s = time.monotonic() - started
         self.report(done, run)  # a short blocking write on the Unix socket, from the loop itself
         self.actor_tasks.discard(asyncio.current_task())
 
-    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None) -> None:
-        if spec.generator:
+    def _pack_results(self, done: pb.TaskDone, spec: pb.TaskSpec, result: Any, keep: list | None = None,
+                      driven: bool = False) -> None:
+        """Store the task's results in ``done``; ``driven``: a generator task's items were already sent."""
+        if spec.generator and not driven:
             try:
                 result = self._run_generator(spec, result)
                 if keep is not None:
                     keep.append(result)  # refs inside stay held until the head has the result
+            except SystemExit:
+                raise
             except BaseException as exc:  # noqa: BLE001 - the generator raised part-way
+                if isinstance(exc, KeyboardInterrupt) and self.cancel_requested == spec.task_id:
+                    done.failure = pb.TaskDone.CANCELLED  # ray.cancel while it was streaming
+                    return
                 self._fail(done, spec, exc)
                 return
-        try:
-            results = self._split(result, len(spec.return_ids), spec)
-        except ValueError as exc:
-            self._fail(done, spec, exc)
-            return
+        failed: BaseException | None = None
+        if len(spec.return_ids) > 1 and isinstance(result, types.GeneratorType):
+            # Ray's rule for a generator with num_returns=N: the values it yielded are kept; the
+            # refs it did not fill (it raised, or yielded too few) hold the error.
+            results, failed = self._drain_fixed(result, len(spec.return_ids), spec)
+        else:
+            try:
+                results = self._split(result, len(spec.return_ids), spec)
+            except ValueError as exc:
+                self._fail(done, spec, exc)
+                return
         for rid, value in zip(spec.return_ids, results):
             try:
                 ser = serialize(value)
@@ -331,28 +382,98 @@ class Executor:
                 done.retryable = False
                 return
             done.results.add(id=rid, value=value)
+        if failed is not None:
+            error = pb.TaskDone()
+            self._fail(error, spec, failed)
+            for rid in spec.return_ids[len(results):]:
+                done.results.add(id=rid, value=error.results[0].value)
+            done.retryable = error.retryable
+
+    @staticmethod
+    def _drain_fixed(gen: Any, n: int, spec: pb.TaskSpec) -> tuple[list, BaseException | None]:
+        values: list = []
+        try:
+            for value in gen:
+                if len(values) == n:  # as in Ray: the N refs keep their values, the surplus is reported
+                    gen.close()
+                    print(f"{spec.name} has num_returns={n} but its generator yielded more than {n} values; "
+                          "the extra ones are dropped", file=sys.stderr)
+                    return values, None
+                values.append(value)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the generator's own error, kept for the rest
+            return values, exc
+        if len(values) < n:
+            return values, ValueError(
+                f"{spec.name} has num_returns={n} but its generator yielded only {len(values)} values")
+        return values, None
+
+    def _send_item(self, spec: pb.TaskSpec, index: int, value: Any) -> None:
+        from ..generators import item_id
+
+        oid = item_id(spec.task_id, index)
+        packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
+        if self.client is not None:
+            self.client.transport.flush()  # refs inside the item are known to the head first
+        self.send(pb.ExecutorMsg(stream_item=pb.Object(id=oid, value=packed)))
+
+    async def _run_async_generator(self, spec: pb.TaskSpec, agen: Any) -> Any:
+        """An async generator method of an async actor: stream its items (or, for "dynamic",
+        collect them)."""
+        if spec.generator == "dynamic":
+            values: list = []
+            failed: BaseException | None = None
+            try:
+                async for value in agen:
+                    values.append(value)
+            except (SystemExit, asyncio.CancelledError):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - replayed below: it goes in the last ref
+                failed = exc
+
+            def replay() -> Any:
+                yield from values
+                if failed is not None:
+                    raise failed
+
+            return self._run_dynamic(spec, replay())
+        count = 0
+        async for value in agen:
+            self._send_item(spec, count, value)
+            count += 1
+        return count
 
     def _run_generator(self, spec: pb.TaskSpec, result: Any) -> Any:
         """Drive a generator task. Streaming: report each item as it is yielded, return the count.
         Dynamic: store each item, return one DynamicObjectRefGenerator of their refs."""
-        from ..generators import DynamicObjectRefGenerator, item_id
-
         if not hasattr(result, "__next__"):
             raise TypeError(f"{spec.name} has num_returns={spec.generator!r} but returned a "
                             f"{type(result).__name__}, not a generator")
         if spec.generator == "dynamic":
-            from .. import api
-
-            return DynamicObjectRefGenerator([api.put(value) for value in result])
+            return self._run_dynamic(spec, result)
         count = 0
         for value in result:
-            oid = item_id(spec.task_id, count)
-            packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
-            if self.client is not None:
-                self.client.transport.flush()  # refs inside the item are known to the head first
-            self.send(pb.ExecutorMsg(stream_item=pb.Object(id=oid, value=packed)))
+            self._send_item(spec, count, value)
             count += 1
         return count
+
+    def _run_dynamic(self, spec: pb.TaskSpec, gen: Any) -> DynamicObjectRefGenerator:
+        """Ray's rule for ``num_returns="dynamic"``: if the generator raises, the refs of what it
+        yielded keep their values and one last ref holds the error."""
+        from .. import api
+
+        refs = []
+        try:
+            for value in gen:
+                refs.append(api.put(value))
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the error goes in the last ref
+            error = pb.TaskDone()
+            self._fail(error, spec, exc)
+            refs.append(self.make_client().put_error(error.results[0].value))
+        return DynamicObjectRefGenerator(refs)
 
     def _callable(self, run: pb.Run):
         spec = run.spec
@@ -385,12 +506,28 @@ class Executor:
         fid = run.spec.function_id
         function = self.functions.get(fid)
         if function is None:
-            message = self.function_msgs.pop(fid)
-            function = cloudpickle.loads(message.pickled)
-            if message.source_file and hasattr(function, "__code__"):
-                function.__code__ = _with_filename(function.__code__, message.source_file)
+            message = self.function_msgs[fid]
+            try:
+                function = cloudpickle.loads(message.pickled)
+            except Exception as exc:
+                raise RaySystemError(
+                    f"could not load {message.name} in the worker: {type(exc).__name__}: {exc} (the worker "
+                    "needs every module it uses by reference: install it there, or define it in the script)"
+                ) from exc
+            del self.function_msgs[fid]
+            if message.source_file:
+                _restore_filenames(function, message.source_file)
             self.functions[fid] = function
         return function
+
+    def _load_arguments(self, run: pb.Run) -> tuple[tuple, dict]:
+        try:
+            return self._arguments(run)
+        except Exception as exc:
+            raise RaySystemError(
+                f"could not deserialize the arguments of {run.spec.name} in the worker: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _arguments(self, run: pb.Run) -> tuple[tuple, dict]:
         from ..remote_function import _Dep
@@ -415,6 +552,36 @@ class Executor:
             raise ValueError(f"{spec.name} has num_returns={n} but returned {len(values)} values")
         return values
 
+    def _exit(self, spec: pb.TaskSpec, exc: SystemExit) -> NoReturn:
+        """``sys.exit()`` or ``exit_actor()`` in user code ends this worker process, as in Ray.
+
+        A task's exit is a worker death (retried while ``max_retries`` allows, then
+        ``WorkerCrashedError``); an actor's ``sys.exit()`` is a crash (``max_restarts`` applies).
+        ``exit_actor()`` is an intended exit: the call gets ``ActorDiedError``, the head is told
+        not to restart the actor, and it stops this process.
+        """
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        actor_id = self.actor_id or (spec.actor_id if spec.HasField("actor") else b"")
+        if actor_id and isinstance(exc, AsyncioActorExit):
+            client = self.make_client()
+            client.kill_self(actor_id, "it called exit_actor() (an intended exit: it is not restarted)")
+            done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+            value = error_value(ActorDiedError(
+                actor_id.hex(), "The actor is dead because it called exit_actor() (an intended exit: "
+                                "it is not restarted)."))
+            for rid in spec.return_ids:
+                done.results.add(id=rid, value=value)
+            self.report(done, spec_run(spec))
+            self.logs.drain()
+            time.sleep(60)  # the head stops this process; if it can't, leave anyway
+            os._exit(0)
+        if exc.code not in (None, 0) and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        self.logs.drain()
+        if self.client is not None:
+            self.client.transport.flush()
+        os._exit(code)
+
     def _fail(self, done: pb.TaskDone, spec: pb.TaskSpec, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
         if isinstance(exc, RayTaskError):  # a failed nested task: keep its cause and its traceback
@@ -429,8 +596,42 @@ class Executor:
         for rid in spec.return_ids:
             done.results.add(id=rid, value=value)
         if spec.retry_exceptions:
-            allowed = pickle.loads(spec.retry_exceptions)
+            try:
+                allowed = pickle.loads(spec.retry_exceptions)
+            except Exception:  # noqa: BLE001 - a class this worker can't rebuild: not retried
+                allowed = ()
             done.retryable = allowed is True or (isinstance(allowed, tuple) and isinstance(cause, allowed))
+
+
+def crash_report_path(socket_path: str, executor_id: int) -> str:
+    return os.path.join(os.path.dirname(socket_path), f"executor-{executor_id}.crash")
+
+
+def read_crash_report(socket_path: str, executor_id: int) -> list[str]:
+    """The fatal-error report a dead executor left (its lines; [] if none), removing the file."""
+    path = crash_report_path(socket_path, executor_id)
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read(8192)
+        os.unlink(path)
+    except OSError:
+        return []
+    return text.splitlines()
+
+
+def spec_run(spec: pb.TaskSpec) -> pb.Run:
+    return pb.Run(spec=spec)
+
+
+def _restore_filenames(obj: Any, filename: str) -> None:
+    """A function's code, or every method's of a class, gets its source file name back."""
+    if isinstance(obj, type):
+        for member in vars(obj).values():
+            member = getattr(member, "__func__", member)  # staticmethod / classmethod
+            if isinstance(member, types.FunctionType):
+                member.__code__ = _with_filename(member.__code__, filename)
+    elif isinstance(obj, types.FunctionType):
+        obj.__code__ = _with_filename(obj.__code__, filename)
 
 
 def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
@@ -557,7 +758,23 @@ def main() -> None:
     parser.add_argument("--id", type=int, required=True)
     parser.add_argument("--store", required=True)
     parser.add_argument("--node", default="")
-    Executor(parser.parse_args()).serve()
+    args = parser.parse_args()
+    try:
+        Executor(args).serve()
+    except BaseException as exc:
+        # The stderr forwarder dies with this process: leave the traceback (the user's frames, not
+        # the executor's) where the node reads it.
+        ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if not f.filename.startswith(ours) and not f.filename.startswith("<frozen")]
+        try:
+            with open(crash_report_path(args.socket, args.id), "a") as f:
+                f.write("Uncaught exception in the worker process, traceback (most recent call last):\n"
+                        + "".join(traceback.format_list(frames))
+                        + "".join(traceback.format_exception_only(type(exc), exc)))
+        except OSError:
+            pass
+        raise
 
 
 if __name__ == "__main__":

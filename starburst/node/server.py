@@ -21,6 +21,7 @@ from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
 from .framing import encode, read_frames
+from .executor import read_crash_report
 from .launch import Early, pool_size, spawn_executor
 
 log = logging.getLogger("starburst.node")
@@ -49,6 +50,17 @@ class Executor:
         self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.crash_report: list[str] = []  # a fatal error's report (faulthandler), read at its death
+
+    def last_words(self) -> str:
+        """The last lines it wrote to stderr and its fatal-error report, for the error that reports
+        its death ('' if none)."""
+        lines = list(self.stderr_tail)
+        lines += [line for line in self.crash_report if line.strip()][:STDERR_TAIL_LINES]
+        if not lines:
+            return ""
+        return "; its last lines on stderr:\n" + "\n".join("    " + line for line in lines)
 
     @property
     def idle(self) -> bool:
@@ -370,6 +382,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.to_head(pb.NodeToHeadOp(executors=alive))
 
     def _executor_gone(self, executor: Executor, code: int) -> None:
+        executor.crash_report = read_crash_report(self.socket_path, executor.id)
         if self.executors.get(executor.id) is not executor:
             return
         self.executors.pop(executor.id, None)
@@ -396,7 +409,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 self._report(pb.TaskDone(
                     task_id=run.spec.task_id, failure=pb.TaskDone.WORKER_DIED, attempt=run.spec.attempt,
                     detail=f"its worker process (pid {executor.proc.pid if executor.proc else '?'}) "
-                           f"died with {_describe_exit(code)}",
+                           f"died with {_describe_exit(code)}{executor.last_words()}",
                 ))
         if not self.stop.is_set():
             while self._pool_count() < self.pool_size:
@@ -406,7 +419,8 @@ class NodeServer(pb_grpc.NodeServicer):
     def _actor_gone(self, executor: Executor, code: int) -> None:
         self.actors.pop(executor.actor_id, None)
         self.free_cpus += executor.actor_cpus
-        how = {"killed": "it was killed"}.get(executor.kill_reason or "", f"its process died with {_describe_exit(code)}")
+        how = {"killed": "it was killed"}.get(
+            executor.kill_reason or "", f"its process died with {_describe_exit(code)}{executor.last_words()}")
         for run in executor.runs:  # calls in flight: the head retries them or fails them
             self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.WORKER_DIED,
                                      attempt=run.spec.attempt, detail=how))
@@ -440,6 +454,8 @@ class NodeServer(pb_grpc.NodeServicer):
         if kind == "done":
             self._done(executor, msg.done)
         elif kind == "log":
+            if msg.log.stream == 2:
+                executor.stderr_tail.extend(msg.log.text.splitlines())
             self.to_head(pb.NodeToHeadOp(log=msg.log))
         elif kind == "stream_item":
             self.to_head(pb.NodeToHeadOp(stream_item=msg.stream_item))
@@ -624,6 +640,10 @@ def _called_by_head(context, cluster_id: str) -> bool:
     from .. import tls  # only remote nodes use TLS (and pay for importing cryptography)
 
     return tls.peer_common_name(context) == tls.head_name(cluster_id)
+
+
+#: How many of an executor's last stderr lines the error reporting its death carries.
+STDERR_TAIL_LINES = 10
 
 
 def _describe_exit(code: int) -> str:

@@ -13,7 +13,45 @@ The submodules ``queue`` and ``multiprocessing`` are imported on first use, as i
 
 from __future__ import annotations
 
+from typing import Any
+
 from .actor_pool import ActorPool
 from .helpers import as_completed, map_unordered
 
-__all__ = ["ActorPool", "as_completed", "map_unordered"]
+__all__ = ["ActorPool", "as_completed", "map_unordered", "get_node_ip_address", "inspect_serializability"]
+
+
+def get_node_ip_address() -> str:
+    """The address of the node this runs on, as Ray's ``ray.util.get_node_ip_address`` (loopback on
+    the local cluster)."""
+    import os
+
+    return os.environ.get("STARBURST_HOST") or "127.0.0.1"
+
+
+def inspect_serializability(obj: Any, name: str | None = None, **_: Any) -> tuple[bool, set]:
+    """``(True, set())`` if ``obj`` can be sent to a worker, else ``(False, {reason})`` (the reason
+    cloudpickle gave), printing it, like Ray's helper of that name."""
+    from ..serialization import find_unpicklable
+
+    problem = find_unpicklable(obj)
+    if problem is None:
+        return True, set()
+    print(f"{name or type(obj).__name__} is not serializable: {problem}")
+    return False, {problem}
+
+
+_UNSUPPORTED = {
+    "placement_group": "placement groups", "remove_placement_group": "placement groups",
+    "get_placement_group": "placement groups", "placement_group_table": "placement groups",
+    "get_current_placement_group": "placement groups", "list_named_actors": "listing named actors",
+    "register_serializer": "custom serializers", "deregister_serializer": "custom serializers",
+    "pdb": "the Ray debugger", "collective": "Ray collective communication",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _UNSUPPORTED:
+        raise AttributeError(f"module 'ray.util' (starburst.util) has no attribute {name!r}: "
+                             f"starburst does not support {_UNSUPPORTED[name]}")
+    raise AttributeError(f"module 'starburst.util' has no attribute {name!r}")
