@@ -22,7 +22,7 @@ from .runtime_context import available_resources, cluster_resources, get_gpu_ids
 from .trace import timeline
 # Imported eagerly as in Ray, so ``ray.util.X``, ``ray.dag``, ``ray._raylet``, ``ray.remote_function``
 # work after a plain ``import ray``.
-from . import _raylet, dag, remote_function, util  # noqa: E402,F401
+from . import _raylet, dag, remote_function, util  # noqa: F401
 
 #: Ray names that starburst does not provide, and what to do instead (one line each).
 _UNSUPPORTED = {
