@@ -112,3 +112,34 @@ def test_long_tasks_spread_over_both_cpus(cluster):
     pids = ray.get([slow.remote() for _ in range(4)], timeout=TIMEOUT)
     assert len(set(pids)) >= 2
     assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 CPUs; 2 s would mean one CPU did all
+
+
+def _wait_for(path, bound=60.0):
+    deadline = time.monotonic() + bound
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_short_tasks_do_not_wait_behind_a_straggler(cluster, tmp_path):
+    """The function is known to be short, so its calls are pipelined onto busy executors; one call
+    turns out long. The short calls queued behind it must move to the idle CPU: all of them finish
+    while the long one still runs (it runs until the test lets it go)."""
+    ray = cluster
+    release = str(tmp_path / "release")
+
+    @ray.remote
+    def f(hold=None):
+        if hold:
+            _wait_for(hold)
+        return hold
+
+    warm(ray, f)
+    long = f.remote(release)
+    try:
+        shorts = [f.remote() for _ in range(30)]
+        assert ray.get(shorts, timeout=30) == [None] * 30
+        ready, _ = ray.wait([long], timeout=0)
+        assert ready == []  # the long call is still running: the short ones did not wait for it
+    finally:
+        open(release, "w").close()
+    assert ray.get(long, timeout=TIMEOUT) == release

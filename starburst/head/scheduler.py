@@ -84,8 +84,14 @@ class Node(Sink):
         super().__init__(scheduler)
         self.node_id = node_id
         self.hello = hello
-        self.total = {"CPU": hello.resources.cpus, "GPU": hello.resources.gpus, **hello.resources.custom}
+        self.total = {"CPU": hello.resources.cpus, "GPU": hello.resources.gpus, "memory": hello.resources.memory,
+                      **hello.resources.custom}
+        #: Resources of the tasks sent here and not finished (running or queued at the node).
         self.used: dict[str, float] = collections.defaultdict(float)
+        #: Resources live actors hold for their lifetime (never lent, never prefetched against).
+        self.held: dict[str, float] = collections.defaultdict(float)
+        self.running = 0  # tasks the node reports started (the rest of `inflight` is queued there)
+        self.recalling: set[bytes] = set()  # asked back (recall sent, not answered yet)
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
         self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
@@ -120,18 +126,41 @@ class Node(Sink):
             return False
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
 
-    def fits(self, want: dict[str, float], depth: float) -> bool:
+    def fits(self, want: dict[str, float], depth: float, actor: bool = False) -> bool:
+        """Whether a task (``actor``: an actor's creation) asking for ``want`` may be sent here now.
+        CPUs are prefetched ``depth`` deep (tasks queue at the node); other resources are hard: what
+        is sent never adds up to more than the node has. What live actors hold is taken off first, and
+        an actor's CPUs must be free of other actors' (tasks sent earlier run or wait at the node)."""
         if not self.has_room(depth):
             return False
         for name, qty in want.items():
             if not qty:
                 continue
-            total = self.total.get(name, 0.0)
+            total = self.total.get(name, 0.0) - self.held[name]
+            if qty > total + 1e-9:
+                return False  # can't start here until an actor lets go
             if name == "CPU":
+                if actor:  # held from the start; tasks already sent here run or wait at the node
+                    continue
                 total = total * depth + self.blocked_cpus
             if self.used[name] + qty > total + 1e-9:
                 return False
         return True
+
+    def unstarted(self) -> int:
+        """Tasks sent here that (by the node's last report) have not started."""
+        return max(0, len(self.inflight) - self.running)
+
+    def started(self) -> int:
+        return len(self.inflight) - self.unstarted()
+
+    def cpus_in_use(self) -> float:
+        """CPUs held by actors plus those of running tasks (never more than the node has)."""
+        total = self.total["CPU"]
+        return min(total, self.held["CPU"] + min(self.used["CPU"], total - self.held["CPU"]))
+
+    def idle_cpus(self) -> float:
+        return self.total["CPU"] - self.held["CPU"] - self.used["CPU"] + self.blocked_cpus
 
     def load(self) -> float:
         return len(self.inflight) / max(self.total["CPU"], 1.0)
@@ -151,6 +180,8 @@ class Obj:
 
 class Task:
     __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted")
+    #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
+    #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
     WAITING, QUEUED, RUNNING, DONE = range(4)
 
@@ -162,7 +193,7 @@ class Task:
         self.state = Task.WAITING
         self.children: set[bytes] = set()
         r = spec.resources
-        self.want = {"CPU": r.cpus, "GPU": r.gpus, **r.custom}
+        self.want = {"CPU": r.cpus, "GPU": r.gpus, "memory": r.memory, **r.custom}
         self.submitted = time.monotonic()
 
 
@@ -183,6 +214,7 @@ class Actor:
         self.inflight: dict[bytes, Task] = {}
         self.lost: list[Task] = []  # calls whose process died; retried or failed on restart
         self.restarts = 0
+        self.holding: Node | None = None  # the node whose resources this actor holds while it lives
         self.no_restart = False
         self.terminating = False
         self.out_of_scope = False
@@ -578,6 +610,8 @@ class Scheduler:
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
             elif kind == "executors":
                 node.executors = op.executors
+            elif kind == "running":
+                node.running = op.running
             elif kind == "draining":
                 node.draining = op.draining
             elif kind == "stream_item":
@@ -607,18 +641,20 @@ class Scheduler:
             session.push(pb.HeadOp(log=entry))
 
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
+        node.recalling.discard(done.task_id)
         task = node.inflight.pop(done.task_id, None)
         if task is None:
             task = node.actor_inflight.pop(done.task_id, None)
             if task is not None:
                 self._call_done(task, done)
             return
+        if task.spec.HasField("actor"):  # its resources stay held while the actor lives
+            if task.state == Task.RUNNING:
+                self._creation_done(task, done)
+            return
         for name, qty in task.want.items():
             node.used[name] -= qty
         if task.state != Task.RUNNING:
-            return
-        if task.spec.HasField("actor"):
-            self._creation_done(task, done)
             return
         if done.failure == pb.TaskDone.NONE:
             fid = task.spec.function_id
@@ -639,7 +675,8 @@ class Scheduler:
         best = None
         duration = self.durations.get(task.spec.function_id)
         for node in self.nodes:
-            if node.fits(task.want, node.depth(duration)) and (best is None or node.load() < best.load()):
+            if (node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor"))
+                    and (best is None or node.load() < best.load())):
                 best = node
         return best
 
@@ -660,6 +697,32 @@ class Scheduler:
                 continue
             self._run_on(task, node)
         self.queue.extendleft(reversed(skipped))
+        self._recall_queued()
+
+    def _recall_queued(self) -> None:
+        """No hidden queue while capacity is idle: when nothing waits here and a node has idle CPUs
+        while another holds tasks it has not started, ask (half of) those back. The node hands back
+        what has not started (NOT_STARTED: placed again, no retry charged); what started runs on."""
+        if self.queue or len(self.nodes) < 2:
+            return
+        idle = sum(max(0.0, n.idle_cpus()) for n in self.nodes if not n.draining and n.alive)
+        if idle < 1 - 1e-9:
+            return
+        for victim in sorted(self.nodes, key=lambda n: n.unstarted(), reverse=True):
+            if idle < 1 - 1e-9:
+                break
+            excess = victim.unstarted()
+            if victim.recalling or excess <= 0 or victim.idle_cpus() >= 1 - 1e-9:
+                continue
+            count = min(int(idle), (excess + 1) // 2)
+            # The latest sent are the furthest back in the node's queues.
+            candidates = [t for t in reversed(victim.inflight.values()) if not t.spec.HasField("actor")]
+            ids = [t.spec.task_id for t in candidates[:count]]
+            if not ids:
+                continue
+            victim.recalling.update(ids)
+            victim.push(pb.HeadToNodeOp(recall=pb.Returned(task_ids=ids)))
+            idle -= len(ids)
 
     def _run_on(self, task: Task, node: Node) -> None:
         spec = task.spec
@@ -673,14 +736,26 @@ class Scheduler:
         task.state = Task.RUNNING
         task.node = node
         node.inflight[spec.task_id] = task
-        for name, qty in task.want.items():
-            node.used[name] += qty
         node.push(pb.HeadToNodeOp(run=run))
         if spec.HasField("actor"):
             actor = self.actors[spec.actor_id]
             actor.node = node
+            self._release_actor(actor)
+            actor.holding = node  # from its creation until its process is gone
+            for name, qty in task.want.items():
+                node.held[name] += qty
             if actor.state != Actor.DEAD:
                 actor.state = Actor.PLACED
+        else:
+            for name, qty in task.want.items():
+                node.used[name] += qty
+
+    def _release_actor(self, actor: "Actor") -> None:
+        """The actor's process is gone (or will never start): what it held is free again."""
+        node, actor.holding = actor.holding, None
+        if node is not None:
+            for name, qty in actor.creation.want.items():
+                node.held[name] -= qty
 
     # ------------------------------------------------------------------ actors
 
@@ -747,6 +822,7 @@ class Scheduler:
 
     def _actor_died(self, actor: Actor, reason: str) -> None:
         """The actor's process is gone: restart it (retrying its calls) or declare it dead."""
+        self._release_actor(actor)
         lost = sorted(actor.lost + list(actor.inflight.values()), key=lambda t: t.submitted)
         actor.lost = []
         for task in actor.inflight.values():
@@ -792,6 +868,7 @@ class Scheduler:
             return
         actor.state = Actor.DEAD
         actor.death = death
+        self._release_actor(actor)
         if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
             del self.names[(actor.namespace, actor.name)]
         if actor.creation.state != Task.DONE:
@@ -869,11 +946,12 @@ class Scheduler:
                 r = node.hello.resources
                 reply.total.cpus += r.cpus
                 reply.total.memory += r.memory
-                reply.available.cpus += max(0.0, r.cpus - min(node.used["CPU"], r.cpus))
-                reply.available.memory += r.memory
+                in_use = node.cpus_in_use()
+                reply.available.cpus += max(0.0, r.cpus - in_use)
+                reply.available.memory += max(0.0, r.memory - node.used["memory"] - node.held["memory"])
                 reply.nodes.add(node_id=node.node_id, address=node.hello.address, resources=r,
-                                cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
-                                executors=node.executors)
+                                cpus_in_use=in_use, running=node.started(), queued=node.unstarted(),
+                                pid=node.hello.pid, executors=node.executors)
         return reply
 
     def _hold_actor(self, session: Session, actor: Actor) -> None:

@@ -39,6 +39,7 @@ class Executor:
         self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.runs: collections.deque[pb.Run] = collections.deque()  # sent, in order; [0] is running
+        self.recalled: set[bytes] = set()  # queued runs asked back (recall sent, no answer yet)
         self.functions: set[bytes] = set()
         self.outbuf: list[bytes] = []
         self.exit_code: int | None = None
@@ -57,6 +58,12 @@ class Executor:
     @property
     def run(self) -> pb.Run | None:
         return self.runs[0] if self.runs else None
+
+    def stealable(self) -> list[pb.Run]:
+        """Runs queued behind the running one that are not being asked back already."""
+        if self.actor_id or self.writer is None:
+            return []
+        return [r for r in list(self.runs)[1:] if r.spec.task_id not in self.recalled]
 
     def send(self, msg: pb.NodeToExecutorMsg) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -82,6 +89,8 @@ class NodeServer(pb_grpc.NodeServicer):
         self.max_executors = self.pool_size * 4 + 16
         self.free_cpus = self.num_cpus
         self.queue: collections.deque[pb.Run] = collections.deque()
+        self.head_recalls: set[bytes] = set()  # the head asked these back; they go to it when returned
+        self.running_reported = 0
         self.functions: dict[bytes, pb.Function] = {}
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.executors: dict[int, Executor] = {}
@@ -172,6 +181,7 @@ class NodeServer(pb_grpc.NodeServicer):
         log.warning("lost the head; waiting up to %s s for it to reconnect", lease)
         self.head_connected = False
         self.queue.clear()
+        self.head_recalls.clear()
         for executor in list(self.executors.values()):
             if executor.runs and executor.proc is not None and executor.proc.poll() is None:
                 executor.kill_reason = "head lost"
@@ -202,6 +212,8 @@ class NodeServer(pb_grpc.NodeServicer):
             self.out_event.set()
         elif kind == "ping":
             self.to_head(pb.NodeToHeadOp(pong=op.ping))
+        elif kind == "recall":
+            self._head_recall(op.recall.task_ids)
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:
@@ -231,6 +243,45 @@ class NodeServer(pb_grpc.NodeServicer):
         self._assign(executor, run)
         executor.flush()
 
+    def _head_recall(self, task_ids) -> None:
+        """The head wants these back unstarted (another node has idle CPUs). Those still in the
+        node's queue go back at once; those queued on an executor are asked back from it and go to
+        the head when it returns them. Started ones run on: the head hears of them as usual."""
+        wanted = set(task_ids)
+        for run in [r for r in self.queue if r.spec.task_id in wanted]:
+            self.queue.remove(run)
+            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
+        for executor in self.executors.values():
+            if executor.actor_id:
+                continue
+            ask = [r.spec.task_id for r in list(executor.runs)[1:] if r.spec.task_id in wanted]
+            if ask:
+                self.head_recalls.update(ask)
+                self._recall(executor, [t for t in ask if t not in executor.recalled])
+
+    def _recall(self, executor: Executor, task_ids: list[bytes]) -> None:
+        if task_ids:
+            executor.recalled.update(task_ids)
+            executor.send(pb.NodeToExecutorMsg(recall=pb.Returned(task_ids=task_ids)))
+
+    def _steal(self) -> None:
+        """No hidden queue while a CPU is idle: an idle executor with nothing queued at the node
+        takes (half of) the runs queued behind the busiest executor. The executor decides what it
+        still has (a run may have started meanwhile); what it hands back is placed again."""
+        if self.queue or self.draining:
+            return
+        idle = sum(1 for e in self.executors.values() if e.idle)
+        slots = idle if self.free_cpus > 1e-9 else 0
+        for _ in range(slots):
+            victim = max(self.executors.values(), key=lambda e: len(e.stealable()), default=None)
+            if victim is None:
+                return
+            queued = victim.stealable()
+            if not queued:
+                return
+            take = queued[len(queued) // 2:]  # the tail: the head of the line starts next there anyway
+            self._recall(victim, [r.spec.task_id for r in take])
+
     def _cancel(self, task_id: bytes, force: bool) -> None:
         for run in self.queue:
             if run.spec.task_id == task_id:
@@ -252,6 +303,13 @@ class NodeServer(pb_grpc.NodeServicer):
     def _running(self) -> int:
         return sum(1 for e in self.executors.values() if e.runs)
 
+    def _report_running(self) -> None:
+        """Tell the head how many pool tasks have started (for honest status counts), if changed."""
+        running = sum(1 for e in self.executors.values() if e.runs and not e.actor_id)
+        if running != self.running_reported:
+            self.running_reported = running
+            self.to_head(pb.NodeToHeadOp(running=running))
+
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))
 
@@ -264,9 +322,11 @@ class NodeServer(pb_grpc.NodeServicer):
             return
         try:
             self._place()
+            self._steal()
         finally:
             for executor in self.executors.values():
                 executor.flush()
+            self._report_running()
 
     def _place(self) -> None:
         while self.queue:
@@ -383,8 +443,9 @@ class NodeServer(pb_grpc.NodeServicer):
         if run is not None:
             executor.runs.popleft()
             # Tasks queued behind the one that ran never started: they go back to the node's queue.
-            self.queue.extendleft(reversed(executor.runs))
+            self._take_back(list(executor.runs))
             executor.runs.clear()
+            executor.recalled.clear()
             if not executor.blocked:
                 self.free_cpus += run.spec.resources.cpus
             else:
@@ -448,10 +509,16 @@ class NodeServer(pb_grpc.NodeServicer):
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
         elif kind == "returned":
             returned = set(msg.returned.task_ids)
-            back = [r for r in list(executor.runs)[1:] if r.spec.task_id in returned]
+            executor.recalled -= returned
+            # Any of its runs, the first too: the node counts that one as running once the one
+            # before it is done, but the executor may hand it back before starting it.
+            had = executor.run
+            back = [r for r in executor.runs if r.spec.task_id in returned]
             for r in back:
                 executor.runs.remove(r)
-            self.queue.extendleft(reversed(back))
+            if had is not None and not executor.runs and not executor.actor_id:
+                self.free_cpus += had.spec.resources.cpus
+            self._take_back(back)
             self._pump()
         elif kind == "blocked":
             run = executor.run
@@ -464,7 +531,22 @@ class NodeServer(pb_grpc.NodeServicer):
                 task_id=run.spec.task_id, blocked=executor.blocked, cpus=cpus)))
             self._pump()
 
+    def _take_back(self, runs: list[pb.Run]) -> None:
+        """Runs an executor never started: to the head if it asked for them (or the node is
+        draining), else to the front of the node's queue, in their order."""
+        keep = []
+        for run in runs:
+            task_id = run.spec.task_id
+            if task_id in self.head_recalls or self.draining:
+                self.head_recalls.discard(task_id)
+                self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.NOT_STARTED))
+            else:
+                keep.append(run)
+        self.queue.extendleft(reversed(keep))
+
     def _done(self, executor: Executor, done: pb.TaskDone) -> None:
+        executor.recalled.discard(done.task_id)
+        self.head_recalls.discard(done.task_id)
         if executor.actor_id:
             for run in executor.runs:
                 if run.spec.task_id == done.task_id:
@@ -558,13 +640,11 @@ class NodeServer(pb_grpc.NodeServicer):
         self.to_head(pb.NodeToHeadOp(draining=True))
         handed_back = list(self.queue)
         self.queue.clear()
-        for executor in self.executors.values():
-            if not executor.actor_id:
-                handed_back.extend(list(executor.runs)[1:])  # queued behind the running one
-                for run in list(executor.runs)[1:]:
-                    executor.send(pb.NodeToExecutorMsg(cancel=run.spec.task_id))
         for run in handed_back:
             self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
+        for executor in self.executors.values():
+            if not executor.actor_id:  # queued behind the running one: asked back, then handed back
+                self._recall(executor, [r.spec.task_id for r in executor.stealable()])
         deadline = self.loop.time() + self.args.drain_timeout
         while self._running() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
