@@ -95,7 +95,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({
             "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
             "drivers": st.sessions, "queued": st.queued, "running": st.running,
-            "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
+            "tasks_finished": st.tasks_finished, "tasks_failed": st.tasks_failed,
+            "tasks_cancelled": st.tasks_cancelled, "objects": st.objects, "object_bytes": st.object_bytes,
             "store": st.store_url,
             "cluster": {"provider": st.cluster.provider, "cluster_id": st.cluster.cluster_id,
                         "region": st.cluster.region, "nodes_pending": st.cluster.nodes_pending,
@@ -104,13 +105,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "cost_per_hour": st.cluster.cost_per_hour, "max_cost": st.cluster.max_cost or None,
                         "message": st.cluster.message},
             "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
-                       "cpus_in_use": n.cpus_in_use, "running": n.running, "executors": n.executors,
+                       "cpus_in_use": n.cpus_in_use, "running": n.running, "queued": n.queued,
+                       "executors": n.executors,
                        "pid": n.pid} for n in st.nodes],
         }))
         return 0
     print(f"starburst {st.head_version} at {info.address} (pid {st.pid}), up {_duration(st.uptime_s)}")
     print(f"  drivers {st.sessions}   tasks: {st.running} running, {st.queued} queued, "
-          f"{st.tasks_finished} finished")
+          f"{st.tasks_finished - st.tasks_failed - st.tasks_cancelled} finished, {st.tasks_failed} failed, "
+          f"{st.tasks_cancelled} cancelled")
     print(f"  objects {st.objects} ({_size(st.object_bytes)}) in {st.store_url}")
     c = st.cluster
     if c.provider == "fargate":
@@ -124,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     pending = f", {c.nodes_pending} starting" if c.nodes_pending else ""
     print(f"  nodes {len(st.nodes)}{pending}   CPUs {used:g}/{total_cpus:g} in use")
     for n in st.nodes:
-        print(f"    {n.node_id:<12} {n.address:<22} {n.resources.cpus:g} CPUs, {n.running} tasks, "
+        print(f"    {n.node_id:<12} {n.address:<22} {n.resources.cpus:g} CPUs, {n.running} running, {n.queued} queued, "
               f"{n.executors} executors, pid {n.pid}")
     return 0
 

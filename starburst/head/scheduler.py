@@ -34,6 +34,8 @@ PREFETCH_PER_CPU = 2.0
 PREFETCH_PER_CPU_SHORT = 16.0
 PREFETCH_PER_CPU_MAX = 64.0
 SHORT_TASK_S = 0.005
+#: How many tasks that can't be placed now the head looks past for ones that can.
+LOOK_PAST = 32
 
 
 class Sink:
@@ -154,6 +156,12 @@ class Node(Sink):
     def started(self) -> int:
         return len(self.inflight) - self.unstarted()
 
+    def surplus(self) -> int:
+        """Tasks sent here beyond what the node can be running (its report may lag: a task just sent
+        to a free CPU is assumed started)."""
+        slots = int(self.total["CPU"] - self.held["CPU"] + self.blocked_cpus + 1e-9)
+        return max(0, len(self.inflight) - max(self.running, slots))
+
     def cpus_in_use(self) -> float:
         """CPUs held by actors plus those of running tasks (never more than the node has)."""
         total = self.total["CPU"]
@@ -238,7 +246,9 @@ class Scheduler:
         self.names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.sessions: dict[str, Session] = {}
         self.dirty: list[Sink] = []
-        self.tasks_finished = 0
+        self.tasks_finished = 0  # all that ended: with their results, failed or cancelled
+        self.tasks_failed = 0
+        self.tasks_cancelled = 0
         self.started = time.monotonic()
         #: The resources of nodes a provider can still start: tasks that fit them are accepted
         #: before any such node exists (an autoscaling cluster may start with none).
@@ -497,13 +507,18 @@ class Scheduler:
         else:
             self.queue.append(task)
 
-    def _fail(self, task: Task, value: pb.Value) -> None:
+    def _fail(self, task: Task, value: pb.Value, cancelled: bool = False) -> None:
         """Finish ``task`` with ``value`` (an error) as every one of its results."""
         if task.state == Task.DONE:
             return
-        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids])
+        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids], cancelled)
 
-    def _finish(self, task: Task, results: Iterable[pb.Object]) -> None:
+    def _finish(self, task: Task, results: Iterable[pb.Object], cancelled: bool = False) -> None:
+        results = list(results)
+        if cancelled:
+            self.tasks_cancelled += 1
+        elif any(r.value.is_error for r in results):
+            self.tasks_failed += 1
         if task.state == Task.QUEUED:
             try:
                 self.queue.remove(task)
@@ -553,7 +568,7 @@ class Scheduler:
         if task.spec.actor_id:
             force = False  # killing the process would kill the actor, not just this call
         if task.state in (Task.WAITING, Task.QUEUED):
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif task.state == Task.RUNNING and task.node is not None:
             task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(object_id=task.spec.task_id, force=force)))
 
@@ -665,7 +680,7 @@ class Scheduler:
         elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
         elif done.failure == pb.TaskDone.CANCELLED:
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif done.retryable and self._retries_left(task):
             self._requeue(task)
         else:
@@ -681,13 +696,18 @@ class Scheduler:
         return best
 
     def _dispatch(self) -> None:
-        if not self.queue or not self.nodes:
+        if self.nodes:
+            self._place_queued()
+            self._recall_queued()
+
+    def _place_queued(self) -> None:
+        if not self.queue:
             return
-        # A task that fits nowhere doesn't hold up smaller ones behind it, but we look only a few
-        # tasks ahead: this runs after every incoming batch.
+        # A task that fits nowhere now (e.g. an actor waiting for CPUs another actor holds) doesn't
+        # hold up those behind it, but we look only so far ahead: this runs after every batch.
         skipped: list[Task] = []
         deepest = [(n, n.max_depth()) for n in self.nodes]
-        while self.queue and len(skipped) < 8:
+        while self.queue and len(skipped) < LOOK_PAST:
             if not any(n.has_room(depth) for n, depth in deepest):
                 break
             task = self.queue.popleft()
@@ -697,7 +717,6 @@ class Scheduler:
                 continue
             self._run_on(task, node)
         self.queue.extendleft(reversed(skipped))
-        self._recall_queued()
 
     def _recall_queued(self) -> None:
         """No hidden queue while capacity is idle: when nothing waits here and a node has idle CPUs
@@ -708,10 +727,10 @@ class Scheduler:
         idle = sum(max(0.0, n.idle_cpus()) for n in self.nodes if not n.draining and n.alive)
         if idle < 1 - 1e-9:
             return
-        for victim in sorted(self.nodes, key=lambda n: n.unstarted(), reverse=True):
+        for victim in sorted(self.nodes, key=lambda n: n.surplus(), reverse=True):
             if idle < 1 - 1e-9:
                 break
-            excess = victim.unstarted()
+            excess = victim.surplus()
             if victim.recalling or excess <= 0 or victim.idle_cpus() >= 1 - 1e-9:
                 continue
             count = min(int(idle), (excess + 1) // 2)
@@ -815,7 +834,7 @@ class Scheduler:
             actor.lost.append(task)  # decided when the actor's death is reported
             return
         if done.failure == pb.TaskDone.CANCELLED:
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         else:
             self._finish(task, done.results)
         self._maybe_terminate(actor)
@@ -962,13 +981,60 @@ class Scheduler:
             obj.refs += 1
         actor.out_of_scope = False
 
+    # ------------------------------------------------------------------ checks
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the books disagree (unit tests run this after every step): every
+        task is in exactly one place, resources add up and are never negative or over capacity."""
+        placed: dict[bytes, Node] = {}
+        for node in self.nodes:
+            for task_id in list(node.inflight) + list(node.actor_inflight):
+                assert task_id not in placed, f"task {task_id.hex()} sent to two nodes"
+                placed[task_id] = node
+            assert node.recalling <= set(node.inflight), "recalling a task the node does not hold"
+            used: dict[str, float] = collections.defaultdict(float)
+            for task in node.inflight.values():
+                if not task.spec.HasField("actor"):
+                    for name, qty in task.want.items():
+                        used[name] += qty
+            held: dict[str, float] = collections.defaultdict(float)
+            for actor in self.actors.values():
+                if actor.holding is node:
+                    for name, qty in actor.creation.want.items():
+                        held[name] += qty
+            for name in set(used) | set(node.used) | set(held) | set(node.held):
+                assert abs(used[name] - node.used[name]) < 1e-6, f"{name} used {node.used[name]}, tasks {used[name]}"
+                assert abs(held[name] - node.held[name]) < 1e-6, f"{name} held {node.held[name]}, actors {held[name]}"
+                assert node.held[name] <= node.total.get(name, 0.0) + 1e-6, f"{name} held over capacity"
+                assert node.used[name] >= -1e-6 and node.held[name] >= -1e-6, f"{name} negative"
+        queued = collections.Counter(t.spec.task_id for t in self.queue)
+        assert all(n == 1 for n in queued.values()), "a task queued twice"
+        for task_id, task in self.tasks.items():
+            where = (task_id in queued) + (task_id in placed)
+            if task.state == Task.RUNNING:
+                assert where == 1 and task_id in placed and placed[task_id] is task.node, f"running task {task_id.hex()}"
+            elif task.state == Task.QUEUED:
+                in_line = any(task in a.calls for a in self.actors.values())
+                assert (task_id in queued) + in_line == 1 and task_id not in placed, f"queued task {task_id.hex()}"
+            else:
+                assert where == 0, f"task {task_id.hex()} in state {task.state} is queued or placed"
+        for task_id in placed:
+            assert task_id in self.tasks, f"node holds unknown task {task_id.hex()}"
+        for obj in self.objects.values():
+            assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
-        running = sum(len(n.inflight) for n in self.nodes)
+        """Counts for ``starburst status``: "running" are tasks a node has started; "queued" are
+        ready tasks not started yet, at the head or at a node (``waiting``: for their arguments)."""
         return {
-            "queued": len(self.queue) + sum(1 for t in self.tasks.values() if t.state == Task.WAITING),
-            "running": running,
+            "queued": len(self.queue) + sum(n.unstarted() for n in self.nodes),
+            "waiting": sum(1 for t in self.tasks.values() if t.state == Task.WAITING),
+            "running": sum(n.started() for n in self.nodes),
+            "finished": self.tasks_finished - self.tasks_failed - self.tasks_cancelled,
+            "failed": self.tasks_failed,
+            "cancelled": self.tasks_cancelled,
             "objects": len(self.objects),
             "object_bytes": sum(o.value.size for o in self.objects.values() if o.value is not None),
         }

@@ -29,6 +29,11 @@ log = logging.getLogger("starburst.node")
 #: it starts the next one without a round trip to the node; longer tasks wait at the node.
 PIPELINE_DEPTH = 8
 SHORT_TASK_S = 0.005
+#: A task that can't start yet (too few free CPUs) lets later tasks that can start go first, this
+#: many times at most; then the node keeps CPUs for it as they free up (no starvation).
+MAX_OVERTAKEN = 64
+#: How many waiting tasks the node looks past for one that can start (per placement pass).
+LOOK_PAST = 16
 
 
 class Executor:
@@ -90,6 +95,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.free_cpus = self.num_cpus
         self.queue: collections.deque[pb.Run] = collections.deque()
         self.head_recalls: set[bytes] = set()  # the head asked these back; they go to it when returned
+        self.overtaken: dict[bytes, int] = {}  # task id -> how often a later task started before it
         self.running_reported = 0
         self.functions: dict[bytes, pb.Function] = {}
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
@@ -133,7 +139,7 @@ class NodeServer(pb_grpc.NodeServicer):
             versions=runtime_versions(),
         )
         hello.resources.cpus = self.num_cpus
-        hello.resources.memory = float(_total_memory())
+        hello.resources.memory = float(_memory_to_give())
         await context.write(pb.NodeToHead(ops=[pb.NodeToHeadOp(hello=hello)]))
 
         async def read() -> None:
@@ -250,6 +256,7 @@ class NodeServer(pb_grpc.NodeServicer):
         wanted = set(task_ids)
         for run in [r for r in self.queue if r.spec.task_id in wanted]:
             self.queue.remove(run)
+            self.overtaken.pop(run.spec.task_id, None)
             self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
         for executor in self.executors.values():
             if executor.actor_id:
@@ -265,11 +272,11 @@ class NodeServer(pb_grpc.NodeServicer):
             executor.send(pb.NodeToExecutorMsg(recall=pb.Returned(task_ids=task_ids)))
 
     def _steal(self) -> None:
-        """No hidden queue while a CPU is idle: an idle executor with nothing queued at the node
-        takes (half of) the runs queued behind the busiest executor. The executor decides what it
+        """No hidden queue while a CPU is idle: an idle executor (nothing in the node's queue could
+        start on it) takes (half of) the runs queued behind the busiest executor. The executor decides what it
         still has (a run may have started meanwhile); what it hands back is placed again."""
-        if self.queue or self.draining:
-            return
+        if self.draining or any(self._starving(run) for run in self.queue):
+            return  # (what is left in the node's queue can't start now)
         idle = sum(1 for e in self.executors.values() if e.idle)
         slots = idle if self.free_cpus > 1e-9 else 0
         for _ in range(slots):
@@ -286,6 +293,7 @@ class NodeServer(pb_grpc.NodeServicer):
         for run in self.queue:
             if run.spec.task_id == task_id:
                 self.queue.remove(run)
+                self.overtaken.pop(task_id, None)
                 self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
                 return
         for executor in self.executors.values():
@@ -329,23 +337,38 @@ class NodeServer(pb_grpc.NodeServicer):
             self._report_running()
 
     def _place(self) -> None:
-        while self.queue:
-            run = self.queue[0]
+        """Start (or pipeline) queued tasks in order; one that can't start yet doesn't hold up
+        those behind it that can, unless it has been overtaken MAX_OVERTAKEN times already."""
+        waiting: list[pb.Run] = []  # looked at, can't start yet (kept in order)
+        while self.queue and len(waiting) < LOOK_PAST:
+            run = self.queue.popleft()
             cpus = run.spec.resources.cpus
+            target = None
             if cpus <= self.free_cpus + 1e-9:
-                executor = next((e for e in self.executors.values() if e.idle), None)
-                if executor is not None:
-                    self.queue.popleft()
+                target = next((e for e in self.executors.values() if e.idle), None)
+                if target is not None:
                     self.free_cpus -= cpus
-                    self._assign(executor, run)
-                    continue
-                if self.starting == 0 and self._active_count() < self.max_executors:
+                elif self.starting == 0 and self._active_count() < self.max_executors:
                     self._spawn()
-            executor = self._pipeline_target(run)
-            if executor is None:
-                return
-            self.queue.popleft()
-            self._assign(executor, run)
+            if target is None:
+                target = self._pipeline_target(run)
+            if target is None:
+                waiting.append(run)
+                if self._starving(run):
+                    break  # CPUs that free up are kept for it
+                continue
+            for earlier in waiting:
+                tid = earlier.spec.task_id
+                self.overtaken[tid] = self.overtaken.get(tid, 0) + 1
+            self.overtaken.pop(run.spec.task_id, None)
+            self._assign(target, run)
+        self.queue.extendleft(reversed(waiting))
+
+    def _starving(self, run: pb.Run) -> bool:
+        """Overtaken too often, and able to start here once running tasks finish."""
+        actor_cpus = sum(e.actor_cpus for e in self.executors.values() if e.actor_id)
+        return (self.overtaken.get(run.spec.task_id, 0) >= MAX_OVERTAKEN
+                and run.spec.resources.cpus <= self.num_cpus - actor_cpus + 1e-9)
 
     def _pipeline_target(self, run: pb.Run) -> Executor | None:
         duration = self.durations.get(run.spec.function_id)
@@ -715,13 +738,23 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _total_memory() -> int:
+def _memory_to_give() -> int:
+    """The node's memory resource: what is available to tasks when the node starts (Ray's rule; tasks
+    that together ask for more wait). A container's limit, if lower, bounds it."""
     try:
         import psutil
 
-        return psutil.virtual_memory().total
+        available = psutil.virtual_memory().available
     except Exception:  # noqa: BLE001
         return 0
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            available = min(available, int(limit))
+    except OSError:
+        pass
+    return available
 
 
 def run(args: argparse.Namespace, early: Early) -> None:
