@@ -170,3 +170,25 @@ def test_counts_separate_finished_failed_cancelled():
     h.done(a, gone, failure=pb.TaskDone.CANCELLED)
     st = h.s.status()
     assert (st["finished"], st["failed"], st["cancelled"]) == (1, 1, 1)
+
+
+def test_provider_interface_demand_busy_drain():
+    h = Harness()
+    a = h.add_node("a", 2)
+    b = h.add_node("b", 2)
+    assert h.s.demand() == 0 and not h.s.node_busy(a)
+    (creation,) = h.submit(h.spec(cpus=1, actor=True))
+    holder = a if h.runs("a") else b
+    h.done(holder, creation)
+    assert h.s.node_busy(holder)  # a live actor keeps its node
+    other = b if holder is a else a
+    h.s.drain(other)
+    ids = h.submit(*[h.spec() for _ in range(5)])
+    assert h.runs(other.node_id) == []  # nothing is placed on a draining node
+    sent = h.runs(holder.node_id)
+    assert len(sent) == 2  # one CPU is free of the actor: 2 per CPU are sent, 3 wait at the head
+    assert h.s.demand() == 5 and h.s.has_waiting()
+    while sent:
+        h.done(holder, *sent)
+        sent = h.runs(holder.node_id)
+    assert h.s.demand() == 0 and not h.s.has_waiting() and ids[-1] not in h.s.tasks

@@ -981,6 +981,29 @@ class Scheduler:
             obj.refs += 1
         actor.out_of_scope = False
 
+    # ------------------------------------------------------------------ node providers
+    # What a provider (local, Fargate) may ask and tell the scheduler; nothing else of it is theirs.
+
+    def demand(self) -> float:
+        """Runnable work, in tasks: those waiting for a node plus one per busy CPU (tasks queued
+        ahead at a node and tasks waiting for their arguments don't need more nodes)."""
+        return len(self.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in self.nodes)
+
+    def has_waiting(self) -> bool:
+        """Whether any ready task waits for a node (then no node is idle: it may get work)."""
+        return bool(self.queue)
+
+    def node_busy(self, node: Node) -> bool:
+        """Whether the node runs or holds anything (a task, an actor call, a live actor)."""
+        if node.inflight or node.actor_inflight:
+            return True
+        return any((a.node is node or a.holding is node) and a.state != Actor.DEAD for a in self.actors.values())
+
+    def drain(self, node: Node) -> None:
+        """Place nothing more on ``node`` (it is about to be stopped; what it holds comes back when
+        its stream ends, or as NOT_STARTED if it drains itself)."""
+        node.draining = True
+
     # ------------------------------------------------------------------ checks
 
     def check_invariants(self) -> None:
