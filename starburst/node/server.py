@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import os
 import shutil
@@ -22,53 +21,23 @@ from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
 from .framing import encode, read_frames
 from .launch import Early, pool_size, spawn_executor
+from .pool import Pool, Slot
 
 log = logging.getLogger("starburst.node")
 
-#: Short tasks (by their function's recent run time) may queue this many deep on a busy executor, so
-#: it starts the next one without a round trip to the node; longer tasks wait at the node.
-PIPELINE_DEPTH = 8
-SHORT_TASK_S = 0.005
-#: A task that can't start yet (too few free CPUs) lets later tasks that can start go first, this
-#: many times at most; then the node keeps CPUs for it as they free up (no starvation).
-MAX_OVERTAKEN = 64
-#: How many waiting tasks the node looks past for one that can start (per placement pass).
-LOOK_PAST = 16
-
-
-class Executor:
-    """The node's handle on one executor process."""
+class Executor(Slot):
+    """The node's handle on one executor process (its bookkeeping is the pool's ``Slot``)."""
 
     def __init__(self, executor_id: int) -> None:
-        self.id = executor_id
+        super().__init__(executor_id)
         self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.runs: collections.deque[pb.Run] = collections.deque()  # sent, in order; [0] is running
-        self.recalled: set[bytes] = set()  # queued runs asked back (recall sent, no answer yet)
         self.functions: set[bytes] = set()
         self.outbuf: list[bytes] = []
         self.exit_code: int | None = None
         self.eof = False
-        self.retiring = False  # told to exit: gets no more work
-        self.actor_id = b""  # set for an actor's dedicated executor (never part of the pool)
-        self.actor_cpus = 0.0
-        self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
-
-    @property
-    def idle(self) -> bool:
-        return self.writer is not None and not self.runs and not self.retiring and not self.actor_id
-
-    @property
-    def run(self) -> pb.Run | None:
-        return self.runs[0] if self.runs else None
-
-    def stealable(self) -> list[pb.Run]:
-        """Runs queued behind the running one that are not being asked back already."""
-        if self.actor_id or self.writer is None:
-            return []
-        return [r for r in list(self.runs)[1:] if r.spec.task_id not in self.recalled]
 
     def send(self, msg: pb.NodeToExecutorMsg) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -92,16 +61,10 @@ class NodeServer(pb_grpc.NodeServicer):
         self.num_cpus = args.num_cpus
         self.pool_size = pool_size(self.num_cpus)
         self.max_executors = self.pool_size * 4 + 16
-        self.free_cpus = self.num_cpus
-        self.queue: collections.deque[pb.Run] = collections.deque()
-        self.head_recalls: set[bytes] = set()  # the head asked these back; they go to it when returned
-        self.overtaken: dict[bytes, int] = {}  # task id -> how often a later task started before it
-        self.running_reported = 0
+        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self)
         self.functions: dict[bytes, pb.Function] = {}
-        self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.executors: dict[int, Executor] = {}
         self.actors: dict[bytes, Executor] = {}  # actor id -> its dedicated executor
-        self.starting = 0
         self.next_id = 0
         self.early = early
         self.socket_dir = early.socket_dir
@@ -165,7 +128,7 @@ class NodeServer(pb_grpc.NodeServicer):
             last_write = 0.0
             while not self.stop.is_set() and not stream_done.is_set():
                 await self.out_event.wait()
-                if self.queue or self._running() > 1:  # more results are coming: send them together
+                if self.pool.queue or self.pool.running() > 1:  # more results are coming: send them together
                     await asyncio.sleep(config.batch_delay(last_write))
                 self.out_event.clear()
                 if self.out:
@@ -186,8 +149,7 @@ class NodeServer(pb_grpc.NodeServicer):
             return
         log.warning("lost the head; waiting up to %s s for it to reconnect", lease)
         self.head_connected = False
-        self.queue.clear()
-        self.head_recalls.clear()
+        self.pool.clear()
         for executor in list(self.executors.values()):
             if executor.runs and executor.proc is not None and executor.proc.poll() is None:
                 executor.kill_reason = "head lost"
@@ -203,10 +165,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self.functions[run.function.id] = run.function
             if run.spec.actor_id:
                 self._actor_run(run)
-            elif run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
-                self.queue.appendleft(run)
             else:
-                self.queue.append(run)
+                self.pool.submit(run)
         elif kind == "relay":
             executor = self.executors.get(op.relay.executor)
             if executor is not None:
@@ -219,7 +179,7 @@ class NodeServer(pb_grpc.NodeServicer):
         elif kind == "ping":
             self.to_head(pb.NodeToHeadOp(pong=op.ping))
         elif kind == "recall":
-            self._head_recall(op.recall.task_ids)
+            self.pool.head_recall(op.recall.task_ids)
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:
@@ -238,64 +198,21 @@ class NodeServer(pb_grpc.NodeServicer):
                     actor_id=spec.actor_id, reason="could not start a process for the actor")))
                 return
             self.actors[spec.actor_id] = executor
-            self.free_cpus -= spec.resources.cpus  # an actor holds what it asked for, for its life
-            executor.actor_cpus = spec.resources.cpus
+            self.pool.actor_started(executor, spec.resources.cpus)  # held for the actor's life
         else:
             executor = self.actors.get(spec.actor_id)
             if executor is None:
                 self._report(pb.TaskDone(task_id=spec.task_id, failure=pb.TaskDone.WORKER_DIED,
                                          detail="the actor is not running on this node"))
                 return
-        self._assign(executor, run)
+        executor.runs.append(run)
+        self.run(executor, run)
         executor.flush()
 
-    def _head_recall(self, task_ids) -> None:
-        """The head wants these back unstarted (another node has idle CPUs). Those still in the
-        node's queue go back at once; those queued on an executor are asked back from it and go to
-        the head when it returns them. Started ones run on: the head hears of them as usual."""
-        wanted = set(task_ids)
-        for run in [r for r in self.queue if r.spec.task_id in wanted]:
-            self.queue.remove(run)
-            self.overtaken.pop(run.spec.task_id, None)
-            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
-        for executor in self.executors.values():
-            if executor.actor_id:
-                continue
-            ask = [r.spec.task_id for r in list(executor.runs)[1:] if r.spec.task_id in wanted]
-            if ask:
-                self.head_recalls.update(ask)
-                self._recall(executor, [t for t in ask if t not in executor.recalled])
-
-    def _recall(self, executor: Executor, task_ids: list[bytes]) -> None:
-        if task_ids:
-            executor.recalled.update(task_ids)
-            executor.send(pb.NodeToExecutorMsg(recall=pb.Returned(task_ids=task_ids)))
-
-    def _steal(self) -> None:
-        """No hidden queue while a CPU is idle: an idle executor (nothing in the node's queue could
-        start on it) takes (half of) the runs queued behind the busiest executor. The executor decides what it
-        still has (a run may have started meanwhile); what it hands back is placed again."""
-        if self.draining or any(self._starving(run) for run in self.queue):
-            return  # (what is left in the node's queue can't start now)
-        idle = sum(1 for e in self.executors.values() if e.idle)
-        slots = idle if self.free_cpus > 1e-9 else 0
-        for _ in range(slots):
-            victim = max(self.executors.values(), key=lambda e: len(e.stealable()), default=None)
-            if victim is None:
-                return
-            queued = victim.stealable()
-            if not queued:
-                return
-            take = queued[len(queued) // 2:]  # the tail: the head of the line starts next there anyway
-            self._recall(victim, [r.spec.task_id for r in take])
-
     def _cancel(self, task_id: bytes, force: bool) -> None:
-        for run in self.queue:
-            if run.spec.task_id == task_id:
-                self.queue.remove(run)
-                self.overtaken.pop(task_id, None)
-                self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
-                return
+        if self.pool.drop_queued(task_id):
+            self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
+            return
         for executor in self.executors.values():
             for i, run in enumerate(executor.runs):
                 if run.spec.task_id != task_id:
@@ -308,88 +225,22 @@ class NodeServer(pb_grpc.NodeServicer):
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
                 return
 
-    def _running(self) -> int:
-        return sum(1 for e in self.executors.values() if e.runs)
-
-    def _report_running(self) -> None:
-        """Tell the head how many pool tasks have started (for honest status counts), if changed."""
-        running = sum(1 for e in self.executors.values() if e.runs and not e.actor_id)
-        if running != self.running_reported:
-            self.running_reported = running
-            self.to_head(pb.NodeToHeadOp(running=running))
-
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))
 
     # ----------------------------------------------------------------------- executors
 
     def _pump(self) -> None:
-        """Start queued tasks while CPUs allow, on idle executors (starting more when needed);
-        queue short tasks behind running ones of the same size."""
-        if self.draining:
-            return
         try:
-            self._place()
-            self._steal()
+            self.pool.pump()
         finally:
             for executor in self.executors.values():
                 executor.flush()
-            self._report_running()
 
-    def _place(self) -> None:
-        """Start (or pipeline) queued tasks in order; one that can't start yet doesn't hold up
-        those behind it that can, unless it has been overtaken MAX_OVERTAKEN times already."""
-        waiting: list[pb.Run] = []  # looked at, can't start yet (kept in order)
-        while self.queue and len(waiting) < LOOK_PAST:
-            run = self.queue.popleft()
-            cpus = run.spec.resources.cpus
-            target = None
-            if cpus <= self.free_cpus + 1e-9:
-                target = next((e for e in self.executors.values() if e.idle), None)
-                if target is not None:
-                    self.free_cpus -= cpus
-                elif self.starting == 0 and self._active_count() < self.max_executors:
-                    self._spawn()
-            if target is None:
-                target = self._pipeline_target(run)
-            if target is None:
-                waiting.append(run)
-                if self._starving(run):
-                    break  # CPUs that free up are kept for it
-                continue
-            for earlier in waiting:
-                tid = earlier.spec.task_id
-                self.overtaken[tid] = self.overtaken.get(tid, 0) + 1
-            self.overtaken.pop(run.spec.task_id, None)
-            self._assign(target, run)
-        self.queue.extendleft(reversed(waiting))
+    # PoolSink: what the pool asks of the node
 
-    def _starving(self, run: pb.Run) -> bool:
-        """Overtaken too often, and able to start here once running tasks finish."""
-        actor_cpus = sum(e.actor_cpus for e in self.executors.values() if e.actor_id)
-        return (self.overtaken.get(run.spec.task_id, 0) >= MAX_OVERTAKEN
-                and run.spec.resources.cpus <= self.num_cpus - actor_cpus + 1e-9)
-
-    def _pipeline_target(self, run: pb.Run) -> Executor | None:
-        duration = self.durations.get(run.spec.function_id)
-        if duration is None or duration > SHORT_TASK_S or run.spec.resources.gpus:
-            return None
-        best = None
-        for executor in self.executors.values():
-            first = executor.run
-            if (
-                first is None or executor.blocked or executor.writer is None or executor.retiring
-                or executor.actor_id
-                or len(executor.runs) >= PIPELINE_DEPTH
-                or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
-            ):
-                continue
-            if best is None or len(executor.runs) < len(best.runs):
-                best = executor
-        return best
-
-    def _assign(self, executor: Executor, run: pb.Run) -> None:
-        executor.runs.append(run)
+    def run(self, slot: Slot, run: pb.Run) -> None:
+        executor = self.executors[slot.id]
         if not run.spec.function_id:  # an actor call: the actor's process has its class already
             pass
         elif run.spec.function_id not in executor.functions:
@@ -400,19 +251,24 @@ class NodeServer(pb_grpc.NodeServicer):
             run.ClearField("function")
         executor.queue_frame(pb.NodeToExecutorMsg(run=run))
 
+    def recall(self, slot: Slot, task_ids: list[bytes]) -> None:
+        # Behind the runs queued in the same pass: the executor sees a run before its recall.
+        self.executors[slot.id].queue_frame(pb.NodeToExecutorMsg(recall=pb.Returned(task_ids=task_ids)))
+
+    def spawn(self) -> None:
+        self._spawn()
+
     def _spawn(self, proc: subprocess.Popen | None = None, actor_id: bytes = b"") -> Executor | None:
         executor = Executor(self.next_id)
         executor.actor_id = actor_id
         self.next_id += 1
         self.executors[executor.id] = executor
-        if not actor_id:
-            self.starting += 1
+        self.pool.add(executor)
         try:
             executor.proc = proc or spawn_executor(executor.id, self.socket_path, self.args)
         except OSError:
             log.exception("could not start an executor")
-            if not actor_id:
-                self.starting -= 1
+            self.pool.spawn_failed(executor)
             del self.executors[executor.id]
             return None
         threading.Thread(target=self._wait_executor, args=(executor,), daemon=True).start()
@@ -429,8 +285,7 @@ class NodeServer(pb_grpc.NodeServicer):
     def _executor_exited(self, executor: Executor, code: int) -> None:
         executor.exit_code = code
         if executor.writer is None:  # died before connecting
-            if not executor.actor_id:
-                self.starting -= 1
+            self.pool.exited_unconnected(executor)
             self._executor_gone(executor, code)
         elif executor.eof:
             self._executor_gone(executor, code)
@@ -440,13 +295,6 @@ class NodeServer(pb_grpc.NodeServicer):
         executor.eof = True
         if executor.exit_code is not None:
             self._executor_gone(executor, executor.exit_code)
-
-    def _pool_count(self) -> int:
-        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring)
-
-    def _active_count(self) -> int:
-        """Executors that could run work: blocked ones don't count (they wait on work queued here)."""
-        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring and not e.blocked)
 
     def _report_executors(self) -> None:
         alive = sum(1 for e in self.executors.values() if e.writer is not None and not e.actor_id)
@@ -460,20 +308,12 @@ class NodeServer(pb_grpc.NodeServicer):
         if executor.has_session:
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
         if executor.actor_id:
+            self.pool.gone(executor)
             self._actor_gone(executor, code)
             return
-        run = executor.run
+        # Tasks queued behind the one that ran never started: they are placed again.
+        run = self.pool.gone(executor)
         if run is not None:
-            executor.runs.popleft()
-            # Tasks queued behind the one that ran never started: they go back to the node's queue.
-            self._take_back(list(executor.runs))
-            executor.runs.clear()
-            executor.recalled.clear()
-            if not executor.blocked:
-                self.free_cpus += run.spec.resources.cpus
-            else:
-                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
             if executor.kill_reason == "cancelled":
                 self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.CANCELLED))
             else:
@@ -483,13 +323,12 @@ class NodeServer(pb_grpc.NodeServicer):
                            f"died with {_describe_exit(code)}",
                 ))
         if not self.stop.is_set():
-            while self._pool_count() < self.pool_size:
+            while self.pool.pool_count() < self.pool_size:
                 self._spawn()
             self._pump()
 
     def _actor_gone(self, executor: Executor, code: int) -> None:
         self.actors.pop(executor.actor_id, None)
-        self.free_cpus += executor.actor_cpus
         how = {"killed": "it was killed"}.get(executor.kill_reason or "", f"its process died with {_describe_exit(code)}")
         for run in executor.runs:  # calls in flight: the head retries them or fails them
             self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.WORKER_DIED,
@@ -507,8 +346,7 @@ class NodeServer(pb_grpc.NodeServicer):
                     if executor is None:
                         return
                     executor.writer = writer
-                    if not executor.actor_id:
-                        self.starting -= 1
+                    self.pool.connected(executor)
                     executor.flush()  # an actor's creation (and calls) may be waiting already
                     self._report_executors()
                     self._pump()
@@ -531,78 +369,24 @@ class NodeServer(pb_grpc.NodeServicer):
             executor.has_session = True
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
         elif kind == "returned":
-            returned = set(msg.returned.task_ids)
-            executor.recalled -= returned
-            # Any of its runs, the first too: the node counts that one as running once the one
-            # before it is done, but the executor may hand it back before starting it.
-            had = executor.run
-            back = [r for r in executor.runs if r.spec.task_id in returned]
-            for r in back:
-                executor.runs.remove(r)
-            if had is not None and not executor.runs and not executor.actor_id:
-                self.free_cpus += had.spec.resources.cpus
-            self._take_back(back)
+            self.pool.returned(executor, msg.returned.task_ids)
             self._pump()
         elif kind == "blocked":
-            run = executor.run
-            if run is None or executor.blocked == msg.blocked.blocked:
-                return
-            executor.blocked = msg.blocked.blocked
-            cpus = run.spec.resources.cpus
-            self.free_cpus += cpus if executor.blocked else -cpus
-            self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                task_id=run.spec.task_id, blocked=executor.blocked, cpus=cpus)))
+            self.pool.blocked(executor, msg.blocked.blocked)
             self._pump()
 
-    def _take_back(self, runs: list[pb.Run]) -> None:
-        """Runs an executor never started: to the head if it asked for them (or the node is
-        draining), else to the front of the node's queue, in their order."""
-        keep = []
-        for run in runs:
-            task_id = run.spec.task_id
-            if task_id in self.head_recalls or self.draining:
-                self.head_recalls.discard(task_id)
-                self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.NOT_STARTED))
-            else:
-                keep.append(run)
-        self.queue.extendleft(reversed(keep))
-
     def _done(self, executor: Executor, done: pb.TaskDone) -> None:
-        executor.recalled.discard(done.task_id)
-        self.head_recalls.discard(done.task_id)
-        if executor.actor_id:
-            for run in executor.runs:
-                if run.spec.task_id == done.task_id:
-                    executor.runs.remove(run)
-                    break
-            self._report(done)
-            return
-        run = executor.run
-        if run is not None and run.spec.task_id == done.task_id:
-            executor.runs.popleft()
-            if executor.blocked:  # normally unblocked before it finishes; keep the books right anyway
-                executor.blocked = False
-                self.free_cpus -= run.spec.resources.cpus
-                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
-            if not executor.runs:
-                self.free_cpus += run.spec.resources.cpus
-            if done.failure == pb.TaskDone.NONE:
-                fid = run.spec.function_id
-                previous = self.durations.get(fid)
-                self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
-        else:  # a queued task the executor dropped (cancelled before it started)
-            for queued in list(executor.runs)[1:]:
-                if queued.spec.task_id == done.task_id:
-                    executor.runs.remove(queued)
-                    break
+        self.pool.done(executor, done)
         self._report(done)
+        if executor.actor_id:
+            return
         self._retire_extra(executor)
         self._pump()
 
     def _retire_extra(self, executor: Executor) -> None:
         """Executors started while others were blocked go away once they are not needed."""
-        if (self._pool_count() > self.pool_size and not self.queue and not executor.runs and not executor.actor_id
+        if (self.pool.pool_count() > self.pool_size and not self.pool.queue and not executor.runs
+                and not executor.actor_id
                 and executor.writer is not None and not executor.retiring):
             executor.retiring = True
             executor.writer.close()
@@ -659,17 +443,13 @@ class NodeServer(pb_grpc.NodeServicer):
         if self.draining:
             return
         self.draining = True
-        log.warning("draining: no new tasks; %d running", self._running())
+        log.warning("draining: no new tasks; %d running", self.pool.running())
         self.to_head(pb.NodeToHeadOp(draining=True))
-        handed_back = list(self.queue)
-        self.queue.clear()
-        for run in handed_back:
-            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
+        self.pool.drain()
         for executor in self.executors.values():
-            if not executor.actor_id:  # queued behind the running one: asked back, then handed back
-                self._recall(executor, [r.spec.task_id for r in executor.stealable()])
+            executor.flush()
         deadline = self.loop.time() + self.args.drain_timeout
-        while self._running() and self.loop.time() < deadline:
+        while self.pool.running() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         self.stop.set()
 
