@@ -13,6 +13,11 @@
 
 Each system runs in its own subprocess with its own interpreter (Ray lives in its own venv, see
 README.md). Both use 2 CPUs.
+
+3. ``--fargate``: the straggler on the offline Fargate rehearsal (moto + SeaweedFS + fake ECS
+   agent, as bench_fargate.py), 2 nodes of 1 vCPU behind a 40 ms link: the long call holds one
+   node, its short calls queued there must move to the other (the head's recall). Goal: slowest
+   short call <= RTT + 100 ms. (The driver runs in this process, next to the link's proxies.)
 """
 from __future__ import annotations
 
@@ -76,6 +81,49 @@ def worker(system: str, reps: int, batch_reps: int) -> dict:
     return out
 
 
+def fargate(reps: int) -> dict:
+    import pathlib
+    import tempfile
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+    from bench_fargate import MotoProcess
+    from rehearsal.fargate import Rehearsal
+    from s3_fixtures import SeaweedServer
+
+    import starburst
+
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench-sched-"))
+    seaweed, moto = SeaweedServer(), MotoProcess(workdir / "moto.log")
+    rehearsal = None
+    out: dict = {"link_ms": 40.0}
+    try:
+        rehearsal = Rehearsal(moto.start(), seaweed.start(), workdir / "home").enter()
+        with rehearsal.agent(workdir / "nodes", latency_ms=40.0):
+            starburst.init(cluster="fargate", workers=2, lease=60, cpu=1, memory="2GB")
+            try:
+                deadline = time.monotonic() + 120
+                while len(starburst.nodes()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                f = starburst.remote(sleep_for)
+                starburst.get([f.remote(0.001) for _ in range(300)])
+                slowest = []
+                for _ in range(reps):
+                    long = f.remote(2.0)
+                    t0 = time.perf_counter()
+                    starburst.get([f.remote(0.001) for _ in range(30)])
+                    slowest.append(time.perf_counter() - t0)
+                    starburst.get(long)
+                out["straggler_s"] = slowest
+            finally:
+                starburst.shutdown()
+    finally:
+        if rehearsal is not None:
+            rehearsal.exit()
+        moto.stop()
+        seaweed.stop()
+    return out
+
+
 def run(system: str, args) -> dict:
     python = RAY_PYTHON if system == "ray" else sys.executable
     if not os.path.exists(python):
@@ -98,8 +146,18 @@ def main(argv=None) -> int:
     ap.add_argument("--systems", default="starburst,ray")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-reps", type=int, default=2)
+    ap.add_argument("--fargate", action="store_true", help="only the straggler on the Fargate rehearsal")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.fargate:
+        print(_common.host_line())
+        r = fargate(args.reps)
+        st = r["straggler_s"]
+        print(f"Fargate rehearsal, 2 x 1 vCPU nodes, {r['link_ms']:g} ms link: slowest short call "
+              f"median {statistics.median(st) * 1e3:.0f} ms, worst {max(st) * 1e3:.0f} ms "
+              f"(goal <= RTT + 100 ms = {r['link_ms'] + 100:g} ms)")
+        print(json.dumps(r))
+        return 0
     if args.worker:
         print(MARK + json.dumps(worker(args.worker, args.reps, args.batch_reps)), flush=True)
         return 0

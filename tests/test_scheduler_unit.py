@@ -25,7 +25,8 @@ class FakeStore:
 
 class Harness:
     def __init__(self) -> None:
-        self.s = Scheduler(FakeStore())
+        self.now = 1000.0
+        self.s = Scheduler(FakeStore(), clock=lambda: self.now)
         self.sent: dict[str, list] = {}
         self.ids = itertools.count(1)
         self.session = Session(self.s, "driver", lambda ops: None)
@@ -192,3 +193,25 @@ def test_provider_interface_demand_busy_drain():
         h.done(holder, *sent)
         sent = h.runs(holder.node_id)
     assert h.s.demand() == 0 and not h.s.has_waiting() and ids[-1] not in h.s.tasks
+
+
+def test_a_node_stuck_behind_a_long_task_has_all_its_queued_tasks_recalled():
+    h = Harness()
+    a = h.add_node("a", 1)
+    b = h.add_node("b", 1)
+    warm = h.submit(h.spec())
+    h.done(a if h.runs("a") else b, *warm)
+    h.runs("b")
+    h.submit(*[h.spec() for _ in range(20)])
+    on_a, on_b = h.runs("a"), h.runs("b")
+    h.step([pb.NodeToHeadOp(running=1)], a)
+    h.now += 0.005  # b finishes its share quickly: a has not been stuck for long yet
+    h.done(b, *on_b)
+    first = h.recalls("a")
+    assert len(first) == len(on_a[1:]) // 2 + len(on_a[1:]) % 2  # half of what a has not started
+    h.done(a, *first, failure=pb.TaskDone.NOT_STARTED)
+    again = h.runs("b")
+    h.now += 1.0  # b works through those; a reports nothing for a second: it is stuck
+    h.done(b, *again)
+    rest = h.recalls("a")
+    assert sorted(rest) == sorted(set(on_a[1:]) - set(first))  # everything it has not started

@@ -36,6 +36,9 @@ PREFETCH_PER_CPU_MAX = 64.0
 SHORT_TASK_S = 0.005
 #: How many tasks that can't be placed now the head looks past for ones that can.
 LOOK_PAST = 32
+#: A node that has reported nothing done for this long (and 4x its tasks' run time plus a round
+#: trip) while holding unstarted tasks is stuck behind something long: all of them are recalled.
+STALL_MIN_S = 0.02
 
 
 class Sink:
@@ -94,6 +97,7 @@ class Node(Sink):
         self.held: dict[str, float] = collections.defaultdict(float)
         self.running = 0  # tasks the node reports started (the rest of `inflight` is queued there)
         self.recalling: set[bytes] = set()  # asked back (recall sent, not answered yet)
+        self.last_progress = 0.0  # when it last reported a task done (or was sent work while empty)
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
         self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
@@ -234,8 +238,9 @@ class Actor:
 
 
 class Scheduler:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
         self.functions: dict[bytes, pb.Function] = {}
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.objects: dict[bytes, Obj] = {}
@@ -657,6 +662,8 @@ class Scheduler:
 
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
         node.recalling.discard(done.task_id)
+        if done.failure != pb.TaskDone.NOT_STARTED:
+            node.last_progress = self.clock()
         task = node.inflight.pop(done.task_id, None)
         if task is None:
             task = node.actor_inflight.pop(done.task_id, None)
@@ -720,7 +727,8 @@ class Scheduler:
 
     def _recall_queued(self) -> None:
         """No hidden queue while capacity is idle: when nothing waits here and a node has idle CPUs
-        while another holds tasks it has not started, ask (half of) those back. The node hands back
+        while another holds tasks it has not started, ask half of those back (all of them if that
+        node has made no progress for a while: it is stuck behind a long task). The node hands back
         what has not started (NOT_STARTED: placed again, no retry charged); what started runs on."""
         if self.queue or len(self.nodes) < 2:
             return
@@ -733,9 +741,14 @@ class Scheduler:
             excess = victim.surplus()
             if victim.recalling or excess <= 0 or victim.idle_cpus() >= 1 - 1e-9:
                 continue
-            count = min(int(idle), (excess + 1) // 2)
             # The latest sent are the furthest back in the node's queues.
             candidates = [t for t in reversed(victim.inflight.values()) if not t.spec.HasField("actor")]
+            if not candidates:
+                continue
+            run_time = self.durations.get(candidates[0].spec.function_id)
+            stalled = run_time is not None and (
+                self.clock() - victim.last_progress > max(STALL_MIN_S, 4 * run_time + 2 * victim.rtt))
+            count = excess if stalled else (excess + 1) // 2
             ids = [t.spec.task_id for t in candidates[:count]]
             if not ids:
                 continue
@@ -754,6 +767,8 @@ class Scheduler:
             run.function.CopyFrom(self.functions[spec.function_id])
         task.state = Task.RUNNING
         task.node = node
+        if not node.inflight:
+            node.last_progress = self.clock()
         node.inflight[spec.task_id] = task
         node.push(pb.HeadToNodeOp(run=run))
         if spec.HasField("actor"):
