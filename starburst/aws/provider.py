@@ -184,7 +184,11 @@ class FargateProvider(NodeProvider):
             self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + str(exc)
         if self.head is not None:
             self.meter.record_tasks_run(self.head.scheduler.tasks_finished)
-        report = ShutdownReport(self.cluster_id, self.meter.report(), self.stop_reason)
+        bill = self.meter.report()
+        if self.head is not None:
+            sched = self.head.scheduler
+            bill = dataclasses.replace(bill, tasks_failed=sched.tasks_failed, tasks_cancelled=sched.tasks_cancelled)
+        report = ShutdownReport(self.cluster_id, bill, self.stop_reason)
         data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason}
         write_atomic(report_path(self.cluster_id), [json.dumps(data).encode()])
         log.info("%s", report.text())
