@@ -215,3 +215,21 @@ def test_a_node_stuck_behind_a_long_task_has_all_its_queued_tasks_recalled():
     h.done(b, *again)
     rest = h.recalls("a")
     assert sorted(rest) == sorted(set(on_a[1:]) - set(first))  # everything it has not started
+
+
+def test_a_recalled_task_is_not_placed_back_on_the_node_it_came_from():
+    h = Harness()
+    a = h.add_node("a", 1)
+    b = h.add_node("b", 1)
+    warm = h.submit(h.spec())
+    h.done(a if h.runs("a") else b, *warm)
+    h.runs("b")
+    h.submit(*[h.spec() for _ in range(20)])
+    on_a, on_b = h.runs("a"), h.runs("b")
+    h.step([pb.NodeToHeadOp(running=1)], a)
+    h.now += 1.0  # a reports nothing for a second: stuck, all it has not started is recalled
+    h.done(b, *on_b)
+    recalled = h.recalls("a")
+    assert len(recalled) == len(on_a) - 1
+    h.done(a, *recalled, failure=pb.TaskDone.NOT_STARTED)
+    assert sorted(h.runs("b")) == sorted(recalled) and h.runs("a") == []

@@ -37,7 +37,8 @@ SHORT_TASK_S = 0.005
 #: How many tasks that can't be placed now the head looks past for ones that can.
 LOOK_PAST = 32
 #: A node that has reported nothing done for this long (and 4x its tasks' run time plus a round
-#: trip) while holding unstarted tasks is stuck behind something long: all of them are recalled.
+#: trip) while holding unstarted tasks is stuck behind something long: all of them are recalled,
+#: and new work goes elsewhere if it fits.
 STALL_MIN_S = 0.02
 
 
@@ -191,7 +192,7 @@ class Obj:
 
 
 class Task:
-    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted")
+    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted", "avoid")
     #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
     #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
@@ -207,6 +208,7 @@ class Task:
         r = spec.resources
         self.want = {"CPU": r.cpus, "GPU": r.gpus, "memory": r.memory, **r.custom}
         self.submitted = time.monotonic()
+        self.avoid: Node | None = None  # recalled from this node: placed elsewhere if anywhere fits
 
 
 class Actor:
@@ -683,6 +685,7 @@ class Scheduler:
             previous = self.durations.get(fid)
             self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
         if done.failure == pb.TaskDone.NOT_STARTED:
+            task.avoid = node
             self._requeue(task, charge=False)
         elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
@@ -694,13 +697,24 @@ class Scheduler:
             self._finish(task, done.results)
 
     def _pick_node(self, task: Task) -> Node | None:
-        best = None
+        """The least-loaded node it fits on; a node that seems stuck (see ``_stalled``), or that the
+        task was just recalled from, only if no other fits."""
+        best, best_key = None, None
         duration = self.durations.get(task.spec.function_id)
         for node in self.nodes:
-            if (node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor"))
-                    and (best is None or node.load() < best.load())):
-                best = node
+            if not node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor")):
+                continue
+            key = (node is task.avoid or self._stalled(node, duration), node.load())
+            if best_key is None or key < best_key:
+                best, best_key = node, key
+        task.avoid = None
         return best
+
+    def _stalled(self, node: Node, run_time: float | None) -> bool:
+        """Holding tasks it has not started and no task done for a while (4x their run time plus
+        a round trip, at least STALL_MIN_S): stuck behind something long."""
+        return (run_time is not None and node.surplus() > 0
+                and self.clock() - node.last_progress > max(STALL_MIN_S, 4 * run_time + node.rtt))
 
     def _dispatch(self) -> None:
         if self.nodes:
@@ -745,13 +759,13 @@ class Scheduler:
             candidates = [t for t in reversed(victim.inflight.values()) if not t.spec.HasField("actor")]
             if not candidates:
                 continue
-            run_time = self.durations.get(candidates[0].spec.function_id)
-            stalled = run_time is not None and (
-                self.clock() - victim.last_progress > max(STALL_MIN_S, 4 * run_time + 2 * victim.rtt))
+            stalled = self._stalled(victim, self.durations.get(candidates[0].spec.function_id))
             count = excess if stalled else (excess + 1) // 2
             ids = [t.spec.task_id for t in candidates[:count]]
             if not ids:
                 continue
+            log.debug("recalling %d of the %d unstarted tasks on node %s%s", len(ids), excess, victim.node_id,
+                      " (stalled)" if stalled else "")
             victim.recalling.update(ids)
             victim.push(pb.HeadToNodeOp(recall=pb.Returned(task_ids=ids)))
             idle -= len(ids)

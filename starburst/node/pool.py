@@ -324,7 +324,8 @@ class Pool:
         """No hidden queue while a CPU is idle: an idle executor (nothing in the queue could start
         on it) takes (half of) the runs queued behind the busiest executor. The executor decides
         what it still has (a run may have started meanwhile); what it hands back is placed again."""
-        if any(self._starving(run) for run in self.queue):
+        if (self.overtaken and max(self.overtaken.values()) >= MAX_OVERTAKEN
+                and any(self._starving(run) for run in self.queue)):
             return
         idle = sum(1 for s in self.slots.values() if s.idle)
         for _ in range(idle if self.free_cpus > EPS else 0):
