@@ -233,3 +233,15 @@ def test_a_recalled_task_is_not_placed_back_on_the_node_it_came_from():
     assert len(recalled) == len(on_a) - 1
     h.done(a, *recalled, failure=pb.TaskDone.NOT_STARTED)
     assert sorted(h.runs("b")) == sorted(recalled) and h.runs("a") == []
+
+
+def test_status_tells_running_from_queued():
+    h = Harness()
+    a = h.add_node("a", 2)
+    h.submit(*[h.spec() for _ in range(10)])  # 2 per CPU are sent (unknown run time), 6 wait here
+    assert len(h.runs("a")) == 4
+    h.step([pb.NodeToHeadOp(running=2)], a)
+    st = h.s.status()
+    assert (st["running"], st["queued"]) == (2, 8)
+    reply = h.s._request(h.session, pb.ActorRequest(cluster_state=True))
+    assert reply.nodes[0].running == 2 and reply.nodes[0].queued == 2 and reply.nodes[0].cpus_in_use == 2
