@@ -205,10 +205,9 @@ class Pool:
         slot.recalled.discard(done.task_id)
         self.head_recalls.discard(done.task_id)
         if slot.actor_id:
-            for run in slot.runs:
-                if run.spec.task_id == done.task_id:
-                    slot.runs.remove(run)
-                    break
+            call = next((r for r in slot.runs if r.spec.task_id == done.task_id), None)
+            if call is not None:
+                slot.runs.remove(call)
             return
         run = slot.run
         if run is not None and run.spec.task_id == done.task_id:
