@@ -245,3 +245,24 @@ def test_status_tells_running_from_queued():
     assert (st["running"], st["queued"]) == (2, 8)
     reply = h.s._request(h.session, pb.ActorRequest(cluster_state=True))
     assert reply.nodes[0].running == 2 and reply.nodes[0].queued == 2 and reply.nodes[0].cpus_in_use == 2
+
+
+def test_a_cancel_that_crosses_a_recall_still_cancels():
+    """The head cancels a task while its recall is on the way: the node hands it back unstarted
+    (and then finds nothing to cancel). The task must end cancelled, not run elsewhere."""
+    h = Harness()
+    a = h.add_node("a", 1)
+    b = h.add_node("b", 1)
+    warm = h.submit(h.spec())
+    h.done(a if h.runs("a") else b, *warm)
+    h.runs("b")
+    h.submit(*[h.spec() for _ in range(20)])
+    on_a, on_b = h.runs("a"), h.runs("b")
+    h.step([pb.NodeToHeadOp(running=1)], a)
+    h.done(b, *on_b)
+    recalled = h.recalls("a")
+    victim = recalled[0]
+    h.step([pb.ClientOp(cancel=pb.Cancel(object_id=victim + b"\x00" * 4))])
+    h.done(a, *recalled, failure=pb.TaskDone.NOT_STARTED)
+    assert victim not in h.runs("b") and victim not in h.s.tasks
+    assert h.s.status()["cancelled"] == 1

@@ -256,6 +256,9 @@ class Scheduler:
         self.tasks_finished = 0  # all that ended: with their results, failed or cancelled
         self.tasks_failed = 0
         self.tasks_cancelled = 0
+        #: Sent to a node with a cancel asked since: if the node hands one back unstarted (recall,
+        #: drain), the cancel wins.
+        self.cancelling: set[bytes] = set()
         self.started = time.monotonic()
         #: The resources of nodes a provider can still start: tasks that fit them are accepted
         #: before any such node exists (an autoscaling cluster may start with none).
@@ -541,6 +544,7 @@ class Scheduler:
                     except ValueError:
                         pass
         task.state = Task.DONE
+        self.cancelling.discard(task.spec.task_id)
         task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
         self.tasks_finished += 1
@@ -577,13 +581,19 @@ class Scheduler:
         if task.state in (Task.WAITING, Task.QUEUED):
             self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif task.state == Task.RUNNING and task.node is not None:
+            if not task.spec.actor_id:
+                self.cancelling.add(task.spec.task_id)
             task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(object_id=task.spec.task_id, force=force)))
 
     def _retries_left(self, task: Task) -> bool:
         return task.spec.max_retries < 0 or task.spec.attempt < task.spec.max_retries
 
     def _requeue(self, task: Task, charge: bool = True) -> None:
-        """Back to the front of the queue; ``charge``: counts as a retry (it ran, or may have)."""
+        """Back to the front of the queue; ``charge``: counts as a retry (it ran, or may have). A
+        task whose cancel was asked while it was at a node ends cancelled instead."""
+        if task.spec.task_id in self.cancelling:
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
+            return
         if charge:
             task.spec.attempt += 1
         task.state = Task.QUEUED
@@ -1072,6 +1082,7 @@ class Scheduler:
                 assert where == 0, f"task {task_id.hex()} in state {task.state} is queued or placed"
         for task_id in placed:
             assert task_id in self.tasks, f"node holds unknown task {task_id.hex()}"
+        assert self.cancelling <= set(self.tasks), "a cancel pending for a task that ended"
         for obj in self.objects.values():
             assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
 
