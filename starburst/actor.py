@@ -155,6 +155,7 @@ class ActorClass:
         )
         spec.resources.cpus = o.get("num_cpus") or 0
         spec.resources.gpus = o.get("num_gpus") or 0
+        spec.resources.memory = o.get("memory") or 0
         for key, qty in (o.get("resources") or {}).items():
             spec.resources.custom[key] = qty
         spec.actor.CopyFrom(pb.ActorOptions(

@@ -102,7 +102,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "running": True, "dashboard": _dashboard_url(info.address),
             "address": info.address, "pid": st.pid, "version": st.head_version, "uptime_s": st.uptime_s,
             "drivers": st.sessions, "queued": st.queued, "tasks_running": st.running,
-            "tasks_finished": st.tasks_finished, "objects": st.objects, "object_bytes": st.object_bytes,
+            "tasks_finished": st.tasks_finished, "tasks_failed": st.tasks_failed,
+            "tasks_cancelled": st.tasks_cancelled, "objects": st.objects, "object_bytes": st.object_bytes,
             "store": st.store_url,
             "cluster": {"provider": st.cluster.provider, "cluster_id": st.cluster.cluster_id,
                         "region": st.cluster.region, "nodes_pending": st.cluster.nodes_pending,
@@ -111,13 +112,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "cost_per_hour": st.cluster.cost_per_hour, "max_cost": st.cluster.max_cost or None,
                         "message": st.cluster.message},
             "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
-                       "cpus_in_use": n.cpus_in_use, "running": n.running, "executors": n.executors,
+                       "cpus_in_use": n.cpus_in_use, "running": n.running, "queued": n.queued,
+                       "executors": n.executors,
                        "pid": n.pid} for n in st.nodes],
         }))
         return 0
     print(f"starburst {st.head_version} at {info.address} (pid {st.pid}), up {_duration(st.uptime_s)}")
     print(f"  drivers {st.sessions}   tasks: {st.running} running, {st.queued} queued, "
-          f"{st.tasks_finished} finished")
+          f"{st.tasks_finished - st.tasks_failed - st.tasks_cancelled} finished, {st.tasks_failed} failed, "
+          f"{st.tasks_cancelled} cancelled")
     print(f"  objects {st.objects} ({_size(st.object_bytes)}) in {st.store_url}")
     dashboard = _dashboard_url(info.address)
     if dashboard:
@@ -137,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     address_width = max([22] + [len(n.address) for n in st.nodes])
     for n in st.nodes:
         print(f"    {n.node_id:<{id_width}} {n.address:<{address_width}} {n.resources.cpus:g} CPUs, "
-              f"{n.running} tasks, {n.executors} executors, pid {n.pid}")
+              f"{n.running} running, {n.queued} queued, {n.executors} executors, pid {n.pid}")
     return 0
 
 

@@ -113,3 +113,143 @@ def test_long_tasks_spread_over_both_cpus(cluster):
     pids = ray.get([slow.remote() for _ in range(4)], timeout=TIMEOUT)
     assert len(set(pids)) >= 2
     assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 CPUs; 2 s would mean one CPU did all
+
+
+def _wait_for(path, bound=60.0):
+    deadline = time.monotonic() + bound
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_short_tasks_do_not_wait_behind_a_straggler(cluster, tmp_path):
+    """The function is known to be short, so its calls are pipelined onto busy executors; one call
+    turns out long. The short calls queued behind it must move to the idle CPU: all of them finish
+    while the long one still runs (it runs until the test lets it go)."""
+    ray = cluster
+    release = str(tmp_path / "release")
+
+    @ray.remote
+    def f(hold=None):
+        if hold:
+            _wait_for(hold)
+        return hold
+
+    warm(ray, f)
+    long = f.remote(release)
+    try:
+        shorts = [f.remote() for _ in range(30)]
+        assert ray.get(shorts, timeout=30) == [None] * 30
+        ready, _ = ray.wait([long], timeout=0)
+        assert ready == []  # the long call is still running: the short ones did not wait for it
+    finally:
+        open(release, "w").close()
+    assert ray.get(long, timeout=TIMEOUT) == release
+
+
+def _poll(condition, bound=60.0):
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_actors_hold_their_cpus_and_wait_for_them(cluster):
+    ray = cluster
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self):
+            return os.getpid()
+
+    actors = [Holder.remote() for _ in range(4)]
+    pings = [a.ping.remote() for a in actors]
+    try:
+        ray.get(pings[:2], timeout=TIMEOUT)
+        _poll(lambda: ray.available_resources()["CPU"] == 0)
+        ready, _ = ray.wait(pings[2:], num_returns=1, timeout=1.0)
+        assert ready == []  # two actors hold both CPUs: the other two are pending
+        ray.kill(actors[0])
+        ready, waiting = ray.wait(pings[2:], num_returns=1, timeout=TIMEOUT)
+        assert len(ready) == 1  # a pending actor started in the freed CPU
+        assert ray.available_resources()["CPU"] == 0
+        ready, _ = ray.wait(waiting, timeout=0.5)
+        assert ready == []
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    _poll(lambda: ray.available_resources()["CPU"] == 2)
+
+
+def test_a_task_that_does_not_fit_does_not_delay_those_that_do(cluster):
+    ray = cluster
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self):
+            return "up"
+
+    @ray.remote
+    def one(i):
+        return i
+
+    actor = Holder.remote()
+    assert ray.get(actor.ping.remote(), timeout=TIMEOUT) == "up"
+    try:
+        big = one.options(num_cpus=2).remote(-1)  # can't run while the actor holds a CPU
+        assert ray.get([one.remote(i) for i in range(20)], timeout=30) == list(range(20))
+        assert ray.wait([big], timeout=0)[0] == []
+    finally:
+        ray.kill(actor)
+    assert ray.get(big, timeout=TIMEOUT) == -1
+
+
+def test_a_task_waiting_for_cpus_at_the_node_does_not_delay_those_that_can_start(cluster, tmp_path):
+    ray = cluster
+    release = str(tmp_path / "release")
+
+    @ray.remote
+    def f(i, hold=None):
+        if hold:
+            _wait_for(hold)
+        return i
+
+    long = f.remote(0, release)
+    try:
+        big = f.options(num_cpus=2).remote(1)  # needs both CPUs: waits for the long one
+        assert ray.get([f.remote(i) for i in range(10)], timeout=30) == list(range(10))
+        assert ray.wait([long, big], timeout=0)[0] == []
+    finally:
+        open(release, "w").close()
+    assert ray.get([long, big], timeout=TIMEOUT) == [0, 1]
+
+
+@pytest.mark.slow
+def test_memory_bounds_concurrency(cluster, tmp_path):
+    ray = cluster
+    memory = ray.cluster_resources()["memory"]
+    assert memory > 0
+
+    @ray.remote
+    def hog(i, where):
+        """Whether another call was running at some point while this one ran (it looks for 1.5 s)."""
+        open(os.path.join(where, f"started-{i}"), "w").close()
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                names = set(os.listdir(where))
+                others = {n.split("-")[1] for n in names if n.startswith("started-")} - {str(i)}
+                if any(f"done-{j}" not in names for j in others):
+                    return True
+                time.sleep(0.01)
+            return False
+        finally:
+            open(os.path.join(where, f"done-{i}"), "w").close()
+
+    bounded, free = tmp_path / "bounded", tmp_path / "free"
+    bounded.mkdir()
+    free.mkdir()
+    overlapped = ray.get([hog.options(memory=0.6 * memory).remote(i, str(bounded)) for i in range(2)],
+                         timeout=TIMEOUT)
+    assert overlapped == [False, False]
+    # Without a memory request both run at once on the 2 CPUs (so the check above can fail).
+    assert any(ray.get([hog.remote(i, str(free)) for i in range(2)], timeout=TIMEOUT))

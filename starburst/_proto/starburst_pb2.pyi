@@ -332,7 +332,7 @@ class Relay(_message.Message):
     def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
 
 class HeadToNodeOp(_message.Message):
-    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor", "ping")
+    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor", "ping", "recall")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class HeadToNodeOp(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
     run: Run
     cancel: Cancel
     relay: Relay
@@ -347,7 +348,8 @@ class HeadToNodeOp(_message.Message):
     delete: bytes
     kill_actor: bytes
     ping: int
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ...) -> None: ...
+    recall: Returned
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
     __slots__ = ("ops",)
@@ -409,7 +411,7 @@ class TaskDone(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
-    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong")
+    __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong", "running")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -420,6 +422,7 @@ class NodeToHeadOp(_message.Message):
     STREAM_ITEM_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     hello: NodeHello
     done: TaskDone
     log: Log
@@ -430,7 +433,8 @@ class NodeToHeadOp(_message.Message):
     stream_item: Object
     draining: bool
     pong: int
-    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ..., draining: _Optional[bool] = ..., pong: _Optional[int] = ...) -> None: ...
+    running: int
+    def __init__(self, hello: _Optional[_Union[NodeHello, _Mapping]] = ..., done: _Optional[_Union[TaskDone, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., executors: _Optional[int] = ..., actor_died: _Optional[_Union[ActorDied, _Mapping]] = ..., stream_item: _Optional[_Union[Object, _Mapping]] = ..., draining: _Optional[bool] = ..., pong: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("ops",)
@@ -463,21 +467,23 @@ class Returned(_message.Message):
     def __init__(self, task_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeToExecutorMsg(_message.Message):
-    __slots__ = ("run", "down", "cancel")
+    __slots__ = ("run", "down", "cancel", "recall")
     RUN_FIELD_NUMBER: _ClassVar[int]
     DOWN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
     run: Run
     down: HeadMsg
     cancel: bytes
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., cancel: _Optional[bytes] = ...) -> None: ...
+    recall: Returned
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., cancel: _Optional[bytes] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "address", "resources", "cpus_in_use", "running", "pid", "executors")
+    __slots__ = ("node_id", "address", "resources", "cpus_in_use", "running", "pid", "executors", "queued")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -485,6 +491,7 @@ class NodeStatus(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     resources: Resources
@@ -492,10 +499,11 @@ class NodeStatus(_message.Message):
     running: int
     pid: int
     executors: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_in_use: _Optional[float] = ..., running: _Optional[int] = ..., pid: _Optional[int] = ..., executors: _Optional[int] = ...) -> None: ...
+    queued: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_in_use: _Optional[float] = ..., running: _Optional[int] = ..., pid: _Optional[int] = ..., executors: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url", "cluster")
+    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url", "cluster", "tasks_failed", "tasks_cancelled")
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -508,6 +516,8 @@ class StatusReply(_message.Message):
     OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_URL_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     head_version: str
     pid: int
     uptime_s: float
@@ -520,7 +530,9 @@ class StatusReply(_message.Message):
     object_bytes: int
     store_url: str
     cluster: ClusterStatus
-    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ...) -> None: ...
+    tasks_failed: int
+    tasks_cancelled: int
+    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., tasks_failed: _Optional[int] = ..., tasks_cancelled: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("provider", "cluster_id", "nodes_pending", "workers_min", "workers_max", "node_size", "cost_usd", "cost_per_hour", "max_cost", "message", "region")

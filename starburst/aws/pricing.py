@@ -339,6 +339,8 @@ class CostReport:
     running: int = 0
     max_cost: Optional[float] = None
     sources: tuple[str, ...] = field(default_factory=tuple)
+    tasks_failed: int = 0  # of tasks_run: ended with an error
+    tasks_cancelled: int = 0  # of tasks_run: cancelled
 
     def text(self) -> str:
         """A line a person reads at a glance."""
@@ -348,6 +350,9 @@ class CostReport:
             f"({self.node_seconds / 3600:.2f} task-hours)",
             f"{self.tasks_run:,} {'task' if self.tasks_run == 1 else 'tasks'} run",
         ]
+        if self.tasks_failed or self.tasks_cancelled:
+            ok = self.tasks_run - self.tasks_failed - self.tasks_cancelled
+            parts[-1] += f" ({ok:,} finished, {self.tasks_failed:,} failed, {self.tasks_cancelled:,} cancelled)"
         cost = f"cost {format_cost(self.cost)}"
         if self.max_cost is not None:
             cost += f" of max_cost {format_cost(self.max_cost)}"

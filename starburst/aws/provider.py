@@ -184,7 +184,11 @@ class FargateProvider(NodeProvider):
             self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + str(exc)
         if self.head is not None:
             self.meter.record_tasks_run(self.head.scheduler.tasks_finished)
-        report = ShutdownReport(self.cluster_id, self.meter.report(), self.stop_reason)
+        bill = self.meter.report()
+        if self.head is not None:
+            sched = self.head.scheduler
+            bill = dataclasses.replace(bill, tasks_failed=sched.tasks_failed, tasks_cancelled=sched.tasks_cancelled)
+        report = ShutdownReport(self.cluster_id, bill, self.stop_reason)
         data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason}
         write_atomic(report_path(self.cluster_id), [json.dumps(data).encode()])
         log.info("%s", report.text())
@@ -341,10 +345,8 @@ class FargateProvider(NodeProvider):
         node = getattr(task.link, "node", None)
         if node is None:
             return True
-        if node.inflight or node.actor_inflight:
-            return True
         assert self.head is not None
-        return any(a.node is node and a.state != "dead" for a in self.head.scheduler.actors.values())
+        return self.head.scheduler.node_busy(node)
 
     def _scale_down(self) -> None:
         now = self.clock()
@@ -352,7 +354,7 @@ class FargateProvider(NodeProvider):
         for task in self.tasks.values():
             if task.link is None:
                 continue
-            if self._busy(task) or self.head.scheduler.queue:
+            if self._busy(task) or self.head.scheduler.has_waiting():
                 task.idle_since = None
             elif task.idle_since is None:
                 task.idle_since = now
@@ -362,7 +364,7 @@ class FargateProvider(NodeProvider):
         if idle and surplus > 0:
             victims = idle[:surplus]
             for task in victims:
-                task.link.node.draining = True  # now, before anything else can be placed there
+                self.head.scheduler.drain(task.link.node)  # now, before anything else can be placed there
             stopping = asyncio.ensure_future(self._stop(victims, f"idle for {format_duration(self.options.idle_timeout)}"))
             self._connects.add(stopping)
             stopping.add_done_callback(self._connects.discard)
@@ -370,9 +372,7 @@ class FargateProvider(NodeProvider):
     async def _scale_up(self) -> None:
         assert self.head is not None
         scheduler = self.head.scheduler
-        # Runnable work: tasks waiting for a node, plus one per busy CPU (tasks queued ahead on a
-        # node and tasks waiting for their arguments don't need more nodes).
-        demand = len(scheduler.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in scheduler.nodes)
+        demand = scheduler.demand()
         per_node = max(1, math.floor(self.options.vcpu))
         want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
         if self.options.quota_workers is not None:

@@ -37,6 +37,12 @@ PREFETCH_PER_CPU = 2.0
 PREFETCH_PER_CPU_SHORT = 16.0
 PREFETCH_PER_CPU_MAX = 64.0
 SHORT_TASK_S = 0.005
+#: How many tasks that can't be placed now the head looks past for ones that can.
+LOOK_PAST = 32
+#: A node that has reported nothing done for this long (and 4x its tasks' run time plus a round
+#: trip) while holding unstarted tasks is stuck behind something long: all of them are recalled,
+#: and new work goes elsewhere if it fits.
+STALL_MIN_S = 0.02
 
 
 class Sink:
@@ -87,8 +93,15 @@ class Node(Sink):
         super().__init__(scheduler)
         self.node_id = node_id
         self.hello = hello
-        self.total = {"CPU": hello.resources.cpus, "GPU": hello.resources.gpus, **hello.resources.custom}
+        self.total = {"CPU": hello.resources.cpus, "GPU": hello.resources.gpus, "memory": hello.resources.memory,
+                      **hello.resources.custom}
+        #: Resources of the tasks sent here and not finished (running or queued at the node).
         self.used: dict[str, float] = collections.defaultdict(float)
+        #: Resources live actors hold for their lifetime (never lent, never prefetched against).
+        self.held: dict[str, float] = collections.defaultdict(float)
+        self.running = 0  # tasks the node reports started (the rest of `inflight` is queued there)
+        self.recalling: set[bytes] = set()  # asked back (recall sent, not answered yet)
+        self.last_progress = 0.0  # when it last reported a task done (or was sent work while empty)
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
         self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
@@ -123,18 +136,47 @@ class Node(Sink):
             return False
         return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
 
-    def fits(self, want: dict[str, float], depth: float) -> bool:
+    def fits(self, want: dict[str, float], depth: float, actor: bool = False) -> bool:
+        """Whether a task (``actor``: an actor's creation) asking for ``want`` may be sent here now.
+        CPUs are prefetched ``depth`` deep (tasks queue at the node); other resources are hard: what
+        is sent never adds up to more than the node has. What live actors hold is taken off first, and
+        an actor's CPUs must be free of other actors' (tasks sent earlier run or wait at the node)."""
         if not self.has_room(depth):
             return False
         for name, qty in want.items():
             if not qty:
                 continue
-            total = self.total.get(name, 0.0)
+            total = self.total.get(name, 0.0) - self.held[name]
+            if qty > total + 1e-9:
+                return False  # can't start here until an actor lets go
             if name == "CPU":
+                if actor:  # held from the start; tasks already sent here run or wait at the node
+                    continue
                 total = total * depth + self.blocked_cpus
             if self.used[name] + qty > total + 1e-9:
                 return False
         return True
+
+    def unstarted(self) -> int:
+        """Tasks sent here that (by the node's last report) have not started."""
+        return max(0, len(self.inflight) - self.running)
+
+    def started(self) -> int:
+        return len(self.inflight) - self.unstarted()
+
+    def surplus(self) -> int:
+        """Tasks sent here beyond what the node can be running (its report may lag: a task just sent
+        to a free CPU is assumed started)."""
+        slots = int(self.total["CPU"] - self.held["CPU"] + self.blocked_cpus + 1e-9)
+        return max(0, len(self.inflight) - max(self.running, slots))
+
+    def cpus_in_use(self) -> float:
+        """CPUs held by actors plus those of running tasks (never more than the node has)."""
+        total = self.total["CPU"]
+        return min(total, self.held["CPU"] + min(self.used["CPU"], total - self.held["CPU"]))
+
+    def idle_cpus(self) -> float:
+        return self.total["CPU"] - self.held["CPU"] - self.used["CPU"] + self.blocked_cpus
 
     def load(self) -> float:
         return len(self.inflight) / max(self.total["CPU"], 1.0)
@@ -153,7 +195,9 @@ class Obj:
 
 
 class Task:
-    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted")
+    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted", "avoid")
+    #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
+    #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
     WAITING, QUEUED, RUNNING, DONE = range(4)
 
@@ -165,8 +209,9 @@ class Task:
         self.state = Task.WAITING
         self.children: set[bytes] = set()
         r = spec.resources
-        self.want = {"CPU": r.cpus, "GPU": r.gpus, **r.custom}
+        self.want = {"CPU": r.cpus, "GPU": r.gpus, "memory": r.memory, **r.custom}
         self.submitted = time.monotonic()
+        self.avoid: Node | None = None  # recalled from this node: placed elsewhere if anywhere fits
 
 
 class Actor:
@@ -186,6 +231,7 @@ class Actor:
         self.inflight: dict[bytes, Task] = {}
         self.lost: list[Task] = []  # calls whose process died; retried or failed on restart
         self.restarts = 0
+        self.holding: Node | None = None  # the node whose resources this actor holds while it lives
         self.no_restart = False
         self.kill_reason = ""  # given with the kill (exit_actor): the text of its ActorDiedError
         self.terminating = False
@@ -198,8 +244,9 @@ class Actor:
 
 
 class Scheduler:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
         self.functions: dict[bytes, pb.Function] = {}
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.objects: dict[bytes, Obj] = {}
@@ -210,7 +257,12 @@ class Scheduler:
         self.names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.sessions: dict[str, Session] = {}
         self.dirty: list[Sink] = []
-        self.tasks_finished = 0
+        self.tasks_finished = 0  # all that ended: with their results, failed or cancelled
+        self.tasks_failed = 0
+        self.tasks_cancelled = 0
+        #: Sent to a node with a cancel asked since: if the node hands one back unstarted (recall,
+        #: drain), the cancel wins.
+        self.cancelling: set[bytes] = set()
         self.started = time.monotonic()
         #: The resources of nodes a provider can still start: tasks that fit them are accepted
         #: before any such node exists (an autoscaling cluster may start with none).
@@ -473,13 +525,18 @@ class Scheduler:
         else:
             self.queue.append(task)
 
-    def _fail(self, task: Task, value: pb.Value) -> None:
+    def _fail(self, task: Task, value: pb.Value, cancelled: bool = False) -> None:
         """Finish ``task`` with ``value`` (an error) as every one of its results."""
         if task.state == Task.DONE:
             return
-        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids])
+        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids], cancelled)
 
-    def _finish(self, task: Task, results: Iterable[pb.Object]) -> None:
+    def _finish(self, task: Task, results: Iterable[pb.Object], cancelled: bool = False) -> None:
+        results = list(results)
+        if cancelled:
+            self.tasks_cancelled += 1
+        elif any(r.value.is_error for r in results):
+            self.tasks_failed += 1
         if task.state == Task.QUEUED:
             try:
                 self.queue.remove(task)
@@ -497,6 +554,7 @@ class Scheduler:
         if self.observer is not None:
             self.observer.on_finish(task, results)
         task.state = Task.DONE
+        self.cancelling.discard(task.spec.task_id)
         task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
         self.tasks_finished += 1
@@ -531,15 +589,21 @@ class Scheduler:
         if task.spec.actor_id:
             force = False  # killing the process would kill the actor, not just this call
         if task.state in (Task.WAITING, Task.QUEUED):
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif task.state == Task.RUNNING and task.node is not None:
+            if not task.spec.actor_id:
+                self.cancelling.add(task.spec.task_id)
             task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(object_id=task.spec.task_id, force=force)))
 
     def _retries_left(self, task: Task) -> bool:
         return task.spec.max_retries < 0 or task.spec.attempt < task.spec.max_retries
 
     def _requeue(self, task: Task, charge: bool = True) -> None:
-        """Back to the front of the queue; ``charge``: counts as a retry (it ran, or may have)."""
+        """Back to the front of the queue; ``charge``: counts as a retry (it ran, or may have). A
+        task whose cancel was asked while it was at a node ends cancelled instead."""
+        if task.spec.task_id in self.cancelling:
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
+            return
         if charge:
             task.spec.attempt += 1
         task.state = Task.QUEUED
@@ -588,6 +652,8 @@ class Scheduler:
                 node.blocked_cpus = max(0.0, node.blocked_cpus + delta)
             elif kind == "executors":
                 node.executors = op.executors
+            elif kind == "running":
+                node.running = op.running
             elif kind == "draining":
                 node.draining = op.draining
             elif kind == "stream_item":
@@ -621,50 +687,72 @@ class Scheduler:
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
         if self.observer is not None:
             self.observer.on_done(node, done)
+        node.recalling.discard(done.task_id)
+        if done.failure != pb.TaskDone.NOT_STARTED:
+            node.last_progress = self.clock()
         task = node.inflight.pop(done.task_id, None)
         if task is None:
             task = node.actor_inflight.pop(done.task_id, None)
             if task is not None:
                 self._call_done(task, done)
             return
+        if task.spec.HasField("actor"):  # its resources stay held while the actor lives
+            if task.state == Task.RUNNING:
+                self._creation_done(task, done)
+            return
         for name, qty in task.want.items():
             node.used[name] -= qty
         if task.state != Task.RUNNING:
-            return
-        if task.spec.HasField("actor"):
-            self._creation_done(task, done)
             return
         if done.failure == pb.TaskDone.NONE:
             fid = task.spec.function_id
             previous = self.durations.get(fid)
             self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
         if done.failure == pb.TaskDone.NOT_STARTED:
+            task.avoid = node
             self._requeue(task, charge=False)
         elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
         elif done.failure == pb.TaskDone.CANCELLED:
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif done.retryable and self._retries_left(task):
             self._requeue(task)
         else:
             self._finish(task, done.results)
 
     def _pick_node(self, task: Task) -> Node | None:
-        best = None
+        """The least-loaded node it fits on; a node that seems stuck (see ``_stalled``), or that the
+        task was just recalled from, only if no other fits."""
+        best, best_key = None, None
         duration = self.durations.get(task.spec.function_id)
         for node in self.nodes:
-            if node.fits(task.want, node.depth(duration)) and (best is None or node.load() < best.load()):
-                best = node
+            if not node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor")):
+                continue
+            key = (node is task.avoid or self._stalled(node, duration), node.load())
+            if best_key is None or key < best_key:
+                best, best_key = node, key
+        task.avoid = None
         return best
 
+    def _stalled(self, node: Node, run_time: float | None) -> bool:
+        """Holding tasks it has not started and no task done for a while (4x their run time plus
+        a round trip, at least STALL_MIN_S): stuck behind something long."""
+        return (run_time is not None and node.surplus() > 0
+                and self.clock() - node.last_progress > max(STALL_MIN_S, 4 * run_time + node.rtt))
+
     def _dispatch(self) -> None:
-        if not self.queue or not self.nodes:
+        if self.nodes:
+            self._place_queued()
+            self._recall_queued()
+
+    def _place_queued(self) -> None:
+        if not self.queue:
             return
-        # A task that fits nowhere doesn't hold up smaller ones behind it, but we look only a few
-        # tasks ahead: this runs after every incoming batch.
+        # A task that fits nowhere now (e.g. an actor waiting for CPUs another actor holds) doesn't
+        # hold up those behind it, but we look only so far ahead: this runs after every batch.
         skipped: list[Task] = []
         deepest = [(n, n.max_depth()) for n in self.nodes]
-        while self.queue and len(skipped) < 8:
+        while self.queue and len(skipped) < LOOK_PAST:
             if not any(n.has_room(depth) for n, depth in deepest):
                 break
             task = self.queue.popleft()
@@ -674,6 +762,37 @@ class Scheduler:
                 continue
             self._run_on(task, node)
         self.queue.extendleft(reversed(skipped))
+
+    def _recall_queued(self) -> None:
+        """No hidden queue while capacity is idle: when nothing waits here and a node has idle CPUs
+        while another holds tasks it has not started, ask half of those back (all of them if that
+        node has made no progress for a while: it is stuck behind a long task). The node hands back
+        what has not started (NOT_STARTED: placed again, no retry charged); what started runs on."""
+        if self.queue or len(self.nodes) < 2:
+            return
+        idle = sum(max(0.0, n.idle_cpus()) for n in self.nodes if not n.draining and n.alive)
+        if idle < 1 - 1e-9:
+            return
+        for victim in sorted(self.nodes, key=lambda n: n.surplus(), reverse=True):
+            if idle < 1 - 1e-9:
+                break
+            excess = victim.surplus()
+            if victim.recalling or excess <= 0 or victim.idle_cpus() >= 1 - 1e-9:
+                continue
+            # The latest sent are the furthest back in the node's queues.
+            candidates = [t for t in reversed(victim.inflight.values()) if not t.spec.HasField("actor")]
+            if not candidates:
+                continue
+            stalled = self._stalled(victim, self.durations.get(candidates[0].spec.function_id))
+            count = excess if stalled else (excess + 1) // 2
+            ids = [t.spec.task_id for t in candidates[:count]]
+            if not ids:
+                continue
+            log.debug("recalling %d of the %d unstarted tasks on node %s%s", len(ids), excess, victim.node_id,
+                      " (stalled)" if stalled else "")
+            victim.recalling.update(ids)
+            victim.push(pb.HeadToNodeOp(recall=pb.Returned(task_ids=ids)))
+            idle -= len(ids)
 
     def _run_on(self, task: Task, node: Node) -> None:
         spec = task.spec
@@ -686,15 +805,29 @@ class Scheduler:
             run.function.CopyFrom(self.functions[spec.function_id])
         task.state = Task.RUNNING
         task.node = node
+        if not node.inflight:
+            node.last_progress = self.clock()
         node.inflight[spec.task_id] = task
-        for name, qty in task.want.items():
-            node.used[name] += qty
         node.push(pb.HeadToNodeOp(run=run))
         if spec.HasField("actor"):
             actor = self.actors[spec.actor_id]
             actor.node = node
+            self._release_actor(actor)
+            actor.holding = node  # from its creation until its process is gone
+            for name, qty in task.want.items():
+                node.held[name] += qty
             if actor.state != Actor.DEAD:
                 actor.state = Actor.PLACED
+        else:
+            for name, qty in task.want.items():
+                node.used[name] += qty
+
+    def _release_actor(self, actor: "Actor") -> None:
+        """The actor's process is gone (or will never start): what it held is free again."""
+        node, actor.holding = actor.holding, None
+        if node is not None:
+            for name, qty in actor.creation.want.items():
+                node.held[name] -= qty
 
     # ------------------------------------------------------------------ actors
 
@@ -754,13 +887,14 @@ class Scheduler:
             actor.lost.append(task)  # decided when the actor's death is reported
             return
         if done.failure == pb.TaskDone.CANCELLED:
-            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())))
+            self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         else:
             self._finish(task, done.results)
         self._maybe_terminate(actor)
 
     def _actor_died(self, actor: Actor, reason: str) -> None:
         """The actor's process is gone: restart it (retrying its calls) or declare it dead."""
+        self._release_actor(actor)
         lost = sorted(actor.lost + list(actor.inflight.values()), key=lambda t: t.submitted)
         actor.lost = []
         for task in actor.inflight.values():
@@ -806,6 +940,7 @@ class Scheduler:
             return
         actor.state = Actor.DEAD
         actor.death = death
+        self._release_actor(actor)
         if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
             del self.names[(actor.namespace, actor.name)]
         if actor.creation.state != Task.DONE:
@@ -885,11 +1020,12 @@ class Scheduler:
                 r = node.hello.resources
                 reply.total.cpus += r.cpus
                 reply.total.memory += r.memory
-                reply.available.cpus += max(0.0, r.cpus - min(node.used["CPU"], r.cpus))
-                reply.available.memory += r.memory
+                in_use = node.cpus_in_use()
+                reply.available.cpus += max(0.0, r.cpus - in_use)
+                reply.available.memory += max(0.0, r.memory - node.used["memory"] - node.held["memory"])
                 reply.nodes.add(node_id=node.node_id, address=node.hello.address, resources=r,
-                                cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
-                                executors=node.executors)
+                                cpus_in_use=in_use, running=node.started(), queued=node.unstarted(),
+                                pid=node.hello.pid, executors=node.executors)
         return reply
 
     def _hold_actor(self, session: Session, actor: Actor) -> None:
@@ -900,13 +1036,84 @@ class Scheduler:
             obj.refs += 1
         actor.out_of_scope = False
 
+    # ------------------------------------------------------------------ node providers
+    # What a provider (local, Fargate) may ask and tell the scheduler; nothing else of it is theirs.
+
+    def demand(self) -> float:
+        """Runnable work, in tasks: those waiting for a node plus one per busy CPU (tasks queued
+        ahead at a node and tasks waiting for their arguments don't need more nodes)."""
+        return len(self.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in self.nodes)
+
+    def has_waiting(self) -> bool:
+        """Whether any ready task waits for a node (then no node is idle: it may get work)."""
+        return bool(self.queue)
+
+    def node_busy(self, node: Node) -> bool:
+        """Whether the node runs or holds anything (a task, an actor call, a live actor)."""
+        if node.inflight or node.actor_inflight:
+            return True
+        return any((a.node is node or a.holding is node) and a.state != Actor.DEAD for a in self.actors.values())
+
+    def drain(self, node: Node) -> None:
+        """Place nothing more on ``node`` (it is about to be stopped; what it holds comes back when
+        its stream ends, or as NOT_STARTED if it drains itself)."""
+        node.draining = True
+
+    # ------------------------------------------------------------------ checks
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the books disagree (unit tests run this after every step): every
+        task is in exactly one place, resources add up and are never negative or over capacity."""
+        placed: dict[bytes, Node] = {}
+        for node in self.nodes:
+            for task_id in list(node.inflight) + list(node.actor_inflight):
+                assert task_id not in placed, f"task {task_id.hex()} sent to two nodes"
+                placed[task_id] = node
+            assert node.recalling <= set(node.inflight), "recalling a task the node does not hold"
+            used: dict[str, float] = collections.defaultdict(float)
+            for task in node.inflight.values():
+                if not task.spec.HasField("actor"):
+                    for name, qty in task.want.items():
+                        used[name] += qty
+            held: dict[str, float] = collections.defaultdict(float)
+            for actor in self.actors.values():
+                if actor.holding is node:
+                    for name, qty in actor.creation.want.items():
+                        held[name] += qty
+            for name in set(used) | set(node.used) | set(held) | set(node.held):
+                assert abs(used[name] - node.used[name]) < 1e-6, f"{name} used {node.used[name]}, tasks {used[name]}"
+                assert abs(held[name] - node.held[name]) < 1e-6, f"{name} held {node.held[name]}, actors {held[name]}"
+                assert node.held[name] <= node.total.get(name, 0.0) + 1e-6, f"{name} held over capacity"
+                assert node.used[name] >= -1e-6 and node.held[name] >= -1e-6, f"{name} negative"
+        queued = collections.Counter(t.spec.task_id for t in self.queue)
+        assert all(n == 1 for n in queued.values()), "a task queued twice"
+        for task_id, task in self.tasks.items():
+            where = (task_id in queued) + (task_id in placed)
+            if task.state == Task.RUNNING:
+                assert where == 1 and task_id in placed and placed[task_id] is task.node, f"running task {task_id.hex()}"
+            elif task.state == Task.QUEUED:
+                in_line = any(task in a.calls for a in self.actors.values())
+                assert (task_id in queued) + in_line == 1 and task_id not in placed, f"queued task {task_id.hex()}"
+            else:
+                assert where == 0, f"task {task_id.hex()} in state {task.state} is queued or placed"
+        for task_id in placed:
+            assert task_id in self.tasks, f"node holds unknown task {task_id.hex()}"
+        assert self.cancelling <= set(self.tasks), "a cancel pending for a task that ended"
+        for obj in self.objects.values():
+            assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
-        running = sum(len(n.inflight) for n in self.nodes)
+        """Counts for ``starburst status``: "running" are tasks a node has started; "queued" are
+        ready tasks not started yet, at the head or at a node (``waiting``: for their arguments)."""
         return {
-            "queued": len(self.queue) + sum(1 for t in self.tasks.values() if t.state == Task.WAITING),
-            "running": running,
+            "queued": len(self.queue) + sum(n.unstarted() for n in self.nodes),
+            "waiting": sum(1 for t in self.tasks.values() if t.state == Task.WAITING),
+            "running": sum(n.started() for n in self.nodes),
+            "finished": self.tasks_finished - self.tasks_failed - self.tasks_cancelled,
+            "failed": self.tasks_failed,
+            "cancelled": self.tasks_cancelled,
             "objects": len(self.objects),
             "object_bytes": sum(o.value.size for o in self.objects.values() if o.value is not None),
         }

@@ -119,14 +119,15 @@ class Head(pb_grpc.HeadServicer):
             store_url=self.store.url,
         )
         st = self.scheduler.status()
-        reply.queued, reply.running = st["queued"], st["running"]
+        reply.queued, reply.running = st["queued"] + st["waiting"], st["running"]
+        reply.tasks_failed, reply.tasks_cancelled = st["failed"], st["cancelled"]
         reply.objects, reply.object_bytes = st["objects"], st["object_bytes"]
         reply.cluster.CopyFrom(self.provider.status())
         for node in self.scheduler.nodes:
             reply.nodes.add(
                 node_id=node.node_id, address=node.hello.address, resources=node.hello.resources,
-                cpus_in_use=node.used["CPU"], running=len(node.inflight), pid=node.hello.pid,
-                executors=node.executors,
+                cpus_in_use=node.cpus_in_use(), running=node.started(), queued=node.unstarted(),
+                pid=node.hello.pid, executors=node.executors,
             )
         return reply
 

@@ -102,6 +102,14 @@ class Executor:
                 client = self.client
                 if client is not None:
                     client.on_message(msg.down)
+            elif kind == "recall":  # the node places these elsewhere, unless one has started
+                wanted = set(msg.recall.task_ids)
+                with self.pending_cond:
+                    back = [r for r in self.pending if r.spec.task_id in wanted]
+                    for r in back:
+                        self.pending.remove(r)
+                    if back:
+                        self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[r.spec.task_id for r in back])))
             elif kind == "cancel":
                 with self.pending_cond:
                     queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)

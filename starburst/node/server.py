@@ -23,31 +23,21 @@ from .._version import runtime_versions
 from .framing import encode, read_frames
 from .executor import read_crash_report
 from .launch import Early, pool_size, spawn_executor
+from .pool import Pool, Slot
 
 log = logging.getLogger("starburst.node")
 
-#: Short tasks (by their function's recent run time) may queue this many deep on a busy executor, so
-#: it starts the next one without a round trip to the node; longer tasks wait at the node.
-PIPELINE_DEPTH = 8
-SHORT_TASK_S = 0.005
-
-
-class Executor:
-    """The node's handle on one executor process."""
+class Executor(Slot):
+    """The node's handle on one executor process (its bookkeeping is the pool's ``Slot``)."""
 
     def __init__(self, executor_id: int) -> None:
-        self.id = executor_id
+        super().__init__(executor_id)
         self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.runs: collections.deque[pb.Run] = collections.deque()  # sent, in order; [0] is running
         self.functions: set[bytes] = set()
         self.outbuf: list[bytes] = []
         self.exit_code: int | None = None
         self.eof = False
-        self.retiring = False  # told to exit: gets no more work
-        self.actor_id = b""  # set for an actor's dedicated executor (never part of the pool)
-        self.actor_cpus = 0.0
-        self.blocked = False
         self.kill_reason: str | None = None  # set when the node kills it on purpose
         self.has_session = False
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -61,14 +51,6 @@ class Executor:
         if not lines:
             return ""
         return "; its last lines on stderr:\n" + "\n".join("    " + line for line in lines)
-
-    @property
-    def idle(self) -> bool:
-        return self.writer is not None and not self.runs and not self.retiring and not self.actor_id
-
-    @property
-    def run(self) -> pb.Run | None:
-        return self.runs[0] if self.runs else None
 
     def send(self, msg: pb.NodeToExecutorMsg) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -92,13 +74,10 @@ class NodeServer(pb_grpc.NodeServicer):
         self.num_cpus = args.num_cpus
         self.pool_size = pool_size(self.num_cpus)
         self.max_executors = self.pool_size * 4 + 16
-        self.free_cpus = self.num_cpus
-        self.queue: collections.deque[pb.Run] = collections.deque()
+        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self)
         self.functions: dict[bytes, pb.Function] = {}
-        self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.executors: dict[int, Executor] = {}
         self.actors: dict[bytes, Executor] = {}  # actor id -> its dedicated executor
-        self.starting = 0
         self.next_id = 0
         self.early = early
         self.socket_dir = early.socket_dir
@@ -136,7 +115,7 @@ class NodeServer(pb_grpc.NodeServicer):
             versions=runtime_versions(),
         )
         hello.resources.cpus = self.num_cpus
-        hello.resources.memory = float(_total_memory())
+        hello.resources.memory = float(_memory_to_give())
         await context.write(pb.NodeToHead(ops=[pb.NodeToHeadOp(hello=hello)]))
 
         async def read() -> None:
@@ -162,7 +141,7 @@ class NodeServer(pb_grpc.NodeServicer):
             last_write = 0.0
             while not self.stop.is_set() and not stream_done.is_set():
                 await self.out_event.wait()
-                if self.queue or self._running() > 1:  # more results are coming: send them together
+                if self.pool.queue or self.pool.running() > 1:  # more results are coming: send them together
                     await asyncio.sleep(config.batch_delay(last_write))
                 self.out_event.clear()
                 if self.out:
@@ -183,7 +162,7 @@ class NodeServer(pb_grpc.NodeServicer):
             return
         log.warning("lost the head; waiting up to %s s for it to reconnect", lease)
         self.head_connected = False
-        self.queue.clear()
+        self.pool.clear()
         for executor in list(self.executors.values()):
             if executor.runs and executor.proc is not None and executor.proc.poll() is None:
                 executor.kill_reason = "head lost"
@@ -199,10 +178,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self.functions[run.function.id] = run.function
             if run.spec.actor_id:
                 self._actor_run(run)
-            elif run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
-                self.queue.appendleft(run)
             else:
-                self.queue.append(run)
+                self.pool.submit(run)
         elif kind == "relay":
             executor = self.executors.get(op.relay.executor)
             if executor is not None:
@@ -214,6 +191,8 @@ class NodeServer(pb_grpc.NodeServicer):
             self.out_event.set()
         elif kind == "ping":
             self.to_head(pb.NodeToHeadOp(pong=op.ping))
+        elif kind == "recall":
+            self.pool.head_recall(op.recall.task_ids)
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:
@@ -232,23 +211,21 @@ class NodeServer(pb_grpc.NodeServicer):
                     actor_id=spec.actor_id, reason="could not start a process for the actor")))
                 return
             self.actors[spec.actor_id] = executor
-            self.free_cpus -= spec.resources.cpus  # an actor holds what it asked for, for its life
-            executor.actor_cpus = spec.resources.cpus
+            self.pool.actor_started(executor, spec.resources.cpus)  # held for the actor's life
         else:
             executor = self.actors.get(spec.actor_id)
             if executor is None:
                 self._report(pb.TaskDone(task_id=spec.task_id, failure=pb.TaskDone.WORKER_DIED,
                                          detail="the actor is not running on this node"))
                 return
-        self._assign(executor, run)
+        executor.runs.append(run)
+        self.run(executor, run)
         executor.flush()
 
     def _cancel(self, task_id: bytes, force: bool) -> None:
-        for run in self.queue:
-            if run.spec.task_id == task_id:
-                self.queue.remove(run)
-                self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
-                return
+        if self.pool.drop_queued(task_id):
+            self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
+            return
         for executor in self.executors.values():
             for i, run in enumerate(executor.runs):
                 if run.spec.task_id != task_id:
@@ -261,64 +238,22 @@ class NodeServer(pb_grpc.NodeServicer):
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
                 return
 
-    def _running(self) -> int:
-        return sum(1 for e in self.executors.values() if e.runs)
-
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))
 
     # ----------------------------------------------------------------------- executors
 
     def _pump(self) -> None:
-        """Start queued tasks while CPUs allow, on idle executors (starting more when needed);
-        queue short tasks behind running ones of the same size."""
-        if self.draining:
-            return
         try:
-            self._place()
+            self.pool.pump()
         finally:
             for executor in self.executors.values():
                 executor.flush()
 
-    def _place(self) -> None:
-        while self.queue:
-            run = self.queue[0]
-            cpus = run.spec.resources.cpus
-            if cpus <= self.free_cpus + 1e-9:
-                executor = next((e for e in self.executors.values() if e.idle), None)
-                if executor is not None:
-                    self.queue.popleft()
-                    self.free_cpus -= cpus
-                    self._assign(executor, run)
-                    continue
-                if self.starting == 0 and self._active_count() < self.max_executors:
-                    self._spawn()
-            executor = self._pipeline_target(run)
-            if executor is None:
-                return
-            self.queue.popleft()
-            self._assign(executor, run)
+    # PoolSink: what the pool asks of the node
 
-    def _pipeline_target(self, run: pb.Run) -> Executor | None:
-        duration = self.durations.get(run.spec.function_id)
-        if duration is None or duration > SHORT_TASK_S or run.spec.resources.gpus:
-            return None
-        best = None
-        for executor in self.executors.values():
-            first = executor.run
-            if (
-                first is None or executor.blocked or executor.writer is None or executor.retiring
-                or executor.actor_id
-                or len(executor.runs) >= PIPELINE_DEPTH
-                or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
-            ):
-                continue
-            if best is None or len(executor.runs) < len(best.runs):
-                best = executor
-        return best
-
-    def _assign(self, executor: Executor, run: pb.Run) -> None:
-        executor.runs.append(run)
+    def run(self, slot: Slot, run: pb.Run) -> None:
+        executor = self.executors[slot.id]
         if not run.spec.function_id:  # an actor call: the actor's process has its class already
             pass
         elif run.spec.function_id not in executor.functions:
@@ -329,19 +264,24 @@ class NodeServer(pb_grpc.NodeServicer):
             run.ClearField("function")
         executor.queue_frame(pb.NodeToExecutorMsg(run=run))
 
+    def recall(self, slot: Slot, task_ids: list[bytes]) -> None:
+        # Behind the runs queued in the same pass: the executor sees a run before its recall.
+        self.executors[slot.id].queue_frame(pb.NodeToExecutorMsg(recall=pb.Returned(task_ids=task_ids)))
+
+    def spawn(self) -> None:
+        self._spawn()
+
     def _spawn(self, proc: subprocess.Popen | None = None, actor_id: bytes = b"") -> Executor | None:
         executor = Executor(self.next_id)
         executor.actor_id = actor_id
         self.next_id += 1
         self.executors[executor.id] = executor
-        if not actor_id:
-            self.starting += 1
+        self.pool.add(executor)
         try:
             executor.proc = proc or spawn_executor(executor.id, self.socket_path, self.args)
         except OSError:
             log.exception("could not start an executor")
-            if not actor_id:
-                self.starting -= 1
+            self.pool.spawn_failed(executor)
             del self.executors[executor.id]
             return None
         threading.Thread(target=self._wait_executor, args=(executor,), daemon=True).start()
@@ -358,8 +298,7 @@ class NodeServer(pb_grpc.NodeServicer):
     def _executor_exited(self, executor: Executor, code: int) -> None:
         executor.exit_code = code
         if executor.writer is None:  # died before connecting
-            if not executor.actor_id:
-                self.starting -= 1
+            self.pool.exited_unconnected(executor)
             self._executor_gone(executor, code)
         elif executor.eof:
             self._executor_gone(executor, code)
@@ -369,13 +308,6 @@ class NodeServer(pb_grpc.NodeServicer):
         executor.eof = True
         if executor.exit_code is not None:
             self._executor_gone(executor, executor.exit_code)
-
-    def _pool_count(self) -> int:
-        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring)
-
-    def _active_count(self) -> int:
-        """Executors that could run work: blocked ones don't count (they wait on work queued here)."""
-        return sum(1 for e in self.executors.values() if not e.actor_id and not e.retiring and not e.blocked)
 
     def _report_executors(self) -> None:
         alive = sum(1 for e in self.executors.values() if e.writer is not None and not e.actor_id)
@@ -390,19 +322,12 @@ class NodeServer(pb_grpc.NodeServicer):
         if executor.has_session:
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, closed=True)))
         if executor.actor_id:
+            self.pool.gone(executor)
             self._actor_gone(executor, code)
             return
-        run = executor.run
+        # Tasks queued behind the one that ran never started: they are placed again.
+        run = self.pool.gone(executor)
         if run is not None:
-            executor.runs.popleft()
-            # Tasks queued behind the one that ran never started: they go back to the node's queue.
-            self.queue.extendleft(reversed(executor.runs))
-            executor.runs.clear()
-            if not executor.blocked:
-                self.free_cpus += run.spec.resources.cpus
-            else:
-                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
             if executor.kill_reason == "cancelled":
                 self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.CANCELLED))
             else:
@@ -412,13 +337,12 @@ class NodeServer(pb_grpc.NodeServicer):
                            f"died with {_describe_exit(code)}{executor.last_words()}",
                 ))
         if not self.stop.is_set():
-            while self._pool_count() < self.pool_size:
+            while self.pool.pool_count() < self.pool_size:
                 self._spawn()
             self._pump()
 
     def _actor_gone(self, executor: Executor, code: int) -> None:
         self.actors.pop(executor.actor_id, None)
-        self.free_cpus += executor.actor_cpus
         how = {"killed": "it was killed"}.get(
             executor.kill_reason or "", f"its process died with {_describe_exit(code)}{executor.last_words()}")
         for run in executor.runs:  # calls in flight: the head retries them or fails them
@@ -437,8 +361,7 @@ class NodeServer(pb_grpc.NodeServicer):
                     if executor is None:
                         return
                     executor.writer = writer
-                    if not executor.actor_id:
-                        self.starting -= 1
+                    self.pool.connected(executor)
                     executor.flush()  # an actor's creation (and calls) may be waiting already
                     self._report_executors()
                     self._pump()
@@ -463,57 +386,24 @@ class NodeServer(pb_grpc.NodeServicer):
             executor.has_session = True
             self.to_head(pb.NodeToHeadOp(relay=pb.Relay(executor=executor.id, up=msg.up)))
         elif kind == "returned":
-            returned = set(msg.returned.task_ids)
-            back = [r for r in list(executor.runs)[1:] if r.spec.task_id in returned]
-            for r in back:
-                executor.runs.remove(r)
-            self.queue.extendleft(reversed(back))
+            self.pool.returned(executor, msg.returned.task_ids)
             self._pump()
         elif kind == "blocked":
-            run = executor.run
-            if run is None or executor.blocked == msg.blocked.blocked:
-                return
-            executor.blocked = msg.blocked.blocked
-            cpus = run.spec.resources.cpus
-            self.free_cpus += cpus if executor.blocked else -cpus
-            self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                task_id=run.spec.task_id, blocked=executor.blocked, cpus=cpus)))
+            self.pool.blocked(executor, msg.blocked.blocked)
             self._pump()
 
     def _done(self, executor: Executor, done: pb.TaskDone) -> None:
-        if executor.actor_id:
-            for run in executor.runs:
-                if run.spec.task_id == done.task_id:
-                    executor.runs.remove(run)
-                    break
-            self._report(done)
-            return
-        run = executor.run
-        if run is not None and run.spec.task_id == done.task_id:
-            executor.runs.popleft()
-            if executor.blocked:  # normally unblocked before it finishes; keep the books right anyway
-                executor.blocked = False
-                self.free_cpus -= run.spec.resources.cpus
-                self.to_head(pb.NodeToHeadOp(blocked=pb.Blocked(
-                    task_id=run.spec.task_id, blocked=False, cpus=run.spec.resources.cpus)))
-            if not executor.runs:
-                self.free_cpus += run.spec.resources.cpus
-            if done.failure == pb.TaskDone.NONE:
-                fid = run.spec.function_id
-                previous = self.durations.get(fid)
-                self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
-        else:  # a queued task the executor dropped (cancelled before it started)
-            for queued in list(executor.runs)[1:]:
-                if queued.spec.task_id == done.task_id:
-                    executor.runs.remove(queued)
-                    break
+        self.pool.done(executor, done)
         self._report(done)
+        if executor.actor_id:
+            return
         self._retire_extra(executor)
         self._pump()
 
     def _retire_extra(self, executor: Executor) -> None:
         """Executors started while others were blocked go away once they are not needed."""
-        if (self._pool_count() > self.pool_size and not self.queue and not executor.runs and not executor.actor_id
+        if (self.pool.pool_count() > self.pool_size and not self.pool.queue and not executor.runs
+                and not executor.actor_id
                 and executor.writer is not None and not executor.retiring):
             executor.retiring = True
             executor.writer.close()
@@ -570,19 +460,13 @@ class NodeServer(pb_grpc.NodeServicer):
         if self.draining:
             return
         self.draining = True
-        log.warning("draining: no new tasks; %d running", self._running())
+        log.warning("draining: no new tasks; %d running", self.pool.running())
         self.to_head(pb.NodeToHeadOp(draining=True))
-        handed_back = list(self.queue)
-        self.queue.clear()
+        self.pool.drain()
         for executor in self.executors.values():
-            if not executor.actor_id:
-                handed_back.extend(list(executor.runs)[1:])  # queued behind the running one
-                for run in list(executor.runs)[1:]:
-                    executor.send(pb.NodeToExecutorMsg(cancel=run.spec.task_id))
-        for run in handed_back:
-            self._report(pb.TaskDone(task_id=run.spec.task_id, failure=pb.TaskDone.NOT_STARTED))
+            executor.flush()
         deadline = self.loop.time() + self.args.drain_timeout
-        while self._running() and self.loop.time() < deadline:
+        while self.pool.running() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         self.stop.set()
 
@@ -655,13 +539,23 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _total_memory() -> int:
+def _memory_to_give() -> int:
+    """The node's memory resource: what is available to tasks when the node starts (Ray's rule; tasks
+    that together ask for more wait). A container's limit, if lower, bounds it."""
     try:
         import psutil
 
-        return psutil.virtual_memory().total
+        available = psutil.virtual_memory().available
     except Exception:  # noqa: BLE001
         return 0
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            available = min(available, int(limit))
+    except OSError:
+        pass
+    return available
 
 
 def run(args: argparse.Namespace, early: Early) -> None:
