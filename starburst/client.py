@@ -499,7 +499,10 @@ class GrpcTransport:
     """One bidirectional gRPC stream to the head, driven by an asyncio loop on a daemon thread."""
 
     def __init__(self, address: str) -> None:
+        from ._auth import parse_address
+
         self.address = address
+        self._target, self._token = parse_address(address)  # ValueError: no token to present
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._wake_pending = False
@@ -554,8 +557,10 @@ class GrpcTransport:
         client = self._client
         assert client is not None and self._wake_event is not None
         error = "closed"
-        async with grpc.aio.insecure_channel(self.address, options=config.GRPC_OPTIONS) as channel:
-            call = pb_grpc.HeadStub(channel).Session()
+        from ._auth import call_metadata
+
+        async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
+            call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
 
             async def writer() -> None:
                 # While it writes, _wake_pending stays set: callers adding work don't wake the loop

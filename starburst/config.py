@@ -42,11 +42,46 @@ GRPC_OPTIONS = [
 ]
 
 
-def home() -> pathlib.Path:
-    """The directory holding the running head's address file and logs (``$STARBURST_HOME``)."""
-    path = pathlib.Path(os.environ.get("STARBURST_HOME") or pathlib.Path.home() / ".starburst")
-    path.mkdir(parents=True, exist_ok=True)
+#: Longest Unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).
+SOCKET_PATH_MAX = 103
+#: Longest socket name starburst puts under a cluster's runtime directory
+#: (``<12 of the cluster id>/<node id>-<8 random>/executors.sock``, node ids up to 16 characters).
+_SOCKET_TAIL_MAX = 12 + 1 + 16 + 9 + 1 + len("executors.sock")
+
+
+class UnsafeDirectoryError(RuntimeError):
+    """A directory starburst keeps private files in is not private (owner, mode or a symlink)."""
+
+
+def private_dir(path: str | os.PathLike) -> pathlib.Path:
+    """Create ``path`` (and missing parents) owner-only (0700) and check that it is ours: owned by
+    this user, not a symlink, and not readable or writable by group or others. Raises
+    :class:`UnsafeDirectoryError` otherwise (someone else may have created it first)."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError(f"{path} is not a directory (a symlink?); remove it and try again")
+    if st.st_uid != os.getuid():
+        raise UnsafeDirectoryError(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): someone else may be trying "
+            "to intercept your cluster; remove it, or set STARBURST_RUNTIME_DIR to a directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours: tighten (e.g. made by an older starburst or a loose umask)
     return path
+
+
+def home() -> pathlib.Path:
+    """The directory holding the running head's address file and logs (``$STARBURST_HOME``), 0700."""
+    path = pathlib.Path(os.environ.get("STARBURST_HOME") or pathlib.Path.home() / ".starburst")
+    return private_dir(path)
 
 
 def head_file() -> pathlib.Path:
@@ -54,16 +89,57 @@ def head_file() -> pathlib.Path:
 
 
 def log_dir() -> pathlib.Path:
-    path = home() / "logs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home() / "logs")
+
+
+def open_log(path: str | os.PathLike):
+    """Open a log file for appending, owner-only (0600) whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def runtime_dir() -> pathlib.Path:
+    """A short per-user 0700 directory for the local cluster's Unix sockets.
+
+    ``$STARBURST_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/starburst``, else
+    ``/tmp/starburst-<uid>``: never under ``TMPDIR`` or ``STARBURST_HOME``, which may be long (macOS's
+    ``TMPDIR`` is ~49 characters), because a socket path may have at most :data:`SOCKET_PATH_MAX`
+    bytes. Raises ValueError naming the limit when no candidate is short enough."""
+    candidates = []
+    if os.environ.get("STARBURST_RUNTIME_DIR"):
+        candidates.append(os.environ["STARBURST_RUNTIME_DIR"])
+    else:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        if xdg and os.path.isdir(xdg) and os.stat(xdg).st_uid == os.getuid():
+            candidates.append(os.path.join(xdg, "starburst"))
+        candidates.append(f"/tmp/starburst-{os.getuid()}")
+    for candidate in candidates:
+        if len(os.fsencode(candidate)) + 1 + _SOCKET_TAIL_MAX <= SOCKET_PATH_MAX:
+            return private_dir(candidate)
+    raise ValueError(
+        f"no runtime directory short enough for Unix sockets: {candidates[0]!r} leaves too little of the "
+        f"{SOCKET_PATH_MAX}-byte limit on socket paths (macOS: 104 bytes); set STARBURST_RUNTIME_DIR to a "
+        f"directory of at most {SOCKET_PATH_MAX - 1 - _SOCKET_TAIL_MAX} characters")
+
+
+def cluster_runtime_dir(cluster_id: str) -> pathlib.Path:
+    """The 0700 directory of one local cluster's sockets (the head's, its nodes' and executors')."""
+    return private_dir(runtime_dir() / cluster_id[-12:])
 
 
 def shm_root() -> pathlib.Path:
-    """Memory-backed directory for the local object store (``/dev/shm`` on Linux)."""
-    shm = pathlib.Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
+    """Memory-backed directory for the local object store (``/dev/shm`` on Linux), else the temp
+    directory (macOS). ``$STARBURST_SHM_DIR`` overrides it (tests simulate a machine without
+    ``/dev/shm`` with it)."""
+    override = os.environ.get("STARBURST_SHM_DIR")
+    if override is not None:
+        if override and os.path.isdir(override) and os.access(override, os.W_OK):
+            return pathlib.Path(override)
+    else:
+        shm = pathlib.Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            return shm
     import tempfile
 
     return pathlib.Path(tempfile.gettempdir())

@@ -1,18 +1,21 @@
 import os
+import secrets
 
 from .. import config
 from .launch import parse_args, spawn_local_node
 
+os.umask(0o077)  # everything the head and its nodes create is the owner's only
 args = parse_args()
 if args.provider == "local":
-    store_dir = str(config.shm_root() / f"starburst-{args.cluster_id}")
-    os.makedirs(store_dir, exist_ok=True)
+    store_dir = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
     log_path = str(config.log_dir() / f"node-{args.cluster_id}.log")
-    first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path)  # starts while we import
+    node_token = secrets.token_urlsafe(32)
+    first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import
+                                  str(config.cluster_runtime_dir(args.cluster_id)), node_token)
 
     from .providers import LocalProvider  # noqa: E402
 
-    provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node)
+    provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node, node_token)
 else:
     from ..aws.provider import FargateProvider  # noqa: E402
 

@@ -34,8 +34,9 @@ class NodeLink:
     """The head's end of one node's Work stream. The head dials; the node answers with its hello."""
 
     def __init__(self, scheduler: Scheduler, address: str, on_lost: Callable[["NodeLink", str], None],
-                 channel: Callable[[str], grpc.aio.Channel]) -> None:
+                 channel: Callable[[str], grpc.aio.Channel], metadata: tuple = ()) -> None:
         self.scheduler = scheduler
+        self._metadata = metadata
         self._channel = channel
         self.address = address
         self.node: Node | None = None
@@ -50,7 +51,7 @@ class NodeLink:
         reason = "stream ended"
         try:
             async with self._channel(self.address) as channel:
-                call = pb_grpc.NodeStub(channel).Work()
+                call = pb_grpc.NodeStub(channel).Work(metadata=self._metadata)
                 first = await call.read()
                 if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
                     raise ConnectionError(f"node at {self.address} did not say hello")
@@ -171,8 +172,10 @@ class LocalNodeProcess:
     """A node process on this machine (the embedded default cluster has one)."""
 
     def __init__(self, node_id: str, num_cpus: float, store_dir: str, log_path: str,
-                 proc: subprocess.Popen | None = None) -> None:
+                 proc: subprocess.Popen | None, runtime_dir: str, token: str) -> None:
         self.node_id = node_id
+        self.runtime_dir = runtime_dir
+        self.token = token
         self.num_cpus = num_cpus
         self.store_dir = store_dir
         self.log_path = log_path
@@ -181,7 +184,8 @@ class LocalNodeProcess:
     async def start(self) -> str:
         """Start the process (unless it was started early); returns the address it listens on."""
         if self.proc is None:
-            self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path)
+            self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path,
+                                         self.runtime_dir, self.token)
         proc = self.proc
         assert proc.stdout is not None
         loop = asyncio.get_running_loop()
