@@ -133,13 +133,21 @@ def init(
             return _context()  # inside a task: the executor's session is used
         if address is None:
             address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-        head_address = _resolve_head(address, num_cpus, fargate)
         from .client import Client, GrpcTransport
 
-        client = Client(
-            GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
-            namespace=namespace or "",
-        )
+        for attempt in range(3):
+            head_address = _resolve_head(address, num_cpus, fargate)
+            try:
+                client = Client(
+                    GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
+                    namespace=namespace or "",
+                )
+                break
+            except ConnectionError as exc:
+                # The cluster we found was ending (its last driver had just left): start another.
+                if address not in (None, "auto") or _started_head is not None or "shutting down" not in str(exc) \
+                        or attempt == 2:
+                    raise
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
         return _context()
@@ -230,7 +238,12 @@ def is_initialized() -> bool:
 
 
 def shutdown() -> None:
-    """Disconnect; a local cluster started by this process's ``init()`` is stopped (and waited for)."""
+    """Detach this driver from its cluster.
+
+    A cluster started by an ``init()`` lives while any driver is attached: the last driver to leave
+    (this one, or another process's) ends it, and when that is this process ``shutdown()`` waits
+    for the cluster's processes to exit (a Fargate cluster then prints its cost). A cluster started
+    by ``starburst up`` stays until ``starburst down``."""
     global _started_head
     if _runtime.executor_client_factory is not None:
         return
@@ -244,6 +257,10 @@ def shutdown() -> None:
         if started is not None:
             from .head import process
 
+            others = process.drivers_attached(started.address)
+            if others:
+                log.info("the cluster stays up for the %d other driver(s) using it", others)
+                return
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
             if not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
                 process.stop_head(started)

@@ -68,6 +68,17 @@ def find_head() -> HeadInfo | None:
 
 def identify(address: str, timeout: float = 5.0) -> str | None:
     """The cluster id of the head answering at ``address``, or None if none answers."""
+    reply = _status(address, timeout)
+    return None if reply is None else reply.cluster_id
+
+
+def drivers_attached(address: str, timeout: float = 5.0) -> int:
+    """How many drivers the head at ``address`` serves (0 when it doesn't answer: it is going)."""
+    reply = _status(address, timeout)
+    return 0 if reply is None else reply.sessions
+
+
+def _status(address: str, timeout: float):
     import grpc
 
     from .. import _auth
@@ -77,11 +88,10 @@ def identify(address: str, timeout: float = 5.0) -> str | None:
     try:
         target, token = _auth.parse_address(address)
         with grpc.insecure_channel(target) as channel:
-            reply = pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=timeout,
-                                                     metadata=_auth.call_metadata(token))
+            return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=timeout,
+                                                    metadata=_auth.call_metadata(token))
     except (ValueError, grpc.RpcError):
         return None
-    return reply.cluster_id
 
 
 def start_head(num_cpus: float | None, exit_when_unused: bool, listen: str = "", timeout: float = 60.0,

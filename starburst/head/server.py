@@ -100,6 +100,10 @@ class Head(pb_grpc.HeadServicer):
 
     def _maybe_exit_unused(self) -> None:
         if self.args.exit_when_unused and self._driver_sessions() == 0:
+            # From now on no driver may join (one that found us a moment ago is refused and starts a
+            # new cluster): the last driver has left, so the cluster ends.
+            self.shutting_down = True
+            self._remove_head_file()
             self.stopping.set()
 
     async def Status(self, request, context):  # noqa: N802
