@@ -164,6 +164,8 @@ class Client:
 
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
         ops = []
+        if function is not None:
+            _check_size(function)
         with self._cond:
             if function is not None and function.id not in self._functions_sent:
                 self._functions_sent.add(function.id)
@@ -189,6 +191,7 @@ class Client:
                 self._requests.pop(request.request_id, None)
 
     def send_function(self, function: pb.Function) -> None:
+        _check_size(function)
         with self._cond:
             if function.id in self._functions_sent:
                 return
@@ -465,6 +468,16 @@ class Client:
         self.transport.close()
 
 
+def _check_size(function: pb.Function) -> None:
+    """Refuse a function too large for one message before it is sent (the head would end the session)."""
+    size = function.ByteSize()
+    if size > config.MAX_MESSAGE_BYTES - (1 << 20):
+        raise ValueError(
+            f"{function.name or 'the function'} pickles to {size / 2**20:.0f} MiB, more than a message to the "
+            f"head may carry ({config.MAX_MESSAGE_BYTES / 2**20:.0f} MiB): it captures large data; pass that as "
+            "an argument or through starburst.put() instead (large values go through the object store)")
+
+
 class _Waiter:
     """One blocked get()/wait(): counts arrivals so the caller is woken once, not per value."""
 
@@ -576,7 +589,8 @@ class GrpcTransport:
                             if not ops:
                                 break
                             self._wake_pending = True
-                        await call.write(pb.ClientMsg(ops=ops))
+                        for batch in config.split_batches(ops):
+                            await call.write(pb.ClientMsg(ops=batch))
                     if self._stopping:
                         await call.done_writing()
                         return
@@ -591,6 +605,11 @@ class GrpcTransport:
                 error = "the head closed the session"
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
+                              "and the head ended this session)")
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    error = f"the head at {self.address} is gone or does not answer ({error})"
             finally:
                 writer_task.cancel()
                 try:

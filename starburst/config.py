@@ -26,13 +26,41 @@ def batch_delay(last_write: float) -> float:
 #: that vanished) is noticed within about this plus the 10 s ping timeout.
 KEEPALIVE_S = float(os.environ.get("STARBURST_KEEPALIVE_S", 20))
 
-#: gRPC messages carry batches; allow large ones (values above the threshold never travel inline).
+#: The largest gRPC message any starburst process accepts: a session (or node link) that sends a
+#: larger one is ended with RESOURCE_EXHAUSTED, and nobody else is affected. Writers split their
+#: batches under MAX_BATCH_BYTES; only a single operation beyond it (say, a huge function) can come
+#: near the limit, and the client refuses those with a clear error before sending.
+MAX_MESSAGE_BYTES = int(os.environ.get("STARBURST_MAX_MESSAGE_BYTES", 256 << 20))
+MAX_BATCH_BYTES = min(32 << 20, MAX_MESSAGE_BYTES // 4)
+
+
+def split_batches(ops: list) -> list[list]:
+    """``ops`` (protobuf messages) in consecutive groups of at most MAX_BATCH_BYTES encoded (an
+    operation larger than that travels alone)."""
+    if len(ops) <= 1:
+        return [ops]
+    groups: list[list] = []
+    group: list = []
+    size = 0
+    for op in ops:
+        n = op.ByteSize() + 6  # with its field tag and length prefix
+        if group and size + n > MAX_BATCH_BYTES:
+            groups.append(group)
+            group, size = [], 0
+        group.append(op)
+        size += n
+    groups.append(group)
+    return groups
+
+
+#: gRPC messages carry batches of at most MAX_BATCH_BYTES (values above the inline threshold go to
+#: the object store, never inside a message).
 #: The same options serve channels and servers: servers must accept the clients' pings on idle
 #: streams (gRPC's default answers a ping more often than every 5 minutes with GOAWAY
 #: "too_many_pings", which would end an idle driver's session).
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),

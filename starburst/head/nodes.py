@@ -142,7 +142,8 @@ class NodeLink:
                 await asyncio.sleep(config.batch_delay(last_write))
             while not self._queue.empty():
                 ops.extend(self._queue.get_nowait())
-            await call.write(pb.HeadToNode(ops=ops))
+            for batch in config.split_batches(ops):
+                await call.write(pb.HeadToNode(ops=batch))
             last_write = time.monotonic()
 
     def _relay(self, node: Node, relay: pb.Relay) -> None:
@@ -156,7 +157,8 @@ class NodeLink:
             return
         if session is None:
             def deliver(ops: list, executor: int = executor) -> None:
-                node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=pb.HeadMsg(ops=ops))))
+                for batch in config.split_batches(ops):
+                    node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=pb.HeadMsg(ops=batch))))
 
             session = Session(self.scheduler, f"{node.node_id}/e{executor}", deliver)
             self._executor_sessions[executor] = session

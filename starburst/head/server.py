@@ -87,7 +87,8 @@ class Head(pb_grpc.HeadServicer):
                         queue.put_nowait(None)
                         break
                     ops.extend(more)
-                await context.write(pb.HeadMsg(ops=ops))
+                for batch in config.split_batches(ops):
+                    await context.write(pb.HeadMsg(ops=batch))
                 last_write = time.monotonic()
         finally:
             reader.cancel()

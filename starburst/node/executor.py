@@ -311,6 +311,7 @@ class Executor:
         except ValueError as exc:
             self._fail(done, spec, exc)
             return
+        inline_budget = config.MAX_BATCH_BYTES  # many returns: the rest go to the store, not one huge message
         for rid, value in zip(spec.return_ids, results):
             try:
                 ser = serialize(value)
@@ -319,7 +320,9 @@ class Executor:
                 self._fail(done, spec, TypeError(f"could not serialize the return value of {spec.name}: {exc}"))
                 return
             try:
-                value = pack_value(ser, rid.hex(), self.store, config.INLINE_THRESHOLD)
+                value = pack_value(ser, rid.hex(), self.store,
+                                   config.INLINE_THRESHOLD if ser.size < inline_budget else 0)
+                inline_budget -= len(value.inline)
             except OSError as exc:
                 for written in done.results:
                     if written.value.WhichOneof("where") == "key":

@@ -155,7 +155,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
-                    await context.write(pb.NodeToHead(ops=ops))
+                    for batch in config.split_batches(ops):
+                        await context.write(pb.NodeToHead(ops=batch))
                     last_write = time.monotonic()
         finally:
             reader.cancel()
