@@ -253,6 +253,9 @@ def shutdown() -> None:
         _runtime.job_runtime_env = {}
         if client is not None:
             client.close()
+            from .client import drain_output
+
+            drain_output(2.0)
         started, _started_head = _started_head, None
         if started is not None:
             from .head import process
@@ -351,6 +354,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
             f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}"
         )
     check_timeout(timeout)
+    _check_alive(refs)
     client = _runtime.get_client()
     values = client.get(refs, timeout)
     return values[0] if single else values
@@ -378,6 +382,7 @@ def wait(
     check_timeout(timeout)
     if not object_refs:
         return [], []
+    _check_alive(object_refs)
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
@@ -385,6 +390,19 @@ def wait(
     if num_returns > len(object_refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
     return _runtime.get_client().wait(object_refs, num_returns, timeout)
+
+
+def _check_alive(refs: Sequence[ObjectRef]) -> None:
+    """Refs of a session that has ended have no values to wait for: say so at once (rather than
+    starting a new cluster that has never heard of them)."""
+    for ref in refs:
+        owner = ref._client
+        if owner is not None and getattr(owner, "closed", False):
+            from .exceptions import SessionLostError
+
+            raise SessionLostError(
+                f"{ref!r} belongs to a cluster session that has ended ({owner.error_text()}): its value is gone. "
+                "Refs don't survive shutdown() or the loss of their cluster; compute the value again.")
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

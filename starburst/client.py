@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Protocol
 from . import _runtime, config
 from ._version import __version__
 from ._proto import starburst_pb2 as pb
-from .exceptions import GetTimeoutError, RaySystemError, RayTaskError
+from .exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
 from .object_ref import ObjectRef
 from .serialization import Serialized, deserialize, serialize
 from .store import ObjectStore, load_value, open_store, pack_value
@@ -99,7 +99,7 @@ class Client:
     def _send(self, *ops: pb.ClientOp) -> None:
         with self._cond:
             if self.closed:
-                raise RaySystemError(f"the session with the head has ended: {self._error or 'closed'}")
+                raise SessionLostError(f"the session with the head has ended: {self._error or 'closed'}")
             self._outbox.extend(ops)
         self._wake()
 
@@ -254,7 +254,7 @@ class Client:
             return
         with self._cond:
             if self._error is not None:
-                raise RaySystemError(f"lost the session with the head: {self._error}")
+                raise SessionLostError(f"lost the session with the head: {self._error}")
             self._ensure_subscribed(ids)
             waiter = _Waiter(num, stop_on_error)
             for object_id in ids:
@@ -279,8 +279,8 @@ class Client:
                 self._drop_waiter(waiter, ids)
             if blocked:
                 self._on_block(False)
-        if self._error is not None and not waiter.event.is_set():
-            raise RaySystemError(f"lost the session with the head: {self._error}")
+        if waiter.lost:
+            raise SessionLostError(f"lost the session with the head: {self._error}")
 
     def _drop_waiter(self, waiter: "_Waiter", ids: list[bytes]) -> None:
         if waiter.registered_all_done:
@@ -300,6 +300,7 @@ class Client:
         ids = [r._id for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wait_ready(ids, len(ids), deadline, stop_on_error=True)
+        drain_output()
         with self._cond:
             values = [self._values.get(i) for i in ids]
         for v in values:  # the first error that arrived raises at once
@@ -310,12 +311,21 @@ class Client:
             raise GetTimeoutError(
                 f"Get timed out: {missing} of {len(ids)} object(s) not ready after {timeout} s"
             )
-        return [self.load(v, i) for v, i in zip(values, ids)]
+        return [self._load_result(v, i) for v, i in zip(values, ids)]
+
+    def _load_result(self, value: pb.Value, object_id: bytes) -> Any:
+        try:
+            return self.load(value, object_id)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class whose __reduce__ can't be undone here
+            raise RaySystemError(
+                f"the value of ObjectRef({object_id.hex()}) could not be deserialized in this process: "
+                f"{type(exc).__name__}: {exc}") from exc
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
         ids = [r._id for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wait_ready(ids, num_returns, deadline, stop_on_error=False)
+        drain_output()
         ready, not_ready = [], []
         with self._cond:
             for ref in refs:
@@ -373,7 +383,11 @@ class Client:
         return deserialize(view)
 
     def _raise(self, value: pb.Value) -> None:
-        error = self.load(value)
+        try:
+            error = self.load(value)
+        except Exception as exc:  # noqa: BLE001 - an error value that can't be rebuilt here
+            raise RaySystemError(f"a task failed, and its error could not be deserialized in this process: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         if isinstance(error, RayTaskError):
             raise error.as_instanceof_cause()
         if isinstance(error, BaseException):
@@ -389,7 +403,7 @@ class Client:
         unwanted = False
         for op in msg.ops:  # output first: it was written before the results in this batch
             if op.WhichOneof("op") == "log":
-                print_log(op.log)
+                _printer().print(op.log)
         with self._cond:
             for op in msg.ops:
                 kind = op.WhichOneof("op")
@@ -442,18 +456,20 @@ class Client:
         self._futures.clear()
         for waiters in self._waiters.values():
             for waiter in waiters:
-                waiter.event.set()
+                if not waiter.event.is_set():
+                    waiter.lost = True
+                    waiter.event.set()
         self._waiters.clear()
         for fut in self._requests.values():
             if not fut.done():
-                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
+                fut.set_exception(SessionLostError(f"lost the session with the head: {self._error}"))
         self._cond.notify_all()
         return futures
 
     def _fail_futures(self, futures: list) -> None:
         for fut in futures:
             if not fut.done():
-                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
+                fut.set_exception(SessionLostError(f"lost the session with the head: {self._error}"))
 
     def error_text(self) -> str:
         return self._error or "closed"
@@ -481,9 +497,10 @@ def _check_size(function: pb.Function) -> None:
 class _Waiter:
     """One blocked get()/wait(): counts arrivals so the caller is woken once, not per value."""
 
-    __slots__ = ("needed", "stop_on_error", "event", "registered_all_done")
+    __slots__ = ("needed", "stop_on_error", "event", "registered_all_done", "lost")
 
     def __init__(self, num: int, stop_on_error: bool) -> None:
+        self.lost = False  # woken because the session ended, not because values arrived
         self.needed = num
         self.stop_on_error = stop_on_error
         self.event = threading.Event()
@@ -493,6 +510,78 @@ class _Waiter:
         self.needed -= 1
         if self.needed <= 0 or (self.stop_on_error and value.is_error):
             self.event.set()
+
+
+class _Printer:
+    """Prints task output on a thread of its own, so that a stuck stdout (a pipe nobody reads) never
+    blocks the session. At most ``limit`` bytes wait; beyond that lines are dropped and counted, and
+    the count is printed once the stream moves again."""
+
+    def __init__(self, limit: int = 8 << 20) -> None:
+        self.limit = limit
+        self._queue: collections.deque[pb.Log] = collections.deque()
+        self._bytes = 0
+        self._dropped = 0
+        self._writing = False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="starburst-output", daemon=True).start()
+
+    def print(self, log: pb.Log) -> None:
+        with self._cond:
+            if self._bytes + len(log.text) > self.limit:
+                self._dropped += log.text.count("\n") + 1
+                return
+            self._queue.append(log)
+            self._bytes += len(log.text)
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for what is queued to be printed (output before the results it
+        preceded, as long as the stream is being read)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._writing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    return
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+                while not self._queue:
+                    self._cond.wait()
+                log = self._queue.popleft()
+                self._writing = True
+                self._bytes -= len(log.text)
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                try:
+                    sys.stderr.write(f"(starburst: {dropped} lines of task output were dropped: this process's "
+                                     "output was not being read)\n")
+                except (ValueError, OSError):
+                    pass
+            print_log(log)
+
+
+_the_printer: _Printer | None = None
+_printer_lock = threading.Lock()
+
+
+def drain_output(timeout: float = 0.5) -> None:
+    """Let task output queued so far reach the terminal first (bounded: a stuck stream can't block)."""
+    if _the_printer is not None:
+        _the_printer.drain(timeout)
+
+
+def _printer() -> _Printer:
+    global _the_printer
+    if _the_printer is None:
+        with _printer_lock:
+            if _the_printer is None:
+                _the_printer = _Printer()
+    return _the_printer
 
 
 def print_log(log: pb.Log) -> None:
