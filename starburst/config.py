@@ -156,6 +156,13 @@ def cluster_runtime_dir(cluster_id: str) -> pathlib.Path:
     return private_dir(runtime_dir() / cluster_id[-12:])
 
 
+def spill_root() -> pathlib.Path:
+    """Disk directory for objects beyond the memory-backed store's cap (the temp directory)."""
+    import tempfile
+
+    return pathlib.Path(tempfile.gettempdir())
+
+
 def shm_root() -> pathlib.Path:
     """Memory-backed directory for the local object store (``/dev/shm`` on Linux), else the temp
     directory (macOS). ``$STARBURST_SHM_DIR`` overrides it (tests simulate a machine without

@@ -8,6 +8,11 @@ os.umask(0o077)  # everything the head and its nodes create is the owner's only
 args = parse_args()
 if args.provider == "local":
     store_dir = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
+    spill_dir = config.spill_root() / f"starburst-{args.cluster_id}-spill"
+    if spill_dir.parent != config.shm_root():  # the store is in memory: beyond its cap, objects go to disk
+        config.private_dir(spill_dir)
+        with open(os.path.join(store_dir, ".spill"), "w") as f:
+            f.write(str(spill_dir))
     log_path = str(config.log_dir() / f"node-{args.cluster_id}.log")
     node_token = secrets.token_urlsafe(32)
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import

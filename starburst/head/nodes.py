@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -197,6 +198,14 @@ class LocalNodeProcess:
             code = await self.wait()
             raise RuntimeError(f"local node exited with {code} before listening; see {self.log_path}")
         return line.decode().strip()
+
+    def remove_files(self) -> None:
+        """Remove the directories of this (exited) node: its sockets and executors' files."""
+        import glob
+        import shutil
+
+        for path in glob.glob(os.path.join(glob.escape(self.runtime_dir), f"{self.node_id}-*")):
+            shutil.rmtree(path, ignore_errors=True)
 
     async def wait(self) -> int:
         """Wait for the process to exit (on a thread of its own: it may live as long as the head)."""

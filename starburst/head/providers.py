@@ -106,6 +106,7 @@ class LocalProvider(NodeProvider):
 
     async def _watch(self, node: LocalNodeProcess) -> None:
         code = await node.wait()
+        node.remove_files()  # a killed node leaves its socket directory (and object cache) behind
         if self.stopping:
             return
         log.error("local node %s exited with %s; starting a new one", node.node_id, code)
