@@ -90,6 +90,8 @@ def init(
     ``address="host:port"`` connects to that head.
     """
     global _started_head
+    if os.name == "nt":
+        raise RuntimeError("starburst runs on Linux and macOS; on Windows, use it inside WSL2")
     unknown = sorted(set(kwargs) - _INIT_ACCEPTED_NO_EFFECT)
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s) {unknown}")
