@@ -114,3 +114,42 @@ def test_a_task_with_200_returns_of_1_mb(run_script):
         """, timeout=150,
     )
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.slow
+def test_an_oversized_message_ends_only_its_senders_session_and_says_why(run_script):
+    """A driver sending one message over the limit loses its own session with a clear error; another
+    driver of the same cluster carries on."""
+    proc = run_script(
+        """
+        import subprocess, sys, os
+        import starburst
+        from starburst._proto import starburst_pb2 as pb
+        from starburst.exceptions import SessionLostError
+        starburst.init(num_cpus=1)
+        other = subprocess.Popen([sys.executable, "-c", (
+            "import sys, starburst\\n"
+            "starburst.init()\\n"
+            "print('joined', flush=True)\\n"
+            "sys.stdin.readline()\\n"
+            "print(starburst.get(starburst.remote(lambda: 'still fine').remote()), flush=True)\\n"
+            "starburst.shutdown()\\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "joined"
+        client = starburst._runtime.peek_client()
+        ref = starburst.remote(lambda: 1).remote()
+        client._send(pb.ClientOp(put=pb.Object(id=os.urandom(20), value=pb.Value(inline=b"z" * (9 << 20)))))
+        try:
+            starburst.get(ref, timeout=60)
+            starburst.get(starburst.remote(lambda: 2).remote(), timeout=60)
+        except SessionLostError as exc:
+            print("lost:", exc)
+        other.stdin.write("\\n")
+        other.stdin.flush()
+        print("other:", other.stdout.readline().strip())
+        assert other.wait(60) == 0
+        """,
+        env={"STARBURST_MAX_MESSAGE_BYTES": str(SMALL_LIMIT)}, timeout=120,
+    )
+    assert "lost:" in proc.stdout and "RESOURCE_EXHAUSTED" in proc.stdout and "8 MiB limit" in proc.stdout, \
+        proc.stdout + proc.stderr[-2000:]
+    assert "other: still fine" in proc.stdout, proc.stdout

@@ -467,7 +467,8 @@ class _RelayTransport:
         with self.lock:
             ops = self.client.take_outbox()
             if ops:
-                self.executor.send(pb.ExecutorMsg(up=pb.ClientMsg(ops=ops)))
+                for batch in config.split_batches(ops):
+                    self.executor.send(pb.ExecutorMsg(up=pb.ClientMsg(ops=batch)))
 
     def _sender(self) -> None:
         while True:
