@@ -176,3 +176,34 @@ def test_a_head_record_whose_pid_was_reused_is_recognised_as_stale(tmp_path):
                          "print(starburst.get(starburst.remote(lambda: 6 * 7).remote()))\nstarburst.shutdown()"],
                         capture_output=True, text=True, timeout=120, env=env)
     assert ok.returncode == 0 and ok.stdout.strip() == "42", ok.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_unresponsive_head_raises_session_lost(run_script):
+    """A head that stops answering (here: SIGSTOP) is noticed by the keepalive: get raises
+    SessionLostError instead of waiting for its timeout and then blaming the task."""
+    proc = run_script(
+        """
+        import os, signal, time
+        import starburst
+        from starburst.exceptions import SessionLostError
+        starburst.init(num_cpus=1)
+
+        @starburst.remote
+        def forever():
+            time.sleep(3600)
+
+        ref = forever.remote()
+        head = starburst.api._started_head.pid
+        os.kill(head, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            starburst.get(ref, timeout=300)
+        except SessionLostError as exc:
+            print(f"lost after {time.monotonic() - t0:.0f} s:", exc)
+        finally:
+            os.kill(head, signal.SIGKILL)
+            os.kill(head, signal.SIGCONT)
+        """, env={"STARBURST_KEEPALIVE_S": "2"}, timeout=200,
+    )
+    assert "lost after" in proc.stdout and "does not answer" in proc.stdout, proc.stdout + proc.stderr[-2000:]
