@@ -394,7 +394,7 @@ def wait(
     return _runtime.get_client().wait(object_refs, num_returns, timeout)
 
 
-def _check_alive(refs: Sequence[ObjectRef]) -> None:
+def _check_alive(refs: Sequence[Any]) -> None:
     """Refs of a session that has ended have no values to wait for: say so at once (rather than
     starting a new cluster that has never heard of them)."""
     for ref in refs:

@@ -313,7 +313,8 @@ class Client:
             )
         return [self._load_result(v, i) for v, i in zip(values, ids)]
 
-    def _load_result(self, value: pb.Value, object_id: bytes) -> Any:
+    def _load_result(self, value: pb.Value | None, object_id: bytes) -> Any:
+        assert value is not None
         try:
             return self.load(value, object_id)
         except Exception as exc:  # noqa: BLE001 - e.g. a class whose __reduce__ can't be undone here

@@ -241,6 +241,7 @@ def test_a_runtime_directory_owned_by_someone_else_is_refused(tmp_path):
     shutil.rmtree(victim)
 
 
+@pytest.mark.slow
 def test_head_over_tcp_needs_its_token(tmp_path):
     """``starburst up --listen`` accepts drivers over TCP only with the token it prints."""
     home = tmp_path / "home"
