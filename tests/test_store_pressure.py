@@ -99,10 +99,16 @@ refs = [starburst.put(np.zeros(1_000_000)) for _ in range(4)]     # 32 MB: more 
 store = starburst._runtime.peek_client().store
 import os
 print("spilled", len(os.listdir(store.spill_directory)))
+more = []
 try:
-    more = [starburst.put(np.zeros(1_000_000)) for _ in range(10)]  # and more than the 40 MB "disk"
+    for _ in range(10):
+        more.append(starburst.put(np.zeros(1_000_000)))  # and more than the 40 MB "disk"
 except ObjectStoreFullError as exc:
     print("full:", exc)
+try:
+    starburst.get(starburst.remote(lambda: np.ones(1_000_000)).remote())   # a result with no room either
+except ObjectStoreFullError as exc:
+    print("task result full:", str(exc).splitlines()[0])
 assert float(starburst.get(starburst.remote(lambda a: a.sum() + 1).remote(refs[3]))) == 1.0
 starburst.shutdown()
 """
@@ -114,6 +120,7 @@ starburst.shutdown()
     spilled = int(proc.stdout.split("spilled ")[1].split()[0])
     assert spilled >= 1, proc.stdout
     assert "full: the object store is full" in proc.stdout and "del ref" in proc.stdout, proc.stdout
+    assert "task result full:" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 @pytest.mark.slow

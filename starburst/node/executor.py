@@ -323,7 +323,7 @@ class Executor:
                 value = pack_value(ser, rid.hex(), self.store,
                                    config.INLINE_THRESHOLD if ser.size < inline_budget else 0)
                 inline_budget -= len(value.inline)
-            except OSError as exc:
+            except (OSError, ObjectStoreFullError) as exc:
                 for written in done.results:
                     if written.value.WhichOneof("where") == "key":
                         self.store.delete(written.value.key)
