@@ -97,6 +97,8 @@ def private_dir(path: str | os.PathLike) -> pathlib.Path:
 
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafeDirectoryError(f"{path} is not a directory (a symlink?); remove it and try again")
+    if st.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(f"{path} is a shared directory (like /tmp): starburst needs one of its own there")
     if st.st_uid != os.getuid():
         raise UnsafeDirectoryError(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): someone else may be trying "

@@ -624,8 +624,13 @@ class NodeServer(pb_grpc.NodeServicer):
         parent = self.args.parent_pid
         head_gone = (parent and os.getppid() != parent) or self.head_lost_at_start
         if self.args.cleanup_dir and head_gone:
-            # The head was killed before it could clean up after itself; its store is ours to remove.
-            shutil.rmtree(self.args.cleanup_dir, ignore_errors=True)
+            # The head was killed before it could clean up after itself; its store (with the spill
+            # directory it names) and its socket directory are ours to remove.
+            from ..store import open_store
+
+            open_store("file://" + self.args.cleanup_dir).destroy()
+            if self.args.runtime_dir and self.args.token:
+                shutil.rmtree(self.args.runtime_dir, ignore_errors=True)
 
 
 def _called_by_head(context, cluster_id: str) -> bool:
