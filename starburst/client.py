@@ -679,8 +679,8 @@ class GrpcTransport:
                             if not ops:
                                 break
                             self._wake_pending = True
-                        for batch in config.split_batches(ops):
-                            await call.write(pb.ClientMsg(ops=batch))
+                        for message in config.batch_messages(pb.ClientMsg, ops):
+                            await call.write(message)
                     if self._stopping:
                         await call.done_writing()
                         return

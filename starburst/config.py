@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
 #: Serialized values at least this large go to the object store; smaller ones travel inline.
 INLINE_THRESHOLD = int(os.environ.get("STARBURST_INLINE_THRESHOLD", 1 << 20))
@@ -51,6 +52,15 @@ def split_batches(ops: list) -> list[list]:
         size += n
     groups.append(group)
     return groups
+
+
+def batch_messages(message_type: Any, ops: list) -> list:
+    """``message_type(ops=...)`` messages carrying ``ops`` in order, each under MAX_BATCH_BYTES when
+    possible (one size computation when the whole batch fits, as it nearly always does)."""
+    whole = message_type(ops=ops)
+    if len(ops) <= 1 or whole.ByteSize() <= MAX_BATCH_BYTES:
+        return [whole]
+    return [message_type(ops=group) for group in split_batches(ops)]
 
 
 #: gRPC messages carry batches of at most MAX_BATCH_BYTES (values above the inline threshold go to

@@ -20,6 +20,9 @@ def test_split_batches_stays_under_the_cap_and_keeps_order():
     assert len(groups) > 1
     for group in groups:
         assert pb.ClientMsg(ops=group).ByteSize() <= config.MAX_BATCH_BYTES
+    messages = config.batch_messages(pb.ClientMsg, ops)
+    assert [list(m.ops) for m in messages] == groups
+    assert len(config.batch_messages(pb.ClientMsg, ops[:3])) == 1  # a batch that fits stays whole
 
 
 def test_read_frames_returns_big_and_small_frames_intact():

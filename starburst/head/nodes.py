@@ -143,8 +143,8 @@ class NodeLink:
                 await asyncio.sleep(config.batch_delay(last_write))
             while not self._queue.empty():
                 ops.extend(self._queue.get_nowait())
-            for batch in config.split_batches(ops):
-                await call.write(pb.HeadToNode(ops=batch))
+            for message in config.batch_messages(pb.HeadToNode, ops):
+                await call.write(message)
             last_write = time.monotonic()
 
     def _relay(self, node: Node, relay: pb.Relay) -> None:
@@ -158,8 +158,8 @@ class NodeLink:
             return
         if session is None:
             def deliver(ops: list, executor: int = executor) -> None:
-                for batch in config.split_batches(ops):
-                    node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=pb.HeadMsg(ops=batch))))
+                for message in config.batch_messages(pb.HeadMsg, ops):
+                    node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=message)))
 
             session = Session(self.scheduler, f"{node.node_id}/e{executor}", deliver)
             self._executor_sessions[executor] = session

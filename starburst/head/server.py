@@ -87,8 +87,8 @@ class Head(pb_grpc.HeadServicer):
                         queue.put_nowait(None)
                         break
                     ops.extend(more)
-                for batch in config.split_batches(ops):
-                    await context.write(pb.HeadMsg(ops=batch))
+                for message in config.batch_messages(pb.HeadMsg, ops):
+                    await context.write(message)
                 last_write = time.monotonic()
         finally:
             reader.cancel()

@@ -467,8 +467,8 @@ class _RelayTransport:
         with self.lock:
             ops = self.client.take_outbox()
             if ops:
-                for batch in config.split_batches(ops):
-                    self.executor.send(pb.ExecutorMsg(up=pb.ClientMsg(ops=batch)))
+                for message in config.batch_messages(pb.ClientMsg, ops):
+                    self.executor.send(pb.ExecutorMsg(up=message))
 
     def _sender(self) -> None:
         while True:

@@ -155,8 +155,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
-                    for batch in config.split_batches(ops):
-                        await context.write(pb.NodeToHead(ops=batch))
+                    for message in config.batch_messages(pb.NodeToHead, ops):
+                        await context.write(message)
                     last_write = time.monotonic()
         finally:
             reader.cancel()
