@@ -95,6 +95,8 @@ def init(
     terminal or notebook (as does ``STARBURST_PROGRESS=0``).
     """
     global _started_head
+    if os.name == "nt":
+        raise RuntimeError("starburst runs on Linux and macOS; on Windows, use it inside WSL2")
     unknown = sorted(set(kwargs) - _INIT_ACCEPTED_NO_EFFECT)
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s) {unknown}")
@@ -138,13 +140,21 @@ def init(
             return _context()  # inside a task: the executor's session is used
         if address is None:
             address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-        head_address = _resolve_head(address, num_cpus, fargate)
         from .client import Client, GrpcTransport
 
-        client = Client(
-            GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
-            namespace=namespace or "",
-        )
+        for attempt in range(3):
+            head_address = _resolve_head(address, num_cpus, fargate)
+            try:
+                client = Client(
+                    GrpcTransport(head_address), kind="driver", log_to_driver=log_to_driver,
+                    namespace=namespace or "",
+                )
+                break
+            except ConnectionError as exc:
+                # The cluster we found was ending (its last driver had just left): start another.
+                if address not in (None, "auto") or _started_head is not None or "shutting down" not in str(exc) \
+                        or attempt == 2:
+                    raise
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
         configure_progress(progress)
@@ -261,7 +271,12 @@ def is_initialized() -> bool:
 
 
 def shutdown() -> None:
-    """Disconnect; a local cluster started by this process's ``init()`` is stopped (and waited for)."""
+    """Detach this driver from its cluster.
+
+    A cluster started by an ``init()`` lives while any driver is attached: the last driver to leave
+    (this one, or another process's) ends it, and when that is this process ``shutdown()`` waits
+    for the cluster's processes to exit (a Fargate cluster then prints its cost). A cluster started
+    by ``starburst up`` stays until ``starburst down``."""
     global _started_head
     if _runtime.executor_client_factory is not None:
         return
@@ -271,10 +286,17 @@ def shutdown() -> None:
         _runtime.job_runtime_env = {}
         if client is not None:
             client.close()
+            from .client import drain_output
+
+            drain_output(2.0)
         started, _started_head = _started_head, None
         if started is not None:
             from .head import process
 
+            others = process.drivers_attached(started.address)
+            if others:
+                log.info("the cluster stays up for the %d other driver(s) using it", others)
+                return
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
             if not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
                 process.stop_head(started)
@@ -402,6 +424,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
             "be an ObjectRef or a list of ObjectRefs."
         )
     check_timeout(timeout)
+    _check_alive(refs)
     client = _runtime.get_client()
     if len(refs) < 2:
         values = client.get(refs, timeout)
@@ -436,6 +459,7 @@ def wait(
     check_timeout(timeout)
     if not object_refs:
         return [], []
+    _check_alive(object_refs)
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
@@ -449,6 +473,19 @@ def wait(
         return client.wait(object_refs, num_returns, timeout)
     with AutoProgress(object_refs, num_returns, "wait"):
         return client.wait(object_refs, num_returns, timeout)
+
+
+def _check_alive(refs: Sequence[Any]) -> None:
+    """Refs of a session that has ended have no values to wait for: say so at once (rather than
+    starting a new cluster that has never heard of them)."""
+    for ref in refs:
+        owner = ref._client
+        if owner is not None and getattr(owner, "closed", False):
+            from .exceptions import SessionLostError
+
+            raise SessionLostError(
+                f"{ref!r} belongs to a cluster session that has ended ({owner.error_text()}): its value is gone. "
+                "Refs don't survive shutdown() or the loss of their cluster; compute the value again.")
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -34,8 +34,11 @@ def _status(address: str):
     from ._proto import starburst_pb2 as pb
     from ._proto import starburst_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(address) as channel:
-        return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10)
+    from . import _auth
+
+    target, token = _auth.parse_address(address)
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10, metadata=_auth.call_metadata(token))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -69,7 +72,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(f"starburst up: {exc}", file=sys.stderr)
                 return EXIT_FAILED
         try:
-            info = process.start_head(args.num_cpus, exit_when_unused=False, port=args.port,
+            listen = args.listen or (f"127.0.0.1:{args.port}" if args.port else "")
+            info = process.start_head(args.num_cpus, exit_when_unused=False, listen=listen,
                                       cluster_config=config_file, cluster_id=cluster_id)
         except RuntimeError as exc:
             print(f"starburst up: {exc}", file=sys.stderr)
@@ -78,6 +82,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config_file:
         print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
     print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
+    if info.listen:
+        print(f"  drivers elsewhere: starburst.init(address=...) or STARBURST_ADDRESS={info.listen} "
+              "(the part before @ is a secret: anyone with it can run code as you)")
     return 0
 
 
@@ -514,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--cluster fargate. Drivers' init() finds and reuses it, so warm workers "
                                     "survive a notebook restart.")
     up.add_argument("--num-cpus", type=float, default=None, help="executors to run (default: all CPUs)")
-    up.add_argument("--port", type=int, default=0, help="port for drivers (default: any free port)")
+    up.add_argument("--listen", default="", metavar="HOST:PORT",
+                    help="also accept drivers over TCP there, with a token (default: only this user's processes, "
+                         "through a Unix socket)")
+    up.add_argument("--port", type=int, default=0, help="same as --listen 127.0.0.1:PORT")
     up.add_argument("--cluster", choices=("local", "fargate"), default="local",
                     help="where the nodes run: this machine (default) or Fargate tasks (after 'starburst setup')")
     fg = up.add_argument_group("Fargate cluster (--cluster fargate)")

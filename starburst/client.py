@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Protocol
 from . import _runtime, config
 from ._version import __version__
 from ._proto import starburst_pb2 as pb
-from .exceptions import GetTimeoutError, RaySystemError, RayTaskError
+from .exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
 from .object_ref import ObjectRef
 from .serialization import Serialized, deserialize, serialize
 from .store import ObjectStore, load_value, open_store, pack_value
@@ -99,7 +99,7 @@ class Client:
     def _send(self, *ops: pb.ClientOp) -> None:
         with self._cond:
             if self.closed:
-                raise RaySystemError(f"the session with the head has ended: {self._error or 'closed'}")
+                raise SessionLostError(f"the session with the head has ended: {self._error or 'closed'}")
             self._outbox.extend(ops)
         self._wake()
 
@@ -177,6 +177,8 @@ class Client:
 
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
         ops = []
+        if function is not None:
+            _check_size(function)
         with self._cond:
             if function is not None and function.id not in self._functions_sent:
                 self._functions_sent.add(function.id)
@@ -202,6 +204,7 @@ class Client:
                 self._requests.pop(request.request_id, None)
 
     def send_function(self, function: pb.Function) -> None:
+        _check_size(function)
         with self._cond:
             if function.id in self._functions_sent:
                 return
@@ -264,7 +267,7 @@ class Client:
             return
         with self._cond:
             if self._error is not None:
-                raise RaySystemError(f"lost the session with the head: {self._error}")
+                raise SessionLostError(f"lost the session with the head: {self._error}")
             self._ensure_subscribed(ids)
             waiter = _Waiter(num, stop_on_error)
             for object_id in ids:
@@ -289,8 +292,8 @@ class Client:
                 self._drop_waiter(waiter, ids)
             if blocked:
                 self._on_block(False)
-        if self._error is not None and not waiter.event.is_set():
-            raise RaySystemError(f"lost the session with the head: {self._error}")
+        if waiter.lost:
+            raise SessionLostError(f"lost the session with the head: {self._error}")
 
     def _drop_waiter(self, waiter: "_Waiter", ids: list[bytes]) -> None:
         if waiter.registered_all_done:
@@ -310,6 +313,7 @@ class Client:
         ids = [r._id for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wait_ready(ids, len(ids), deadline, stop_on_error=True)
+        drain_output()
         with self._cond:
             values = [self._values.get(i) for i in ids]
         for v in values:  # the first error that arrived raises at once
@@ -320,12 +324,22 @@ class Client:
             raise GetTimeoutError(
                 f"Get timed out: {missing} of {len(ids)} object(s) not ready after {timeout} s"
             )
-        return [self.load(v, i) for v, i in zip(values, ids)]
+        return [self._load_result(v, i) for v, i in zip(values, ids)]
+
+    def _load_result(self, value: pb.Value | None, object_id: bytes) -> Any:
+        assert value is not None
+        try:
+            return self.load(value, object_id)
+        except Exception as exc:
+            raise RaySystemError(
+                f"the value of ObjectRef({object_id.hex()}) could not be deserialized in this process: "
+                f"{type(exc).__name__}: {exc}") from exc
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
         ids = [r._id for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wait_ready(ids, num_returns, deadline, stop_on_error=False)
+        drain_output()
         ready, not_ready = [], []
         with self._cond:
             for ref in refs:
@@ -383,7 +397,11 @@ class Client:
         return deserialize(view)
 
     def _raise(self, value: pb.Value) -> None:
-        error = self.load(value)
+        try:
+            error = self.load(value)
+        except Exception as exc:
+            raise RaySystemError(f"a task failed, and its error could not be deserialized in this process: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         if isinstance(error, RayTaskError):
             raise error.as_instanceof_cause()
         if isinstance(error, BaseException):
@@ -399,7 +417,7 @@ class Client:
         unwanted = False
         for op in msg.ops:  # output first: it was written before the results in this batch
             if op.WhichOneof("op") == "log":
-                print_log(op.log)
+                _printer().print(op.log)
         with self._cond:
             for op in msg.ops:
                 kind = op.WhichOneof("op")
@@ -452,18 +470,20 @@ class Client:
         self._futures.clear()
         for waiters in self._waiters.values():
             for waiter in waiters:
-                waiter.event.set()
+                if not waiter.event.is_set():
+                    waiter.lost = True
+                    waiter.event.set()
         self._waiters.clear()
         for fut in self._requests.values():
             if not fut.done():
-                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
+                fut.set_exception(SessionLostError(f"lost the session with the head: {self._error}"))
         self._cond.notify_all()
         return futures
 
     def _fail_futures(self, futures: list) -> None:
         for fut in futures:
             if not fut.done():
-                fut.set_exception(RaySystemError(f"lost the session with the head: {self._error}"))
+                fut.set_exception(SessionLostError(f"lost the session with the head: {self._error}"))
 
     def error_text(self) -> str:
         return self._error or "closed"
@@ -478,12 +498,23 @@ class Client:
         self.transport.close()
 
 
+def _check_size(function: pb.Function) -> None:
+    """Refuse a function too large for one message before it is sent (the head would end the session)."""
+    size = function.ByteSize()
+    if size > config.MAX_MESSAGE_BYTES - (1 << 20):
+        raise ValueError(
+            f"{function.name or 'the function'} pickles to {size / 2**20:.0f} MiB, more than a message to the "
+            f"head may carry ({config.MAX_MESSAGE_BYTES / 2**20:.0f} MiB): it captures large data; pass that as "
+            "an argument or through starburst.put() instead (large values go through the object store)")
+
+
 class _Waiter:
     """One blocked get()/wait(): counts arrivals so the caller is woken once, not per value."""
 
-    __slots__ = ("needed", "stop_on_error", "event", "registered_all_done")
+    __slots__ = ("needed", "stop_on_error", "event", "registered_all_done", "lost")
 
     def __init__(self, num: int, stop_on_error: bool) -> None:
+        self.lost = False  # woken because the session ended, not because values arrived
         self.needed = num
         self.stop_on_error = stop_on_error
         self.event = threading.Event()
@@ -493,6 +524,78 @@ class _Waiter:
         self.needed -= 1
         if self.needed <= 0 or (self.stop_on_error and value.is_error):
             self.event.set()
+
+
+class _Printer:
+    """Prints task output on a thread of its own, so that a stuck stdout (a pipe nobody reads) never
+    blocks the session. At most ``limit`` bytes wait; beyond that lines are dropped and counted, and
+    the count is printed once the stream moves again."""
+
+    def __init__(self, limit: int = 8 << 20) -> None:
+        self.limit = limit
+        self._queue: collections.deque[pb.Log] = collections.deque()
+        self._bytes = 0
+        self._dropped = 0
+        self._writing = False
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="starburst-output", daemon=True).start()
+
+    def print(self, log: pb.Log) -> None:
+        with self._cond:
+            if self._bytes + len(log.text) > self.limit:
+                self._dropped += log.text.count("\n") + 1
+                return
+            self._queue.append(log)
+            self._bytes += len(log.text)
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for what is queued to be printed (output before the results it
+        preceded, as long as the stream is being read)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._writing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    return
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+                while not self._queue:
+                    self._cond.wait()
+                log = self._queue.popleft()
+                self._writing = True
+                self._bytes -= len(log.text)
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                try:
+                    sys.stderr.write(f"(starburst: {dropped} lines of task output were dropped: this process's "
+                                     "output was not being read)\n")
+                except (ValueError, OSError):
+                    pass
+            print_log(log)
+
+
+_the_printer: _Printer | None = None
+_printer_lock = threading.Lock()
+
+
+def drain_output(timeout: float = 0.5) -> None:
+    """Let task output queued so far reach the terminal first (bounded: a stuck stream can't block)."""
+    if _the_printer is not None:
+        _the_printer.drain(timeout)
+
+
+def _printer() -> _Printer:
+    global _the_printer
+    if _the_printer is None:
+        with _printer_lock:
+            if _the_printer is None:
+                _the_printer = _Printer()
+    return _the_printer
 
 
 def print_log(log: pb.Log) -> None:
@@ -512,7 +615,10 @@ class GrpcTransport:
     """One bidirectional gRPC stream to the head, driven by an asyncio loop on a daemon thread."""
 
     def __init__(self, address: str) -> None:
+        from ._auth import parse_address
+
         self.address = address
+        self._target, self._token = parse_address(address)  # ValueError: no token to present
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._wake_pending = False
@@ -567,8 +673,10 @@ class GrpcTransport:
         client = self._client
         assert client is not None and self._wake_event is not None
         error = "closed"
-        async with grpc.aio.insecure_channel(self.address, options=config.GRPC_OPTIONS) as channel:
-            call = pb_grpc.HeadStub(channel).Session()
+        from ._auth import call_metadata
+
+        async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
+            call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
 
             async def writer() -> None:
                 # While it writes, _wake_pending stays set: callers adding work don't wake the loop
@@ -584,7 +692,8 @@ class GrpcTransport:
                             if not ops:
                                 break
                             self._wake_pending = True
-                        await call.write(pb.ClientMsg(ops=ops))
+                        for message in config.batch_messages(pb.ClientMsg, ops):
+                            await call.write(message)
                     if self._stopping:
                         await call.done_writing()
                         return
@@ -599,6 +708,11 @@ class GrpcTransport:
                 error = "the head closed the session"
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
+                              "and the head ended this session)")
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    error = f"the head at {self.address} is gone or does not answer ({error})"
             finally:
                 writer_task.cancel()
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
 #: Serialized values at least this large go to the object store; smaller ones travel inline.
 INLINE_THRESHOLD = int(os.environ.get("STARBURST_INLINE_THRESHOLD", 1 << 20))
@@ -26,13 +27,50 @@ def batch_delay(last_write: float) -> float:
 #: that vanished) is noticed within about this plus the 10 s ping timeout.
 KEEPALIVE_S = float(os.environ.get("STARBURST_KEEPALIVE_S", 20))
 
-#: gRPC messages carry batches; allow large ones (values above the threshold never travel inline).
+#: The largest gRPC message any starburst process accepts: a session (or node link) that sends a
+#: larger one is ended with RESOURCE_EXHAUSTED, and nobody else is affected. Writers split their
+#: batches under MAX_BATCH_BYTES; only a single operation beyond it (say, a huge function) can come
+#: near the limit, and the client refuses those with a clear error before sending.
+MAX_MESSAGE_BYTES = int(os.environ.get("STARBURST_MAX_MESSAGE_BYTES", 256 << 20))
+MAX_BATCH_BYTES = min(32 << 20, MAX_MESSAGE_BYTES // 4)
+
+
+def split_batches(ops: list) -> list[list]:
+    """``ops`` (protobuf messages) in consecutive groups of at most MAX_BATCH_BYTES encoded (an
+    operation larger than that travels alone)."""
+    if len(ops) <= 1:
+        return [ops]
+    groups: list[list] = []
+    group: list = []
+    size = 0
+    for op in ops:
+        n = op.ByteSize() + 6  # with its field tag and length prefix
+        if group and size + n > MAX_BATCH_BYTES:
+            groups.append(group)
+            group, size = [], 0
+        group.append(op)
+        size += n
+    groups.append(group)
+    return groups
+
+
+def batch_messages(message_type: Any, ops: list) -> list:
+    """``message_type(ops=...)`` messages carrying ``ops`` in order, each under MAX_BATCH_BYTES when
+    possible (one size computation when the whole batch fits, as it nearly always does)."""
+    whole = message_type(ops=ops)
+    if len(ops) <= 1 or whole.ByteSize() <= MAX_BATCH_BYTES:
+        return [whole]
+    return [message_type(ops=group) for group in split_batches(ops)]
+
+
+#: gRPC messages carry batches of at most MAX_BATCH_BYTES (values above the inline threshold go to
+#: the object store, never inside a message).
 #: The same options serve channels and servers: servers must accept the clients' pings on idle
 #: streams (gRPC's default answers a ping more often than every 5 minutes with GOAWAY
 #: "too_many_pings", which would end an idle driver's session).
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", int(KEEPALIVE_S * 1000)),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -42,11 +80,48 @@ GRPC_OPTIONS = [
 ]
 
 
-def home() -> pathlib.Path:
-    """The directory holding the running head's address file and logs (``$STARBURST_HOME``)."""
-    path = pathlib.Path(os.environ.get("STARBURST_HOME") or pathlib.Path.home() / ".starburst")
-    path.mkdir(parents=True, exist_ok=True)
+#: Longest Unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).
+SOCKET_PATH_MAX = 103
+#: Longest socket name starburst puts under a cluster's runtime directory
+#: (``<12 of the cluster id>/<node id>-<8 random>/executors.sock``, node ids up to 16 characters).
+_SOCKET_TAIL_MAX = 12 + 1 + 16 + 9 + 1 + len("executors.sock")
+
+
+class UnsafeDirectoryError(RuntimeError):
+    """A directory starburst keeps private files in is not private (owner, mode or a symlink)."""
+
+
+def private_dir(path: str | os.PathLike) -> pathlib.Path:
+    """Create ``path`` (and missing parents) owner-only (0700) and check that it is ours: owned by
+    this user, not a symlink, and not readable or writable by group or others. Raises
+    :class:`UnsafeDirectoryError` otherwise (someone else may have created it first)."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectoryError(f"{path} is not a directory (a symlink?); remove it and try again")
+    if st.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(f"{path} is a shared directory (like /tmp): starburst needs one of its own there")
+    if st.st_uid != os.getuid():
+        raise UnsafeDirectoryError(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): someone else may be trying "
+            "to intercept your cluster; remove it, or set STARBURST_RUNTIME_DIR to a directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours: tighten (e.g. made by an older starburst or a loose umask)
     return path
+
+
+def home() -> pathlib.Path:
+    """The directory holding the running head's address file and logs (``$STARBURST_HOME``), 0700."""
+    path = pathlib.Path(os.environ.get("STARBURST_HOME") or pathlib.Path.home() / ".starburst")
+    return private_dir(path)
 
 
 def head_file() -> pathlib.Path:
@@ -54,16 +129,64 @@ def head_file() -> pathlib.Path:
 
 
 def log_dir() -> pathlib.Path:
-    path = home() / "logs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home() / "logs")
+
+
+def open_log(path: str | os.PathLike):
+    """Open a log file for appending, owner-only (0600) whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def runtime_dir() -> pathlib.Path:
+    """A short per-user 0700 directory for the local cluster's Unix sockets.
+
+    ``$STARBURST_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/starburst``, else
+    ``/tmp/starburst-<uid>``: never under ``TMPDIR`` or ``STARBURST_HOME``, which may be long (macOS's
+    ``TMPDIR`` is ~49 characters), because a socket path may have at most :data:`SOCKET_PATH_MAX`
+    bytes. Raises ValueError naming the limit when no candidate is short enough."""
+    candidates = []
+    if os.environ.get("STARBURST_RUNTIME_DIR"):
+        candidates.append(os.environ["STARBURST_RUNTIME_DIR"])
+    else:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        if xdg and os.path.isdir(xdg) and os.stat(xdg).st_uid == os.getuid():
+            candidates.append(os.path.join(xdg, "starburst"))
+        candidates.append(f"/tmp/starburst-{os.getuid()}")
+    for candidate in candidates:
+        if len(os.fsencode(candidate)) + 1 + _SOCKET_TAIL_MAX <= SOCKET_PATH_MAX:
+            return private_dir(candidate)
+    raise ValueError(
+        f"no runtime directory short enough for Unix sockets: {candidates[0]!r} leaves too little of the "
+        f"{SOCKET_PATH_MAX}-byte limit on socket paths (macOS: 104 bytes); set STARBURST_RUNTIME_DIR to a "
+        f"directory of at most {SOCKET_PATH_MAX - 1 - _SOCKET_TAIL_MAX} characters")
+
+
+def cluster_runtime_dir(cluster_id: str) -> pathlib.Path:
+    """The 0700 directory of one local cluster's sockets (the head's, its nodes' and executors')."""
+    return private_dir(runtime_dir() / cluster_id[-12:])
+
+
+def spill_root() -> pathlib.Path:
+    """Disk directory for objects beyond the memory-backed store's cap (the temp directory)."""
+    import tempfile
+
+    return pathlib.Path(tempfile.gettempdir())
 
 
 def shm_root() -> pathlib.Path:
-    """Memory-backed directory for the local object store (``/dev/shm`` on Linux)."""
-    shm = pathlib.Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
+    """Memory-backed directory for the local object store (``/dev/shm`` on Linux), else the temp
+    directory (macOS). ``$STARBURST_SHM_DIR`` overrides it (tests simulate a machine without
+    ``/dev/shm`` with it)."""
+    override = os.environ.get("STARBURST_SHM_DIR")
+    if override is not None:
+        if override and os.path.isdir(override) and os.access(override, os.W_OK):
+            return pathlib.Path(override)
+    else:
+        shm = pathlib.Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            return shm
     import tempfile
 
     return pathlib.Path(tempfile.gettempdir())

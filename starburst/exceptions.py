@@ -40,7 +40,7 @@ class RayTaskError(RayError):
         super().__init__(function_name, traceback_str, cause, pid, node)
 
     def __reduce__(self):
-        return (RayTaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.node))
+        return (RayTaskError, (self.function_name, self.traceback_str, _picklable(self.cause), self.pid, self.node))
 
     def __str__(self) -> str:
         where = f"pid={self.pid}" + (f", node={self.node}" if self.node else "")
@@ -52,6 +52,24 @@ class RayTaskError(RayError):
         if cause_cls is None or issubclass(cause_cls, RayTaskError) or not issubclass(cause_cls, Exception):
             return self
         return _dual_class(cause_cls)(self)
+
+
+def _picklable(cause: BaseException | None) -> BaseException | None:
+    """``cause`` if it survives pickling and unpickling, else a RayError that says what it was (an
+    exception whose ``__init__`` needs other arguments than its ``args`` can't be rebuilt): the
+    remote traceback, kept beside it, still tells the whole story."""
+    if cause is None:
+        return None
+    import pickle
+
+    try:
+        import cloudpickle
+
+        pickle.loads(cloudpickle.dumps(cause))
+        return cause
+    except Exception as exc:  # noqa: BLE001 - any failure to round-trip
+        return RayError(f"{type(cause).__module__}.{type(cause).__qualname__}: {cause} (the original exception "
+                        f"could not be sent back: {type(exc).__name__}: {exc})")
 
 
 _dual_classes: dict[type, Callable[[RayTaskError], RayTaskError]] = {}
@@ -181,6 +199,11 @@ class ClusterStoppedError(RaySystemError):
     nodes could not be started. The message says which, and what to do."""
 
 
+class SessionLostError(RaySystemError):
+    """The driver's session with the cluster ended: the head was lost, stopped or stopped answering,
+    or the ObjectRef belongs to a cluster this process has shut down. The message names the cause."""
+
+
 class CrossLanguageError(RayError):
     """Not used by starburst (Python only); present so ported code that names it still imports."""
 
@@ -205,5 +228,6 @@ __all__ = [
     "OutOfMemoryError",
     "RuntimeEnvSetupError",
     "ClusterStoppedError",
+    "SessionLostError",
     "CrossLanguageError",
 ]

@@ -148,9 +148,12 @@ def test_killed_head_takes_nodes_and_executors_down(tmp_path):
     pids = tree(head_pid)
     assert len(pids) >= 4, pids
     store = status["store"].removeprefix("file://")
+    sockets = pathlib.Path(json.loads((home / "head.json").read_text())["address"].removeprefix("unix:")).parent
+    assert sockets.is_dir()
     os.kill(head_pid, signal.SIGKILL)
     assert wait_gone(pids, timeout=20) == []
     assert not os.path.exists(store)
+    assert not sockets.exists()  # the head's socket and token too
     assert cli(home, "status").returncode == 3  # the stale head record is recognised as such
 
 

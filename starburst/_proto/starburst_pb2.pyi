@@ -503,7 +503,7 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., cpus_in_use: _Optional[float] = ..., running: _Optional[int] = ..., pid: _Optional[int] = ..., executors: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url", "cluster", "tasks_failed", "tasks_cancelled")
+    __slots__ = ("head_version", "pid", "uptime_s", "nodes", "sessions", "queued", "running", "tasks_finished", "objects", "object_bytes", "store_url", "cluster", "tasks_failed", "tasks_cancelled", "cluster_id")
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -518,6 +518,7 @@ class StatusReply(_message.Message):
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
     TASKS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     head_version: str
     pid: int
     uptime_s: float
@@ -532,7 +533,8 @@ class StatusReply(_message.Message):
     cluster: ClusterStatus
     tasks_failed: int
     tasks_cancelled: int
-    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., tasks_failed: _Optional[int] = ..., tasks_cancelled: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., tasks_failed: _Optional[int] = ..., tasks_cancelled: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("provider", "cluster_id", "nodes_pending", "workers_min", "workers_max", "node_size", "cost_usd", "cost_per_hour", "max_cost", "message", "region")

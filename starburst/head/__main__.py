@@ -1,18 +1,26 @@
 import os
+import secrets
 
 from .. import config
 from .launch import parse_args, spawn_local_node
 
+os.umask(0o077)  # everything the head and its nodes create is the owner's only
 args = parse_args()
 if args.provider == "local":
-    store_dir = str(config.shm_root() / f"starburst-{args.cluster_id}")
-    os.makedirs(store_dir, exist_ok=True)
+    store_dir = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
+    spill_dir = config.spill_root() / f"starburst-{args.cluster_id}-spill"
+    if spill_dir.parent != config.shm_root():  # the store is in memory: beyond its cap, objects go to disk
+        config.private_dir(spill_dir)
+        with open(os.path.join(store_dir, ".spill"), "w") as f:
+            f.write(str(spill_dir))
     log_path = str(config.log_dir() / "head.log")  # one log for the head and its node
-    first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path)  # starts while we import
+    node_token = secrets.token_urlsafe(32)
+    first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import
+                                  str(config.cluster_runtime_dir(args.cluster_id)), node_token)
 
     from .providers import LocalProvider
 
-    provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node)
+    provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node, node_token)
 else:
     from ..aws.provider import FargateProvider
 

@@ -19,8 +19,9 @@ def default_cpus() -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m starburst.head", description="Run a starburst head.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--listen", default="",
+                        help="also accept drivers on TCP HOST:PORT (with the head's token); by default the head "
+                             "listens only on a Unix socket in the owner's 0700 runtime directory")
     parser.add_argument("--num-cpus", type=float, default=None)
     parser.add_argument("--cluster-id", default="")
     parser.add_argument("--exit-when-unused", action="store_true",
@@ -36,12 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def spawn_local_node(node_id: str, num_cpus: float, store_dir: str, log_path: str) -> subprocess.Popen:
-    """Start a node on this machine; it prints its address on its stdout when it listens."""
-    with open(log_path, "ab") as log_file:
+def spawn_local_node(node_id: str, num_cpus: float, store_dir: str, log_path: str, runtime_dir: str,
+                     token: str) -> subprocess.Popen:
+    """Start a node on this machine; it prints its address (a Unix socket in ``runtime_dir``, a
+    0700 directory) on its stdout when it listens, and serves only a caller presenting ``token``
+    (handed over in its environment: only this user can read a process's environment)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "starburst.node", "--node-id", node_id, "--num-cpus", str(num_cpus),
              "--store", "file://" + store_dir, "--parent-pid", str(os.getpid()),
-             "--runtime-dir", store_dir, "--cleanup-dir", store_dir],
+             "--runtime-dir", runtime_dir, "--cleanup-dir", store_dir],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+            env=dict(os.environ, STARBURST_NODE_TOKEN=token),
         )

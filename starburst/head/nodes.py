@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -34,8 +35,9 @@ class NodeLink:
     """The head's end of one node's Work stream. The head dials; the node answers with its hello."""
 
     def __init__(self, scheduler: Scheduler, address: str, on_lost: Callable[["NodeLink", str], None],
-                 channel: Callable[[str], grpc.aio.Channel]) -> None:
+                 channel: Callable[[str], grpc.aio.Channel], metadata: tuple = ()) -> None:
         self.scheduler = scheduler
+        self._metadata = metadata
         self._channel = channel
         self.address = address
         self.node: Node | None = None
@@ -50,7 +52,7 @@ class NodeLink:
         reason = "stream ended"
         try:
             async with self._channel(self.address) as channel:
-                call = pb_grpc.NodeStub(channel).Work()
+                call = pb_grpc.NodeStub(channel).Work(metadata=self._metadata)
                 first = await call.read()
                 if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
                     raise ConnectionError(f"node at {self.address} did not say hello")
@@ -141,7 +143,8 @@ class NodeLink:
                 await asyncio.sleep(config.batch_delay(last_write))
             while not self._queue.empty():
                 ops.extend(self._queue.get_nowait())
-            await call.write(pb.HeadToNode(ops=ops))
+            for message in config.batch_messages(pb.HeadToNode, ops):
+                await call.write(message)
             last_write = time.monotonic()
 
     def _relay(self, node: Node, relay: pb.Relay) -> None:
@@ -155,7 +158,8 @@ class NodeLink:
             return
         if session is None:
             def deliver(ops: list, executor: int = executor) -> None:
-                node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=pb.HeadMsg(ops=ops))))
+                for message in config.batch_messages(pb.HeadMsg, ops):
+                    node.push(pb.HeadToNodeOp(relay=pb.Relay(executor=executor, down=message)))
 
             session = Session(self.scheduler, f"{node.node_id}/e{executor}", deliver)
             self._executor_sessions[executor] = session
@@ -171,8 +175,10 @@ class LocalNodeProcess:
     """A node process on this machine (the embedded default cluster has one)."""
 
     def __init__(self, node_id: str, num_cpus: float, store_dir: str, log_path: str,
-                 proc: subprocess.Popen | None = None) -> None:
+                 proc: subprocess.Popen | None, runtime_dir: str, token: str) -> None:
         self.node_id = node_id
+        self.runtime_dir = runtime_dir
+        self.token = token
         self.num_cpus = num_cpus
         self.store_dir = store_dir
         self.log_path = log_path
@@ -181,7 +187,8 @@ class LocalNodeProcess:
     async def start(self) -> str:
         """Start the process (unless it was started early); returns the address it listens on."""
         if self.proc is None:
-            self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path)
+            self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path,
+                                         self.runtime_dir, self.token)
         proc = self.proc
         assert proc.stdout is not None
         loop = asyncio.get_running_loop()
@@ -191,6 +198,14 @@ class LocalNodeProcess:
             code = await self.wait()
             raise RuntimeError(f"local node exited with {code} before listening; see {self.log_path}")
         return line.decode().strip()
+
+    def remove_files(self) -> None:
+        """Remove the directories of this (exited) node: its sockets and executors' files."""
+        import glob
+        import shutil
+
+        for path in glob.glob(os.path.join(glob.escape(self.runtime_dir), f"{self.node_id}-*")):
+            shutil.rmtree(path, ignore_errors=True)
 
     async def wait(self) -> int:
         """Wait for the process to exit (on a thread of its own: it may live as long as the head)."""

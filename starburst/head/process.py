@@ -24,12 +24,15 @@ class HeadInfo:
     started_by: str
     cluster_id: str = ""
     provider: str = "local"
+    #: ``TOKEN@HOST:PORT`` when the head also accepts drivers over TCP (``starburst up --listen``).
+    listen: str = ""
 
 
 @contextlib.contextmanager
 def head_lock():
     """Serialize find-or-start between processes sharing one STARBURST_HOME."""
-    with open(config.home() / "head.lock", "a+") as f:
+    fd = os.open(config.home() / "head.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -38,32 +41,71 @@ def head_lock():
 
 
 def find_head() -> HeadInfo | None:
-    """The running head recorded in STARBURST_HOME, or None (a stale record is removed)."""
+    """The running head recorded in STARBURST_HOME, or None (a stale record is removed).
+
+    The record is trusted only when the head at its address answers with the record's cluster id
+    (a pid alone may have been reused by another process since)."""
     path = config.head_file()
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     pid = int(info.get("pid", 0))
+    head = HeadInfo(info.get("address", ""), pid, info.get("started_by", "up"), info.get("cluster_id", ""),
+                    info.get("provider", "local"), info.get("listen", ""))
+    alive = False
     if pid and psutil.pid_exists(pid):
         try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return HeadInfo(info["address"], pid, info.get("started_by", "up"), info.get("cluster_id", ""),
-                                info.get("provider", "local"))
+            alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             pass
+    if alive and identify(head.address) == head.cluster_id:
+        return head
     with contextlib.suppress(OSError):
         path.unlink()
     return None
 
 
-def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, timeout: float = 60.0,
+def identify(address: str, timeout: float = 5.0) -> str | None:
+    """The cluster id of the head answering at ``address``, or None if none answers."""
+    reply = _status(address, timeout)
+    return None if reply is None else reply.cluster_id
+
+
+def drivers_attached(address: str, timeout: float = 5.0) -> int:
+    """How many drivers the head at ``address`` serves (0 when it doesn't answer: it is going)."""
+    reply = _status(address, timeout)
+    return 0 if reply is None else reply.sessions
+
+
+def _status(address: str, timeout: float):
+    import grpc
+
+    from .. import _auth
+    from .._proto import starburst_pb2 as pb
+    from .._proto import starburst_pb2_grpc as pb_grpc
+
+    try:
+        target, token = _auth.parse_address(address)
+        with grpc.insecure_channel(target) as channel:
+            return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=timeout,
+                                                    metadata=_auth.call_metadata(token))
+    except (ValueError, grpc.RpcError):
+        return None
+
+
+def start_head(num_cpus: float | None, exit_when_unused: bool, listen: str = "", timeout: float = 60.0,
                cluster_config: str = "", cluster_id: str = "") -> HeadInfo:
     """Start a head in its own session (it survives Ctrl-C in the driver's terminal).
 
+    ``listen``: ``HOST:PORT`` on which the head also accepts drivers over TCP (with its token);
+    without it the head listens only on a Unix socket in the owner's runtime directory.
     ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``) and
     ``cluster_id`` its id; without them the head runs the embedded local cluster."""
-    cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
+    config.runtime_dir()  # a clear error here, before anything starts, if it can't be made safe
+    cmd = [sys.executable, "-m", "starburst.head"]
+    if listen:
+        cmd += ["--listen", listen]
     if cluster_config:
         cmd += ["--provider", "fargate", "--cluster-config", cluster_config]
         timeout = max(timeout, 900.0)  # launching many nodes with capacity retries takes minutes
@@ -73,7 +115,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
         cmd.append("--exit-when-unused")
     log_path = config.log_dir() / "head.log"
     _rotate_log(log_path)
-    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log_file:
+    with config.open_log(log_path) as log_file:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
@@ -97,8 +139,11 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     if line.startswith("error: "):
         proc.wait()
         raise RuntimeError(f"the cluster could not start: {line[len('error: '):]} (details in {log_path})")
+    remote = ""
+    with contextlib.suppress(OSError, ValueError):
+        remote = json.loads(config.head_file().read_text()).get("listen", "") if listen else ""
     return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up", cluster_id,
-                    "fargate" if cluster_config else "local")
+                    "fargate" if cluster_config else "local", remote)
 
 
 #: head.log (the head's and its local node's messages) is rotated past this size when a head starts.
@@ -122,13 +167,15 @@ def stop_head(info: HeadInfo, timeout: float = 15.0) -> bool:
     """Ask a head to shut down and wait for its process to exit; True if it did."""
     import grpc
 
+    from .. import _auth
     from .._proto import starburst_pb2 as pb
     from .._proto import starburst_pb2_grpc as pb_grpc
 
     try:
-        with grpc.insecure_channel(info.address) as channel:
-            pb_grpc.HeadStub(channel).Shutdown(pb.ShutdownRequest(), timeout=5)
-    except grpc.RpcError:
+        target, token = _auth.parse_address(info.address)
+        with grpc.insecure_channel(target) as channel:
+            pb_grpc.HeadStub(channel).Shutdown(pb.ShutdownRequest(), timeout=5, metadata=_auth.call_metadata(token))
+    except (ValueError, grpc.RpcError):
         pass
     return wait_exit(info.pid, timeout)
 

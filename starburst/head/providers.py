@@ -44,6 +44,10 @@ class NodeProvider:
         """A channel to a node of this cluster."""
         return grpc.aio.insecure_channel(address, options=config.GRPC_OPTIONS)
 
+    def node_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata the head presents to this provider's nodes (a local node's token)."""
+        return ()
+
     def node_shape(self) -> pb.Resources | None:
         """The resources of the nodes this provider can still start (so that a task can be
         accepted before its node exists), or None."""
@@ -62,12 +66,13 @@ class LocalProvider(NodeProvider):
     name = "local"
 
     def __init__(self, num_cpus: float, store_dir: str, cluster_id: str,
-                 first_node: subprocess.Popen | None) -> None:
+                 first_node: subprocess.Popen | None, node_token: str) -> None:
         self.num_cpus = num_cpus
         self.store_dir = store_dir
         self.store_url = "file://" + store_dir
         self.cluster_id = cluster_id
         self.first_node = first_node
+        self.node_token = node_token
         self.nodes: list[LocalNodeProcess] = []
         self.started = 0
         self.head: Head | None = None
@@ -78,11 +83,17 @@ class LocalProvider(NodeProvider):
         self.head = head
         await self._start_node()
 
+    def node_metadata(self) -> tuple[tuple[str, str], ...]:
+        from .._auth import call_metadata
+
+        return call_metadata(self.node_token)
+
     async def _start_node(self) -> None:
         assert self.head is not None
         node = LocalNodeProcess(
             f"local-{self.started}", self.num_cpus, self.store_dir,
             str(config.log_dir() / "head.log"), self.first_node,
+            str(config.cluster_runtime_dir(self.cluster_id)), self.node_token,
         )
         self.first_node = None
         self.started += 1
@@ -95,6 +106,7 @@ class LocalProvider(NodeProvider):
 
     async def _watch(self, node: LocalNodeProcess) -> None:
         code = await node.wait()
+        node.remove_files()  # a killed node leaves its socket directory (and object cache) behind
         if self.stopping:
             return
         log.error("local node %s exited with %s; starting a new one", node.node_id, code)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from .. import config
+from .. import _auth, config
 from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
@@ -97,7 +98,8 @@ class Head(pb_grpc.HeadServicer):
                         queue.put_nowait(None)
                         break
                     ops.extend(more)
-                await context.write(pb.HeadMsg(ops=ops))
+                for message in config.batch_messages(pb.HeadMsg, ops):
+                    await context.write(message)
                 last_write = time.monotonic()
         finally:
             reader.cancel()
@@ -110,13 +112,17 @@ class Head(pb_grpc.HeadServicer):
 
     def _maybe_exit_unused(self) -> None:
         if self.args.exit_when_unused and self._driver_sessions() == 0:
+            # From now on no driver may join (one that found us a moment ago is refused and starts a
+            # new cluster): the last driver has left, so the cluster ends.
+            self.shutting_down = True
+            self._remove_head_file()
             self.stopping.set()
 
     async def Status(self, request, context):  # noqa: N802
         reply = pb.StatusReply(
             head_version=__version__, pid=os.getpid(), uptime_s=time.monotonic() - self.started,
             sessions=self._driver_sessions(), tasks_finished=self.scheduler.tasks_finished,
-            store_url=self.store.url,
+            store_url=self.store.url, cluster_id=self.cluster_id,
         )
         st = self.scheduler.status()
         reply.queued, reply.running = st["queued"] + st["waiting"], st["running"]
@@ -140,7 +146,8 @@ class Head(pb_grpc.HeadServicer):
     async def connect_node(self, address: str) -> NodeLink:
         """Dial a node (through the provider's channel: TLS for remote ones) and add it to the
         cluster; raises ConnectionError when it can't be reached or doesn't match the driver."""
-        link = NodeLink(self.scheduler, address, self._link_lost, self.provider.channel)
+        link = NodeLink(self.scheduler, address, self._link_lost, self.provider.channel,
+                        self.provider.node_metadata())
         self.links.append(link)
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
         link.task = asyncio.ensure_future(link.run(ready))
@@ -181,10 +188,23 @@ class Head(pb_grpc.HeadServicer):
     # ----------------------------------------------------------------------- lifecycle
 
     async def serve(self) -> None:
-        server = grpc.aio.server(options=config.GRPC_OPTIONS)
+        # Drivers on this machine reach us through a Unix socket in the owner's 0700 runtime
+        # directory; every call (also over --listen's TCP port) must carry our token.
+        self.runtime_dir = config.cluster_runtime_dir(self.cluster_id)
+        self.token = _auth.new_token()
+        _auth.write_token(self.runtime_dir, self.token)
+        server = grpc.aio.server(options=config.GRPC_OPTIONS,
+                                 interceptors=[_auth.server_interceptor(self.token)])
         pb_grpc.add_HeadServicer_to_server(self, server)
-        port = server.add_insecure_port(f"{self.args.host}:{self.args.port}")
-        self.address = f"{self.args.host}:{port}"
+        self.address = f"unix:{self.runtime_dir / 'head.sock'}"
+        server.add_insecure_port(self.address)
+        self.listen_address = ""
+        if self.args.listen:
+            host, _, port_text = self.args.listen.rpartition(":")
+            port = server.add_insecure_port(self.args.listen)
+            if not port:
+                raise SystemExit(f"error: could not listen on {self.args.listen}")
+            self.listen_address = f"{self.token}@{host}:{port}"
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -202,6 +222,7 @@ class Head(pb_grpc.HeadServicer):
                 announce(f"error: {exc}")
                 await server.stop(grace=0)
                 self.store.destroy()
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
             raise SystemExit(1) from None
         ticker = asyncio.ensure_future(self._tick())
         # The URL is known now (its socket is bound); it serves once aiohttp is imported, on a
@@ -245,7 +266,7 @@ class Head(pb_grpc.HeadServicer):
             "address": self.address, "pid": os.getpid(), "cluster_id": self.cluster_id,
             "store_url": self.store.url, "version": __version__,
             "started_by": "init" if self.args.exit_when_unused else "up", "num_cpus": self.args.num_cpus,
-            "provider": self.provider.name, "dashboard": self.dashboard_url,
+            "provider": self.provider.name, "dashboard": self.dashboard_url, "listen": self.listen_address,
         }
         write_atomic(config.head_file(), [json.dumps(info).encode()])
 
@@ -282,6 +303,7 @@ class Head(pb_grpc.HeadServicer):
             self.scheduler.drop_all_objects()
             self.store.destroy()
             self.store.close()
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def announce(address: str) -> None:

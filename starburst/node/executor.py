@@ -371,6 +371,7 @@ class Executor:
             except ValueError as exc:
                 self._fail(done, spec, exc)
                 return
+        inline_budget = config.MAX_BATCH_BYTES  # many returns: the rest go to the store, not one huge message
         for rid, value in zip(spec.return_ids, results):
             try:
                 ser = serialize(value)
@@ -379,8 +380,10 @@ class Executor:
                 self._fail(done, spec, TypeError(f"could not serialize the return value of {spec.name}: {exc}"))
                 return
             try:
-                value = pack_value(ser, rid.hex(), self.store, config.INLINE_THRESHOLD)
-            except OSError as exc:
+                value = pack_value(ser, rid.hex(), self.store,
+                                   config.INLINE_THRESHOLD if ser.size < inline_budget else 0)
+                inline_budget -= len(value.inline)
+            except (OSError, ObjectStoreFullError) as exc:
                 for written in done.results:
                     if written.value.WhichOneof("where") == "key":
                         self.store.delete(written.value.key)
@@ -674,7 +677,8 @@ class _RelayTransport:
         with self.lock:
             ops = self.client.take_outbox()
             if ops:
-                self.executor.send(pb.ExecutorMsg(up=pb.ClientMsg(ops=ops)))
+                for message in config.batch_messages(pb.ClientMsg, ops):
+                    self.executor.send(pb.ExecutorMsg(up=message))
 
     def _sender(self) -> None:
         while True:

@@ -15,8 +15,10 @@ def encode(msg) -> bytes:
 
 
 async def read_frames(reader: asyncio.StreamReader):
-    """Yield frames as they arrive, taking every complete frame from each read (one await per burst)."""
-    buf = b""
+    """Yield frames as they arrive, taking every complete frame from each read (one await per burst).
+
+    Linear in the bytes read: a frame is copied out once, however many reads it took to arrive."""
+    buf = bytearray()
     while True:
         try:
             chunk = await reader.read(1 << 20)
@@ -24,16 +26,20 @@ async def read_frames(reader: asyncio.StreamReader):
             return
         if not chunk:
             return
-        buf = buf + chunk if buf else chunk
+        buf += chunk
         start = 0
         end = len(buf)
         while end - start >= 4:
             (n,) = _LEN.unpack_from(buf, start)
             if end - start - 4 < n:
                 break
-            yield buf[start + 4 : start + 4 + n]
+            view = memoryview(buf)
+            frame = bytes(view[start + 4 : start + 4 + n])
+            view.release()
+            yield frame
             start += 4 + n
-        buf = buf[start:]
+        if start:
+            del buf[:start]
 
 
 def recv_frame(sock: socket.socket) -> bytes | None:

@@ -25,7 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", required=True, help="object store URL")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--lease", type=float, default=60.0, help="seconds to wait for a head before exiting")
-    parser.add_argument("--runtime-dir", default="", help="where to put the executors' socket")
+    parser.add_argument("--runtime-dir", default="",
+                        help="a 0700 directory for the executors' socket; a node given one listens only on a "
+                             "Unix socket in it (a local node: no TCP listener)")
     parser.add_argument("--reconnect-lease", type=float, default=0.0,
                         help="after losing the head, seconds to wait for it to dial again (0: exit at "
                              "once, as local nodes do)")
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="remove this directory on exit if the head died (local nodes: the store)")
     args = parser.parse_args(argv)
     args.tls = None  # a tls.Identity to serve with (set by the Fargate entry point, never an argument)
+    # The secret a local node's head must present (handed over in our environment by the head that
+    # started us; taken out so that the executors, which run user code, don't inherit it).
+    args.token = os.environ.pop("STARBURST_NODE_TOKEN", "")
     args.node_id = args.node_id or "node-" + uuid.uuid4().hex[:8]
     return args
 

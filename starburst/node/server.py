@@ -146,7 +146,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 self.out_event.clear()
                 if self.out:
                     ops, self.out = self.out, []
-                    await context.write(pb.NodeToHead(ops=ops))
+                    for message in config.batch_messages(pb.NodeToHead, ops):
+                        await context.write(message)
                     last_write = time.monotonic()
         finally:
             reader.cancel()
@@ -420,19 +421,26 @@ class NodeServer(pb_grpc.NodeServicer):
         unix_server = await asyncio.start_unix_server(self._on_executor_connection, sock=self.early.listener)
         for _, proc in self.early.executors:
             self._spawn(proc)
-        server = grpc.aio.server(options=config.GRPC_OPTIONS)
+        interceptors = []
+        if self.args.token:  # a local node: only the head that started us knows this
+            from .._auth import server_interceptor
+
+            interceptors.append(server_interceptor(self.args.token))
+        server = grpc.aio.server(options=config.GRPC_OPTIONS, interceptors=interceptors)
         pb_grpc.add_NodeServicer_to_server(self, server)
-        listen = f"{self.args.host}:{self.args.port}"
         identity = self.args.tls
-        if identity is not None:
-            port = server.add_secure_port(listen, identity.server_credentials())
-        else:
-            port = server.add_insecure_port(listen)
-        self.address = f"{self.args.host}:{port}"
-        announced = self.address
-        if self.args.runtime_dir:  # a head on this machine: a Unix socket is quicker than TCP
-            announced = f"unix:{os.path.join(self.socket_dir, 'node.sock')}"
+        if self.args.runtime_dir:
+            # A head on this machine: only a Unix socket in our 0700 directory, never TCP (another
+            # user could connect to a loopback port).
+            self.address = announced = f"unix:{os.path.join(self.socket_dir, 'node.sock')}"
             server.add_insecure_port(announced)
+        else:
+            listen = f"{self.args.host}:{self.args.port}"
+            if identity is not None:
+                port = server.add_secure_port(listen, identity.server_credentials())
+            else:
+                port = server.add_insecure_port(listen)
+            self.address = announced = f"{self.args.host}:{port}"
         await server.start()
         self.loop.add_signal_handler(signal.SIGINT, self.stop.set)
         # SIGTERM is how ECS stops a task, and how a Spot interruption is announced (~2 min ahead).
@@ -516,8 +524,13 @@ class NodeServer(pb_grpc.NodeServicer):
         parent = self.args.parent_pid
         head_gone = (parent and os.getppid() != parent) or self.head_lost_at_start
         if self.args.cleanup_dir and head_gone:
-            # The head was killed before it could clean up after itself; its store is ours to remove.
-            shutil.rmtree(self.args.cleanup_dir, ignore_errors=True)
+            # The head was killed before it could clean up after itself; its store (with the spill
+            # directory it names) and its socket directory are ours to remove.
+            from ..store import open_store
+
+            open_store("file://" + self.args.cleanup_dir).destroy()
+            if self.args.runtime_dir and self.args.token:
+                shutil.rmtree(self.args.runtime_dir, ignore_errors=True)
 
 
 def _called_by_head(context, cluster_id: str) -> bool:
