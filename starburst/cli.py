@@ -151,7 +151,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _aws_settings(args: argparse.Namespace):
-    from .aws.resources import Settings
+    from .aws.settings import Settings
 
     settings = Settings.load()
     if getattr(args, "region", None):
@@ -162,7 +162,8 @@ def _aws_settings(args: argparse.Namespace):
 def cmd_setup(args: argparse.Namespace) -> int:
     import boto3
 
-    from .aws.resources import AwsSetupError, setup
+    from .aws.provision import setup
+    from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
     if args.task_policy is not None:
@@ -187,7 +188,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     import boto3
 
-    from .aws.resources import AwsSetupError, teardown
+    from .aws.provision import teardown
+    from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
     if not args.yes and sys.stdin.isatty():
@@ -258,7 +260,7 @@ def _travels(pkg) -> str:
 
 def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
     """Fill ``out`` with the image's URI and whether it exists, building it on request."""
-    from .aws.resources import AwsSetupError, Settings
+    from .aws.settings import AwsSetupError, Settings
 
     if not Settings.path().exists() and not args.region:
         out["aws"] = {"status": "not set up",
@@ -269,7 +271,7 @@ def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
         return 0
     import boto3
 
-    from .envsync.image import BuildError, ConsoleProgress, account_id, ensure_image, image_exists, image_uri
+    from .aws.image import BuildError, ConsoleProgress, account_id, ensure_image, image_exists, image_uri
 
     try:
         settings = _aws_settings(args)
@@ -366,7 +368,7 @@ def _down_all(args: argparse.Namespace, info) -> int:
         code = 0 if stopped else EXIT_FAILED
     else:
         print("local head: none running")
-    from .aws.resources import Settings
+    from .aws.settings import Settings
 
     if not Settings.path().exists() and not args.region:
         print("AWS: not set up on this machine ('starburst setup'); nothing to look for")

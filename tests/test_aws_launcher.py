@@ -18,7 +18,7 @@ import pytest
 from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 from botocore.awsrequest import AWSResponse
 
-from starburst.aws import resources as res
+from starburst.aws import provision
 from starburst.aws.launcher import (
     MAX_PER_RUN_TASK,
     BudgetError,
@@ -29,7 +29,7 @@ from starburst.aws.launcher import (
 )
 from starburst.aws.pricing import CostMeter
 from starburst.aws.quotas import FakeQuotaSource
-from starburst.aws.resources import Settings
+from starburst.aws.settings import Settings
 
 HEAD = "203.0.113.5"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:py311-abc123"
@@ -52,7 +52,7 @@ def env(aws):
     _moto_api(aws.endpoint, "set-transition",
               {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10**9}})
     try:
-        report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+        report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
         yield aws, report.settings
     finally:
         _moto_api(aws.endpoint, "unset-transition", {"model_name": "ecs::task"})

@@ -9,8 +9,8 @@ import sys
 
 from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
 
-from starburst.aws import resources as res
-from starburst.aws.resources import Settings
+from starburst.aws import provision
+from starburst.aws.settings import Settings
 from starburst.envsync import capture, derived_spec
 
 MANIFEST = json.dumps({"schemaVersion": 2,
@@ -55,7 +55,7 @@ def test_env_without_aws_setup(tmp_path):
 
 def test_env_with_aws(aws, tmp_path):  # noqa: F811
     home = tmp_path / "home"
-    report = res.setup(aws.session(), Settings(), head_ip="203.0.113.5")
+    report = provision.setup(aws.session(), Settings(), head_ip="203.0.113.5")
     report.settings.save(home / "aws.json")
     spec = capture()
 

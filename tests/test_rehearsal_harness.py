@@ -20,9 +20,9 @@ from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 from rehearsal.agent import EXITED_REASON, FakeEcsAgent, tasks_stay_running
 from rehearsal.latency_proxy import LatencyProxy
 
-from starburst.aws import resources as res
+from starburst.aws import provision
 from starburst.aws.launcher import FargateLauncher
-from starburst.aws.resources import Settings
+from starburst.aws.settings import Settings
 
 HEAD = "203.0.113.5"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:py311-rehearsal"
@@ -175,7 +175,7 @@ def test_proxy_without_a_target_closes_the_client_and_close_is_idempotent():
 def fargate(aws):
     """A set-up moto account whose tasks stay RUNNING until stopped; yields (aws, settings)."""
     with tasks_stay_running(aws.endpoint):
-        report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+        report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
         yield aws, report.settings
 
 

@@ -154,7 +154,7 @@ def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: 
     if any (a derived image with its own hash): found in ECR by its hash, or built and pushed
     first. The time this adds when the image exists is one ECR lookup."""
     from ..envsync import capture, derived_spec
-    from ..envsync.image import BuildError, ensure_image
+    from .image import BuildError, ensure_image
 
     machine = "aarch64" if arch == "arm64" else "x86_64"
     spec = derived_spec(capture(machine=machine), {"pip": list(pip)} if pip else None)
@@ -199,7 +199,9 @@ def prepare(
 
     from .launcher import new_cluster_id
     from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
-    from .resources import UPDATED, AwsSetupError, Settings, allow_head
+    from .provision import allow_head
+    from .resources import UPDATED
+    from .settings import AwsSetupError, Settings
 
     settings = Settings.load()
     if not Settings.path().exists():

@@ -33,7 +33,7 @@ from ..head.providers import NodeProvider
 from .cluster import ClusterOptions
 from .launcher import BudgetError, FargateLauncher, LaunchError, stop_reasons
 from .pricing import CostMeter, CostReport, format_cost, format_duration, would_exceed
-from .resources import Settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from ..head.server import Head
