@@ -159,10 +159,29 @@ def _aws_settings(args: argparse.Namespace):
     return settings
 
 
+def _confirm(command: str, question: str, args: argparse.Namespace) -> int | None:
+    """None to go on: ``--yes`` was given, or a person at the terminal said yes. Without a terminal
+    (a script, CI) a destructive command refuses: EXIT_USAGE with one line saying to pass --yes."""
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        print(f"starburst {command}: no terminal to confirm at; pass --yes to {question[0].lower()}"
+              f"{question[1:].rstrip('?')}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("nothing done")
+    return EXIT_FAILED
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     import boto3
 
-    from .aws.provision import setup
+    from .aws.provision import WILL_REFUSE, plan, setup
     from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
@@ -174,8 +193,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"starburst setup: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    session = boto3.Session(region_name=settings.region)
     try:
-        report = setup(boto3.Session(region_name=settings.region), settings, head_ip=args.head_ip)
+        if args.plan or (sys.stdin.isatty() and not args.yes):
+            the_plan = plan(session, settings, head_ip=args.head_ip)
+            print(the_plan.format())
+            if args.plan:
+                return 0
+            if the_plan.to_create() and not any(r.status == WILL_REFUSE for r in the_plan.resources):
+                refused = _confirm("setup", f"Create these {len(the_plan.to_create())} resources in "
+                                            f"{settings.region}?", args)
+                if refused is not None:
+                    return refused
+        report = setup(session, settings, head_ip=args.head_ip)
     except AwsSetupError as exc:
         print(f"starburst setup: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -192,11 +222,10 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
-    if not args.yes and sys.stdin.isatty():
-        answer = input(f"Remove every starburst resource in {settings.region} (bucket and objects included)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing removed")
-            return EXIT_FAILED
+    refused = _confirm("teardown", f"Remove every starburst resource in {settings.region} (bucket and "
+                                   "objects included)?", args)
+    if refused is not None:
+        return refused
     try:
         report = teardown(boto3.Session(region_name=settings.region), settings)
     except AwsSetupError as exc:
@@ -361,6 +390,9 @@ def cmd_env(args: argparse.Namespace) -> int:
 def _down_all(args: argparse.Namespace, info) -> int:
     """The laptop died or a head crashed: stop the local head, and every starburst task on Fargate
     found by its tags (in the region of 'starburst setup')."""
+    refused = _confirm("down", "Stop the local head and every starburst task on Fargate in the region?", args)
+    if refused is not None:
+        return refused
     code = 0
     if info is not None:
         stopped = process.stop_head(info, timeout=args.timeout if args.timeout is not None else 180.0)
@@ -450,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true",
                       help="also stop every starburst task on Fargate, found by tag (after a crash)")
     down.add_argument("--region", help="with --all: the AWS region (default: that of 'starburst setup')")
+    down.add_argument("--yes", action="store_true",
+                      help="with --all: don't ask (required without a terminal)")
     down.set_defaults(func=cmd_down)
     run = sub.add_parser("run", help="run an unmodified Ray script on starburst ('import ray' works)",
                          description="Run SCRIPT as __main__ with 'import ray' mapped to starburst, in this "
@@ -467,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--region", help="AWS region (default: saved setting, then AWS_REGION)")
     setup.add_argument("--head-ip", help="public address of this machine, admitted on the node port")
     setup.add_argument("--show-policies", action="store_true", help="print the IAM policy documents")
+    setup.add_argument("--plan", action="store_true",
+                       help="print every resource setup would create or check (name, type, region, tags, "
+                            "policies) and create nothing")
+    setup.add_argument("--yes", action="store_true", help="don't ask before creating (at a terminal)")
     setup.add_argument("--task-policy", action="append", metavar="ARN",
                        help="a managed IAM policy your task code needs, attached to the nodes' role "
                             "(repeatable; e.g. arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess; "
@@ -476,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Remove starburst's AWS resources (the bucket and its objects "
                                           "included). Resources not tagged as starburst's are left alone.")
     teardown.add_argument("--region")
-    teardown.add_argument("--yes", action="store_true", help="don't ask for confirmation")
+    teardown.add_argument("--yes", action="store_true", help="don't ask (required without a terminal)")
     teardown.set_defaults(func=cmd_teardown)
     cost = sub.add_parser("cost", help="estimate what a Fargate cluster costs per hour",
                           description="Price a cluster from the built-in table (per-second billing, "

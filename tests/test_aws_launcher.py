@@ -400,7 +400,7 @@ def test_cli_down_all_stops_the_tasks_a_crashed_head_left(env, tmp_path):
     (home / "aws.json").write_text(json.dumps(settings.to_dict()))
     crashed = _launcher(aws, settings, cluster_id="starburst-crashed01").launch(3)  # never stopped
     assert {s[0] for s in _states(aws, list(crashed)).values()} == {"RUNNING"}
-    out = subprocess.run([sys.executable, "-m", "starburst", "down", "--all"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "starburst", "down", "--all", "--yes"], capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, STARBURST_HOME=str(home)))
     assert out.returncode == 0, out.stderr
     assert "stopped 3 starburst task(s)" in out.stdout

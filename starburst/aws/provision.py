@@ -1,5 +1,7 @@
 """Setting up and tearing down starburst's AWS resources: plan, idempotent setup, teardown, listing.
 
+``plan()`` reads the account and says what ``setup()`` would create or check, creating nothing.
+
 ``setup()`` creates or finds, and ``teardown()`` removes, everything the Fargate backend needs in
 one account and region::
 
@@ -33,13 +35,23 @@ from .codebuild import BuildLogGroup, BuildProject, BuildRole
 from .context import Context
 from .policies import policy_documents
 from .resources import (
+    BUCKET,
     BUILD_KINDS,
+    BUILD_LOG_GROUP,
+    BUILD_PROJECT,
+    BUILD_ROLE,
     DELETED,
+    ECS_CLUSTER,
+    EXECUTION_ROLE,
     EXISTED,
     EXISTS,
     KINDS,
+    LOG_GROUP,
     MISSING,
+    REPOSITORY,
+    SECURITY_GROUP,
     SKIPPED,
+    TASK_ROLE,
     UNMANAGED,
     Bucket,
     Cluster,
@@ -104,6 +116,70 @@ class TeardownReport(_Report):
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+#: What each kind of resource is for, in a plan.
+_PURPOSE = {
+    BUCKET: "private (public access blocked, ACLs disabled), SSE-S3, objects under the object "
+            "prefix expire",
+    REPOSITORY: "worker images",
+    LOG_GROUP: "the nodes' logs, with a retention period",
+    EXECUTION_ROLE: "lets ECS pull the node image and write the node log group",
+    TASK_ROLE: "what node code may do: the object store prefix, the log group",
+    ECS_CLUSTER: "FARGATE and FARGATE_SPOT capacity providers",
+    SECURITY_GROUP: "default VPC; ingress only from the head's address on the node port",
+    BUILD_LOG_GROUP: "the image builds' logs, with a retention period",
+    BUILD_ROLE: "lets CodeBuild read build contexts, push to the repository, write the build logs",
+    BUILD_PROJECT: "builds worker images without a local Docker engine",
+}
+WILL_CREATE = "will be created"
+WILL_CHECK = "exists: setup checks its settings and corrects any that differ"
+WILL_REFUSE = "exists, not starburst's: setup refuses"
+
+
+@dataclass
+class Plan:
+    """What ``setup()`` would do, found by reading the account only (``plan()`` changes nothing)."""
+
+    account_id: str
+    region: str
+    tags: dict[str, str]
+    resources: list[Resource]
+    #: The IAM policy documents setup puts in force, by name.
+    policies: dict[str, dict]
+
+    def to_create(self) -> list[Resource]:
+        return [r for r in self.resources if r.status == WILL_CREATE]
+
+    def format(self) -> str:
+        tags = ", ".join(f"{k}={v}" for k, v in self.tags.items())
+        lines = [f"starburst setup plan for account {self.account_id}, region {self.region} "
+                 f"(every resource tagged {tags}):"]
+        for r in self.resources:
+            lines.append(f"  {r.kind:<19} {r.name:<40} {r.status}")
+            lines.append(f"  {'':<19} {r.detail}")
+        for name, doc in self.policies.items():
+            lines.append(f"\n{name}:")
+            lines.append(json.dumps(doc, indent=2))
+        return "\n".join(lines)
+
+
+def plan(session, settings: Settings, head_ip: str | None = None) -> Plan:
+    """Every resource ``setup()`` would create or check, with its type, name, region, tags and the
+    policies it would carry; reads the account and creates nothing. Raises AwsSetupError when the
+    credentials or the region don't work."""
+    if head_ip is not None:
+        head_ip = _check_ip(head_ip)
+    ctx = Context(session, settings)
+    resources = []
+    for kind in all_kinds(ctx, head_ip):
+        found = kind.find()
+        status = WILL_CREATE if not found.exists else WILL_CHECK if found.managed else WILL_REFUSE
+        detail = _PURPOSE[kind.kind]
+        if kind.kind == SECURITY_GROUP:
+            detail += f" (port {settings.node_port}, " + (f"{head_ip}/32)" if head_ip else "no head address yet)")
+        resources.append(Resource(kind.kind, kind.name, status, found.arn, detail))
+    return Plan(ctx.account, ctx.region, dict(ctx.tags), resources, policy_documents(ctx))
 
 
 def all_kinds(ctx: Context, head_ip: str | None = None) -> list[Kind]:
@@ -221,5 +297,5 @@ def find_managed(session, settings: Settings) -> list[Resource]:
 
 
 
-__all__ = ["SetupReport", "TeardownReport", "setup", "teardown", "find_managed", "allow_head",
+__all__ = ["Plan", "plan", "SetupReport", "TeardownReport", "setup", "teardown", "find_managed", "allow_head",
            "ensure_build_resources", "all_kinds"]
