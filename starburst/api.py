@@ -245,7 +245,8 @@ def shutdown() -> None:
             from .head import process
 
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
-            if not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
+            # No client: init() was interrupted before it connected, so no driver will ever come.
+            if client is None or not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
                 process.stop_head(started)
             if started.provider != "local":
                 _print_report(started.cluster_id)

@@ -77,18 +77,27 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
     assert proc.stdout is not None
-    _warm_up_imports()  # overlaps with the head's start
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            # SIGTERM: a Fargate head stops whatever it had launched before it exits.
+    try:
+        _warm_up_imports()  # overlaps with the head's start
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                # SIGTERM: a Fargate head stops whatever it had launched before it exits.
+                proc.terminate()
+                try:
+                    proc.wait(180)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
+        line = proc.stdout.readline().decode().strip()
+    except BaseException:
+        # Interrupted (Ctrl-C, a signal turned into an exception) while the head starts: nobody will
+        # use it. SIGTERM makes it stop whatever it launched, in its own session, and write its
+        # report to the log; we return at once instead of waiting for that.
+        with contextlib.suppress(OSError):
             proc.terminate()
-            try:
-                proc.wait(180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
-    line = proc.stdout.readline().decode().strip()
+        proc.stdout.close()
+        raise
     proc.stdout.close()
     if not line:
         proc.wait()

@@ -176,6 +176,7 @@ class Head(pb_grpc.HeadServicer):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlives the terminal it was started from
         provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
         try:
@@ -193,7 +194,11 @@ class Head(pb_grpc.HeadServicer):
             raise SystemExit(1) from None
         ticker = asyncio.ensure_future(self._tick())
         self._write_head_file()
-        announce(self.address)
+        if not announce(self.address):
+            # Our starter is gone (Ctrl-C, killed) before it learnt where we listen: nobody will
+            # connect, so whatever we launched would only bill. Stop now.
+            log.warning("the process that started this head is gone; stopping the cluster")
+            self.stopping.set()
         if self.args.exit_when_unused:
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
@@ -243,11 +248,17 @@ class Head(pb_grpc.HeadServicer):
             self.store.close()
 
 
-def announce(address: str) -> None:
-    """Tell whoever started us where we listen, then send our stdout to the log (stderr)."""
-    sys.stdout.write(address + "\n")
-    sys.stdout.flush()
+def announce(address: str) -> bool:
+    """Tell whoever started us where we listen, then send our stdout to the log (stderr). False
+    when nobody reads it any more (the starter was interrupted or killed); never raises."""
+    told = True
+    try:
+        sys.stdout.write(address + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # BrokenPipeError: the reading end is closed
+        told = False
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return told
 
 
 def run(args: argparse.Namespace, provider: NodeProvider) -> None:
