@@ -26,6 +26,46 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 
+def _positive_cpus(text: str) -> float:
+    """``--num-cpus``: the rule and message of ``init(num_cpus=...)``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"num_cpus must be a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0: any free port)")
+    return value
+
+
+def _workers(text: str) -> int | tuple[int, ...]:
+    """``--workers N`` or ``MIN,MAX``, for check_options (which says what is wrong with the numbers)."""
+    try:
+        return tuple(int(w) for w in text.split(",")) if "," in text else int(text)
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: give a number, or MIN,MAX") from None
+
+
+def _aws_message(exc: BaseException) -> str:
+    """One message for missing credentials, whichever AWS call found them missing."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    from .aws.context import NO_CREDENTIALS
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)) or NO_CREDENTIALS in str(exc):
+        return NO_CREDENTIALS
+    return str(exc)
+
+
 def _status(address: str):
     import grpc
 
@@ -40,6 +80,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     config_file = cluster_id = ""
     with process.head_lock():
         running = process.find_head()
+        if running is not None and args.cluster == "fargate" and running.provider != "fargate":
+            print(f"starburst up: a local cluster is running at {running.address} (pid {running.pid}); "
+                  "stop it with 'starburst down' before starting a Fargate cluster", file=sys.stderr)
+            return EXIT_FAILED
         if running is not None:
             print(f"starburst is already running at {running.address} (pid {running.pid}); "
                   "'starburst down' stops it.")
@@ -49,13 +93,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             from .aws.cluster import check_options
 
             try:
-                workers = tuple(int(w) for w in args.workers.split(",")) if "," in args.workers else int(args.workers)
-            except ValueError:
-                print(f"starburst up: --workers {args.workers!r}: give a number, or MIN,MAX", file=sys.stderr)
-                return EXIT_USAGE
-            try:
                 options = check_options(
-                    workers=workers, cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
+                    workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
                     idle_timeout=args.idle_timeout, max_cost=args.max_cost, region=args.region,
                     image=args.image, lease=args.lease)
             except (TypeError, ValueError) as exc:
@@ -237,15 +276,23 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from .aws.pricing import describe_estimate
-    from .aws.sizes import validate_size
 
-    try:
-        units, mib = validate_size(args.cpu, args.memory, args.arch)
-    except ValueError as exc:
+    from .aws.cluster import check_options
+    from .aws.pricing import PRICE_TABLE
+
+    try:  # the rules and messages of init(cluster="fargate") and 'up --cluster fargate'
+        options = check_options(workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch,
+                                spot=args.spot, max_cost=args.max_cost)
+    except (TypeError, ValueError) as exc:
         print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
     region = args.region or _aws_settings(args).region
-    print(describe_estimate(args.workers, units / 1024, mib / 1024, args.arch, args.spot, region, args.max_cost))
+    if region not in PRICE_TABLE:
+        print(f"starburst cost: no built-in Fargate prices for region {region!r}; known: "
+              f"{', '.join(sorted(PRICE_TABLE))}", file=sys.stderr)
+        return EXIT_USAGE
+    print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
+                            region, options.max_cost))
     return 0
 
 
@@ -258,7 +305,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
         for spot in (False, True):
             print(quota_status(source, spot).text())
     except Exception as exc:  # noqa: BLE001 - botocore errors: say what failed
-        print(f"starburst quota: could not read the Fargate quotas in {settings.region}: {exc}", file=sys.stderr)
+        print(f"starburst quota: could not read the Fargate quotas in {settings.region}: {_aws_message(exc)}",
+              file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -413,7 +461,8 @@ def _down_all(args: argparse.Namespace, info) -> int:
     try:
         arns = stop_orphans(boto3.Session(region_name=settings.region), settings)
     except Exception as exc:  # noqa: BLE001 - credentials, permissions, network: say which
-        print(f"AWS ({settings.region}): could not look for starburst tasks: {exc}", file=sys.stderr)
+        print(f"starburst down: could not look for starburst tasks in {settings.region}: {_aws_message(exc)}",
+              file=sys.stderr)
         return EXIT_FAILED
     print(f"AWS ({settings.region}): stopped {len(arns)} starburst task(s)")
     return code
@@ -432,9 +481,16 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``starburst up: argument --port: ...``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="starburst", description="Run Ray Core code on a local cluster (and soon on AWS Fargate).",
+    parser = _Parser(
+        prog="starburst", description="Run Ray Core code on a local cluster, or on AWS Fargate workers.",
         epilog=f"State lives in {config.home()} (set STARBURST_HOME to change it).",
     )
     parser.add_argument("--version", action="version", version=f"starburst {__version__}")
@@ -444,8 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start a head and its nodes: a local node, or Fargate workers with "
                                     "--cluster fargate. Drivers' init() finds and reuses it, so warm workers "
                                     "survive a notebook restart.")
-    up.add_argument("--num-cpus", type=float, default=None, help="executors to run (default: all CPUs)")
-    up.add_argument("--port", type=int, default=0, help="port for drivers (default: any free port)")
+    up.add_argument("--num-cpus", type=_positive_cpus, default=None, help="executors to run (default: all CPUs)")
+    up.add_argument("--port", type=_port, default=0, help="port for drivers (default: any free port)")
     up.add_argument("--cluster", choices=("local", "fargate"), default="local",
                     help="where the nodes run: this machine (default) or Fargate tasks (after 'starburst setup')")
     fg = up.add_argument_group("Fargate cluster (--cluster fargate)")
@@ -492,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     run.set_defaults(func=cmd_run)
 
-    aws = "AWS (the Fargate backend is being built: these prepare an account and price a cluster)"
+    aws = "AWS: prepare an account for Fargate clusters"
     setup = sub.add_parser("setup", help=f"create starburst's resources in your AWS account [{aws}]",
                            description="Create or find, idempotently: a private encrypted S3 bucket with a "
                                        "lifecycle rule, an ECR repository, an ECS cluster with FARGATE and "
@@ -519,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost = sub.add_parser("cost", help="estimate what a Fargate cluster costs per hour",
                           description="Price a cluster from the built-in table (per-second billing, "
                                       "1-minute minimum). Exit code 2 for a size Fargate doesn't offer.")
-    cost.add_argument("--workers", type=int, default=1)
+    cost.add_argument("--workers", default="1", help="a number, or MIN,MAX (priced at MAX)")
     cost.add_argument("--cpu", default="1", help="vCPU per worker (0.25 to 16)")
     cost.add_argument("--memory", default="2GB", help="memory per worker, e.g. 8GB")
     cost.add_argument("--arch", default="x86_64", choices=["x86_64", "arm64"])
@@ -527,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--region")
     cost.add_argument("--max-cost", type=float, help="budget in USD: how long it lasts")
     cost.set_defaults(func=cmd_cost)
-    quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request")
+    quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request",
+                           description="Show the account's Fargate vCPU quotas (on-demand and Spot) in the "
+                                       "region, what runs against them, and any pending increase request.")
     quota.add_argument("--region")
     quota.set_defaults(func=cmd_quota)
     env = sub.add_parser("env", help="show the worker environment: spec, hash, image (and build it)",
@@ -548,14 +606,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush can't complain about the pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # 'starburst status | head': the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it doesn't dump a traceback
-        print(f"starburst {args.command}: {exc}", file=sys.stderr)
+        print(f"starburst {args.command}: {_aws_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 
