@@ -2,13 +2,15 @@
 
     starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
     starburst status [--json]                 what the running head is doing
-    starburst down [--all]                    stop the running head, its nodes and executors
+    starburst down [--all [--yes]]            stop the running head, its nodes and executors
                                               (--all: and every starburst task on Fargate, by tag)
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
-    starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
+    starburst setup [--plan] | teardown [--yes] | cost | quota
+                                              prepare an AWS account / price a Fargate cluster
     starburst env [--build | --rebuild] [--json]  the worker environment: spec, hash, image
 
-Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
+Exit codes: 0 success; 1 the command failed; 2 bad usage (one line), or a destructive command
+without --yes and without a terminal to ask at; 3 no cluster is running (status/down).
 """
 
 from __future__ import annotations
@@ -275,10 +277,8 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from .aws.pricing import describe_estimate
-
     from .aws.cluster import check_options
-    from .aws.pricing import PRICE_TABLE
+    from .aws.pricing import PRICE_TABLE, describe_estimate
 
     try:  # the rules and messages of init(cluster="fargate") and 'up --cluster fargate'
         options = check_options(workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch,
@@ -348,7 +348,14 @@ def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
         return 0
     import boto3
 
-    from .aws.image import BuildError, ConsoleProgress, account_id, ensure_image, image_exists, image_uri
+    from .aws.image import (
+        BuildError,
+        ConsoleProgress,
+        account_id,
+        ensure_image,
+        image_exists,
+        image_uri,
+    )
 
     try:
         settings = _aws_settings(args)

@@ -293,7 +293,7 @@ def test_budget_cap_refuses_launch(env):
     meter = CostMeter("us-east-1", clock=lambda: now[0], max_cost=0.01)
     launcher = _launcher(aws, settings, meter=meter)
     calls = Calls(launcher.ecs, "RunTask")
-    first = launcher.launch(5)  # 5 x 1 vCPU/2 GB x one minute: about $0.004
+    first = launcher.launch(5)  # 5 x 1 vCPU/2 GB (and their IPv4) x one minute: about $0.004
     assert sorted(meter.running()) == sorted(first)
     with pytest.raises(BudgetError, match=r"max_cost \$0\.01.*nothing was launched"):
         launcher.launch(10)  # would commit about $0.008 more

@@ -8,7 +8,6 @@ process and no head process of this rehearsal is left, and the driver itself ret
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +17,8 @@ import time
 import psutil
 import pytest
 from aws_fixtures import moto_server  # noqa: F401 - fixture
-from s3_fixtures import s3_server  # noqa: F401 - fixture
-
 from rehearsal.fargate import Rehearsal
+from s3_fixtures import s3_server  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
