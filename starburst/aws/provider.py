@@ -46,6 +46,9 @@ log = logging.getLogger("starburst.fargate")
 #: cluster lives as long as its head does; the CA (its key only in the head's memory) outlives them.
 CERT_DAYS = 7
 CA_DAYS = 3650
+#: While the quota holds workers back (waves), it is read again this often: the account's other
+#: tasks may have stopped, or an increase been granted.
+QUOTA_REREAD_S = 60.0
 #: A launched node that has had an address this long without answering is given up on.
 CONNECT_GIVE_UP_S = 300.0
 #: Nodes in a row that stop before joining after which the cluster gives up (fewer if that's all
@@ -101,7 +104,7 @@ class FargateProvider(NodeProvider):
     name = "fargate"
 
     def __init__(self, options: ClusterOptions, session=None, settings: Settings | None = None,
-                 launcher: FargateLauncher | None = None, clock=time.monotonic) -> None:
+                 launcher: FargateLauncher | None = None, clock=time.monotonic, quota_source=None) -> None:
         import boto3
 
         self.options = options
@@ -132,6 +135,8 @@ class FargateProvider(NodeProvider):
         self.stop_reason = ""
         self._connects: set[asyncio.Task] = set()
         self._launching: set[asyncio.Future] = set()
+        self.quota_source = quota_source
+        self._quota_read_at = clock()
         self.failed_starts = 0  # nodes in a row that stopped before joining
         self.failure_reasons: set[str] = set()
         self._no_launch_until = 0.0
@@ -161,6 +166,28 @@ class FargateProvider(NodeProvider):
         self.launcher.env = {**self.launcher.env, **env}
         log.info("renewed the cluster's certificates (valid %d days)", CERT_DAYS)
         return True
+
+    def reread_quota(self) -> int | None:
+        """Read the vCPU quota and the account's usage again; ``options.quota_workers`` becomes how
+        many workers fit beside the account's other tasks now. Returns it (None: unreadable)."""
+        from .quotas import ServiceQuotasSource, plan_waves
+
+        if self.quota_source is None:
+            self.quota_source = ServiceQuotasSource(region=self.settings.region, session=self.session)
+        spot = self.options.spot
+        try:
+            limit = self.quota_source.fargate_vcpu_limit(spot)
+            in_use = self.quota_source.current_vcpu_usage(spot)
+        except Exception as exc:  # noqa: BLE001 - keep the last plan; try again later
+            log.warning("could not read the Fargate vCPU quota again: %s", exc)
+            return None
+        others = max(0.0, in_use - len(self.tasks) * self.options.vcpu)
+        workers = plan_waves(self.options.workers_max, self.options.vcpu, limit, others, spot).workers
+        if workers != self.options.quota_workers:
+            self._say(f"the Fargate vCPU quota now allows {workers} of {self.options.workers_max} workers "
+                      f"({limit:g} vCPU, {others:g} in use by other tasks)")
+            self.options.quota_workers = workers
+        return workers
 
     @classmethod
     def from_config_file(cls, path: str) -> "FargateProvider":
@@ -403,6 +430,10 @@ class FargateProvider(NodeProvider):
         demand = len(scheduler.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in scheduler.nodes)
         per_node = max(1, math.floor(self.options.vcpu))
         want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
+        if self.options.quota_workers is not None and want > self.options.quota_workers \
+                and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
+            self._quota_read_at = self.clock()
+            await asyncio.to_thread(self.reread_quota)
         if self.options.quota_workers is not None:
             want = min(want, max(self.options.quota_workers, self.options.workers_min))
         missing = want - len(self.tasks)

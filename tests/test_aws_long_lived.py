@@ -1,5 +1,6 @@
-"""A long-lived Fargate cluster renews its certificates: after the first ones expired, a node
-launched then gets a new bundle that a real mutual-TLS handshake with the head accepts.
+"""Long-lived Fargate clusters: certificates renewed before they expire (after the first ones
+expired, a node launched then gets a new bundle that a real mutual-TLS handshake with the head
+accepts), and the vCPU quota read again while waves are queued.
 
 The provider runs against moto (server mode, 127.0.0.1); certificates last seconds here (the
 module's CERT_DAYS, a setting), so "past expiry" is real time passing, which BoringSSL checks.
@@ -111,5 +112,38 @@ def test_certificates_are_renewed_and_a_node_launched_after_expiry_joins(aws, mo
             assert _handshake(provider, address)
         finally:
             server.stop(0)
+    finally:
+        provider.launcher.stop_all("test over")
+
+
+def test_quota_is_read_again_while_waves_are_queued(aws):  # noqa: F811
+    """The quota held the cluster to 1 of 4 workers; once the account's other tasks stop, the next
+    scale-up (a minute later) reads it again and launches the rest."""
+    import asyncio
+    import types
+
+    from starburst.aws.quotas import FakeQuotaSource
+
+    settings = provision.setup(aws.session(), Settings(), head_ip="127.0.0.1").settings
+    settings.save()
+    options = check_options(workers=(1, 4), cpu=1, memory="2GB", image="example/worker:1",
+                            cluster_id=new_cluster_id(settings))
+    options = dataclasses.replace(options, region="us-east-1", quota_workers=1)
+    quota = FakeQuotaSource(on_demand_limit=4, on_demand_usage=3)  # 3 vCPU of other tasks
+    now = [0.0]
+    provider = provider_mod.FargateProvider(options, session=aws.session(), settings=settings,
+                                            clock=lambda: now[0], quota_source=quota)
+    backlog = types.SimpleNamespace(queue=[object()] * 8, nodes=[])
+    provider.head = types.SimpleNamespace(scheduler=backlog)
+    try:
+        asyncio.run(provider._scale_up())
+        assert len(provider.tasks) == 1  # the quota's wave
+        quota.usage[False] = 1.0  # the other tasks stopped: only ours runs
+        asyncio.run(provider._scale_up())
+        assert len(provider.tasks) == 1  # not read again within the minute
+        now[0] += provider_mod.QUOTA_REREAD_S
+        asyncio.run(provider._scale_up())
+        assert len(provider.tasks) == 4 and provider.options.quota_workers == 4
+        assert "quota now allows 4 of 4 workers" in provider.message
     finally:
         provider.launcher.stop_all("test over")
