@@ -113,10 +113,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"starburst up: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    print(f"starburst head running at {info.address} (pid {info.pid})")
-    if config_file:
-        print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
-    print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
+    try:
+        print(f"starburst head running at {info.address} (pid {info.pid})")
+        if config_file:
+            print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
+        print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
+    except KeyboardInterrupt:  # interrupted before it said it was up: then it isn't
+        process.stop_head(info, timeout=30.0)
+        raise
     return 0
 
 

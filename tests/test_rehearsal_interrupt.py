@@ -1,8 +1,9 @@
 """Interrupting a Fargate cluster's driver at any point leaves nothing billing (offline rehearsal).
 
-A driver process runs ``init(cluster="fargate")`` then a ``get``; it gets a signal at one point of
-its life (after the estimate is printed, once RunTask has placed tasks, while nodes join, during a
-``get``). After each: within ``BOUND_S`` no task is RUNNING or PENDING in ECS (moto), no node
+A driver process runs ``init(cluster="fargate")`` then a ``get`` (or the CLI runs
+``starburst up --cluster fargate``); it gets a signal at one point of its life (after the estimate
+is printed, once RunTask has placed tasks, while nodes join, during a ``get``). An ``up`` that had
+already succeeded when the signal came leaves its cluster up, as asked: ``down`` then stops it. After each: within ``BOUND_S`` no task is RUNNING or PENDING in ECS (moto), no node
 process and no head process of this rehearsal is left, and the driver itself returned promptly.
 """
 
@@ -74,8 +75,8 @@ def _wait(condition, timeout: float, what: str):
 
 
 class _Driver:
-    def __init__(self, script) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+    def __init__(self, *argv) -> None:
+        self.proc = subprocess.Popen([sys.executable, *map(str, argv)], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -101,12 +102,23 @@ POINTS = [
 ]
 
 
-@pytest.mark.parametrize("point,sig", POINTS, ids=[f"{p.replace(' ', '-')}-{s.name}" for p, s in POINTS])
-def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, point, sig):
+UP = ["-m", "starburst", "up", "--cluster", "fargate", "--workers", "2", "--cpu", "1", "--memory", "2GB",
+      "--lease", "60"]
+CASES = [("driver", point, sig) for point, sig in POINTS] + [
+    ("up", "estimate printed", signal.SIGINT),
+    ("up", "tasks placed", signal.SIGINT),
+    ("up", "tasks placed", signal.SIGKILL),
+    ("up", "tasks placed", signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize("who,point,sig", CASES,
+                         ids=[f"{w}-{p.replace(' ', '-')}-{s.name}" for w, p, s in CASES])
+def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, point, sig):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     with rehearsal.agent(tmp_path / "nodes") as agent:
-        driver = _Driver(script)
+        driver = _Driver(script) if who == "driver" else _Driver(*UP)
         try:
             conditions = {
                 "estimate printed": lambda: driver.saw("about $"),
@@ -115,12 +127,22 @@ def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, point
                 "during get": lambda: driver.saw("GETTING") and len(agent.alive()) == 2,
             }
             _wait(lambda: conditions[point]() or driver.proc.poll() is not None, 120, point)
-            assert driver.proc.poll() is None, "\n".join(driver.lines)
-            driver.proc.send_signal(sig)
+            if who == "up" and driver.proc.poll() == 0:
+                pass  # 'up' had finished before this point: then it must have said so, and down stops it
+            else:
+                assert driver.proc.poll() is None, "\n".join(driver.lines)
+                driver.proc.send_signal(sig)
             signalled = time.monotonic()
-            driver.proc.wait(BOUND_S)  # the command returns promptly
+            code = driver.proc.wait(BOUND_S)  # the command returns promptly
             returned_s = time.monotonic() - signalled
-            _wait(lambda: rehearsal.running_tasks() == [], BOUND_S, "no task RUNNING or PENDING")
+            if who == "up" and driver.saw("stop it with 'starburst down'"):
+                # 'up' had said the cluster is up (its last line) when the signal came, so it is, as
+                # asked, whatever the exit code; 'down' must then stop all of it within the bound.
+                down = subprocess.run([sys.executable, "-m", "starburst", "down"], capture_output=True,
+                                      text=True, timeout=BOUND_S)
+                assert down.returncode == 0, down.stderr
+            _wait(lambda: rehearsal.running_tasks() == [], BOUND_S,
+                  f"no task RUNNING or PENDING (exit code {code}; output: {driver.lines[-5:]})")
             _wait(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
             _wait(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
             assert returned_s < BOUND_S

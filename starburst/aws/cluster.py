@@ -241,7 +241,7 @@ def prepare(
         limit = source.fargate_vcpu_limit(out.spot)
         in_use = source.current_vcpu_usage(out.spot)
     except (BotoCoreError, ClientError, AwsSetupError) as exc:
-        log.warning("could not read the Fargate vCPU quota (%s); launching without a plan", exc)
+        log.debug("could not read the Fargate vCPU quota (%s); launching without a plan", exc)  # said below
         say(f"could not read the Fargate vCPU quota in {region}; AWS will refuse what doesn't fit")
         return out
     plan = plan_waves(out.workers_max, out.vcpu, limit, in_use, out.spot)

@@ -63,7 +63,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
 
     ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``) and
     ``cluster_id`` its id; without them the head runs the embedded local cluster."""
-    cmd = [sys.executable, "-m", "starburst.head", "--port", str(port)]
+    cmd = [sys.executable, "-m", "starburst.head", "--port", str(port), "--confirm-start"]
     if cluster_config:
         cmd += ["--provider", "fargate", "--cluster-config", cluster_config]
         timeout = max(timeout, 900.0)  # launching many nodes with capacity retries takes minutes
@@ -74,9 +74,9 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
     log_path = config.log_dir() / "head.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stdin is not None
     try:
         _warm_up_imports()  # overlaps with the head's start
         with selectors.DefaultSelector() as sel:
@@ -90,6 +90,11 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
                     proc.kill()
                 raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
         line = proc.stdout.readline().decode().strip()
+        if line and not line.startswith("error: ") and not exit_when_unused:
+            # The handshake's last step ('starburst up'): we have the address. A starter killed
+            # before this line leaves the head reading EOF instead, and it stops what it launched.
+            proc.stdin.write(b"ok\n")
+            proc.stdin.flush()
     except BaseException:
         # Interrupted (Ctrl-C, a signal turned into an exception) while the head starts: nobody will
         # use it. SIGTERM makes it stop whatever it launched, in its own session, and write its
@@ -97,8 +102,18 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
         with contextlib.suppress(OSError):
             proc.terminate()
         proc.stdout.close()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # EOF: the head stops even if the SIGTERM was missed
         raise
     proc.stdout.close()
+    if exit_when_unused and line and not line.startswith("error: "):
+        # init(): this process holds the head's stdin open for as long as it lives; when it dies
+        # (even by SIGKILL, before its driver connected) the head reads EOF and, if no driver is
+        # connected, stops.
+        _starter_pipes.append(proc.stdin)
+    else:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
     if not line:
         proc.wait()
         raise RuntimeError(f"the starburst head exited with {proc.returncode} at start; see {log_path}")
@@ -107,6 +122,10 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, port: int = 0, ti
         raise RuntimeError(f"the cluster could not start: {line[len('error: '):]} (details in {log_path})")
     return HeadInfo(line, proc.pid, "init" if exit_when_unused else "up", cluster_id,
                     "fargate" if cluster_config else "local")
+
+
+#: The stdin pipes of heads this process started with init() (see start_head).
+_starter_pipes: list = []
 
 
 def _warm_up_imports() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -199,11 +201,35 @@ class Head(pb_grpc.HeadServicer):
             # connect, so whatever we launched would only bill. Stop now.
             log.warning("the process that started this head is gone; stopping the cluster")
             self.stopping.set()
+        elif getattr(self.args, "confirm_start", False):
+            asyncio.ensure_future(self._await_confirmation())
         if self.args.exit_when_unused:
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
         ticker.cancel()
         await self.shutdown(server)
+
+    async def _await_confirmation(self) -> None:
+        """'starburst up' says 'ok' on our stdin once it has our address; init() keeps our stdin
+        open while it lives. EOF without 'ok' means the starter is gone (killed, interrupted): with
+        no driver connected, nobody will use us, so stop."""
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:  # a daemon thread: a starter alive at our exit must not hold us up
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                line = ""
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting anyway
+                loop.call_soon_threadsafe(lambda: got.done() or got.set_result(line))
+
+        threading.Thread(target=read, name="starter-pipe", daemon=True).start()
+        line = await got
+        if line.strip() == "ok" or (self.args.exit_when_unused and self._driver_sessions()):
+            return
+        log.warning("the process that started this head is gone and no driver is connected; stopping the cluster")
+        self.stopping.set()
 
     async def _exit_if_nobody_comes(self) -> None:
         await asyncio.sleep(60)
