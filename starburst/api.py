@@ -181,6 +181,10 @@ def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> 
                 log.warning("a Fargate cluster (%s) is already running: using it as it is; the options "
                             "given to init() apply to a new cluster ('starburst down' stops this one)",
                             running.cluster_id)
+            if fargate is None and running.provider == "fargate":
+                from .aws.cluster import announce_attached
+
+                announce_attached(running.address, running.cluster_id)
             if fargate is not None and running.provider != "fargate":
                 raise RuntimeError(
                     f"a local cluster is running (pid {running.pid}); stop it with 'starburst down' "

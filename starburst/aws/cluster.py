@@ -168,6 +168,27 @@ def _say(line: str) -> None:
     print(f"starburst: {line}", file=sys.stderr, flush=True)
 
 
+def announce_attached(address: str, cluster_id: str, say: Callable[[str], None] = _say) -> str:
+    """Say, in one line, that init() is using a running Fargate cluster and what it costs now (its
+    head's meter); returns the line."""
+    import grpc
+
+    from .._proto import starburst_pb2 as pb
+    from .._proto import starburst_pb2_grpc as pb_grpc
+    from .pricing import format_cost
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            c = pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10).cluster
+        cost = f"{format_cost(c.cost_per_hour)}/hour now, {format_cost(c.cost_usd)} so far"
+    except grpc.RpcError:
+        cost = "its cost unknown (the head did not answer)"
+    line = (f"using the running Fargate cluster {cluster_id} ({cost}); it bills until "
+            "'starburst down' stops it")
+    say(line)
+    return line
+
+
 def _ask(question: str) -> bool:
     try:
         return input(f"starburst: {question} [y/N] ").strip().lower() in ("y", "yes")
@@ -198,8 +219,8 @@ def prepare(
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .launcher import new_cluster_id
-    from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
     from .provision import allow_head
+    from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
     from .resources import UPDATED
     from .settings import AwsSetupError, Settings
 
