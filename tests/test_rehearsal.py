@@ -346,7 +346,8 @@ def test_reaching_max_cost_stops_the_cluster_with_a_clear_error(rehearsal, agent
     agent.wait_all_exited(timeout=30)
     # A new task is refused with what to do now: the cluster is gone, this max_cost can't be raised.
     with pytest.raises(starburst.exceptions.RaySystemError,
-                       match=r"cluster is stopped.*starburst\.shutdown\(\), then init\(\) again with a higher max_cost"):
+                       match=r"cluster is stopped.*starburst\.shutdown\(\), then init\(\) again "
+                             r"with a higher max_cost"):
         starburst.get(starburst.remote(lambda: 1).remote(), timeout=10)
 
 

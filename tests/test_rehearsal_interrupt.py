@@ -3,8 +3,9 @@
 A driver process runs ``init(cluster="fargate")`` then a ``get`` (or the CLI runs
 ``starburst up --cluster fargate``); it gets a signal at one point of its life (after the estimate
 is printed, once RunTask has placed tasks, while nodes join, during a ``get``). An ``up`` that had
-already succeeded when the signal came leaves its cluster up, as asked: ``down`` then stops it. After each: within ``BOUND_S`` no task is RUNNING or PENDING in ECS (moto), no node
-process and no head process of this rehearsal is left, and the driver itself returned promptly.
+already succeeded when the signal came leaves its cluster up, as asked: ``down`` then stops it.
+After each: within ``BOUND_S`` no task is RUNNING or PENDING in ECS (moto), no node process and no
+head process of this rehearsal is left, and the driver itself returned promptly.
 """
 
 from __future__ import annotations
