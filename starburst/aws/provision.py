@@ -265,8 +265,8 @@ def ensure_build_resources(session, settings: Settings) -> list[Resource]:
     build resource exists but isn't starburst's."""
     ctx = Context(session, settings)
     for base in (Bucket(ctx), Repository(ctx)):
-        found = base.find()
-        if not found.exists or not found.managed:
+        have = base.find()
+        if not have.exists or not have.managed:
             raise AwsSetupError(f"starburst's {base.kind} {base.name} not found in {ctx.region}: "
                                 "run 'starburst setup'")
     kinds = [k for k in all_kinds(ctx) if k.kind in BUILD_KINDS]

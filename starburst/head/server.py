@@ -221,8 +221,12 @@ class Head(pb_grpc.HeadServicer):
                 line = sys.stdin.readline()
             except (OSError, ValueError):
                 line = ""
+            def deliver() -> None:
+                if not got.done():
+                    got.set_result(line)
+
             with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting anyway
-                loop.call_soon_threadsafe(lambda: got.done() or got.set_result(line))
+                loop.call_soon_threadsafe(deliver)
 
         threading.Thread(target=read, name="starter-pipe", daemon=True).start()
         line = await got
