@@ -143,3 +143,20 @@ def test_worker_image_is_found_by_hash_and_pip_derives_its_own(account):
     # pushes anything), and the missing image is an error, not a silent success.
     with pytest.raises(RuntimeError, match="worker image could not be built"):
         worker_image(account.session(), settings, "x86_64", said.append)
+
+
+def test_prepare_without_credentials_says_the_one_message(account, monkeypatch, tmp_path):
+    from starburst.aws.context import NO_CREDENTIALS
+
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    with pytest.raises(RuntimeError) as info:
+        prepare(check_options(), session=boto3.Session(region_name="us-east-1"), quota_source=FakeQuotaSource(64),
+                say=lambda line: None)
+    assert str(info.value) == NO_CREDENTIALS

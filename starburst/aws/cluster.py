@@ -218,6 +218,7 @@ def prepare(
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from .context import caller_identity
     from .launcher import new_cluster_id
     from .provision import allow_head
     from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
@@ -234,10 +235,9 @@ def prepare(
                          f"'starburst setup --region {region}' first")
     session = session or boto3.Session(region_name=region)
     try:
-        session.client("sts").get_caller_identity()
-    except (BotoCoreError, ClientError) as exc:
-        raise RuntimeError(f"AWS credentials don't work in {region}: {exc}. Configure them (aws "
-                           "configure, AWS_PROFILE or environment variables) and try again") from exc
+        caller_identity(session, region)  # the one message for missing or refused credentials
+    except AwsSetupError as exc:
+        raise RuntimeError(str(exc)) from exc
     head_ip = public_ip()
     if head_ip is None:
         say("could not find this machine's public address (set STARBURST_HEAD_IP): the nodes admit "
