@@ -222,6 +222,10 @@ def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> 
                 log.warning("a Fargate cluster (%s) is already running: using it as it is; the options "
                             "given to init() apply to a new cluster ('starburst down' stops this one)",
                             running.cluster_id)
+            if fargate is None and running.provider == "fargate":
+                from .aws.cluster import announce_attached
+
+                announce_attached(running.address, running.cluster_id)
             if fargate is not None and running.provider != "fargate":
                 raise RuntimeError(
                     f"a local cluster is running (pid {running.pid}); stop it with 'starburst down' "
@@ -298,7 +302,8 @@ def shutdown() -> None:
                 log.info("the cluster stays up for the %d other driver(s) using it", others)
                 return
             # The head exits once its last driver has gone; wait so no process outlives shutdown().
-            if not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
+            # No client: init() was interrupted before it connected, so no driver will ever come.
+            if client is None or not process.wait_exit(started.pid, 20 if started.provider == "local" else 180):
                 process.stop_head(started)
             if started.provider != "local":
                 _print_report(started.cluster_id)

@@ -3,14 +3,16 @@
     starburst up [--num-cpus N] [--port P]   start a head (and its local node) that stays up
     starburst status [--json] [--watch]       what the running head is doing (and its dashboard)
     starburst logs [JOB] [--task NAME] [--follow] [--errors]   a job's task output, kept by the head
-    starburst down [--all]                    stop the running head, its nodes and executors
+    starburst down [--all [--yes]]            stop the running head, its nodes and executors
                                               (--all: and every starburst task on Fargate, by tag)
     starburst run script.py [args]            run an unmodified Ray script ('import ray' works)
-    starburst setup | teardown | cost | quota  prepare an AWS account / price a Fargate cluster
+    starburst setup [--plan] | teardown [--yes] | cost | quota
+                                              prepare an AWS account / price a Fargate cluster
     starburst env [--build | --rebuild] [--json]  the worker environment: spec, hash, image
     starburst doctor [--json]                 check the AWS account end to end (one tiny task, <= 1 cent)
 
-Exit codes: 0 success; 1 the command failed; 2 bad usage; 3 no cluster is running (status/down).
+Exit codes: 0 success; 1 the command failed; 2 bad usage (one line), or a destructive command
+without --yes and without a terminal to ask at; 3 no cluster is running (status/down).
 """
 
 from __future__ import annotations
@@ -26,6 +28,46 @@ from .head import process
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+
+
+def _positive_cpus(text: str) -> float:
+    """``--num-cpus``: the rule and message of ``init(num_cpus=...)``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"num_cpus must be a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0: any free port)")
+    return value
+
+
+def _workers(text: str) -> int | tuple[int, ...]:
+    """``--workers N`` or ``MIN,MAX``, for check_options (which says what is wrong with the numbers)."""
+    try:
+        return tuple(int(w) for w in text.split(",")) if "," in text else int(text)
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: give a number, or MIN,MAX") from None
+
+
+def _aws_message(exc: BaseException) -> str:
+    """One message for missing credentials, whichever AWS call found them missing."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    from .aws.context import NO_CREDENTIALS
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)) or NO_CREDENTIALS in str(exc):
+        return NO_CREDENTIALS
+    return str(exc)
 
 
 def _status(address: str):
@@ -45,6 +87,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     config_file = cluster_id = ""
     with process.head_lock():
         running = process.find_head()
+        if running is not None and args.cluster == "fargate" and running.provider != "fargate":
+            print(f"starburst up: a local cluster is running at {running.address} (pid {running.pid}); "
+                  "stop it with 'starburst down' before starting a Fargate cluster", file=sys.stderr)
+            return EXIT_FAILED
         if running is not None:
             print(f"starburst is already running at {running.address} (pid {running.pid}); "
                   "'starburst down' stops it.")
@@ -54,13 +100,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             from .aws.cluster import check_options
 
             try:
-                workers = tuple(int(w) for w in args.workers.split(",")) if "," in args.workers else int(args.workers)
-            except ValueError:
-                print(f"starburst up: --workers {args.workers!r}: give a number, or MIN,MAX", file=sys.stderr)
-                return EXIT_USAGE
-            try:
                 options = check_options(
-                    workers=workers, cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
+                    workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
                     idle_timeout=args.idle_timeout, max_cost=args.max_cost, region=args.region,
                     image=args.image, lease=args.lease)
             except (TypeError, ValueError) as exc:
@@ -78,13 +119,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"starburst up: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    print(f"starburst head running at {info.address} (pid {info.pid})")
-    if config_file:
-        print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
-    print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
-    if info.listen:
-        print(f"  drivers elsewhere: starburst.init(address=...) or STARBURST_ADDRESS={info.listen} "
-              "(the part before @ is a secret: anyone with it can run code as you)")
+    try:
+        print(f"starburst head running at {info.address} (pid {info.pid})")
+        if config_file:
+            print(f"  Fargate cluster {info.cluster_id}: nodes join as they start ('starburst status' shows them)")
+        print("  drivers on this machine find it with starburst.init(); stop it with 'starburst down'")
+        if info.listen:
+            print(f"  drivers elsewhere: starburst.init(address=...) or STARBURST_ADDRESS={info.listen} "
+                  "(the part before @ is a secret: anyone with it can run code as you)")
+    except KeyboardInterrupt:  # interrupted before it said it was up: then it isn't
+        process.stop_head(info, timeout=30.0)
+        raise
     return 0
 
 
@@ -233,7 +278,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _aws_settings(args: argparse.Namespace):
-    from .aws.resources import Settings
+    from .aws.settings import Settings
 
     settings = Settings.load()
     if getattr(args, "region", None):
@@ -241,10 +286,30 @@ def _aws_settings(args: argparse.Namespace):
     return settings
 
 
+def _confirm(command: str, question: str, args: argparse.Namespace) -> int | None:
+    """None to go on: ``--yes`` was given, or a person at the terminal said yes. Without a terminal
+    (a script, CI) a destructive command refuses: EXIT_USAGE with one line saying to pass --yes."""
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        print(f"starburst {command}: no terminal to confirm at; pass --yes to {question[0].lower()}"
+              f"{question[1:].rstrip('?')}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("nothing done")
+    return EXIT_FAILED
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     import boto3
 
-    from .aws.resources import AwsSetupError, setup
+    from .aws.provision import WILL_REFUSE, plan, setup
+    from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
     if args.task_policy is not None:
@@ -255,8 +320,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"starburst setup: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    session = boto3.Session(region_name=settings.region)
     try:
-        report = setup(boto3.Session(region_name=settings.region), settings, head_ip=args.head_ip)
+        if args.plan or (sys.stdin.isatty() and not args.yes):
+            the_plan = plan(session, settings, head_ip=args.head_ip)
+            print(the_plan.format())
+            if args.plan:
+                return 0
+            if the_plan.to_create() and not any(r.status == WILL_REFUSE for r in the_plan.resources):
+                refused = _confirm("setup", f"Create these {len(the_plan.to_create())} resources in "
+                                            f"{settings.region}?", args)
+                if refused is not None:
+                    return refused
+        report = setup(session, settings, head_ip=args.head_ip)
     except AwsSetupError as exc:
         print(f"starburst setup: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -269,14 +345,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     import boto3
 
-    from .aws.resources import AwsSetupError, teardown
+    from .aws.provision import teardown
+    from .aws.settings import AwsSetupError
 
     settings = _aws_settings(args)
-    if not args.yes and sys.stdin.isatty():
-        answer = input(f"Remove every starburst resource in {settings.region} (bucket and objects included)? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing removed")
-            return EXIT_FAILED
+    refused = _confirm("teardown", f"Remove every starburst resource in {settings.region} (bucket and "
+                                   "objects included)?", args)
+    if refused is not None:
+        return refused
     try:
         report = teardown(boto3.Session(region_name=settings.region), settings)
     except AwsSetupError as exc:
@@ -287,16 +363,22 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from .aws.pricing import describe_estimate
-    from .aws.sizes import validate_size
+    from .aws.cluster import check_options
+    from .aws.pricing import PRICE_TABLE, describe_estimate
 
-    try:
-        units, mib = validate_size(args.cpu, args.memory, args.arch)
-    except ValueError as exc:
+    try:  # the rules and messages of init(cluster="fargate") and 'up --cluster fargate'
+        options = check_options(workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch,
+                                spot=args.spot, max_cost=args.max_cost)
+    except (TypeError, ValueError) as exc:
         print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
     region = args.region or _aws_settings(args).region
-    print(describe_estimate(args.workers, units / 1024, mib / 1024, args.arch, args.spot, region, args.max_cost))
+    if region not in PRICE_TABLE:
+        print(f"starburst cost: no built-in Fargate prices for region {region!r}; known: "
+              f"{', '.join(sorted(PRICE_TABLE))}", file=sys.stderr)
+        return EXIT_USAGE
+    print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
+                            region, options.max_cost))
     return 0
 
 
@@ -309,7 +391,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
         for spot in (False, True):
             print(quota_status(source, spot).text())
     except Exception as exc:  # noqa: BLE001 - botocore errors: say what failed
-        print(f"starburst quota: could not read the Fargate quotas in {settings.region}: {exc}", file=sys.stderr)
+        print(f"starburst quota: could not read the Fargate quotas in {settings.region}: {_aws_message(exc)}",
+              file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -340,7 +423,7 @@ def _travels(pkg) -> str:
 
 def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
     """Fill ``out`` with the image's URI and whether it exists, building it on request."""
-    from .aws.resources import AwsSetupError, Settings
+    from .aws.settings import AwsSetupError, Settings
 
     if not Settings.path().exists() and not args.region:
         out["aws"] = {"status": "not set up",
@@ -351,7 +434,14 @@ def _env_aws(args: argparse.Namespace, spec, out: dict) -> int:
         return 0
     import boto3
 
-    from .envsync.image import BuildError, ConsoleProgress, account_id, ensure_image, image_exists, image_uri
+    from .aws.image import (
+        BuildError,
+        ConsoleProgress,
+        account_id,
+        ensure_image,
+        image_exists,
+        image_uri,
+    )
 
     try:
         settings = _aws_settings(args)
@@ -448,6 +538,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _down_all(args: argparse.Namespace, info) -> int:
     """The laptop died or a head crashed: stop the local head, and every starburst task on Fargate
     found by its tags (in the region of 'starburst setup')."""
+    refused = _confirm("down", "Stop the local head and every starburst task on Fargate in the region?", args)
+    if refused is not None:
+        return refused
     code = 0
     if info is not None:
         stopped = process.stop_head(info, timeout=args.timeout if args.timeout is not None else 180.0)
@@ -455,7 +548,7 @@ def _down_all(args: argparse.Namespace, info) -> int:
         code = 0 if stopped else EXIT_FAILED
     else:
         print("local head: none running")
-    from .aws.resources import Settings
+    from .aws.settings import Settings
 
     if not Settings.path().exists() and not args.region:
         print("AWS: not set up on this machine ('starburst setup'); nothing to look for")
@@ -468,7 +561,8 @@ def _down_all(args: argparse.Namespace, info) -> int:
     try:
         arns = stop_orphans(boto3.Session(region_name=settings.region), settings)
     except Exception as exc:  # noqa: BLE001 - credentials, permissions, network: say which
-        print(f"AWS ({settings.region}): could not look for starburst tasks: {exc}", file=sys.stderr)
+        print(f"starburst down: could not look for starburst tasks in {settings.region}: {_aws_message(exc)}",
+              file=sys.stderr)
         return EXIT_FAILED
     print(f"AWS ({settings.region}): stopped {len(arns)} starburst task(s)")
     return code
@@ -508,9 +602,16 @@ def _size(n: float) -> str:
     return f"{n} B"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``starburst up: argument --port: ...``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="starburst", description="Run Ray Core code on a local cluster (and soon on AWS Fargate).",
+    parser = _Parser(
+        prog="starburst", description="Run Ray Core code on a local cluster, or on AWS Fargate workers.",
         epilog=f"State lives in {config.home()} (set STARBURST_HOME to change it).",
     )
     parser.add_argument("--version", action="version", version=f"starburst {__version__}")
@@ -520,11 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start a head and its nodes: a local node, or Fargate workers with "
                                     "--cluster fargate. Drivers' init() finds and reuses it, so warm workers "
                                     "survive a notebook restart.")
-    up.add_argument("--num-cpus", type=float, default=None, help="executors to run (default: all CPUs)")
+    up.add_argument("--num-cpus", type=_positive_cpus, default=None, help="executors to run (default: all CPUs)")
     up.add_argument("--listen", default="", metavar="HOST:PORT",
                     help="also accept drivers over TCP there, with a token (default: only this user's processes, "
                          "through a Unix socket)")
-    up.add_argument("--port", type=int, default=0, help="same as --listen 127.0.0.1:PORT")
+    up.add_argument("--port", type=_port, default=0, help="same as --listen 127.0.0.1:PORT")
     up.add_argument("--cluster", choices=("local", "fargate"), default="local",
                     help="where the nodes run: this machine (default) or Fargate tasks (after 'starburst setup')")
     fg = up.add_argument_group("Fargate cluster (--cluster fargate)")
@@ -580,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true",
                       help="also stop every starburst task on Fargate, found by tag (after a crash)")
     down.add_argument("--region", help="with --all: the AWS region (default: that of 'starburst setup')")
+    down.add_argument("--yes", action="store_true",
+                      help="with --all: don't ask (required without a terminal)")
     down.set_defaults(func=cmd_down)
     run = sub.add_parser("run", help="run an unmodified Ray script on starburst ('import ray' works)",
                          description="Run SCRIPT as __main__ with 'import ray' mapped to starburst, in this "
@@ -588,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     run.set_defaults(func=cmd_run)
 
-    aws = "AWS (the Fargate backend is being built: these prepare an account and price a cluster)"
+    aws = "AWS: prepare an account for Fargate clusters"
     setup = sub.add_parser("setup", help=f"create starburst's resources in your AWS account [{aws}]",
                            description="Create or find, idempotently: a private encrypted S3 bucket with a "
                                        "lifecycle rule, an ECR repository, an ECS cluster with FARGATE and "
@@ -597,6 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--region", help="AWS region (default: saved setting, then AWS_REGION)")
     setup.add_argument("--head-ip", help="public address of this machine, admitted on the node port")
     setup.add_argument("--show-policies", action="store_true", help="print the IAM policy documents")
+    setup.add_argument("--plan", action="store_true",
+                       help="print every resource setup would create or check (name, type, region, tags, "
+                            "policies) and create nothing")
+    setup.add_argument("--yes", action="store_true", help="don't ask before creating (at a terminal)")
     setup.add_argument("--task-policy", action="append", metavar="ARN",
                        help="a managed IAM policy your task code needs, attached to the nodes' role "
                             "(repeatable; e.g. arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess; "
@@ -606,12 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Remove starburst's AWS resources (the bucket and its objects "
                                           "included). Resources not tagged as starburst's are left alone.")
     teardown.add_argument("--region")
-    teardown.add_argument("--yes", action="store_true", help="don't ask for confirmation")
+    teardown.add_argument("--yes", action="store_true", help="don't ask (required without a terminal)")
     teardown.set_defaults(func=cmd_teardown)
     cost = sub.add_parser("cost", help="estimate what a Fargate cluster costs per hour",
                           description="Price a cluster from the built-in table (per-second billing, "
                                       "1-minute minimum). Exit code 2 for a size Fargate doesn't offer.")
-    cost.add_argument("--workers", type=int, default=1)
+    cost.add_argument("--workers", default="1", help="a number, or MIN,MAX (priced at MAX)")
     cost.add_argument("--cpu", default="1", help="vCPU per worker (0.25 to 16)")
     cost.add_argument("--memory", default="2GB", help="memory per worker, e.g. 8GB")
     cost.add_argument("--arch", default="x86_64", choices=["x86_64", "arm64"])
@@ -619,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--region")
     cost.add_argument("--max-cost", type=float, help="budget in USD: how long it lasts")
     cost.set_defaults(func=cmd_cost)
-    quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request")
+    quota = sub.add_parser("quota", help="show the Fargate vCPU quotas and any pending increase request",
+                           description="Show the account's Fargate vCPU quotas (on-demand and Spot) in the "
+                                       "region, what runs against them, and any pending increase request.")
     quota.add_argument("--region")
     quota.set_defaults(func=cmd_quota)
     env = sub.add_parser("env", help="show the worker environment: spec, hash, image (and build it)",
@@ -653,14 +762,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush can't complain about the pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # 'starburst status | head': the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it doesn't dump a traceback
-        print(f"starburst {args.command}: {exc}", file=sys.stderr)
+        print(f"starburst {args.command}: {_aws_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

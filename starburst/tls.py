@@ -12,8 +12,9 @@ Trust model
 - The head gets a *client-only* certificate (``ExtendedKeyUsage: clientAuth``; CN and DNS SAN
   ``head.<cluster_id>.starburst``). It is issued on the laptop and never uploaded anywhere.
 - Nodes get a *server-only* certificate (``serverAuth``; CN and DNS SAN
-  ``node.<cluster_id>.starburst``), valid for as long as the cluster may run (the Fargate
-  provider asks for 7 days; the CA itself lives only as long as its cluster). Because the
+  ``node.<cluster_id>.starburst``). The Fargate provider issues them for 7 days and renews the
+  head's and the nodes' certificates at half their life (new nodes get the new bundle; running
+  ones trust the same CA); the CA's key lives only in the head's memory, as long as its cluster. Because the
   extended key usages differ, a node certificate cannot be presented as a client to another node:
   only the head can call a node, and a node cannot pose as the head.
 - Nodes are reached by a public IP that the head learns only after launch, so the node certificate
@@ -117,8 +118,17 @@ def head_name(cluster_id: str) -> str:
     return f"head.{_check_cluster_id(cluster_id)}.starburst"
 
 
-def _now() -> _dt.datetime:
+def now() -> _dt.datetime:
+    """The current UTC time, as certificates are dated."""
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+_now = now
+
+
+def certificate_expiry(cert_pem: bytes) -> _dt.datetime:
+    """When a PEM certificate stops being valid (UTC)."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
 
 
 def _general_name(san) -> x509.GeneralName:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 import starburst
-from starburst.aws import resources as res
+from starburst.aws import provision
 from starburst.aws.cluster import check_options, parse_workers, prepare
 from starburst.aws.quotas import FakeQuotaSource
+from starburst.aws.settings import Settings
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:abc"
 
@@ -73,7 +74,7 @@ def test_prepare_requires_setup(account):
 
 @pytest.mark.slow
 def test_prepare_fills_in_the_cluster_and_prices_it(account):
-    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     out, said = _prepare(check_options(workers=4, cpu=2, memory="4GB", max_cost=2), FakeQuotaSource(64))
     assert out.cluster_id.startswith("starburst-") and out.region == "us-east-1" and out.image == IMAGE
     assert out.quota_workers == 4
@@ -81,7 +82,7 @@ def test_prepare_fills_in_the_cluster_and_prices_it(account):
 
 
 def test_a_new_laptop_address_is_admitted_by_the_security_group(account, monkeypatch):
-    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     monkeypatch.setenv("STARBURST_HEAD_IP", "198.51.100.7")
     _, said = _prepare(check_options(), FakeQuotaSource(64))
     assert "now admits 198.51.100.7" in said[0]
@@ -92,7 +93,7 @@ def test_a_new_laptop_address_is_admitted_by_the_security_group(account, monkeyp
 
 
 def test_short_quota_runs_in_waves_and_offers_an_increase(account):
-    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     source = FakeQuotaSource(on_demand_limit=6)
     asked: list[str] = []
     out, said = _prepare(check_options(workers=10, cpu=1, memory="2GB"), source, interactive=True,
@@ -108,7 +109,7 @@ def test_short_quota_runs_in_waves_and_offers_an_increase(account):
 
 
 def test_quota_request_without_a_terminal_follows_auto_quota_request(account):
-    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     declined = FakeQuotaSource(on_demand_limit=4)
     _, said = _prepare(check_options(workers=8, cpu=1, memory="2GB"), declined, interactive=False)
     assert declined.requests == [] and any("auto_quota_request=True" in line for line in said)
@@ -118,7 +119,7 @@ def test_quota_request_without_a_terminal_follows_auto_quota_request(account):
 
 
 def test_no_room_at_all_for_the_minimum_is_an_error(account):
-    res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings.save()
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     full = FakeQuotaSource(on_demand_limit=6, on_demand_usage=6)
     with pytest.raises(RuntimeError, match="no worker can start now"):
         _prepare(check_options(workers=2, cpu=1, memory="2GB"), full, interactive=False)
@@ -131,7 +132,7 @@ def test_worker_image_is_found_by_hash_and_pip_derives_its_own(account):
     from starburst.aws.cluster import worker_image
     from starburst.envsync import capture, derived_spec
 
-    settings = res.setup(account.session(), res.Settings(), head_ip="203.0.113.5").settings
+    settings = provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings
     base = capture(machine="x86_64")
     derived = derived_spec(base, {"pip": ["requests==2.32.0"]})
     assert derived.hash() != base.hash()
@@ -143,3 +144,20 @@ def test_worker_image_is_found_by_hash_and_pip_derives_its_own(account):
     # pushes anything), and the missing image is an error, not a silent success.
     with pytest.raises(RuntimeError, match="worker image could not be built"):
         worker_image(account.session(), settings, "x86_64", said.append)
+
+
+def test_prepare_without_credentials_says_the_one_message(account, monkeypatch, tmp_path):
+    from starburst.aws.context import NO_CREDENTIALS
+
+    provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    with pytest.raises(RuntimeError) as info:
+        prepare(check_options(), session=boto3.Session(region_name="us-east-1"), quota_source=FakeQuotaSource(64),
+                say=lambda line: None)
+    assert str(info.value) == NO_CREDENTIALS

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from starburst.aws import resources as res
+from starburst.aws import provision
 from starburst.aws.launcher import (
     MAX_PER_RUN_TASK,
     BudgetError,
@@ -28,7 +28,7 @@ from starburst.aws.launcher import (
 )
 from starburst.aws.pricing import CostMeter
 from starburst.aws.quotas import FakeQuotaSource
-from starburst.aws.resources import Settings
+from starburst.aws.settings import Settings
 
 HEAD = "203.0.113.5"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:py311-abc123"
@@ -51,7 +51,7 @@ def env(aws):
     _moto_api(aws.endpoint, "set-transition",
               {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10**9}})
     try:
-        report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+        report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
         yield aws, report.settings
     finally:
         _moto_api(aws.endpoint, "unset-transition", {"model_name": "ecs::task"})
@@ -292,7 +292,7 @@ def test_budget_cap_refuses_launch(env):
     meter = CostMeter("us-east-1", clock=lambda: now[0], max_cost=0.01)
     launcher = _launcher(aws, settings, meter=meter)
     calls = Calls(launcher.ecs, "RunTask")
-    first = launcher.launch(5)  # 5 x 1 vCPU/2 GB x one minute: about $0.004
+    first = launcher.launch(5)  # 5 x 1 vCPU/2 GB (and their IPv4) x one minute: about $0.004
     assert sorted(meter.running()) == sorted(first)
     with pytest.raises(BudgetError, match=r"max_cost \$0\.01.*nothing was launched"):
         launcher.launch(10)  # would commit about $0.008 more
@@ -399,7 +399,7 @@ def test_cli_down_all_stops_the_tasks_a_crashed_head_left(env, tmp_path):
     (home / "aws.json").write_text(json.dumps(settings.to_dict()))
     crashed = _launcher(aws, settings, cluster_id="starburst-crashed01").launch(3)  # never stopped
     assert {s[0] for s in _states(aws, list(crashed)).values()} == {"RUNNING"}
-    out = subprocess.run([sys.executable, "-m", "starburst", "down", "--all"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "starburst", "down", "--all", "--yes"], capture_output=True, text=True,
                          timeout=120, env=dict(os.environ, STARBURST_HOME=str(home)))
     assert out.returncode == 0, out.stderr
     assert "stopped 3 starburst task(s)" in out.stdout

@@ -13,6 +13,8 @@ from botocore.stub import Stubber
 from starburst.aws import pricing
 from starburst.aws.pricing import (
     PRICE_TABLE,
+    PRICES_AS_OF,
+    PUBLIC_IPV4_HOUR,
     BuiltinPriceSource,
     CostMeter,
     PricingApiPriceSource,
@@ -23,6 +25,9 @@ from starburst.aws.pricing import (
     task_cost,
     would_exceed,
 )
+
+
+IPV4 = 0.005  # USD per public IPv4 address-hour: every starburst task has one
 
 
 @pytest.fixture(autouse=True)
@@ -86,22 +91,22 @@ def test_billed_seconds_per_second_with_one_minute_minimum(seconds, billed):
 def test_task_cost():
     rates = Rates(0.04048, 0.004445)
     # 4 vCPU / 8 GB for one hour.
-    assert task_cost(3600, 4, 8, rates) == pytest.approx(4 * 0.04048 + 8 * 0.004445)
+    assert task_cost(3600, 4, 8, rates) == pytest.approx(4 * 0.04048 + 8 * 0.004445 + IPV4)
     # Ten seconds cost a minute.
-    assert task_cost(10, 4, 8, rates) == pytest.approx((4 * 0.04048 + 8 * 0.004445) / 60)
+    assert task_cost(10, 4, 8, rates) == pytest.approx((4 * 0.04048 + 8 * 0.004445 + IPV4) / 60)
     assert task_cost(10, 4, "8GB", rates) == task_cost(10, 4, 8, rates)
 
 
 def test_estimate_hourly():
     hourly = estimate_hourly(50, 4, 8, arch="x86_64", spot=False, region="us-east-1")
-    assert hourly == pytest.approx(50 * (4 * 0.04048 + 8 * 0.004445))
+    assert hourly == pytest.approx(50 * (4 * 0.04048 + 8 * 0.004445 + IPV4))
     spot = estimate_hourly(50, 4, "8GB", spot=True, region="us-east-1")
     assert spot < hourly * 0.5
     arm = estimate_hourly(50, 4, 8, arch="aarch64", region="us-east-1")
-    assert arm == pytest.approx(50 * (4 * 0.03238 + 8 * 0.00356))
+    assert arm == pytest.approx(50 * (4 * 0.03238 + 8 * 0.00356 + IPV4))
     assert estimate_hourly(0, 4, 8) == 0
     frankfurt = estimate_hourly(1, 1, 2, region="eu-central-1")
-    assert frankfurt == pytest.approx(0.04656 + 2 * 0.00511)
+    assert frankfurt == pytest.approx(0.04656 + 2 * 0.00511 + IPV4)
     with pytest.raises(ValueError):
         estimate_hourly(-1, 4, 8)
     with pytest.raises(ValueError):
@@ -113,7 +118,7 @@ def test_estimate_uses_the_given_source():
         def rates(self, region, arch="x86_64", spot=False):
             return Rates(1.0, 0.5, "flat")
 
-    assert estimate_hourly(3, 2, 4, source=Flat()) == pytest.approx(3 * (2 * 1.0 + 4 * 0.5))
+    assert estimate_hourly(3, 2, 4, source=Flat()) == pytest.approx(3 * (2 * 1.0 + 4 * 0.5 + IPV4))
 
 
 def test_describe_estimate():
@@ -122,6 +127,27 @@ def test_describe_estimate():
     assert line.startswith("50 workers x 4 vCPU/8 GB on Fargate Spot (x86_64, us-east-1): about $")
     assert pricing.format_cost(hourly) in line
     assert "max_cost $5.00 lasts about" in line
+    # Line by line, and where the prices come from, with their date.
+    assert f"public IPv4 {pricing.format_cost(50 * IPV4)}" in line
+    assert f"prices: built-in table of {PRICES_AS_OF}" in line
+
+
+def test_the_report_itemizes_compute_and_public_ipv4():
+    clock = FakeClock(0.0)
+    meter = CostMeter("us-east-1", clock=clock)
+    meter.task_started("a", 1, 2)
+    meter.task_started("b", 1, 2, spot=True)
+    clock.now = 600.0
+    meter.task_stopped("a")
+    clock.now = 1_800.0
+    report = meter.report()
+    items = dict(report.items)
+    # By hand: a ran 600 s, b 1,800 s; on-demand and spot rates of us-east-1; IPv4 for both.
+    compute = (600 * (0.04048 + 2 * 0.004445) + 1_800 * (0.01264355 + 2 * 0.00138835)) / 3600
+    assert items["Fargate vCPU and memory"] == pytest.approx(compute, rel=1e-9)
+    assert items["public IPv4"] == pytest.approx((600 + 1_800) * PUBLIC_IPV4_HOUR / 3600, rel=1e-9)
+    assert report.cost == pytest.approx(sum(items.values()), rel=1e-12)
+    assert "public IPv4 $0.0033" in report.text()
 
 
 def test_format_helpers():
@@ -192,7 +218,7 @@ def test_meter_charges_each_task_its_own_rates():
     table = PRICE_TABLE["us-east-1"]
     expected = sum(table[key].per_hour(1, 2) for key in [("x86_64", False), ("x86_64", True), ("arm64", False)])
     assert meter.cost_so_far() == pytest.approx(expected)
-    assert meter.report().sources == ("built-in table",)
+    assert meter.report().sources == (f"built-in table of {PRICES_AS_OF}",)
 
 
 def test_meter_refuses_duplicate_and_unknown_tasks():
@@ -359,4 +385,4 @@ def test_meter_with_the_pricing_api_source():
         )
         meter.task_started("t", 2, 4)
     clock.now = 7_200.0
-    assert meter.cost_so_far() == pytest.approx(2 * (2 * 0.1 + 4 * 0.01))
+    assert meter.cost_so_far() == pytest.approx(2 * (2 * 0.1 + 4 * 0.01 + IPV4))

@@ -7,6 +7,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
+from starburst.aws import provision
 from starburst.aws import resources as res
 from starburst.aws.resources import (
     CREATED,
@@ -17,9 +18,8 @@ from starburst.aws.resources import (
     MISSING,
     SKIPPED,
     UPDATED,
-    AwsSetupError,
-    Settings,
 )
+from starburst.aws.settings import AwsSetupError, Settings
 
 pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
 
@@ -106,7 +106,7 @@ def test_settings_are_saved_and_loaded(tmp_path, monkeypatch):
 
 
 def test_setup_creates_exactly_the_resources(aws):
-    report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+    report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
     bucket = f"starburst-{aws.account_id}-us-east-1"
     assert [r.kind for r in report.resources] == list(KINDS)
     assert report.statuses() == {k: CREATED for k in KINDS}
@@ -159,7 +159,7 @@ def test_setup_creates_exactly_the_resources(aws):
 
 
 def test_roles_are_least_privilege(aws):
-    report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+    report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
     iam = aws.client("iam")
     bucket_arn = f"arn:aws:s3:::starburst-{aws.account_id}-us-east-1"
     log_arn = f"arn:aws:logs:us-east-1:{aws.account_id}:log-group:/starburst/nodes:*"
@@ -212,10 +212,10 @@ def test_roles_are_least_privilege(aws):
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
 def test_setup_twice_changes_nothing(aws, region):
     session = aws.session(region)
-    first = res.setup(session, Settings(region=region), head_ip=HEAD)
+    first = provision.setup(session, Settings(region=region), head_ip=HEAD)
     assert first.changed
     before = _inventory(aws, region)
-    second = res.setup(session, Settings(region=region), head_ip=HEAD)
+    second = provision.setup(session, Settings(region=region), head_ip=HEAD)
     assert second.statuses() == {k: EXISTED for k in KINDS}, second.format()
     assert not second.changed and all(r.detail == "" for r in second.resources)
     assert _inventory(aws, region) == before
@@ -228,10 +228,10 @@ def test_setup_twice_changes_nothing(aws, region):
 
 def test_head_address_change_replaces_the_rule(aws):
     session, settings = aws.session(), Settings()
-    res.setup(session, settings, head_ip=HEAD)
+    provision.setup(session, settings, head_ip=HEAD)
     ec2 = aws.client("ec2")
 
-    report = res.setup(session, settings, head_ip=NEW_HEAD)
+    report = provision.setup(session, settings, head_ip=NEW_HEAD)
     sg = report[res.SECURITY_GROUP]
     assert sg.status == UPDATED and HEAD in sg.detail and NEW_HEAD in sg.detail
     assert [r.kind for r in report.resources if r.status != EXISTED] == [res.SECURITY_GROUP]
@@ -245,21 +245,21 @@ def test_head_address_change_replaces_the_rule(aws):
         {"IpProtocol": "tcp", "FromPort": 47000, "ToPort": 47000,
          "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}])
     assert len(_ingress(ec2)) == 3
-    report = res.setup(session, settings)
+    report = provision.setup(session, settings)
     assert report[res.SECURITY_GROUP].status == UPDATED
     assert _ingress(ec2) == [("tcp", 47000, 47000, f"{NEW_HEAD}/32")]
 
     # The launcher's cheap path for a head that moved.
-    assert res.allow_head(session, settings, HEAD).status == UPDATED
+    assert provision.allow_head(session, settings, HEAD).status == UPDATED
     assert _ingress(ec2) == [("tcp", 47000, 47000, f"{HEAD}/32")]
-    assert res.allow_head(session, settings, HEAD).status == EXISTED
+    assert provision.allow_head(session, settings, HEAD).status == EXISTED
     with pytest.raises(AwsSetupError, match="not an IP address"):
-        res.setup(session, settings, head_ip="my-laptop")
+        provision.setup(session, settings, head_ip="my-laptop")
 
 
 def test_setup_repairs_drift(aws):
     session, settings = aws.session(), Settings()
-    res.setup(session, settings, head_ip=HEAD)
+    provision.setup(session, settings, head_ip=HEAD)
     bucket = f"starburst-{aws.account_id}-us-east-1"
     s3, iam, logs, ecs = (aws.client(n) for n in ("s3", "iam", "logs", "ecs"))
     s3.delete_bucket_encryption(Bucket=bucket)
@@ -277,7 +277,7 @@ def test_setup_repairs_drift(aws):
     ecs.put_cluster_capacity_providers(cluster="starburst", capacityProviders=["FARGATE"],
                                        defaultCapacityProviderStrategy=[])
 
-    report = res.setup(session, settings, head_ip=HEAD)
+    report = provision.setup(session, settings, head_ip=HEAD)
     assert report.statuses() == {
         res.BUCKET: UPDATED, res.REPOSITORY: EXISTED, res.LOG_GROUP: UPDATED,
         res.EXECUTION_ROLE: EXISTED, res.TASK_ROLE: UPDATED, res.ECS_CLUSTER: UPDATED,
@@ -296,12 +296,12 @@ def test_setup_repairs_drift(aws):
     assert iam.list_role_policies(RoleName=role)["PolicyNames"] == ["starburst"]
     [cluster] = ecs.describe_clusters(clusters=["starburst"])["clusters"]
     assert sorted(cluster["capacityProviders"]) == ["FARGATE", "FARGATE_SPOT"]
-    assert res.setup(session, settings, head_ip=HEAD).changed is False
+    assert provision.setup(session, settings, head_ip=HEAD).changed is False
 
 
 def test_teardown_removes_everything_and_is_idempotent(aws):
     session, settings = aws.session(), Settings()
-    res.setup(session, settings, head_ip=HEAD)
+    provision.setup(session, settings, head_ip=HEAD)
     bucket = f"starburst-{aws.account_id}-us-east-1"
     s3, ecs = aws.client("s3"), aws.client("ecs")
     for i in range(3):
@@ -314,9 +314,9 @@ def test_teardown_removes_everything_and_is_idempotent(aws):
     theirs = ecs.register_task_definition(
         family="starburst-theirs", containerDefinitions=[{"name": "x", "image": "img", "memory": 512}],
     )["taskDefinition"]["taskDefinitionArn"]
-    assert {r.status for r in res.find_managed(session, settings)} == {EXISTS}
+    assert {r.status for r in provision.find_managed(session, settings)} == {EXISTS}
 
-    report = res.teardown(session, settings)
+    report = provision.teardown(session, settings)
     assert [r.kind for r in report.resources] == list(KINDS)
     assert report.statuses() == {k: DELETED for k in KINDS}, report.format()
 
@@ -341,11 +341,11 @@ def test_teardown_removes_everything_and_is_idempotent(aws):
                                "log_groups": [], "security_groups": [], "build_projects": [],
                                "ingress": []}
 
-    again = res.teardown(session, settings)
+    again = provision.teardown(session, settings)
     assert again.statuses() == {k: MISSING for k in KINDS}
-    assert {r.status for r in res.find_managed(session, settings)} == {MISSING}
+    assert {r.status for r in provision.find_managed(session, settings)} == {MISSING}
     # And setup after teardown builds it all again.
-    assert res.setup(session, settings, head_ip=HEAD).statuses() == {k: CREATED for k in KINDS}
+    assert provision.setup(session, settings, head_ip=HEAD).statuses() == {k: CREATED for k in KINDS}
 
 
 def test_resources_not_tagged_as_starburst_are_left_alone(aws):
@@ -353,12 +353,12 @@ def test_resources_not_tagged_as_starburst_are_left_alone(aws):
     ecr = aws.client("ecr")
     ecr.create_repository(repositoryName="starburst")  # someone else's, same name
     with pytest.raises(AwsSetupError, match="ecr-repository starburst"):
-        res.setup(session, settings, head_ip=HEAD)
+        provision.setup(session, settings, head_ip=HEAD)
     assert aws.client("s3").list_buckets()["Buckets"] == []  # refused before creating anything
-    found = {r.kind: r.status for r in res.find_managed(session, settings)}
+    found = {r.kind: r.status for r in provision.find_managed(session, settings)}
     assert found[res.REPOSITORY] == res.UNMANAGED and found[res.BUCKET] == MISSING
 
-    report = res.teardown(session, settings)
+    report = provision.teardown(session, settings)
     assert report[res.REPOSITORY].status == SKIPPED
     assert [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]] == ["starburst"]
 
@@ -369,11 +369,11 @@ def test_missing_credentials_are_a_clear_error(aws, monkeypatch):
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var)
     with pytest.raises(AwsSetupError, match="no AWS credentials"):
-        res.setup(boto3.Session(), Settings(), head_ip=HEAD)
+        provision.setup(boto3.Session(), Settings(), head_ip=HEAD)
     with pytest.raises(AwsSetupError, match="no AWS credentials"):
-        res.teardown(boto3.Session(), Settings())
+        provision.teardown(boto3.Session(), Settings())
     with pytest.raises(AwsSetupError, match="no AWS credentials"):
-        res.find_managed(boto3.Session(), Settings())
+        provision.find_managed(boto3.Session(), Settings())
 
 
 def test_task_policies_asked_for_are_attached_and_only_those(aws):
@@ -386,10 +386,10 @@ def test_task_policies_asked_for_are_attached_and_only_those(aws):
 
     read_s3, read_ddb = policy("ReadMyData", "s3:GetObject"), policy("ReadMyTables", "dynamodb:GetItem")
     missing = f"arn:aws:iam::{aws.account_id}:policy/NoSuchPolicy"
-    with pytest.raises(res.AwsSetupError, match="NoSuchPolicy does not exist"):
-        res.setup(aws.session(), res.Settings(task_policy_arns=[missing]), head_ip=HEAD)
-    settings = res.Settings(task_policy_arns=[read_s3])
-    report = res.setup(aws.session(), settings, head_ip=HEAD)
+    with pytest.raises(AwsSetupError, match="NoSuchPolicy does not exist"):
+        provision.setup(aws.session(), Settings(task_policy_arns=[missing]), head_ip=HEAD)
+    settings = Settings(task_policy_arns=[read_s3])
+    report = provision.setup(aws.session(), settings, head_ip=HEAD)
 
     def attached(role):
         return sorted(p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"])
@@ -397,12 +397,12 @@ def test_task_policies_asked_for_are_attached_and_only_those(aws):
     assert attached(settings.task_role) == [read_s3]
     assert attached(settings.execution_role) == []  # the others stay least privilege
     assert "attached managed policies" in report.format(policies=True)
-    assert not res.setup(aws.session(), settings, head_ip=HEAD).changed  # idempotent
-    changed = res.setup(aws.session(), res.Settings(task_policy_arns=[read_ddb]), head_ip=HEAD)
+    assert not provision.setup(aws.session(), settings, head_ip=HEAD).changed  # idempotent
+    changed = provision.setup(aws.session(), Settings(task_policy_arns=[read_ddb]), head_ip=HEAD)
     assert attached(settings.task_role) == [read_ddb]
     assert "detached ReadMyData" in changed.format() and "attached ReadMyTables" in changed.format()
     with pytest.raises(ValueError, match="managed policy ARNs"):
-        res.Settings(task_policy_arns=["AmazonS3ReadOnlyAccess"])
-    res.teardown(aws.session(), settings)
+        Settings(task_policy_arns=["AmazonS3ReadOnlyAccess"])
+    provision.teardown(aws.session(), settings)
     with pytest.raises(ClientError):
         iam.get_role(RoleName=settings.task_role)

@@ -69,3 +69,38 @@ def test_setup_task_policy_is_saved_and_a_bad_one_refused(aws, tmp_path):
     assert again.returncode == 0 and "detached" not in again.stdout
     cleared = cli("setup", "--task-policy", "", home=home)
     assert cleared.returncode == 0 and "detached ReadMyData" in cleared.stdout
+
+
+def test_setup_plan_creates_nothing_and_names_what_setup_then_creates(aws, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    planned = cli("setup", "--plan", "--region", "us-east-1", "--head-ip", "203.0.113.7", home=home)
+    assert planned.returncode == 0, planned.stderr
+    s3 = boto3.client("s3", region_name="us-east-1")
+    assert s3.list_buckets()["Buckets"] == []  # nothing created
+    assert not (home / "aws.json").exists()
+    lines = [line.split() for line in planned.stdout.splitlines() if line.endswith("will be created")]
+    plan = {(words[0], words[1]) for words in lines}
+    assert "starburst:managed=true" in planned.stdout and "us-east-1" in planned.stdout
+    assert '"sts:AssumeRole"' in planned.stdout  # the policies are part of the plan
+    done = cli("setup", "--region", "us-east-1", "--head-ip", "203.0.113.7", home=home)
+    assert done.returncode == 0, done.stderr
+    created = {(w[0], w[1]) for w in (line.split() for line in done.stdout.splitlines())
+               if len(w) >= 3 and w[2] == "created"}
+    assert plan == created and len(created) == 10
+    again = cli("setup", "--plan", home=home)
+    assert "will be created" not in again.stdout and again.stdout.count("exists: setup checks") == 10
+
+
+def test_destructive_commands_refuse_without_a_terminal(aws, tmp_path):  # noqa: F811
+    home = tmp_path / "home"
+    assert cli("setup", "--region", "us-east-1", home=home).returncode == 0
+    bucket = json.loads((home / "aws.json").read_text())["bucket"]
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for args in (("teardown",), ("down", "--all")):
+        out = cli(*args, home=home)  # stdin is /dev/null: no terminal
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "--yes" in out.stderr and out.stderr.startswith(f"starburst {args[0]}: ")
+    assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]  # nothing was deleted
+    assert cli("teardown", "--yes", home=home).returncode == 0
+    assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 
-from starburst.aws import resources as res
-from starburst.aws.resources import Settings
+from starburst.aws import provision
+from starburst.aws.settings import Settings
 from starburst.envsync import capture, derived_spec
 
 pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
@@ -58,7 +58,7 @@ def test_env_without_aws_setup(tmp_path):
 
 def test_env_with_aws(aws, tmp_path):
     home = tmp_path / "home"
-    report = res.setup(aws.session(), Settings(), head_ip="203.0.113.5")
+    report = provision.setup(aws.session(), Settings(), head_ip="203.0.113.5")
     report.settings.save(home / "aws.json")
     spec = capture()
 

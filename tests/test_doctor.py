@@ -156,7 +156,7 @@ def test_old_address_in_the_group_and_this_one_unknown(rehearsal, tmp_path, caps
     # re-admit it): the node is unreachable and doctor says to name the address and run setup.
     import boto3
 
-    from starburst.aws import resources as res
+    from starburst.aws import provision as res
 
     session = boto3.Session(region_name="us-east-1")
     res.allow_head(session, rehearsal.settings, "192.0.2.1")

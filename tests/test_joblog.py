@@ -183,7 +183,7 @@ def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_pat
 
 
 def test_logs_node_reads_a_fargate_nodes_cloudwatch_stream(aws, tmp_path):  # noqa: F811
-    from starburst.aws.resources import Settings
+    from starburst.aws.settings import Settings
 
     group = Settings(region=aws.region).log_group
     logs = aws.client("logs")

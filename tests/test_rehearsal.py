@@ -342,7 +342,10 @@ def test_reaching_max_cost_stops_the_cluster_with_a_clear_error(rehearsal, agent
     assert 50 < time.monotonic() - started < 120
     _wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 30, "the tasks to be stopped")
     agent.wait_all_exited(timeout=30)
-    with pytest.raises(starburst.exceptions.RaySystemError, match="max_cost"):
+    # A new task is refused with what to do now: the cluster is gone, this max_cost can't be raised.
+    with pytest.raises(starburst.exceptions.RaySystemError,
+                       match=r"cluster is stopped.*starburst\.shutdown\(\), then init\(\) again "
+                             r"with a higher max_cost"):
         starburst.get(starburst.remote(lambda: 1).remote(), timeout=10)
 
 
@@ -400,7 +403,7 @@ def test_working_dir_and_py_modules_are_shipped_through_s3(rehearsal, agent, tmp
     assert len([k for k in keys if k.rsplit("/", 1)[-1].startswith("pkg-")]) == 2
 
 
-def test_cli_up_fargate_is_used_by_init_and_stopped_by_down(rehearsal, agent):
+def test_cli_up_fargate_is_used_by_init_and_stopped_by_down(rehearsal, agent, capsys):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "starburst.cli", *args], capture_output=True, text=True,
                               timeout=120)
@@ -412,7 +415,11 @@ def test_cli_up_fargate_is_used_by_init_and_stopped_by_down(rehearsal, agent):
         from starburst.head import process
 
         cluster_id = process.find_head().cluster_id
-        starburst.init()  # finds the running cluster
+        capsys.readouterr()
+        starburst.init()  # finds the running cluster, and says so with what it costs
+        said = [line for line in capsys.readouterr().err.splitlines() if "running Fargate cluster" in line]
+        assert len(said) == 1 and said[0].startswith(f"starburst: using the running Fargate cluster {cluster_id} ($")
+        assert "/hour now" in said[0]
         assert starburst.get(starburst.remote(lambda: os.environ["STARBURST_CLUSTER_ID"]).remote(),
                              timeout=60) == cluster_id
         starburst.shutdown()  # the driver leaves; a cluster from 'up' stays

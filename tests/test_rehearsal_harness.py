@@ -19,9 +19,9 @@ import pytest
 from rehearsal.agent import EXITED_REASON, FakeEcsAgent, tasks_stay_running
 from rehearsal.latency_proxy import LatencyProxy
 
-from starburst.aws import resources as res
+from starburst.aws import provision
 from starburst.aws.launcher import FargateLauncher
-from starburst.aws.resources import Settings
+from starburst.aws.settings import Settings
 
 pytestmark = pytest.mark.slow  # moto/SeaweedFS servers and real processes: the full tier only
 
@@ -176,7 +176,7 @@ def test_proxy_without_a_target_closes_the_client_and_close_is_idempotent():
 def fargate(aws):
     """A set-up moto account whose tasks stay RUNNING until stopped; yields (aws, settings)."""
     with tasks_stay_running(aws.endpoint):
-        report = res.setup(aws.session(), Settings(), head_ip=HEAD)
+        report = provision.setup(aws.session(), Settings(), head_ip=HEAD)
         yield aws, report.settings
 
 

@@ -10,7 +10,13 @@ boto3):
   optional price source backed by the AWS Pricing API.
 - ``quotas``: the Fargate vCPU quotas (Service Quotas) behind a small interface, with a fake;
   planning waves when the quota is short, suggesting and remembering increase requests.
-- ``resources``: ``starburst setup`` / ``teardown`` (the account's resources, tagged, idempotent).
+- ``settings``: names, tags and ``aws.json``; ``context``: the caller's identity (one message for
+  missing credentials), clients and ARNs; ``policies``: the IAM policy documents.
+- ``resources``: one class per kind of resource (find, create, reconcile, delete); ``codebuild``:
+  the image build's buildspec and resources; ``provision``: ``starburst setup`` / ``teardown``
+  (the account's resources, tagged, idempotent).
+- ``image``: building and pushing the worker image (CodeBuild or a local Docker engine); the
+  environment it packs comes from ``starburst.envsync``, which knows nothing of AWS.
 - ``launcher``: Fargate nodes: task definitions, RunTask in batches with backoff, quota waves,
   budget checks, addresses, and stopping everything launched (orphans too).
 """

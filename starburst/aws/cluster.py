@@ -154,7 +154,7 @@ def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: 
     if any (a derived image with its own hash): found in ECR by its hash, or built and pushed
     first. The time this adds when the image exists is one ECR lookup."""
     from ..envsync import capture, derived_spec
-    from ..envsync.image import BuildError, ensure_image
+    from .image import BuildError, ensure_image
 
     machine = "aarch64" if arch == "arm64" else "x86_64"
     spec = derived_spec(capture(machine=machine), {"pip": list(pip)} if pip else None)
@@ -166,6 +166,27 @@ def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: 
 
 def _say(line: str) -> None:
     print(f"starburst: {line}", file=sys.stderr, flush=True)
+
+
+def announce_attached(address: str, cluster_id: str, say: Callable[[str], None] = _say) -> str:
+    """Say, in one line, that init() is using a running Fargate cluster and what it costs now (its
+    head's meter); returns the line."""
+    import grpc
+
+    from .._proto import starburst_pb2 as pb
+    from .._proto import starburst_pb2_grpc as pb_grpc
+    from .pricing import format_cost
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            c = pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10).cluster
+        cost = f"{format_cost(c.cost_per_hour)}/hour now, {format_cost(c.cost_usd)} so far"
+    except grpc.RpcError:
+        cost = "its cost unknown (the head did not answer)"
+    line = (f"using the running Fargate cluster {cluster_id} ({cost}); it bills until "
+            "'starburst down' stops it")
+    say(line)
+    return line
 
 
 def _ask(question: str) -> bool:
@@ -197,9 +218,12 @@ def prepare(
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from .context import caller_identity
     from .launcher import new_cluster_id
+    from .provision import allow_head
     from .quotas import ServiceQuotasSource, plan_waves, suggest_quota
-    from .resources import UPDATED, AwsSetupError, Settings, allow_head
+    from .resources import UPDATED
+    from .settings import AwsSetupError, Settings
 
     settings = Settings.load()
     if not Settings.path().exists():
@@ -211,10 +235,9 @@ def prepare(
                          f"'starburst setup --region {region}' first")
     session = session or boto3.Session(region_name=region)
     try:
-        session.client("sts").get_caller_identity()
-    except (BotoCoreError, ClientError) as exc:
-        raise RuntimeError(f"AWS credentials don't work in {region}: {exc}. Configure them (aws "
-                           "configure, AWS_PROFILE or environment variables) and try again") from exc
+        caller_identity(session, region)  # the one message for missing or refused credentials
+    except AwsSetupError as exc:
+        raise RuntimeError(str(exc)) from exc
     head_ip = public_ip()
     if head_ip is None:
         say("could not find this machine's public address (set STARBURST_HEAD_IP): the nodes admit "
@@ -239,7 +262,7 @@ def prepare(
         limit = source.fargate_vcpu_limit(out.spot)
         in_use = source.current_vcpu_usage(out.spot)
     except (BotoCoreError, ClientError, AwsSetupError) as exc:
-        log.warning("could not read the Fargate vCPU quota (%s); launching without a plan", exc)
+        log.debug("could not read the Fargate vCPU quota (%s); launching without a plan", exc)  # said below
         say(f"could not read the Fargate vCPU quota in {region}; AWS will refuse what doesn't fit")
         return out
     plan = plan_waves(out.workers_max, out.vcpu, limit, in_use, out.spot)

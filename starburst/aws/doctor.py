@@ -47,7 +47,9 @@ from .launcher import default_address_resolver, stop_reasons
 from .pricing import BuiltinPriceSource, format_cost, task_cost
 from .provider import read_report
 from .quotas import ServiceQuotasSource
-from .resources import BUCKET, BUILD_KINDS, EXISTS, MISSING, SECURITY_GROUP, AwsSetupError, Settings, find_managed
+from .provision import find_managed
+from .resources import BUCKET, BUILD_KINDS, EXISTS, MISSING, SECURITY_GROUP
+from .settings import AwsSetupError, Settings
 
 #: The smallest Fargate task: what doctor launches.
 CPU, MEMORY, MEMORY_GB = 0.25, "0.5GB", 0.5
@@ -407,7 +409,7 @@ class Doctor:
 
     def check_image(self) -> tuple[str, dict]:
         from ..envsync import capture
-        from ..envsync.image import BuildError, ConsoleProgress, account_id, image_exists, image_uri
+        from .image import BuildError, ConsoleProgress, account_id, image_exists, image_uri
 
         assert self.settings is not None
         spec = capture(machine="x86_64")  # doctor's task is x86_64, whatever this machine is

@@ -1,7 +1,7 @@
 """Launching starburst nodes as Fargate tasks, finding their addresses, and stopping them.
 
 ``FargateLauncher`` is the head's handle on the nodes of one cluster (one ``cluster_id``) in the ECS
-cluster that ``resources.setup()`` created::
+cluster that ``provision.setup()`` created::
 
     with FargateLauncher(session, settings, cluster_id, image, size=(4096, 8192)) as launcher:
         arns = launcher.launch(50)           # RunTask, at most 10 per call, with backoff
@@ -43,7 +43,7 @@ from botocore.exceptions import ClientError
 from .pricing import CostMeter, format_cost
 from .quotas import QuotaSource, WavePlan, plan_waves
 from ._errors import error_code as _code
-from .resources import CLUSTER_TAG, MANAGED_TAG, Settings, _tag_dict
+from .settings import CLUSTER_TAG, MANAGED_TAG, Settings, tag_dict
 from .sizes import ARCHITECTURES, FARGATE_SIZES, UNITS_PER_VCPU, format_size, normalize_arch
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class FargateLauncher(_Retrying):
                                   "InvalidParameterException"):
                 raise
             found = None
-        if (found is not None and _tag_dict(found.get("tags"), "key", "value").get(MANAGED_TAG) == "true"
+        if (found is not None and tag_dict(found.get("tags"), "key", "value").get(MANAGED_TAG) == "true"
                 and self._matches(found["taskDefinition"], wanted)):
             self.task_definition_arn = found["taskDefinition"]["taskDefinitionArn"]
         else:
@@ -724,7 +724,7 @@ def find_orphans(session, settings: Settings, exclude: Iterable[str] = (),
         for task in answer.get("tasks", []):
             if task.get("desiredStatus") == "STOPPED":
                 continue
-            tags = _tag_dict(task.get("tags"), "key", "value")
+            tags = tag_dict(task.get("tags"), "key", "value")
             started_by = task.get("startedBy", "")
             if tags.get(CLUSTER_TAG) in skip or started_by in skip:
                 continue

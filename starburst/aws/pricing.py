@@ -33,6 +33,10 @@ PRICES_SOURCE = (
     "change over time: treat them as approximate; PricingApiPriceSource reads current ones."
 )
 
+#: USD per public IPv4 address-hour (the same in every commercial region since 2024-02-01). Every
+#: task starburst launches has one (the head dials it), for as long as the task runs.
+PUBLIC_IPV4_HOUR = 0.005
+
 #: Seconds of the minimum charge per task.
 MINIMUM_BILLED_SECONDS = 60
 
@@ -62,15 +66,21 @@ _X86_RATES: dict[str, tuple[float, float, float, float]] = {
 
 @dataclass(frozen=True)
 class Rates:
-    """USD per vCPU-hour and per GB-hour for one region, architecture and capacity."""
+    """USD per vCPU-hour and per GB-hour for one region, architecture and capacity, and per hour of
+    the task's public IPv4 address."""
 
     vcpu_hour: float
     gb_hour: float
-    source: str = "built-in table"
+    source: str = f"built-in table of {PRICES_AS_OF}"
+    ipv4_hour: float = PUBLIC_IPV4_HOUR
+
+    def compute_per_hour(self, vcpu: float, memory_gb: float) -> float:
+        """USD per hour of Fargate vCPU and memory for one task of this size."""
+        return vcpu * self.vcpu_hour + memory_gb * self.gb_hour
 
     def per_hour(self, vcpu: float, memory_gb: float) -> float:
-        """USD per hour for one task of this size."""
-        return vcpu * self.vcpu_hour + memory_gb * self.gb_hour
+        """USD per hour for one task of this size: vCPU, memory and its public IPv4 address."""
+        return self.compute_per_hour(vcpu, memory_gb) + self.ipv4_hour
 
     def per_second(self, vcpu: float, memory_gb: float) -> float:
         """USD per second for one task of this size."""
@@ -115,7 +125,8 @@ class BuiltinPriceSource:
         return Rates(
             worst.vcpu_hour,
             worst.gb_hour,
-            f"no built-in price for {region}; using the highest built-in rate ({worst_region})",
+            f"no built-in price for {region}; using the highest built-in rate ({worst_region}, "
+            f"table of {PRICES_AS_OF})",
         )
 
 
@@ -291,12 +302,16 @@ def describe_estimate(
     lasts at that rate)."""
     gb = _memory_gb(memory_gb)
     hourly = estimate_hourly(workers, cpu, gb, arch, spot, region, source)
+    rates = (source or _DEFAULT_SOURCE).rates(region, arch, spot)
     capacity = "Fargate Spot" if spot else "Fargate"
     noun = "worker" if workers == 1 else "workers"
     line = (
         f"{workers} {noun} x {format_number(cpu)} vCPU/{format_number(gb)} GB on {capacity} "
         f"({normalize_arch(arch)}, {region}): about {format_cost(hourly)}/hour"
     )
+    if workers:
+        line += (f" (vCPU and memory {format_cost(workers * rates.compute_per_hour(cpu, gb))}, "
+                 f"public IPv4 {format_cost(workers * rates.ipv4_hour)}; prices: {rates.source})")
     if max_cost is not None and hourly > 0:
         line += f"; max_cost {format_cost(max_cost)} lasts about {format_duration(max_cost / hourly * 3600)}"
     return line
@@ -321,9 +336,11 @@ class _Task:
     started: float
     stopped: Optional[float] = None
 
-    def cost(self, now: float) -> float:
+    def cost(self, now: float, compute: bool = True, ipv4: bool = True) -> float:
         end = self.stopped if self.stopped is not None else now
-        return self.rates.per_second(self.vcpu, self.memory_gb) * billed_seconds(end - self.started)
+        hourly = ((self.rates.compute_per_hour(self.vcpu, self.memory_gb) if compute else 0.0)
+                  + (self.rates.ipv4_hour if ipv4 else 0.0))
+        return hourly / 3600.0 * billed_seconds(end - self.started)
 
 
 @dataclass(frozen=True)
@@ -341,6 +358,8 @@ class CostReport:
     sources: tuple[str, ...] = field(default_factory=tuple)
     tasks_failed: int = 0  # of tasks_run: ended with an error
     tasks_cancelled: int = 0  # of tasks_run: cancelled
+    #: ``cost`` line by line: ``(("Fargate vCPU and memory", usd), ("public IPv4", usd))``.
+    items: tuple[tuple[str, float], ...] = field(default_factory=tuple)
 
     def text(self) -> str:
         """A line a person reads at a glance."""
@@ -354,6 +373,8 @@ class CostReport:
             ok = self.tasks_run - self.tasks_failed - self.tasks_cancelled
             parts[-1] += f" ({ok:,} finished, {self.tasks_failed:,} failed, {self.tasks_cancelled:,} cancelled)"
         cost = f"cost {format_cost(self.cost)}"
+        if self.items:
+            cost += " (" + ", ".join(f"{name} {format_cost(usd)}" for name, usd in self.items) + ")"
         if self.max_cost is not None:
             cost += f" of max_cost {format_cost(self.max_cost)}"
         parts.append(cost)
@@ -489,4 +510,6 @@ class CostMeter:
             running=sum(1 for t in tasks if t.stopped is None),
             max_cost=self.max_cost,
             sources=tuple(sorted({t.rates.source for t in tasks})),
+            items=(("Fargate vCPU and memory", sum(t.cost(now, ipv4=False) for t in tasks)),
+                   ("public IPv4", sum(t.cost(now, compute=False) for t in tasks))),
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as _dt
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from ..head.providers import NodeProvider
 from .cluster import ClusterOptions
 from .launcher import BudgetError, FargateLauncher, LaunchError, stop_reasons
 from .pricing import CostMeter, CostReport, format_cost, format_duration, would_exceed
-from .resources import Settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from ..head.server import Head
@@ -41,7 +42,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("starburst.fargate")
 
 #: How long a cluster's certificates are valid (a cluster running longer can't add nodes).
+#: The head's and the nodes' certificates last this long and are renewed at half their life, so a
+#: cluster lives as long as its head does; the CA (its key only in the head's memory) outlives them.
 CERT_DAYS = 7
+CA_DAYS = 3650
+#: While the quota holds workers back (waves), it is read again this often: the account's other
+#: tasks may have stopped, or an increase been granted.
+QUOTA_REREAD_S = 60.0
 #: A launched node that has had an address this long without answering is given up on.
 CONNECT_GIVE_UP_S = 300.0
 #: Nodes in a row that stop before joining after which the cluster gives up (fewer if that's all
@@ -97,7 +104,7 @@ class FargateProvider(NodeProvider):
     name = "fargate"
 
     def __init__(self, options: ClusterOptions, session=None, settings: Settings | None = None,
-                 launcher: FargateLauncher | None = None, clock=time.monotonic) -> None:
+                 launcher: FargateLauncher | None = None, clock=time.monotonic, quota_source=None) -> None:
         import boto3
 
         self.options = options
@@ -107,19 +114,16 @@ class FargateProvider(NodeProvider):
         self.clock = clock
         account = self.session.client("sts").get_caller_identity()["Account"]
         self.bucket = self.settings.bucket_name(account)
-        prefix = f"{self.settings.object_prefix}/{self.cluster_id}"
+        prefix = self._prefix = f"{self.settings.object_prefix}/{self.cluster_id}"
         self.store_url = f"s3://{self.bucket}/{prefix}"
         self.meter = CostMeter(self.settings.region, max_cost=options.max_cost)
 
         # Mutual TLS: a CA for this cluster only, in this process's memory (its key never touches
         # disk, and dies with the head); the node's bundle goes to the cluster's prefix,
         # and the task environment carries just its location and hash (see starburst.tls).
-        self.ca = tls.ClusterCA.create(self.cluster_id, valid_days=CERT_DAYS + 1)
-        self.head_identity = self.ca.issue_head(valid_hours=CERT_DAYS * 24)
-        bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=CERT_DAYS * 24))
-        key = f"{prefix}/tls/node-bundle.json"
-        self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
-        env = {"STARBURST_STORE": self.store_url, **tls.node_environment(f"s3://{self.bucket}/{key}", bundle)}
+        self.ca = tls.ClusterCA.create(self.cluster_id, valid_days=CA_DAYS)
+        self._renewals = 0
+        env = self._issue_certificates()
         self.launcher = launcher or FargateLauncher(
             self.session, self.settings, self.cluster_id, options.image, size=(options.cpu, options.memory),
             arch=options.arch, spot=options.spot, meter=self.meter, lease_s=options.lease_s, env=env,
@@ -129,12 +133,61 @@ class FargateProvider(NodeProvider):
         self.started = clock()
         self.message = ""
         self.stop_reason = ""
-        self._credentials = self.head_identity.channel_credentials()
         self._connects: set[asyncio.Task] = set()
         self._launching: set[asyncio.Future] = set()
+        self.quota_source = quota_source
+        self._quota_read_at = clock()
         self.failed_starts = 0  # nodes in a row that stopped before joining
         self.failure_reasons: set[str] = set()
         self._no_launch_until = 0.0
+
+    def _issue_certificates(self) -> dict[str, str]:
+        """A new head identity and node bundle from the cluster CA; the bundle goes to S3. Returns
+        the nodes' environment naming it (its location and hash)."""
+        hours = CERT_DAYS * 24
+        identity = self.ca.issue_head(valid_hours=hours)
+        bundle = tls.make_node_bundle(self.ca.issue_node(valid_hours=hours))
+        name = "node-bundle.json" if not self._renewals else f"node-bundle-{self._renewals}.json"
+        key = f"{self._prefix}/tls/{name}"  # nodes running on an older bundle keep theirs
+        self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
+        self.head_identity = identity
+        self._credentials = identity.channel_credentials()
+        self.renew_at = tls.certificate_expiry(identity.cert_pem) - _dt.timedelta(hours=hours / 2)
+        return {"STARBURST_STORE": self.store_url, **tls.node_environment(f"s3://{self.bucket}/{key}", bundle)}
+
+    def renew_certificates(self) -> bool:
+        """Past half their life: a new head identity (new channels use it) and a new node bundle
+        (nodes launched from now on get it); nodes already running trust the same CA, so they keep
+        working. True when renewed."""
+        if tls.now() < self.renew_at:
+            return False
+        self._renewals += 1
+        env = self._issue_certificates()
+        self.launcher.env = {**self.launcher.env, **env}
+        log.info("renewed the cluster's certificates (valid %d days)", CERT_DAYS)
+        return True
+
+    def reread_quota(self) -> int | None:
+        """Read the vCPU quota and the account's usage again; ``options.quota_workers`` becomes how
+        many workers fit beside the account's other tasks now. Returns it (None: unreadable)."""
+        from .quotas import ServiceQuotasSource, plan_waves
+
+        if self.quota_source is None:
+            self.quota_source = ServiceQuotasSource(region=self.settings.region, session=self.session)
+        spot = self.options.spot
+        try:
+            limit = self.quota_source.fargate_vcpu_limit(spot)
+            in_use = self.quota_source.current_vcpu_usage(spot)
+        except Exception as exc:  # noqa: BLE001 - keep the last plan; try again later
+            log.warning("could not read the Fargate vCPU quota again: %s", exc)
+            return None
+        others = max(0.0, in_use - len(self.tasks) * self.options.vcpu)
+        workers = plan_waves(self.options.workers_max, self.options.vcpu, limit, others, spot).workers
+        if workers != self.options.quota_workers:
+            self._say(f"the Fargate vCPU quota now allows {workers} of {self.options.workers_max} workers "
+                      f"({limit:g} vCPU, {others:g} in use by other tasks)")
+            self.options.quota_workers = workers
+        return workers
 
     @classmethod
     def from_config_file(cls, path: str) -> "FargateProvider":
@@ -165,6 +218,8 @@ class FargateProvider(NodeProvider):
             return
         if self._check_budget():
             return
+        if tls.now() >= self.renew_at:
+            await asyncio.to_thread(self.renew_certificates)
         await self._refresh()
         self._scale_down()
         await self._scale_up()
@@ -258,8 +313,8 @@ class FargateProvider(NodeProvider):
             return False
         spent = self.meter.cost_so_far()
         self.stop_reason = (f"max_cost {format_cost(limit)} reached ({format_cost(spent)} spent over "
-                            f"{format_duration(self.clock() - self.started)}); the cluster was stopped. "
-                            "Raise max_cost to continue.")
+                            f"{format_duration(self.clock() - self.started)}); the cluster is stopped, its workers "
+                            "with it. To go on: starburst.shutdown(), then init() again with a higher max_cost.")
         assert self.head is not None
         self.head.abort(self.stop_reason)
         return True
@@ -375,6 +430,10 @@ class FargateProvider(NodeProvider):
         demand = scheduler.demand()
         per_node = max(1, math.floor(self.options.vcpu))
         want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
+        if self.options.quota_workers is not None and want > self.options.quota_workers \
+                and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
+            self._quota_read_at = self.clock()
+            await asyncio.to_thread(self.reread_quota)
         if self.options.quota_workers is not None:
             want = min(want, max(self.options.quota_workers, self.options.workers_min))
         missing = want - len(self.tasks)

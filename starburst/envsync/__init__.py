@@ -6,7 +6,7 @@ tag), the worker image's Dockerfile and build context, and building the image wh
     derived = derived_spec(spec, {"pip": ["requests==2.32.0"]})   # runtime_env pip: its own hash
     build_context(spec, "ctx/")            # Dockerfile, requirements.txt, constraints.txt, spec.json
 
-    from starburst.envsync.image import ensure_image      # loads boto3: imported on demand
+    from starburst.aws.image import ensure_image          # building the image is AWS's part
     uri = ensure_image(boto3.Session(), Settings.load(), spec)   # builds only when the tag is new
 """
 

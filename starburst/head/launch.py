@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where nodes come from: a node process on this machine, or Fargate tasks")
     parser.add_argument("--cluster-config", default="",
                         help="JSON file with the Fargate cluster's options (written by init() / 'starburst up')")
+    parser.add_argument("--confirm-start", action="store_true",
+                        help="after printing the address, wait for 'ok' on stdin; stop if the starter is gone")
     args = parser.parse_args(argv)
     if args.num_cpus is None:
         args.num_cpus = default_cpus()

@@ -103,7 +103,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, listen: str = "",
     ``cluster_config``: a Fargate cluster's options file (``aws.cluster.ClusterOptions``) and
     ``cluster_id`` its id; without them the head runs the embedded local cluster."""
     config.runtime_dir()  # a clear error here, before anything starts, if it can't be made safe
-    cmd = [sys.executable, "-m", "starburst.head"]
+    cmd = [sys.executable, "-m", "starburst.head", "--confirm-start"]
     if listen:
         cmd += ["--listen", listen]
     if cluster_config:
@@ -117,22 +117,46 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, listen: str = "",
     _rotate_log(log_path)
     with config.open_log(log_path) as log_file:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
         )
-    assert proc.stdout is not None
-    _warm_up_imports()  # overlaps with the head's start
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            # SIGTERM: a Fargate head stops whatever it had launched before it exits.
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        _warm_up_imports()  # overlaps with the head's start
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                # SIGTERM: a Fargate head stops whatever it had launched before it exits.
+                proc.terminate()
+                try:
+                    proc.wait(180)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
+        line = proc.stdout.readline().decode().strip()
+        if line and not line.startswith("error: ") and not exit_when_unused:
+            # The handshake's last step ('starburst up'): we have the address. A starter killed
+            # before this line leaves the head reading EOF instead, and it stops what it launched.
+            proc.stdin.write(b"ok\n")
+            proc.stdin.flush()
+    except BaseException:
+        # Interrupted (Ctrl-C, a signal turned into an exception) while the head starts: nobody will
+        # use it. SIGTERM makes it stop whatever it launched, in its own session, and write its
+        # report to the log; we return at once instead of waiting for that.
+        with contextlib.suppress(OSError):
             proc.terminate()
-            try:
-                proc.wait(180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise RuntimeError(f"the starburst head did not start within {timeout:g} s; see {log_path}")
-    line = proc.stdout.readline().decode().strip()
+        proc.stdout.close()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # EOF: the head stops even if the SIGTERM was missed
+        raise
     proc.stdout.close()
+    if exit_when_unused and line and not line.startswith("error: "):
+        # init(): this process holds the head's stdin open for as long as it lives; when it dies
+        # (even by SIGKILL, before its driver connected) the head reads EOF and, if no driver is
+        # connected, stops.
+        _starter_pipes.append(proc.stdin)
+    else:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
     if not line:
         proc.wait()
         raise RuntimeError(f"the starburst head exited with {proc.returncode} at start; see {log_path}")
@@ -154,6 +178,10 @@ def _rotate_log(path) -> None:
     with contextlib.suppress(OSError):
         if path.stat().st_size > HEAD_LOG_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
+
+
+#: The stdin pipes of heads this process started with init() (see start_head).
+_starter_pipes: list = []
 
 
 def _warm_up_imports() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -208,6 +210,7 @@ class Head(pb_grpc.HeadServicer):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlives the terminal it was started from
         provider_start = asyncio.ensure_future(self.provider.start(self))
         await server.start()
         try:
@@ -229,7 +232,13 @@ class Head(pb_grpc.HeadServicer):
         # thread, after we announced (so the import never delays a cluster's start).
         self._dashboard_task = self._start_dashboard()
         self._write_head_file()
-        announce(self.address)
+        if not announce(self.address):
+            # Our starter is gone (Ctrl-C, killed) before it learnt where we listen: nobody will
+            # connect, so whatever we launched would only bill. Stop now.
+            log.warning("the process that started this head is gone; stopping the cluster")
+            self.stopping.set()
+        elif getattr(self.args, "confirm_start", False):
+            asyncio.ensure_future(self._await_confirmation())
         if self.args.exit_when_unused:
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
@@ -255,6 +264,32 @@ class Head(pb_grpc.HeadServicer):
                 log.exception("the dashboard could not start")
 
         return asyncio.ensure_future(start())
+
+    async def _await_confirmation(self) -> None:
+        """'starburst up' says 'ok' on our stdin once it has our address; init() keeps our stdin
+        open while it lives. EOF without 'ok' means the starter is gone (killed, interrupted): with
+        no driver connected, nobody will use us, so stop."""
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[str] = loop.create_future()
+
+        def read() -> None:  # a daemon thread: a starter alive at our exit must not hold us up
+            try:
+                line = sys.stdin.readline()
+            except (OSError, ValueError):
+                line = ""
+            def deliver() -> None:
+                if not got.done():
+                    got.set_result(line)
+
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting anyway
+                loop.call_soon_threadsafe(deliver)
+
+        threading.Thread(target=read, name="starter-pipe", daemon=True).start()
+        line = await got
+        if line.strip() == "ok" or (self.args.exit_when_unused and self._driver_sessions()):
+            return
+        log.warning("the process that started this head is gone and no driver is connected; stopping the cluster")
+        self.stopping.set()
 
     async def _exit_if_nobody_comes(self) -> None:
         await asyncio.sleep(60)
@@ -306,11 +341,17 @@ class Head(pb_grpc.HeadServicer):
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
-def announce(address: str) -> None:
-    """Tell whoever started us where we listen, then send our stdout to the log (stderr)."""
-    sys.stdout.write(address + "\n")
-    sys.stdout.flush()
+def announce(address: str) -> bool:
+    """Tell whoever started us where we listen, then send our stdout to the log (stderr). False
+    when nobody reads it any more (the starter was interrupted or killed); never raises."""
+    told = True
+    try:
+        sys.stdout.write(address + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # BrokenPipeError: the reading end is closed
+        told = False
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return told
 
 
 def run(args: argparse.Namespace, provider: NodeProvider) -> None:

@@ -71,7 +71,8 @@ class Rehearsal:
     def enter(self) -> "Rehearsal":
         import boto3
 
-        from starburst.aws import resources as res
+        from starburst.aws import provision
+        from starburst.aws.settings import Settings
         from starburst.envsync import capture
 
         for key in [k for k in os.environ if k.startswith("AWS_")]:
@@ -87,9 +88,9 @@ class Rehearsal:
         self.home.mkdir(parents=True, exist_ok=True)
         reset_moto(self.moto)
         # 'starburst setup', against moto (its bucket is moto's; the data path uses SeaweedFS's).
-        settings = res.Settings(region=REGION, bucket=self.s3.bucket, node_port=_free_port())
+        settings = Settings(region=REGION, bucket=self.s3.bucket, node_port=_free_port())
         session = boto3.Session(region_name=REGION)
-        self.settings = res.setup(session, settings, head_ip="127.0.0.1").settings
+        self.settings = provision.setup(session, settings, head_ip="127.0.0.1").settings
         self.settings.save()
         put_fake_image(session, self.settings.repository, capture().hash())
         self._copy_bucket_settings(session.client("s3"))

@@ -23,11 +23,11 @@ import pytest
 import yaml
 
 import starburst
+from starburst.aws import provision
 from starburst.aws import resources as res
-from starburst.aws.resources import CREATED, DELETED, EXISTED, MISSING, Settings
-from starburst.envsync import build, build_context, derived_spec, parse
-from starburst.envsync.image import (
-    BUILDSPEC,
+from starburst.aws.codebuild import BUILDSPEC, BuildProject
+from starburst.aws.context import Context
+from starburst.aws.image import (
     BuildError,
     BuildFailed,
     CodeBuildBuilder,
@@ -43,6 +43,9 @@ from starburst.envsync.image import (
     start_build_request,
     zip_context,
 )
+from starburst.aws.resources import CREATED, DELETED, EXISTED, MISSING
+from starburst.aws.settings import AwsSetupError, Settings
+from starburst.envsync import build, build_context, derived_spec, parse
 from starburst.envsync.wheels import (
     WheelError,
     build_wheel,
@@ -75,7 +78,7 @@ def push(aws, tag, repository="starburst"):
 
 
 def set_up(aws):
-    report = res.setup(aws.session(), Settings(), head_ip="203.0.113.5")
+    report = provision.setup(aws.session(), Settings(), head_ip="203.0.113.5")
     return report.settings
 
 
@@ -219,30 +222,30 @@ def test_setup_makes_the_build_project_and_a_least_privilege_role(aws):
 
 def test_build_resources_setup_teardown_idempotent(aws):
     session, settings = aws.session(), Settings()
-    first = res.setup(session, settings, head_ip="203.0.113.5")
+    first = provision.setup(session, settings, head_ip="203.0.113.5")
     assert {k: first[k].status for k in res.BUILD_KINDS} == {k: CREATED for k in res.BUILD_KINDS}
-    again = res.setup(session, settings, head_ip="203.0.113.5")
+    again = provision.setup(session, settings, head_ip="203.0.113.5")
     assert {k: again[k].status for k in res.BUILD_KINDS} == {k: EXISTED for k in res.BUILD_KINDS}
-    assert [r.status for r in res.ensure_build_resources(session, settings)] == [EXISTED] * 3
+    assert [r.status for r in provision.ensure_build_resources(session, settings)] == [EXISTED] * 3
 
     # an account set up before the build resources existed: the image build makes them
     aws.client("codebuild").delete_project(name="starburst-image-build")
-    made = {r.kind: r.status for r in res.ensure_build_resources(session, settings)}
+    made = {r.kind: r.status for r in provision.ensure_build_resources(session, settings)}
     assert made == {res.BUILD_LOG_GROUP: EXISTED, res.BUILD_ROLE: EXISTED, res.BUILD_PROJECT: CREATED}
 
-    down = res.teardown(session, settings)
+    down = provision.teardown(session, settings)
     assert {k: down[k].status for k in res.BUILD_KINDS} == {k: DELETED for k in res.BUILD_KINDS}
     assert aws.client("codebuild").list_projects()["projects"] == []
     assert aws.client("logs").describe_log_groups(logGroupNamePrefix="/starburst")["logGroups"] == []
-    down = res.teardown(session, settings)
+    down = provision.teardown(session, settings)
     assert {k: down[k].status for k in res.BUILD_KINDS} == {k: MISSING for k in res.BUILD_KINDS}
-    with pytest.raises(res.AwsSetupError, match="starburst setup"):
-        res.ensure_build_resources(session, settings)
+    with pytest.raises(AwsSetupError, match="starburst setup"):
+        provision.ensure_build_resources(session, settings)
 
 
 def test_build_project_drift_is_repaired(aws):
     settings = set_up(aws)
-    ctx = res._Ctx(aws.session(), settings)
+    ctx = Context(aws.session(), settings)
     calls = []
 
     class Recording:  # moto has no UpdateProject: record the call instead
@@ -256,7 +259,7 @@ def test_build_project_drift_is_repaired(aws):
             calls.append(kwargs)
 
     ctx._clients["codebuild"] = Recording(ctx.client("codebuild"))
-    kind = res._BuildProject(ctx)
+    kind = BuildProject(ctx)
     found = kind.find()
     assert found.exists and found.managed and kind.reconcile(found) == []
     found.info["project"]["environment"]["privilegedMode"] = False

@@ -10,7 +10,7 @@ local packages and of starburst itself, ``wheels.fill_wheels``) and hands it to 
 - ``CodeBuildBuilder`` (the default; no Docker engine on the laptop): the context is zipped and
   uploaded to the setup bucket as ``builds/<hash>.zip``; starburst's CodeBuild project (made by
   ``starburst setup``, or here if the account was set up before it existed) builds it with the
-  buildspec below: log in to ECR, ``docker build --platform ...``, ``docker push <repo>:<hash>``.
+  buildspec of ``starburst.aws.codebuild``: log in to ECR, ``docker build --platform ...``, ``docker push <repo>:<hash>``.
   arm64 images are built on an ARM build host, natively. Progress shows each build phase with
   the elapsed time; a failed build names the failing phase and shows the tail of its log
   (CloudWatch Logs, the build log group).
@@ -36,41 +36,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
-from .dockerfile import base_image_for, build_context, platform_for
-from .spec import EnvSpec
-from .wheels import WheelError, fill_wheels
+from ..envsync.dockerfile import base_image_for, build_context, platform_for
+from ..envsync.spec import EnvSpec
+from ..envsync.wheels import WheelError, fill_wheels
+from ._errors import error_code
+from .codebuild import BUILD_TIMEOUT_MINUTES, CODEBUILD_ENVIRONMENTS
+from .context import caller_identity
+from .provision import ensure_build_resources
+from .settings import AwsSetupError
 
 Progress = Callable[[str], None]
 
 #: Docker Hub's official images, mirrored on ECR Public.
 ECR_PUBLIC_LIBRARY = "public.ecr.aws/docker/library"
-
-#: The CodeBuild project's buildspec. The build's variables (set per build): ``IMAGE_URI``
-#: (``<registry>/<repository>:<hash>``), ``REGISTRY``, ``PLATFORM`` (``linux/amd64`` or
-#: ``linux/arm64``), ``ENV_HASH``. ``on-failure: ABORT``: a failed login or build stops there
-#: (``post_build`` would otherwise run after a failed ``build``).
-BUILDSPEC = """\
-# starburst worker image build (starburst.envsync.image); the context is the S3 source
-version: 0.2
-env:
-  shell: bash
-  variables:
-    DOCKER_BUILDKIT: "1"
-phases:
-  pre_build:
-    on-failure: ABORT
-    commands:
-      - 'echo "starburst: building $IMAGE_URI ($PLATFORM, environment $ENV_HASH)"'
-      - 'aws ecr get-login-password --region "$AWS_REGION" | docker login --username AWS --password-stdin "$REGISTRY"'
-  build:
-    on-failure: ABORT
-    commands:
-      - 'docker build --platform "$PLATFORM" --tag "$IMAGE_URI" .'
-  post_build:
-    on-failure: ABORT
-    commands:
-      - 'docker push "$IMAGE_URI"'
-"""
 
 #: What each CodeBuild phase does here, for progress lines and failure messages.
 PHASES = {
@@ -169,8 +147,6 @@ def image_exists(ecr_client, repository: str, tag: str) -> bool:
     """Whether ``repository:tag`` is in ECR. BuildError when the repository itself is missing."""
     from botocore.exceptions import ClientError
 
-    from ..aws._errors import error_code
-
     try:
         resp = ecr_client.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
     except ClientError as exc:
@@ -185,22 +161,10 @@ def image_exists(ecr_client, repository: str, tag: str) -> bool:
 
 def account_id(session, region: str) -> str:
     """The account of ``session``'s credentials; BuildError saying what to do when there are none."""
-    from botocore.exceptions import (
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-
     try:
-        return session.client("sts", region_name=region).get_caller_identity()["Account"]
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise BuildError("no AWS credentials found: configure them ('aws configure', AWS_PROFILE, "
-                         "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from exc
-    except EndpointConnectionError as exc:
-        raise BuildError(f"can't reach AWS in region {region}: {exc}") from exc
-    except ClientError as exc:
-        raise BuildError(f"AWS refused the credentials: {exc}") from exc
+        return caller_identity(session, region)["Account"]
+    except AwsSetupError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,8 +211,6 @@ def zip_context(context_dir, out) -> Path:
 
 def start_build_request(settings, bucket: str, spec: EnvSpec, image_uri: str) -> dict:
     """The ``StartBuild`` parameters of one image build."""
-    from ..aws.resources import CODEBUILD_ENVIRONMENTS
-
     variables = {"IMAGE_URI": image_uri, "REGISTRY": image_uri.split("/", 1)[0],
                  "PLATFORM": platform_for(spec), "ENV_HASH": spec.hash()}
     request: dict[str, Any] = {
@@ -292,8 +254,6 @@ class CodeBuildBuilder:
         self._poll = poll
         self.poll_interval = poll_interval
         self.heartbeat_s = heartbeat_s
-        from ..aws.resources import BUILD_TIMEOUT_MINUTES
-
         self.timeout_s = timeout_s if timeout_s is not None else BUILD_TIMEOUT_MINUTES * 60 + 600
         self.log_lines = log_lines
         self.sleep = sleep
@@ -309,8 +269,6 @@ class CodeBuildBuilder:
 
     def preflight(self) -> None:
         """The build log group, role and project exist (created, as setup does, if not)."""
-        from ..aws.resources import AwsSetupError, ensure_build_resources
-
         if self._ready:
             return
         try:
@@ -573,4 +531,4 @@ __all__ = ["ImageBuilder", "CodeBuildBuilder", "DockerBuilder", "BuildError", "B
            "ConsoleProgress", "quiet", "ensure_image", "image_uri", "image_exists",
            "registry_host", "prepare_context", "zip_context", "start_build_request",
            "docker_build_command", "docker_push_command", "docker_login_command",
-           "make_builder", "account_id", "BUILDSPEC", "ECR_PUBLIC_LIBRARY", "PHASES"]
+           "make_builder", "account_id", "ECR_PUBLIC_LIBRARY", "PHASES"]

@@ -1,0 +1,154 @@
+"""Interrupting a Fargate cluster's driver at any point leaves nothing billing (offline rehearsal).
+
+A driver process runs ``init(cluster="fargate")`` then a ``get`` (or the CLI runs
+``starburst up --cluster fargate``); it gets a signal at one point of its life (after the estimate
+is printed, once RunTask has placed tasks, while nodes join, during a ``get``). An ``up`` that had
+already succeeded when the signal came leaves its cluster up, as asked: ``down`` then stops it.
+After each: within ``BOUND_S`` no task is RUNNING or PENDING in ECS (moto), no node process and no
+head process of this rehearsal is left, and the driver itself returned promptly.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from aws_fixtures import moto_server  # noqa: F401 - fixture
+from rehearsal.fargate import Rehearsal
+from s3_fixtures import s3_server  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+BOUND_S = 30.0
+
+DRIVER = """
+import sys, time
+import starburst
+
+starburst.init(cluster="fargate", workers=2, lease=60, cpu=1, memory="2GB")
+print("READY", flush=True)
+
+@starburst.remote
+def slow(x):
+    time.sleep(120)
+    return x
+
+print("GETTING", flush=True)
+starburst.get([slow.remote(i) for i in range(4)])
+"""
+
+
+@pytest.fixture(scope="module")
+def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
+    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
+    try:
+        yield r
+    finally:
+        r.exit()
+
+
+def _heads(home) -> list[psutil.Process]:
+    """Head processes of this rehearsal (by their STARBURST_HOME), wherever they were reparented."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "starburst.head" in (proc.info["cmdline"] or []) and \
+                    proc.environ().get("STARBURST_HOME") == str(home):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class _Driver:
+    def __init__(self, *argv) -> None:
+        self.proc = subprocess.Popen([sys.executable, *map(str, argv)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+
+POINTS = [
+    # (point, signal)
+    ("estimate printed", signal.SIGINT),
+    ("tasks placed", signal.SIGINT),
+    ("tasks placed", signal.SIGKILL),
+    ("tasks placed", signal.SIGHUP),
+    ("nodes joining", signal.SIGTERM),
+    ("during get", signal.SIGINT),
+    ("during get", signal.SIGKILL),
+]
+
+
+UP = ["-m", "starburst", "up", "--cluster", "fargate", "--workers", "2", "--cpu", "1", "--memory", "2GB",
+      "--lease", "60"]
+CASES = [("driver", point, sig) for point, sig in POINTS] + [
+    ("up", "estimate printed", signal.SIGINT),
+    ("up", "tasks placed", signal.SIGINT),
+    ("up", "tasks placed", signal.SIGKILL),
+    ("up", "tasks placed", signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize("who,point,sig", CASES,
+                         ids=[f"{w}-{p.replace(' ', '-')}-{s.name}" for w, p, s in CASES])
+def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, point, sig):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    with rehearsal.agent(tmp_path / "nodes") as agent:
+        driver = _Driver(script) if who == "driver" else _Driver(*UP)
+        try:
+            conditions = {
+                "estimate printed": lambda: driver.saw("about $"),
+                "tasks placed": lambda: rehearsal.running_tasks(),
+                "nodes joining": lambda: agent.alive() and not driver.saw("READY"),
+                "during get": lambda: driver.saw("GETTING") and len(agent.alive()) == 2,
+            }
+            _wait(lambda: conditions[point]() or driver.proc.poll() is not None, 120, point)
+            if who == "up" and driver.proc.poll() == 0:
+                pass  # 'up' had finished before this point: then it must have said so, and down stops it
+            else:
+                assert driver.proc.poll() is None, "\n".join(driver.lines)
+                driver.proc.send_signal(sig)
+            signalled = time.monotonic()
+            code = driver.proc.wait(BOUND_S)  # the command returns promptly
+            returned_s = time.monotonic() - signalled
+            if who == "up" and driver.saw("stop it with 'starburst down'"):
+                # 'up' had said the cluster is up (its last line) when the signal came, so it is, as
+                # asked, whatever the exit code; 'down' must then stop all of it within the bound.
+                down = subprocess.run([sys.executable, "-m", "starburst", "down"], capture_output=True,
+                                      text=True, timeout=BOUND_S)
+                assert down.returncode == 0, down.stderr
+            _wait(lambda: rehearsal.running_tasks() == [], BOUND_S,
+                  f"no task RUNNING or PENDING (exit code {code}; output: {driver.lines[-5:]})")
+            _wait(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
+            _wait(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
+            assert returned_s < BOUND_S
+        finally:
+            if driver.proc.poll() is None:
+                driver.proc.kill()
+            for head in _heads(rehearsal.home):  # never leave one to the next case
+                head.terminate()
