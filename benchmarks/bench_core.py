@@ -830,7 +830,8 @@ def main(argv=None):
     p.add_argument("--async-runs", type=int, default=None, help="timed async runs (default 3, quick 1)")
     p.add_argument("--sync-iters", type=int, default=None, help="sync round trips (default 300, quick 50)")
     p.add_argument("--array-reps", type=int, default=None, help="timed 128 MiB reps (default 5, quick 2)")
-    p.add_argument("--actor-n", type=int, default=None, help="calls per actor throughput run, f and g (default 5000, quick 500)")
+    p.add_argument("--actor-n", type=int, default=None,
+                   help="calls per actor throughput run, f and g (default 5000, quick 500)")
     p.add_argument("--actor-runs", type=int, default=None, help="timed actor throughput runs (default 3, quick 1)")
     p.add_argument("--cold-runs", type=int, default=None, help="timed cold starts (default 5, quick 2)")
     p.add_argument("--warmup-sync", type=int, default=None, help="sync warm-up calls (default 50, quick 10)")

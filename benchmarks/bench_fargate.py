@@ -758,7 +758,8 @@ def build_rows(R):
                      "yes" if sb_e2e / base_e2e >= 0.9 else "NO"))
         st_up = median([r["up_s"] for r in reps["store"]])
         st_down = median([r["down_s"] for r in reps["store"]])
-        rows.append((f"c. S3Store alone: put / get {mib} MiB", f"{size / st_up / GB:.3f} / {size / st_down / GB:.3f} GB/s",
+        rows.append((f"c. S3Store alone: put / get {mib} MiB",
+                     f"{size / st_up / GB:.3f} / {size / st_down / GB:.3f} GB/s",
                      f"{size / b_up / GB:.3f} / {size / b_down / GB:.3f} GB/s boto3",
                      f"{b_up / st_up:.0%} / {b_down / st_down:.0%}", "", ""))
         grpc = [R["array"]["snaps"].get(f"c{i}") for i in range(len(reps["starburst"]))]
@@ -933,7 +934,8 @@ def report(R):
     for key in ("rtt", "tput", "tput0", "array"):
         r = R.get(key)
         if r:
-            bits = [f"init {r.get('init_s', float('nan')):.1f} s", f"nodes ready {r.get('nodes_ready_s', float('nan')):.1f} s",
+            bits = [f"init {r.get('init_s', float('nan')):.1f} s",
+                    f"nodes ready {r.get('nodes_ready_s', float('nan')):.1f} s",
                     f"shutdown {r.get('shutdown_s', float('nan')):.1f} s", f"scenario {r['scenario_wall_s']:.0f} s"]
             if r.get("tp"):
                 bits.append("runs " + ", ".join(f"{x['rate']:,.0f}/s (submit {x['submit_s']:.2f} s, "

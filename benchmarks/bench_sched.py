@@ -176,8 +176,9 @@ def main(argv=None) -> int:
                                 "heavy-tailed makespan", "ideal", "makespan / ideal"], rows))
     sb, ray = results.get("starburst", {}), results.get("ray", {})
     if "straggler_s" in sb and "straggler_s" in ray:
-        print(f"starburst / Ray: straggler {statistics.median(sb['straggler_s']) / statistics.median(ray['straggler_s']):.2f}x"
-              f" (goal <= 2x and < 150 ms), heavy-tailed {statistics.median(sb['batch_s']) / statistics.median(ray['batch_s']):.2f}x"
+        straggler = statistics.median(sb["straggler_s"]) / statistics.median(ray["straggler_s"])
+        batch = statistics.median(sb["batch_s"]) / statistics.median(ray["batch_s"])
+        print(f"starburst / Ray: straggler {straggler:.2f}x (goal <= 2x and < 150 ms), heavy-tailed {batch:.2f}x"
               " (goal <= 1x; and <= 1.10 of ideal)")
     print(f"load avg at end: {_common.fmt_loads()}")
     print(json.dumps(results))

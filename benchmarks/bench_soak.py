@@ -69,7 +69,7 @@ def main(scale: float) -> int:
     for start in range(0, n_puts, 10_000):
         refs = [starburst.put(i) for i in range(start, min(n_puts, start + 10_000))]
         del refs
-    for i in range(n_big):
+    for _ in range(n_big):
         ref = starburst.put(bytes(64 << 20))
         assert starburst.get(size.remote(ref)) == 64 << 20
         del ref

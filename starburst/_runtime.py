@@ -7,11 +7,11 @@ lazily, relayed through its node, the first time a task uses the API or receives
 from __future__ import annotations
 
 import contextvars
-import itertools
 import os
 import threading
 from typing import Any, Callable
 
+from . import _ids
 from .exceptions import RaySystemError
 
 _lock = threading.RLock()
@@ -35,21 +35,7 @@ class TaskContext:
         self.actor_id = actor_id
 
 
-_id_prefix = os.urandom(8)
-_id_counter = itertools.count(1)
-
-
-def new_id() -> bytes:
-    """A 16-byte id unique across processes: random per process, then a counter (no syscall)."""
-    return _id_prefix + next(_id_counter).to_bytes(8, "little")
-
-
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix, _id_counter = os.urandom(8), itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)  # a forked child must not repeat our ids
+os.register_at_fork(after_in_child=_ids.reseed)  # a forked child must not repeat our ids
 
 #: Set in executor processes.
 node_id = ""
@@ -91,6 +77,11 @@ def stamp_caller(spec: Any, client: Any) -> None:
         spec.namespace = ctx.namespace if ctx is not None and ctx.namespace else getattr(client, "namespace", "") or ""
 
 
+#: How get_client() starts or joins a cluster on first use: ``api.init``, set when the public API
+#: is imported (this module sits below the API and doesn't import it).
+auto_init_hook: Callable[[], Any] | None = None
+
+
 def peek_client() -> Any:
     return _client
 
@@ -121,9 +112,9 @@ def get_client(auto_init: bool = True) -> Any:
                 f"the session with the starburst cluster was lost ({_client.error_text()}); its objects "
                 "and tasks are gone. Call starburst.shutdown() and then starburst.init() to start over."
             )
-    from . import api
-
-    api.init()
+    if auto_init_hook is None:
+        raise RuntimeError("starburst is not initialized: call starburst.init() first")
+    auto_init_hook()
     return _client
 
 

@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 from . import _runtime, runtime_env
 from . import options as _options
 from ._proto import starburst_pb2 as pb
-from .remote_function import check_feasible, fill_args, return_ids, shape_result
+from ._ids import new_id, return_ids
+from .remote_function import check_feasible, fill_args, shape_result
 from .exceptions import AsyncioActorExit
 from .serialization import dumps_function, note_contained_ref
 
@@ -147,10 +148,10 @@ class ActorClass:
         function = self._function_message()
         check_feasible(client, o, self._cls.__qualname__)
         is_async = self._is_async
-        task_id = _runtime.new_id()
+        task_id = new_id()
         spec = pb.TaskSpec(
             task_id=task_id, function_id=function.id, name=f"{self._cls.__name__}.__init__",
-            return_ids=return_ids(task_id, 1), actor_id=_runtime.new_id(), max_retries=0,
+            return_ids=return_ids(task_id, 1), actor_id=new_id(), max_retries=0,
             namespace=o.get("namespace") or "",
         )
         spec.resources.cpus = o.get("num_cpus") or 0
@@ -297,7 +298,7 @@ class ActorMethod:
         client = handle._client or _runtime.get_client()
         n = o.get("num_returns", 1)
         generator = n if isinstance(n, str) else ""
-        task_id = _runtime.new_id()
+        task_id = new_id()
         spec = pb.TaskSpec(
             task_id=task_id, name=f"{handle._meta['class_name']}.{self._name}",
             actor_id=handle._actor_id.binary(), method=self._name, generator=generator,

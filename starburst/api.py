@@ -17,7 +17,7 @@ from .remote_function import RemoteFunction
 log = logging.getLogger("starburst")
 
 _init_lock = threading.RLock()
-_started_head = None  # head.process.HeadInfo of a head this process started
+_started_head = None  # driver.process.HeadInfo of a head this process started
 
 _INIT_ACCEPTED_NO_EFFECT = {
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging", "logging_level",
@@ -140,7 +140,7 @@ def init(
             return _context()  # inside a task: the executor's session is used
         if address is None:
             address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-        from .client import Client, GrpcTransport
+        from .driver.client import Client, GrpcTransport
 
         for attempt in range(3):
             head_address = _resolve_head(address, num_cpus, fargate)
@@ -203,7 +203,7 @@ def _fargate_options(cluster: str, given: dict[str, Any]):
 
 def _resolve_head(address: str | None, num_cpus: float | None, fargate=None) -> str:
     global _started_head
-    from .head import process
+    from .driver import process
     if address not in (None, "auto", "local"):
         if num_cpus is not None:
             raise ValueError("When connecting to an existing cluster, num_cpus must not be provided.")
@@ -290,12 +290,12 @@ def shutdown() -> None:
         _runtime.job_runtime_env = {}
         if client is not None:
             client.close()
-            from .client import drain_output
+            from .driver.client import drain_output
 
             drain_output(2.0)
         started, _started_head = _started_head, None
         if started is not None:
-            from .head import process
+            from .driver import process
 
             others = process.drivers_attached(started.address)
             if others:
@@ -507,3 +507,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     _runtime.get_client().cancel(object_ref, force, recursive)
+
+
+_runtime.auto_init_hook = init  # the first .remote()/get()/put() without init() calls init(), as in Ray

@@ -23,7 +23,7 @@ import sys
 
 from . import config
 from ._version import __version__
-from .head import process
+from .driver import process
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -605,7 +605,7 @@ def _size(n: float) -> str:
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (``starburst up: argument --port: ...``), exit code 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
@@ -646,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--region", default=None, help="AWS region (default: the one 'starburst setup' used)")
     fg.add_argument("--image", default=None, help="worker image (default: built from this environment)")
     fg.add_argument("--lease", type=float, default=defaults.DEFAULT_LEASE_S,
-                    help=f"seconds a worker waits for a lost head before exiting (default {defaults.DEFAULT_LEASE_S:g})")
+                    help="seconds a worker waits for a lost head before exiting "
+                         f"(default {defaults.DEFAULT_LEASE_S:g})")
     fg.add_argument("--auto-quota-request", action="store_true",
                     help="when the vCPU quota is short, request an increase without asking")
     up.set_defaults(func=cmd_up)

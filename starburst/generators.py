@@ -6,14 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+from ._ids import item_id
 from .object_ref import ObjectRef
-
-
-def item_id(task_id: bytes, index: int) -> bytes:
-    """The object id of the ``index``-th value a streaming task yields."""
-    from .remote_function import object_id
-
-    return object_id(task_id, index + 2)
 
 
 class ObjectRefGenerator:

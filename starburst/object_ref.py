@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING, Any, Generator
 
-from . import _runtime
+from . import _ids, _runtime
 from .serialization import note_contained_ref
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class ObjectRef:
         return self._id.hex()
 
     def task_id(self) -> bytes:
-        return self._id[:16]
+        return _ids.task_of(self._id)
 
     def __hash__(self) -> int:
         return hash(self._id)

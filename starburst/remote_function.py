@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import struct
 from typing import Any, Callable
 
 from . import _runtime, runtime_env
+from ._ids import new_id, return_ids
 from . import options as _options
 from ._proto import starburst_pb2 as pb
 from .object_ref import ObjectRef
@@ -27,15 +27,6 @@ class _Dep:
 
     def __reduce__(self):
         return (_Dep, (self.index,))
-
-
-def object_id(task_id: bytes, slot: int) -> bytes:
-    """The id of a task's object in ``slot``: returns are slots 1..n; streaming items follow."""
-    return task_id + struct.pack("<I", slot)
-
-
-def return_ids(task_id: bytes, n: int) -> list[bytes]:
-    return [object_id(task_id, i + 1) for i in range(n)]
 
 
 class RemoteFunction:
@@ -96,7 +87,7 @@ class RemoteFunction:
         function = self._function_message()
         o = {**DEFAULTS, "num_returns": self._default_returns, **opts}
         check_feasible(client, o, self._function.__qualname__)
-        task_id = _runtime.new_id()
+        task_id = new_id()
         n = o["num_returns"]
         generator = n if isinstance(n, str) else ""
         spec = pb.TaskSpec(

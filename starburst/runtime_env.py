@@ -42,7 +42,8 @@ def validate(env: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     env_vars = env.get("env_vars")
     if env_vars is not None:
-        if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        if not isinstance(env_vars, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
             raise TypeError("runtime_env['env_vars'] must be a dict of str -> str")
         out["env_vars"] = dict(env_vars)
     working_dir = env.get("working_dir")

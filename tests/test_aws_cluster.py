@@ -78,7 +78,8 @@ def test_prepare_fills_in_the_cluster_and_prices_it(account):
     out, said = _prepare(check_options(workers=4, cpu=2, memory="4GB", max_cost=2), FakeQuotaSource(64))
     assert out.cluster_id.startswith("starburst-") and out.region == "us-east-1" and out.image == IMAGE
     assert out.quota_workers == 4
-    assert len(said) == 1 and said[0].startswith("4 workers x 2 vCPU/4 GB on Fargate") and "max_cost $2.00 lasts" in said[0]
+    assert len(said) == 1 and said[0].startswith("4 workers x 2 vCPU/4 GB on Fargate")
+    assert "max_cost $2.00 lasts" in said[0]
 
 
 def test_a_new_laptop_address_is_admitted_by_the_security_group(account, monkeypatch):

@@ -535,8 +535,8 @@ def test_docker_builder_logs_in_builds_and_pushes(aws, fake_docker):
     settings = set_up(aws)
     spec = small_spec("arm64")
     lines = []
-    uri = ensure_image(aws.session(), settings, spec, builder=DockerBuilder(aws.session(), settings, docker=str(docker)),
-                       progress=lines.append)
+    builder = DockerBuilder(aws.session(), settings, docker=str(docker))
+    uri = ensure_image(aws.session(), settings, spec, builder=builder, progress=lines.append)
     assert uri == image_uri(settings, aws.account_id, spec)
     argv = [c["argv"] for c in calls()]
     registry = uri.split("/")[0]
@@ -616,7 +616,8 @@ def _index_wheel(directory: Path, name: str, version: str) -> None:
     mod, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}"
     files = {f"{mod}/__init__.py": f"VERSION = {version!r}\n",
              f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{dist}.dist-info/WHEEL":
+                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     record = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
               f"{len(t.encode())}" for p, t in files.items()] + [f"{dist}.dist-info/RECORD,,"]
     with zipfile.ZipFile(directory / f"{dist}-py3-none-any.whl", "w") as whl:
@@ -686,7 +687,8 @@ def test_dockerfile_install_steps_run_in_a_throwaway_virtualenv(tmp_path):
     probe = ("import json, starburst, starburst.node.entrypoint, sbtest_alpha, sbtest_beta, sbtest_local\n"
              "from importlib import metadata\n"
              "print(json.dumps({'file': starburst.__file__, 'version': starburst.__version__,\n"
-             "  'dists': {n: metadata.version(n) for n in ('starburst', 'sbtest-alpha', 'sbtest-beta', 'sbtest-local')}}))")
+             "  'dists': {n: metadata.version(n)\n"
+             "            for n in ('starburst', 'sbtest-alpha', 'sbtest-beta', 'sbtest-local')}}))")
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -133,7 +133,7 @@ def test_quota_is_read_again_while_waves_are_queued(aws):  # noqa: F811
     now = [0.0]
     provider = provider_mod.FargateProvider(options, session=aws.session(), settings=settings,
                                             clock=lambda: now[0], quota_source=quota)
-    backlog = types.SimpleNamespace(queue=[object()] * 8, nodes=[])
+    backlog = types.SimpleNamespace(demand=lambda: 8.0)  # the provider's one question to the scheduler here
     provider.head = types.SimpleNamespace(scheduler=backlog)
     try:
         asyncio.run(provider._scale_up())

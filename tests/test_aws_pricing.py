@@ -83,7 +83,8 @@ def test_unknown_region_gets_the_highest_rate_and_says_so():
 # --- billing arithmetic ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seconds, billed", [(0, 60), (1, 60), (59.5, 60), (60, 60), (60.2, 61), (3600, 3600), (-5, 60)])
+@pytest.mark.parametrize("seconds, billed",
+                         [(0, 60), (1, 60), (59.5, 60), (60, 60), (60.2, 61), (3600, 3600), (-5, 60)])
 def test_billed_seconds_per_second_with_one_minute_minimum(seconds, billed):
     assert billed_seconds(seconds) == billed
 

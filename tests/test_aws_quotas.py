@@ -222,7 +222,8 @@ def _source(tmp_path):
 def test_limit_reads_the_applied_quota_then_the_default(tmp_path):
     source, sq, _, _ = _source(tmp_path)
     with Stubber(sq) as stub:
-        stub.add_response("get_service_quota", _quota(ON_DEMAND, 48.0), {"ServiceCode": "fargate", "QuotaCode": ON_DEMAND})
+        stub.add_response("get_service_quota", _quota(ON_DEMAND, 48.0),
+                          {"ServiceCode": "fargate", "QuotaCode": ON_DEMAND})
         stub.add_client_error(
             "get_service_quota", "NoSuchResourceException", "never changed", 400,
             expected_params={"ServiceCode": "fargate", "QuotaCode": SPOT},

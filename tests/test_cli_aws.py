@@ -71,7 +71,7 @@ def test_setup_task_policy_is_saved_and_a_bad_one_refused(aws, tmp_path):
     assert cleared.returncode == 0 and "detached ReadMyData" in cleared.stdout
 
 
-def test_setup_plan_creates_nothing_and_names_what_setup_then_creates(aws, tmp_path):  # noqa: F811
+def test_setup_plan_creates_nothing_and_names_what_setup_then_creates(aws, tmp_path):
     home = tmp_path / "home"
     planned = cli("setup", "--plan", "--region", "us-east-1", "--head-ip", "203.0.113.7", home=home)
     assert planned.returncode == 0, planned.stderr
@@ -91,7 +91,7 @@ def test_setup_plan_creates_nothing_and_names_what_setup_then_creates(aws, tmp_p
     assert "will be created" not in again.stdout and again.stdout.count("exists: setup checks") == 10
 
 
-def test_destructive_commands_refuse_without_a_terminal(aws, tmp_path):  # noqa: F811
+def test_destructive_commands_refuse_without_a_terminal(aws, tmp_path):
     home = tmp_path / "home"
     assert cli("setup", "--region", "us-east-1", home=home).returncode == 0
     bucket = json.loads((home / "aws.json").read_text())["bucket"]

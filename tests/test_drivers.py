@@ -25,7 +25,7 @@ print("left", flush=True)
 
 JOINER = """
 import json, os, sys, time, starburst
-from starburst.head import process
+from starburst.driver import process
 starburst.init()
 info = process.find_head()
 print(json.dumps({"head_pid": info.pid}), flush=True)

@@ -49,7 +49,7 @@ def _cluster_prefix(rehearsal, cluster_id: str) -> str:
 
 
 def _cluster_id() -> str:
-    from starburst.head import process
+    from starburst.driver import process
 
     return process.find_head().cluster_id
 
@@ -174,7 +174,7 @@ def test_spot_interruption_drains_the_node_and_loses_nothing(rehearsal, agent):
 
 
 def test_nodes_exit_within_their_lease_when_the_head_disappears(rehearsal, agent):
-    from starburst.head import process
+    from starburst.driver import process
 
     starburst.init(cluster="fargate", workers=2, lease=3, **SMALL)
     assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
@@ -211,7 +211,8 @@ def test_a_client_without_the_cluster_certificate_is_refused(rehearsal, agent):
     import json
 
     s3 = rehearsal.s3.session().client("s3", endpoint_url=rehearsal.s3.endpoint)
-    bundle = s3.get_object(Bucket=rehearsal.s3.bucket, Key=_cluster_prefix(rehearsal, cluster_id) + "tls/node-bundle.json")
+    key = _cluster_prefix(rehearsal, cluster_id) + "tls/node-bundle.json"
+    bundle = s3.get_object(Bucket=rehearsal.s3.bucket, Key=key)
     ours = json.loads(bundle["Body"].read())["ca_cert"].encode()
     other = tls.ClusterCA.create(cluster_id).issue_head()
     with pytest.raises(grpc.RpcError) as foreign:
@@ -412,7 +413,7 @@ def test_cli_up_fargate_is_used_by_init_and_stopped_by_down(rehearsal, agent, ca
     assert up.returncode == 0, up.stderr
     assert "Fargate cluster starburst-" in up.stdout and "about $" in up.stderr  # the estimate
     try:
-        from starburst.head import process
+        from starburst.driver import process
 
         cluster_id = process.find_head().cluster_id
         capsys.readouterr()

@@ -81,7 +81,8 @@ def test_package_installs_are_refused_at_the_call_site(cluster):
     def f():
         return 1
 
-    with pytest.raises(ray.exceptions.RuntimeEnvSetupError, match=r"install them into this Python environment.*init\(cluster=.fargate., runtime_env="):
+    advice = r"install them into this Python environment.*init\(cluster=.fargate., runtime_env="
+    with pytest.raises(ray.exceptions.RuntimeEnvSetupError, match=advice):
         f.options(runtime_env={"pip": ["requests"]})
     with pytest.raises(ray.exceptions.RuntimeEnvSetupError, match="not a directory"):
         f.options(runtime_env={"working_dir": "/no/such/dir/anywhere"})

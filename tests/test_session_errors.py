@@ -172,8 +172,8 @@ def test_a_head_record_whose_pid_was_reused_is_recognised_as_stale(tmp_path):
     (home / "head.json").write_text(json.dumps({
         "address": "unix:/tmp/starburst-nonexistent/head.sock", "pid": os.getpid(), "cluster_id": "deadbeef0000",
         "started_by": "up", "provider": "local"}))
-    ok = subprocess.run([sys.executable, "-c", "import starburst\nstarburst.init(num_cpus=1)\n"
-                         "print(starburst.get(starburst.remote(lambda: 6 * 7).remote()))\nstarburst.shutdown()"],
+    ok = subprocess.run([sys.executable, "-c", ("import starburst\nstarburst.init(num_cpus=1)\n"
+                         "print(starburst.get(starburst.remote(lambda: 6 * 7).remote()))\nstarburst.shutdown()")],
                         capture_output=True, text=True, timeout=120, env=env)
     assert ok.returncode == 0 and ok.stdout.strip() == "42", ok.stderr[-2000:]
 

@@ -17,7 +17,7 @@ import math
 import pathlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from .pricing import describe_estimate
 from .sizes import format_size, normalize_arch, validate_size
@@ -103,6 +103,12 @@ def _positive(name: str, value: Any, allow_none: bool = False) -> Optional[float
     return float(value)
 
 
+def _required(name: str, value: Any) -> float:
+    checked = _positive(name, value)
+    assert checked is not None
+    return checked
+
+
 def check_options(
     *, workers: Any = DEFAULT_WORKERS, cpu: Any = DEFAULT_CPU, memory: Any = DEFAULT_MEMORY,
     arch: Optional[str] = None, spot: bool = False, idle_timeout: Any = DEFAULT_IDLE_TIMEOUT_S,
@@ -119,9 +125,9 @@ def check_options(
         raise ValueError(f"image must name a container image, got {image!r}")
     return ClusterOptions(
         cluster_id=cluster_id, region=region or "", workers_min=low, workers_max=high, cpu=units,
-        memory=mib, arch=arch, spot=spot, idle_timeout=_positive("idle_timeout", idle_timeout),
+        memory=mib, arch=arch, spot=spot, idle_timeout=_required("idle_timeout", idle_timeout),
         max_cost=_positive("max_cost", max_cost, allow_none=True), image=image or "",
-        lease_s=_positive("lease", lease),
+        lease_s=_required("lease", lease),
     )
 
 
@@ -149,7 +155,7 @@ def public_ip(timeout: float = 5.0) -> Optional[str]:
         return None
 
 
-def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: list[str] = ()) -> str:
+def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: Sequence[str] = ()) -> str:
     """The worker image for this environment (``starburst.envsync``), plus ``pip`` requirements
     if any (a derived image with its own hash): found in ECR by its hash, or built and pushed
     first. The time this adds when the image exists is one ECR lookup."""

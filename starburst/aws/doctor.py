@@ -446,7 +446,7 @@ class Doctor:
 
     def check_run_task(self) -> tuple[str, dict]:
         import starburst
-        from starburst.head import process
+        from starburst.driver import process
 
         assert self.settings is not None
         running = process.find_head()
@@ -697,7 +697,7 @@ class Doctor:
     def check_stop(self) -> tuple[str, dict]:
         """Stop whatever of the cluster is still running; ECS must confirm STOPPED. Always runs."""
         import starburst
-        from starburst.head import process
+        from starburst.driver import process
 
         assert self.settings is not None
         if not self.report.cluster_id:  # interrupted inside init(): the head may be up all the same

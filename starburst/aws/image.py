@@ -10,7 +10,8 @@ local packages and of starburst itself, ``wheels.fill_wheels``) and hands it to 
 - ``CodeBuildBuilder`` (the default; no Docker engine on the laptop): the context is zipped and
   uploaded to the setup bucket as ``builds/<hash>.zip``; starburst's CodeBuild project (made by
   ``starburst setup``, or here if the account was set up before it existed) builds it with the
-  buildspec of ``starburst.aws.codebuild``: log in to ECR, ``docker build --platform ...``, ``docker push <repo>:<hash>``.
+  buildspec of ``starburst.aws.codebuild``: log in to ECR, ``docker build --platform ...``,
+  ``docker push <repo>:<hash>``.
   arm64 images are built on an ARM build host, natively. Progress shows each build phase with
   the elapsed time; a failed build names the failing phase and shows the tail of its log
   (CloudWatch Logs, the build log group).

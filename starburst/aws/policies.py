@@ -135,7 +135,7 @@ def build_policy(ctx: Context) -> dict:
     }
 
 
-def policy_documents(ctx: Context) -> dict[str, dict]:
+def policy_documents(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     return {
         f"{s.execution_role} trust policy": trust_policy(ctx),

@@ -365,8 +365,8 @@ class CostReport:
         """A line a person reads at a glance."""
         parts = [
             f"ran {format_duration(self.runtime_seconds)}",
-            f"{self.nodes} Fargate {'task' if self.nodes == 1 else 'tasks'} "
-            f"({self.node_seconds / 3600:.2f} task-hours)",
+            (f"{self.nodes} Fargate {'task' if self.nodes == 1 else 'tasks'} "
+            f"({self.node_seconds / 3600:.2f} task-hours)"),
             f"{self.tasks_run:,} {'task' if self.tasks_run == 1 else 'tasks'} run",
         ]
         if self.tasks_failed or self.tasks_cancelled:

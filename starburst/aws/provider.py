@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import grpc
 
@@ -65,7 +65,7 @@ class _NodeTask:
     launched: float
     address: str = ""
     address_since: float = 0.0
-    link: object = None  # the head's NodeLink while connected
+    link: Any = None  # the head's NodeLink while connected
     connecting: bool = False
     joined: bool = False
     idle_since: Optional[float] = None
@@ -82,7 +82,8 @@ class ShutdownReport:
     reason: str = ""
 
     def text(self) -> str:
-        return f"cluster {self.cluster_id} in {self.bill.text()}" + (f" (stopped: {self.reason})" if self.reason else "")
+        stopped = f" (stopped: {self.reason})" if self.reason else ""
+        return f"cluster {self.cluster_id} in {self.bill.text()}{stopped}"
 
 
 def report_path(cluster_id: str):
@@ -404,6 +405,7 @@ class FargateProvider(NodeProvider):
         return self.head.scheduler.node_busy(node)
 
     def _scale_down(self) -> None:
+        assert self.head is not None
         now = self.clock()
         idle = []
         for task in self.tasks.values():
@@ -420,7 +422,8 @@ class FargateProvider(NodeProvider):
             victims = idle[:surplus]
             for task in victims:
                 self.head.scheduler.drain(task.link.node)  # now, before anything else can be placed there
-            stopping = asyncio.ensure_future(self._stop(victims, f"idle for {format_duration(self.options.idle_timeout)}"))
+            why = f"idle for {format_duration(self.options.idle_timeout)}"
+            stopping = asyncio.ensure_future(self._stop(victims, why))
             self._connects.add(stopping)
             stopping.add_done_callback(self._connects.discard)
 

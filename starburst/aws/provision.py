@@ -153,8 +153,8 @@ class Plan:
 
     def format(self) -> str:
         tags = ", ".join(f"{k}={v}" for k, v in self.tags.items())
-        lines = [f"starburst setup plan for account {self.account_id}, region {self.region} "
-                 f"(every resource tagged {tags}):"]
+        lines = [(f"starburst setup plan for account {self.account_id}, region {self.region} "
+                 f"(every resource tagged {tags}):")]
         for r in self.resources:
             lines.append(f"  {r.kind:<19} {r.name:<40} {r.status}")
             lines.append(f"  {'':<19} {r.detail}")

@@ -169,8 +169,8 @@ def repack_installed(dist_name: str, dest: Path) -> Path:
         entries.append((rel, path.read_bytes()))
     names = {rel for rel, _ in entries}
     if f"{info_dir}/WHEEL" not in names:
-        entries.append((f"{info_dir}/WHEEL", b"Wheel-Version: 1.0\nGenerator: starburst-repack\n"
-                                             b"Root-Is-Purelib: true\nTag: py3-none-any\n"))
+        entries.append((f"{info_dir}/WHEEL", (b"Wheel-Version: 1.0\nGenerator: starburst-repack\n"
+                                             b"Root-Is-Purelib: true\nTag: py3-none-any\n")))
     if f"{info_dir}/METADATA" not in names:
         raise WheelError(f"{dist_name}'s installed files have no METADATA: reinstall it")
     record = [f"{rel},{_record_hash(data)},{len(data)}" for rel, data in entries]

@@ -18,9 +18,9 @@ if args.provider == "local":
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import
                                   str(config.cluster_runtime_dir(args.cluster_id)), node_token)
 
-    from .providers import LocalProvider
+    from .providers import LocalProvider, NodeProvider
 
-    provider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node, node_token)
+    provider: NodeProvider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node, node_token)
 else:
     from ..aws.provider import FargateProvider
 

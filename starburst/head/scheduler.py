@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from .. import _ids
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
     ActorDiedError,
@@ -328,7 +329,7 @@ class Scheduler:
                     session.held.add(op.add_ref)
                     obj.refs += 1
             elif kind == "cancel":
-                task = self.tasks.get(op.cancel.object_id[:16])
+                task = self.tasks.get(_ids.task_of(op.cancel.object_id))
                 if task is not None:
                     self._cancel_task(task, op.cancel.force, op.cancel.recursive)
             elif kind == "hello":
@@ -485,9 +486,9 @@ class Scheduler:
         if parent is not None:
             parent.children.add(spec.task_id)
         for object_id in list(spec.args.contained) + list(spec.deps):
-            obj = self.objects.get(object_id)
-            if obj is not None:
-                obj.refs += 1
+            pinned = self.objects.get(object_id)
+            if pinned is not None:
+                pinned.refs += 1
         if spec.actor_id and not spec.HasField("actor"):  # a call: it waits in its actor's line
             if actor is None:
                 self._fail(task, error_value(ActorDiedError(spec.actor_id.hex(), "the actor does not exist")))
@@ -497,15 +498,15 @@ class Scheduler:
             self._fail(task, error_value(RaySystemError(f"function of task {spec.name} was never sent")))
             return
         for object_id in set(spec.deps):
-            obj = self.objects.get(object_id)
-            if obj is None:
+            dep = self.objects.get(object_id)
+            if dep is None:
                 self._fail(task, error_value(ObjectLostError(object_id.hex())))
                 return
-            if obj.value is None:
-                obj.dependents.append(task)
+            if dep.value is None:
+                dep.dependents.append(task)
                 task.waiting += 1
-            elif obj.value.is_error:
-                self._fail(task, obj.value)
+            elif dep.value.is_error:
+                self._fail(task, dep.value)
                 return
         if task.waiting == 0:
             self._enqueue(task)
@@ -666,7 +667,7 @@ class Scheduler:
 
     def _stream_item(self, item: pb.Object) -> None:
         """A value yielded by a streaming task: the submitter holds it and gets it at once."""
-        task = self.tasks.get(item.id[:16])
+        task = self.tasks.get(_ids.task_of(item.id))
         if task is None or task.state != Task.RUNNING or task.owner.closed or item.id in self.objects:
             if item.value.WhichOneof("where") == "key":
                 self._delete_key(item.value.key)
@@ -1090,7 +1091,7 @@ class Scheduler:
         for task_id, task in self.tasks.items():
             where = (task_id in queued) + (task_id in placed)
             if task.state == Task.RUNNING:
-                assert where == 1 and task_id in placed and placed[task_id] is task.node, f"running task {task_id.hex()}"
+                assert where == 1 and placed.get(task_id) is task.node, f"running task {task_id.hex()}"
             elif task.state == Task.QUEUED:
                 in_line = any(task in a.calls for a in self.actors.values())
                 assert (task_id in queued) + in_line == 1 and task_id not in placed, f"queued task {task_id.hex()}"

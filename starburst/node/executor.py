@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import io
 import faulthandler
 import fcntl
 import os
@@ -65,7 +66,7 @@ class Executor:
         self.actor_tasks: set[asyncio.Task] = set()
         self.async_calls: dict[bytes, asyncio.Task] = {}  # running calls of an async actor, by task id
         self.cancel_requested: bytes | None = None
-        self.client = None
+        self.client: Any = None
         self.client_lock = threading.Lock()
         self.node_pid = os.getppid()
 
@@ -148,7 +149,7 @@ class Executor:
     # ----------------------------------------------------------------------- the relayed session
 
     def make_client(self):
-        from ..client import Client
+        from ..driver.client import Client
 
         with self.client_lock:
             if self.client is None:
@@ -209,6 +210,7 @@ class Executor:
             if run.spec.method == "__ray_terminate__":
                 self.terminate_after_pending(run)
             else:
+                assert self.actor_loop is not None
                 task = self.actor_loop.create_task(self.run_one_async(run))
                 self.actor_tasks.add(task)
                 self.async_calls[run.spec.task_id] = task
@@ -222,6 +224,7 @@ class Executor:
                 await asyncio.wait(pending)
             self.report(pb.TaskDone(task_id=run.spec.task_id, attempt=run.spec.attempt), run)
 
+        assert self.actor_loop is not None
         self.actor_loop.create_task(finish())
 
     def run_one(self, run: pb.Run) -> None:
@@ -315,6 +318,7 @@ class Executor:
         """A call on an async actor: runs on the actor's event loop, up to max_concurrency at once."""
         spec = run.spec
         done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+        assert self.actor_semaphore is not None
         async with self.actor_semaphore:
             started = time.monotonic()
             _runtime.set_current_task(_runtime.TaskContext(
@@ -421,7 +425,7 @@ class Executor:
         return values, None
 
     def _send_item(self, spec: pb.TaskSpec, index: int, value: Any) -> None:
-        from ..generators import item_id
+        from .._ids import item_id
 
         oid = item_id(spec.task_id, index)
         packed = pack_value(serialize(value), oid.hex(), self.store, config.INLINE_THRESHOLD)
@@ -594,7 +598,8 @@ class Executor:
         os._exit(code)
 
     def _fail(self, done: pb.TaskDone, spec: pb.TaskSpec, exc: BaseException) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None))
+        frames = exc.__traceback__.tb_next if exc.__traceback__ else None  # without this function's own frame
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         if isinstance(exc, RayTaskError):  # a failed nested task: keep its cause and its traceback
             cause = exc.cause
         else:
@@ -660,7 +665,7 @@ class _RelayTransport:
         self.executor = executor
         self.event = threading.Event()
         self.lock = threading.Lock()
-        self.client = None
+        self.client: Any = None
 
     def start(self, client) -> None:
         self.client = client
@@ -701,8 +706,9 @@ class _LogForwarder:
             state = {"partial": b""}
             self.pipes.append((stream_no, r, lock, state))
             threading.Thread(target=self._reader, args=(stream_no, r, lock, state), daemon=True).start()
-        sys.stdout.reconfigure(line_buffering=True)
-        sys.stderr.reconfigure(line_buffering=True)
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(line_buffering=True)
 
     def _reader(self, stream_no: int, r: int, lock: threading.Lock, state: dict) -> None:
         # Bytes leave the pipe only under the lock, so drain() can tell when all were forwarded.

@@ -12,8 +12,9 @@
   downloads it once (concurrent readers of one key share one download). With ``cache_dir`` (a
   node's executors share one: ``$STARBURST_CACHE_DIR``), downloads land in files there, which the
   node's other processes map instead of downloading again (least recently used files are removed
-  past ``cache_dir_bytes``). The views handed out are read-only. Downloads are checked for length only: S3 returns no checksum for a ranged GET, so
-  integrity on the way down rests on TLS (the checksums are verified by the server on upload).
+  past ``cache_dir_bytes``). The views handed out are read-only. Downloads are checked for length
+  only: S3 returns no checksum for a ranged GET, so integrity on the way down rests on TLS (the
+  checksums are verified by the server on upload).
 - ``delete`` schedules one object's removal (batched, in the background; ``flush`` waits; a missing
   object is fine); ``delete_prefix`` removes everything under
   the prefix (and aborts unfinished multipart uploads there), for cluster shutdown.

@@ -187,7 +187,7 @@ _starter_pipes: list = []
 def _warm_up_imports() -> None:
     import grpc  # noqa: F401
 
-    from .. import client  # noqa: F401
+    from . import client  # noqa: F401
     from .._proto import starburst_pb2_grpc  # noqa: F401
 
 

@@ -20,13 +20,13 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Protocol
 
-from . import _runtime, config
-from ._version import __version__
-from ._proto import starburst_pb2 as pb
-from .exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
-from .object_ref import ObjectRef
-from .serialization import Serialized, deserialize, serialize
-from .store import ObjectStore, load_value, open_store, pack_value
+from .. import _ids, config
+from .._version import __version__
+from .._proto import starburst_pb2 as pb
+from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
+from ..object_ref import ObjectRef
+from ..serialization import Serialized, deserialize, serialize
+from ..store import ObjectStore, load_value, open_store, pack_value
 
 
 class Transport(Protocol):
@@ -92,7 +92,7 @@ class Client:
         self.store = open_store(self.welcome.store_url)
         # Named actors live in a namespace: the one given to init(), else one private to this job.
         self.namespace = namespace or f"anonymous-{self.welcome.job_id}"
-        self.inline_threshold = self.welcome.inline_threshold or config.INLINE_THRESHOLD
+        self.inline_threshold: int = self.welcome.inline_threshold or config.INLINE_THRESHOLD
 
     # ------------------------------------------------------------------ outgoing operations
 
@@ -154,7 +154,7 @@ class Client:
         return pack_value(ser, key, self.store, self.inline_threshold)
 
     def put(self, value: Any) -> ObjectRef:
-        object_id = _runtime.new_id() + b"\xff\xff\xff\xff"
+        object_id = _ids.put_id()
         v = self.serialize_value(value, object_id.hex())
         ref = ObjectRef(object_id, self)
         with self._cond:
@@ -164,7 +164,7 @@ class Client:
 
     def put_error(self, error: pb.Value) -> ObjectRef:
         """An object whose ``get`` raises ``error`` (an error Value): a dynamic generator's last ref."""
-        object_id = _runtime.new_id() + b"\xff\xff\xff\xff"
+        object_id = _ids.put_id()
         ref = ObjectRef(object_id, self)
         with self._cond:
             self._values[object_id] = error
@@ -256,7 +256,7 @@ class Client:
         for object_id in ids:
             if object_id in self._values or object_id in self._subscribed or object_id in self._expected:
                 continue
-            if object_id[:16] in self._streams:  # a streaming item: pushed when it is yielded
+            if _ids.task_of(object_id) in self._streams:  # a streaming item: pushed when it is yielded
                 continue
             self._subscribed.add(object_id)
             self._outbox.append(pb.ClientOp(subscribe=object_id))
@@ -281,17 +281,18 @@ class Client:
                 return
         self._wake()
         blocked = False
+        on_block = self._on_block
         try:
-            if self._on_block is not None and not waiter.event.wait(0.001):
+            if on_block is not None and not waiter.event.wait(0.001):
                 blocked = True
-                self._on_block(True)
+                on_block(True)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             waiter.event.wait(remaining)
         finally:
             with self._cond:
                 self._drop_waiter(waiter, ids)
-            if blocked:
-                self._on_block(False)
+            if blocked and on_block is not None:
+                on_block(False)
         if waiter.lost:
             raise SessionLostError(f"lost the session with the head: {self._error}")
 
@@ -340,7 +341,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wait_ready(ids, num_returns, deadline, stop_on_error=False)
         drain_output()
-        ready, not_ready = [], []
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
         with self._cond:
             for ref in refs:
                 if len(ready) < num_returns and ref._id in self._values:
@@ -423,7 +425,7 @@ class Client:
                 kind = op.WhichOneof("op")
                 if kind == "ready":
                     object_id = op.ready.id
-                    if object_id not in self._refs and object_id[:16] in self._streams:
+                    if object_id not in self._refs and _ids.task_of(object_id) in self._streams:
                         self._refs[object_id] = 1  # the arrival hold of a streaming item
                     if object_id in self._refs:
                         value = op.ready.value
@@ -439,9 +441,9 @@ class Client:
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
                 elif kind == "reply":
-                    fut = self._requests.get(op.reply.request_id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(op.reply)
+                    request = self._requests.get(op.reply.request_id)
+                    if request is not None and not request.done():
+                        request.set_result(op.reply)
                 elif kind == "welcome":
                     self.welcome = op.welcome
                     self._cond.notify_all()
@@ -615,7 +617,7 @@ class GrpcTransport:
     """One bidirectional gRPC stream to the head, driven by an asyncio loop on a daemon thread."""
 
     def __init__(self, address: str) -> None:
-        from ._auth import parse_address
+        from .._auth import parse_address
 
         self.address = address
         self._target, self._token = parse_address(address)  # ValueError: no token to present
@@ -668,12 +670,12 @@ class GrpcTransport:
     async def _main(self) -> None:
         import grpc
 
-        from ._proto import starburst_pb2_grpc as pb_grpc
+        from .._proto import starburst_pb2_grpc as pb_grpc
 
-        client = self._client
-        assert client is not None and self._wake_event is not None
+        client, wake = self._client, self._wake_event
+        assert client is not None and wake is not None
         error = "closed"
-        from ._auth import call_metadata
+        from .._auth import call_metadata
 
         async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
             call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
@@ -682,8 +684,8 @@ class GrpcTransport:
                 # While it writes, _wake_pending stays set: callers adding work don't wake the loop
                 # again (each wake-up costs a system call and a GIL hand-over).
                 while True:
-                    await self._wake_event.wait()
-                    self._wake_event.clear()
+                    await wake.wait()
+                    wake.clear()
                     while True:
                         ops = client.take_outbox()
                         if not ops:
