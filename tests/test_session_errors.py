@@ -207,3 +207,30 @@ def test_an_unresponsive_head_raises_session_lost(run_script):
         """, env={"STARBURST_KEEPALIVE_S": "2"}, timeout=200,
     )
     assert "lost after" in proc.stdout and "does not answer" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_driver_of_another_version_is_refused_with_what_to_do(run_script):
+    """The head says its version in the welcome; a driver of another starburst version (a head left
+    running by an older install) is refused at init() with the fix, not left to fail on a pickle."""
+    proc = run_script(
+        """
+        import starburst
+        from starburst.driver import client
+
+        starburst.init(num_cpus=1)
+        starburst.shutdown()              # an init()-started head: start one that stays up instead
+        from starburst.driver import process
+        info = process.start_head(1, exit_when_unused=False)
+        try:
+            client.__version__ = "0.0.0-another"
+            try:
+                starburst.init()
+            except ConnectionError as exc:
+                print("REFUSED", exc)
+        finally:
+            process.stop_head(info, timeout=30.0)
+        """,
+        check=True,
+    )
+    assert "REFUSED the running starburst head is version" in proc.stdout, proc.stdout + proc.stderr
+    assert "this driver 0.0.0-another" in proc.stdout and "starburst down" in proc.stdout

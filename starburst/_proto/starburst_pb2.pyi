@@ -188,14 +188,16 @@ class ActorDied(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
-    __slots__ = ("object_id", "force", "recursive")
+    __slots__ = ("object_id", "force", "recursive", "task_id")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     force: bool
     recursive: bool
-    def __init__(self, object_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ...) -> None: ...
+    task_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ..., task_id: _Optional[bytes] = ...) -> None: ...
 
 class Log(_message.Message):
     __slots__ = ("job_id", "task_name", "pid", "node", "stream", "text")
@@ -230,7 +232,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked", "request", "kill_actor")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -239,7 +241,6 @@ class ClientOp(_message.Message):
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     ADD_REF_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
-    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
@@ -250,10 +251,9 @@ class ClientOp(_message.Message):
     release: bytes
     add_ref: bytes
     cancel: Cancel
-    blocked: Blocked
     request: ActorRequest
     kill_actor: KillActor
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("ops",)
@@ -332,12 +332,11 @@ class Relay(_message.Message):
     def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
 
 class HeadToNodeOp(_message.Message):
-    __slots__ = ("run", "cancel", "relay", "shutdown", "delete", "kill_actor", "ping", "recall")
+    __slots__ = ("run", "cancel", "relay", "shutdown", "kill_actor", "ping", "recall")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
-    DELETE_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
@@ -345,11 +344,10 @@ class HeadToNodeOp(_message.Message):
     cancel: Cancel
     relay: Relay
     shutdown: bool
-    delete: bytes
     kill_actor: bytes
     ping: int
     recall: Returned
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., delete: _Optional[bytes] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
     __slots__ = ("ops",)

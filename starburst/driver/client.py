@@ -89,6 +89,12 @@ class Client:
         if self.welcome is None:
             transport.close()
             raise ConnectionError(f"could not open a session with the starburst head: {error}")
+        if self.welcome.head_version and self.welcome.head_version != __version__:
+            self.closed = True
+            transport.close()
+            raise ConnectionError(
+                f"the running starburst head is version {self.welcome.head_version} and this driver "
+                f"{__version__}: stop that cluster ('starburst down') and start it again with this version")
         self.store = open_store(self.welcome.store_url)
         # Named actors live in a namespace: the one given to init(), else one private to this job.
         self.namespace = namespace or f"anonymous-{self.welcome.job_id}"

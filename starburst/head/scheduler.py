@@ -14,7 +14,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from .. import _ids
+from .. import _ids, config
+from .._version import __version__
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
     ActorDiedError,
@@ -338,8 +339,6 @@ class Scheduler:
                 session.log_to_driver, session.namespace = h.log_to_driver, h.namespace
                 session.job_id = h.job_id or session.session_id
                 session.push(pb.HeadOp(welcome=self.welcome(session)))
-            elif kind == "blocked":  # only executors block, and they tell their node instead
-                pass
             elif kind == "request":
                 session.push(pb.HeadOp(reply=self._request(session, op.request)))
             elif kind == "kill_actor":
@@ -353,6 +352,7 @@ class Scheduler:
     def welcome(self, session: Session) -> pb.Welcome:
         w = pb.Welcome(
             session_id=session.session_id, job_id=session.job_id, store_url=self.store.url,
+            inline_threshold=config.INLINE_THRESHOLD, head_version=__version__,
         )
         largest: dict[str, float] = {}
         for node in self.nodes:
@@ -594,7 +594,7 @@ class Scheduler:
         elif task.state == Task.RUNNING and task.node is not None:
             if not task.spec.actor_id:
                 self.cancelling.add(task.spec.task_id)
-            task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(object_id=task.spec.task_id, force=force)))
+            task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(task_id=task.spec.task_id, force=force)))
 
     def _retries_left(self, task: Task) -> bool:
         return task.spec.max_retries < 0 or task.spec.attempt < task.spec.max_retries

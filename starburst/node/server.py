@@ -186,7 +186,7 @@ class NodeServer(pb_grpc.NodeServicer):
             if executor is not None:
                 executor.send(pb.NodeToExecutorMsg(down=op.relay.down))
         elif kind == "cancel":
-            self._cancel(op.cancel.object_id, op.cancel.force)
+            self._cancel(op.cancel.task_id, op.cancel.force)
         elif kind == "shutdown":
             self.stop.set()
             self.out_event.set()
