@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
+import time
+from typing import Any, Callable
 
+import psutil
 import pytest
 
 # Session fixtures for the AWS control plane (moto server) and S3 (SeaweedFS): registered once
@@ -56,3 +60,46 @@ def run_script(tmp_path, starburst_home):
         return proc
 
     return run
+
+
+# ------------------------------------------------------------------ shared helpers (import them from
+# conftest): tests wait for events with a bound, never for a fixed time.
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that; after ``timeout``
+    seconds fail the test saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    """Wait for the processes to exit; return those still alive after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if not gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if not gone(p)]
+    return alive
+
+
+def cli(home: pathlib.Path, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m starburst ARGS`` with ``home`` as STARBURST_HOME (text output captured)."""
+    full_env = dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "starburst", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -12,39 +12,14 @@ from __future__ import annotations
 import gc
 import json
 import os
-import pathlib
 import re
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
+from conftest import cli, gone, wait_for
 
 GET_TIMEOUT = 60
-
-
-def cli(home: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, STARBURST_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "starburst", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # ----------------------------------------------------------------------------------- basics
@@ -446,13 +421,13 @@ def test_named_actor_name_is_freed_when_killed(cluster):
     a = A.options(name="test-named-freed").remote()
     assert ray.get(a.ping.remote(), timeout=GET_TIMEOUT) == "pong"
     ray.kill(a)
-    assert wait_until(lambda: _lookup_fails(ray, "test-named-freed"), timeout=10)
+    wait_for(lambda: _lookup_fails(ray, "test-named-freed"), 10, "the actor\'s name to be freed")
     b = A.options(name="test-named-freed").remote()
     assert ray.get(b.ping.remote(), timeout=GET_TIMEOUT) == "pong"
     # Out of scope frees the name too.
     del b
     gc.collect()
-    assert wait_until(lambda: _lookup_fails(ray, "test-named-freed"), timeout=10)
+    wait_for(lambda: _lookup_fails(ray, "test-named-freed"), 10, "the actor\'s name to be freed")
 
 
 def _lookup_fails(ray, name, namespace=None) -> bool:
@@ -493,7 +468,7 @@ def test_namespaces_across_drivers_and_detached_lifetime(tmp_path, run_script):
         pids = json.loads(first.stdout.strip().splitlines()[-1])
         time.sleep(1.0)
         assert not gone(pids["detached"]), "the detached actor did not outlive its driver"
-        assert wait_until(lambda: gone(pids["temporary"]), timeout=10), "a non-detached actor outlived its driver"
+        wait_for(lambda: gone(pids["temporary"]), 10, "a non-detached actor to end with its driver")
 
         second = run_script(
             """
@@ -541,7 +516,7 @@ def test_namespaces_across_drivers_and_detached_lifetime(tmp_path, run_script):
             "after_kill": "ActorDiedError",
             "lookup_after_kill": "ValueError",
         }
-        assert wait_until(lambda: gone(pids["detached"]), timeout=10)
+        wait_for(lambda: gone(pids["detached"]), 10, "the actor\'s process to exit")
     finally:
         down = cli(home, "down")
     assert down.returncode == 0, down.stderr
@@ -624,7 +599,7 @@ def test_kill_with_restart_allowed_restarts_with_fresh_state(cluster):
     value, pid = ray.get(c.incr.remote(), timeout=GET_TIMEOUT)
     assert value == 2
     ray.kill(c, no_restart=False)
-    assert wait_until(lambda: gone(pid), timeout=10)
+    wait_for(lambda: gone(pid), 10, "the actor\'s process to exit")
     # Calls made while it restarts may fail (at-most-once); once restarted, its state is fresh.
     result = None
     deadline = time.monotonic() + 20
@@ -848,7 +823,7 @@ def test_actor_ends_when_its_last_handle_goes_out_of_scope(cluster):
     assert not gone(pid)  # alive while the handle is held
     del w
     gc.collect()
-    assert wait_until(lambda: gone(pid), timeout=10), "the actor outlived its last handle"
+    wait_for(lambda: gone(pid), 10, "the actor to end with its last handle")
 
 
 def test_out_of_scope_actor_finishes_pending_calls_and_borrowers_keep_it(cluster):
@@ -877,7 +852,7 @@ def test_out_of_scope_actor_finishes_pending_calls_and_borrowers_keep_it(cluster
     assert ray.get(pending, timeout=GET_TIMEOUT) == "finished"
     assert ray.get(borrowed, timeout=GET_TIMEOUT) == "finished"
     # Once the borrower is done too, the actor ends, and is not restarted (max_restarts).
-    assert wait_until(lambda: gone(pid), timeout=10), "the actor outlived its borrowed handle"
+    wait_for(lambda: gone(pid), 10, "the actor to end with its borrowed handle")
 
 
 def test_child_actor_ends_with_the_actor_that_created_it(cluster):
@@ -900,7 +875,7 @@ def test_child_actor_ends_with_the_actor_that_created_it(cluster):
     child_pid = ray.get(p.child_pid.remote(), timeout=GET_TIMEOUT)
     assert not gone(child_pid)
     ray.kill(p)
-    assert wait_until(lambda: gone(child_pid), timeout=10), "a child actor outlived its owner"
+    wait_for(lambda: gone(child_pid), 10, "a child actor to end with its owner")
 
 
 def test_ray_terminate_runs_pending_calls_then_ends_the_actor(cluster):
@@ -920,7 +895,7 @@ def test_ray_terminate_runs_pending_calls_then_ends_the_actor(cluster):
     pending = w.slow.remote(0.5)
     w.__ray_terminate__.remote()
     assert ray.get(pending, timeout=GET_TIMEOUT) == "finished"
-    assert wait_until(lambda: gone(pid), timeout=10)
+    wait_for(lambda: gone(pid), 10, "the actor\'s process to exit")
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(w.pid.remote(), timeout=GET_TIMEOUT)
 
@@ -942,7 +917,7 @@ def test_detached_actor_is_not_collected_with_its_handles(cluster):
     again = ray.get_actor("test-detached-keeper")
     assert ray.get(again.pid.remote(), timeout=GET_TIMEOUT) == pid
     ray.kill(again)
-    assert wait_until(lambda: gone(pid), timeout=10)
+    wait_for(lambda: gone(pid), 10, "the actor\'s process to exit")
 
 
 def test_detached_actor_needs_no_name(cluster):

@@ -15,7 +15,6 @@ from concurrent import futures
 
 import grpc
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - fixtures
 
 from starburst import tls
 from starburst._proto import starburst_pb2 as pb
@@ -54,7 +53,7 @@ def _handshake(provider, address: str) -> bool:
             return False
 
 
-def _node_bundle(aws, env: dict[str, str], cluster_id: str):  # noqa: F811
+def _node_bundle(aws, env: dict[str, str], cluster_id: str):
     """What a node does at start: fetch the bundle its environment names, check its hash."""
     s3 = aws.client("s3", "us-east-1")
 
@@ -70,7 +69,7 @@ def _expiry(pem: bytes) -> dt.datetime:
 
 
 @pytest.mark.slow
-def test_certificates_are_renewed_and_a_node_launched_after_expiry_joins(aws, monkeypatch):  # noqa: F811
+def test_certificates_are_renewed_and_a_node_launched_after_expiry_joins(aws, monkeypatch):
     monkeypatch.setattr(provider_mod, "CERT_DAYS", LIFETIME_S / 86400)
     settings = provision.setup(aws.session(), Settings(), head_ip="127.0.0.1").settings
     settings.save()
@@ -116,7 +115,7 @@ def test_certificates_are_renewed_and_a_node_launched_after_expiry_joins(aws, mo
         provider.launcher.stop_all("test over")
 
 
-def test_quota_is_read_again_while_waves_are_queued(aws):  # noqa: F811
+def test_quota_is_read_again_while_waves_are_queued(aws):
     """The quota held the cluster to 1 of 4 workers; once the account's other tasks stop, the next
     scale-up (a minute later) reads it again and launches the rest."""
     import asyncio

@@ -14,33 +14,9 @@ import time
 
 import psutil
 import pytest
+from conftest import cli, wait_gone
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def cli(home: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, STARBURST_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "starburst", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
-    """Wait for the processes to exit; return those still alive (zombies count as gone)."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        still = []
-        for pid in alive:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    still.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        alive = still
-        if alive:
-            time.sleep(0.1)
-    return alive
 
 
 def tree(pid: int) -> list[int]:

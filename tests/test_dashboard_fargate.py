@@ -8,8 +8,6 @@ import time
 import urllib.request
 
 import pytest
-from aws_fixtures import moto_server  # noqa: F401 - fixture
-from s3_fixtures import s3_server  # noqa: F401 - fixture
 from test_rehearsal import SMALL, agent, rehearsal  # noqa: F401 - fixtures
 
 import starburst
@@ -17,7 +15,7 @@ import starburst
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
-def test_dashboard_shows_fargate_nodes_cost_and_budget(rehearsal, agent):  # noqa: F811
+def test_dashboard_shows_fargate_nodes_cost_and_budget(rehearsal, agent):  # noqa: F811 - fixtures
     ctx = starburst.init(cluster="fargate", workers=2, lease=30, max_cost=5, **SMALL)
     assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
     base, token = ctx.dashboard_url.split("/?token=")

@@ -10,9 +10,7 @@ import json
 import os
 
 import pytest
-from aws_fixtures import moto_server  # noqa: F401 - fixture
 from rehearsal.fargate import Rehearsal, put_fake_image
-from s3_fixtures import s3_server  # noqa: F401 - fixture
 
 from starburst import cli
 
@@ -23,7 +21,7 @@ ARGS = ["doctor", "--json", "--timeout", "60", "--lease", "12"]
 
 
 @pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
+def rehearsal(moto_server, s3_server, tmp_path_factory):
     r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("doctor-home")).enter()
     try:
         yield r

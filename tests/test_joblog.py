@@ -12,9 +12,9 @@ import textwrap
 import time
 
 import pytest
-from aws_fixtures import aws, moto_server  # noqa: F401 - pytest fixtures
 
 from starburst.head import joblog
+from conftest import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -90,12 +90,6 @@ def test_find_job_by_prefix_and_latest(home):
         joblog.find_job("zzz")
 
 
-def _cli(home: pathlib.Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "starburst", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 def _driver(home: pathlib.Path, source: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True, text=True,
@@ -108,7 +102,7 @@ def _driver(home: pathlib.Path, source: str) -> subprocess.CompletedProcess:
 def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_path):
     home = tmp_path / "home"
     flag = tmp_path / "go"
-    assert _cli(home, "up", "--num-cpus", "2").returncode == 0
+    assert cli(home, "up", "--num-cpus", "2").returncode == 0
     try:
         proc = _driver(home, f"""
             import os, threading, time
@@ -145,17 +139,17 @@ def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_pat
             print("JOB", ctx["job_id"])
         """)
         job = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("JOB ")][0]
-        out = _cli(home, "logs", job)
+        out = cli(home, "logs", job)
         assert out.returncode == 0, out.stderr
         for i in range(3):
             assert f"hello from task {i}" in out.stdout
         assert "(work pid=" in out.stdout
         assert "ValueError: this task fails on purpose" in out.stdout
         # The latest job is the default; --task and --errors filter.
-        assert _cli(home, "logs").stdout == out.stdout
-        only = _cli(home, "logs", job, "--task", "work").stdout
+        assert cli(home, "logs").stdout == out.stdout
+        only = cli(home, "logs", job, "--task", "work").stdout
         assert "hello from task 1" in only and "ValueError" not in only
-        errors = _cli(home, "logs", job, "--errors").stdout
+        errors = cli(home, "logs", job, "--errors").stdout
         assert "ValueError: this task fails on purpose" in errors and "hello from task" not in errors
         # The driver has exited; the detached actor prints now, and that is kept in its job's log:
         # `logs --follow` shows it as it comes, and ends when the cluster stops.
@@ -173,16 +167,16 @@ def test_logs_after_the_driver_exited_and_a_detached_actors_later_output(tmp_pat
                     break
             else:
                 raise AssertionError("logs --follow ended without the detached actor's later output")
-            assert "printed after the driver left" in _cli(home, "logs", job).stdout
-            assert _cli(home, "down").returncode == 0
+            assert "printed after the driver left" in cli(home, "logs", job).stdout
+            assert cli(home, "down").returncode == 0
             assert follow.wait(30) == 0
         finally:
             follow.kill()
     finally:
-        _cli(home, "down")
+        cli(home, "down")
 
 
-def test_logs_node_reads_a_fargate_nodes_cloudwatch_stream(aws, tmp_path):  # noqa: F811
+def test_logs_node_reads_a_fargate_nodes_cloudwatch_stream(aws, tmp_path):
     from starburst.aws.settings import Settings
 
     group = Settings(region=aws.region).log_group

@@ -22,6 +22,7 @@ import pytest
 from rehearsal.fargate import Rehearsal
 
 import starburst
+from conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # the full tier only
 
@@ -69,7 +70,7 @@ def test_map_over_1000_tasks_then_shutdown_stops_every_task(rehearsal, agent, ca
         assert len(agent.alive()) == 2
         # Nodes join as they come up: on a loaded machine 1,000 tiny tasks can finish on the first
         # before the second has joined.
-        nodes = _wait_for(lambda: starburst.nodes() if len(starburst.nodes()) == 2 else None, 30, "both nodes")
+        nodes = wait_for(lambda: starburst.nodes() if len(starburst.nodes()) == 2 else None, 30, "both nodes")
         assert len(nodes) == 2
         assert len(rehearsal.running_tasks(cluster_id)) == 2
         # The TLS bundle is in the cluster's prefix; only its location and hash are in the task.
@@ -86,16 +87,6 @@ def test_map_over_1000_tasks_then_shutdown_stops_every_task(rehearsal, agent, ca
     err = capsys.readouterr().err
     assert f"cluster {cluster_id} in us-east-1: ran" in err and "1,000 tasks run" in err, err
     assert "2 Fargate tasks" in err and "cost $0.0" in err, err  # the meter's bill: both nodes, their minute
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_large_arrays_travel_through_s3_and_refs_go_node_to_node(rehearsal, tmp_path):
@@ -130,7 +121,7 @@ def test_large_arrays_travel_through_s3_and_refs_go_node_to_node(rehearsal, tmp_
             assert through_grpc < moved / 100, f"{through_grpc} bytes crossed gRPC for {moved} moved"
             del ref, doubled, out
             # Nobody holds them: both arrays are deleted from S3 (the TLS bundle stays until shutdown).
-            _wait_for(lambda: rehearsal.s3_keys(prefix) == [prefix + "tls/node-bundle.json"], 20,
+            wait_for(lambda: rehearsal.s3_keys(prefix) == [prefix + "tls/node-bundle.json"], 20,
                       "the arrays to be deleted from S3")
         finally:
             starburst.shutdown()
@@ -152,7 +143,7 @@ def test_a_node_killed_mid_run_has_its_tasks_retried_and_is_replaced(rehearsal, 
     results = starburst.get(refs, timeout=120)
     assert [r[0] for r in results] == list(range(30))
     # workers=2 is also the minimum: the head launched a replacement for the lost node.
-    _wait_for(lambda: agent.started_count >= 3 and len(agent.alive()) == 2, 30, "a replacement node")
+    wait_for(lambda: agent.started_count >= 3 and len(agent.alive()) == 2, 30, "a replacement node")
     cluster_id = _cluster_id()
     assert victim not in rehearsal.running_tasks(cluster_id)
 
@@ -236,7 +227,7 @@ def test_scales_up_on_backlog_and_down_when_idle(rehearsal, agent):
 
     assert starburst.get([work.remote(i) for i in range(40)], timeout=120) == list(range(40))
     assert agent.started_count == 2  # the backlog asked for the maximum
-    _wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 30, "idle nodes to be stopped")
+    wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 30, "idle nodes to be stopped")
     agent.wait_all_exited(timeout=30)
     # Work after scaling to zero starts a node again.
     assert starburst.get(work.remote(7), timeout=60) == 7
@@ -248,7 +239,7 @@ def test_status_shows_the_fargate_cluster_and_its_cost(rehearsal, agent):
 
     starburst.init(cluster="fargate", workers=2, lease=30, max_cost=5, **SMALL)
     assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
-    _wait_for(lambda: len(starburst.nodes()) == 2, 30, "both nodes")
+    wait_for(lambda: len(starburst.nodes()) == 2, 30, "both nodes")
     out = subprocess.run([sys.executable, "-m", "starburst.cli", "status", "--json"], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     status = json.loads(out)
@@ -341,7 +332,7 @@ def test_reaching_max_cost_stops_the_cluster_with_a_clear_error(rehearsal, agent
     with pytest.raises(starburst.exceptions.ClusterStoppedError, match=r"max_cost \$0\.\d+ reached"):
         starburst.get(forever.remote(), timeout=150)
     assert 50 < time.monotonic() - started < 120
-    _wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 30, "the tasks to be stopped")
+    wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 30, "the tasks to be stopped")
     agent.wait_all_exited(timeout=30)
     # A new task is refused with what to do now: the cluster is gone, this max_cost can't be raised.
     with pytest.raises(starburst.exceptions.RaySystemError,

@@ -18,9 +18,9 @@ import time
 
 import psutil
 import pytest
-from aws_fixtures import moto_server  # noqa: F401 - fixture
 from rehearsal.fargate import Rehearsal
-from s3_fixtures import s3_server  # noqa: F401 - fixture
+
+from conftest import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -44,7 +44,7 @@ starburst.get([slow.remote(i) for i in range(4)])
 
 
 @pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
+def rehearsal(moto_server, s3_server, tmp_path_factory):
     r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
     try:
         yield r
@@ -63,16 +63,6 @@ def _heads(home) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class _Driver:
@@ -127,7 +117,7 @@ def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, 
                 "nodes joining": lambda: agent.alive() and not driver.saw("READY"),
                 "during get": lambda: driver.saw("GETTING") and len(agent.alive()) == 2,
             }
-            _wait(lambda: conditions[point]() or driver.proc.poll() is not None, 120, point)
+            wait_for(lambda: conditions[point]() or driver.proc.poll() is not None, 120, point)
             if who == "up" and driver.proc.poll() == 0:
                 pass  # 'up' had finished before this point: then it must have said so, and down stops it
             else:
@@ -142,10 +132,10 @@ def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, 
                 down = subprocess.run([sys.executable, "-m", "starburst", "down"], capture_output=True,
                                       text=True, timeout=BOUND_S)
                 assert down.returncode == 0, down.stderr
-            _wait(lambda: rehearsal.running_tasks() == [], BOUND_S,
+            wait_for(lambda: rehearsal.running_tasks() == [], BOUND_S,
                   f"no task RUNNING or PENDING (exit code {code}; output: {driver.lines[-5:]})")
-            _wait(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
-            _wait(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
+            wait_for(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
+            wait_for(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
             assert returned_s < BOUND_S
         finally:
             if driver.proc.poll() is None:

@@ -8,8 +8,6 @@ import os
 import time
 
 import pytest
-from aws_fixtures import moto_server  # noqa: F401 - fixture
-from s3_fixtures import s3_server  # noqa: F401 - fixture
 
 from rehearsal.fargate import Rehearsal
 
@@ -19,7 +17,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):  # noqa: F811
+def rehearsal(moto_server, s3_server, tmp_path_factory):
     r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
     try:
         yield r
