@@ -4,6 +4,11 @@ Everything here runs on the head's event loop and does no I/O itself: incoming b
 with ``on_client_ops`` / ``on_node_ops`` and outgoing operations are queued on :class:`Sink` objects
 (sessions and nodes), which the server flushes once per incoming batch. That keeps the state machine
 testable and makes every reply batch as large as the work allows.
+
+Why one module of over 1,000 lines: it is one state machine. A task's placement, its retries, the
+object directory's counts and an actor's resources change together in one step, and
+``check_invariants`` checks them together; split across modules, each half would reach into the
+other's state.
 """
 
 from __future__ import annotations
