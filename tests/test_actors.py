@@ -438,6 +438,7 @@ def _lookup_fails(ray, name, namespace=None) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_namespaces_across_drivers_and_detached_lifetime(tmp_path, run_script):
     home = tmp_path / "up-home"
     up = cli(home, "up", "--num-cpus", "2")

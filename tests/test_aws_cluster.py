@@ -82,6 +82,7 @@ def test_prepare_fills_in_the_cluster_and_prices_it(account):
     assert "max_cost $2.00 lasts" in said[0]
 
 
+@pytest.mark.slow
 def test_a_new_laptop_address_is_admitted_by_the_security_group(account, monkeypatch):
     provision.setup(account.session(), Settings(), head_ip="203.0.113.5").settings.save()
     monkeypatch.setenv("STARBURST_HEAD_IP", "198.51.100.7")

@@ -470,6 +470,8 @@ FAKE_DOCKER = '''\
 #!{python}
 """A stand-in for the docker command: records its calls; 'push' puts the tag into (moto's) ECR."""
 import json, os, sys
+
+pytestmark = pytest.mark.slow  # moto round trips or whole scripts through starburst run: the full tier
 args = sys.argv[1:]
 entry = {{"argv": args}}
 if args[:1] == ["login"]:

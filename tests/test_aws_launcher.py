@@ -30,6 +30,8 @@ from starburst.aws.pricing import CostMeter
 from starburst.aws.quotas import FakeQuotaSource
 from starburst.aws.settings import Settings
 
+pytestmark = pytest.mark.slow  # moto round trips or whole scripts through starburst run: the full tier
+
 HEAD = "203.0.113.5"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starburst:py311-abc123"
 SIZE = (1024, 2048)  # 1 vCPU / 2 GB

@@ -115,6 +115,7 @@ def test_certificates_are_renewed_and_a_node_launched_after_expiry_joins(aws, mo
         provider.launcher.stop_all("test over")
 
 
+@pytest.mark.slow
 def test_quota_is_read_again_while_waves_are_queued(aws):
     """The quota held the cluster to 1 of 4 workers; once the account's other tasks stop, the next
     scale-up (a minute later) reads it again and launches the rest."""

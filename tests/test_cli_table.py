@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # moto round trips or whole scripts through starburst run: the full tier
+
 NO_CREDENTIALS = ("no AWS credentials found: configure them ('aws configure', AWS_PROFILE, or "
                   "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and run this again")
 

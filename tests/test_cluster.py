@@ -59,6 +59,7 @@ def test_generated_protobuf_code_is_current(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_shutdown_leaves_no_processes_and_no_files(run_script, tmp_path):
     proc = run_script(
         """
@@ -92,6 +93,7 @@ def test_shutdown_leaves_no_processes_and_no_files(run_script, tmp_path):
     assert not (tmp_path / "home" / "head.json").exists()
 
 
+@pytest.mark.slow
 def test_killed_driver_takes_its_cluster_down(tmp_path):
     """A driver killed with SIGKILL never runs shutdown(): the head it started notices and stops."""
     script = tmp_path / "driver.py"
@@ -116,6 +118,7 @@ def test_killed_driver_takes_its_cluster_down(tmp_path):
         driver.kill()
 
 
+@pytest.mark.slow
 def test_killed_head_takes_nodes_and_executors_down(tmp_path):
     home = tmp_path / "home"
     assert cli(home, "up", "--num-cpus", "2").returncode == 0
@@ -133,6 +136,7 @@ def test_killed_head_takes_nodes_and_executors_down(tmp_path):
     assert cli(home, "status").returncode == 3  # the stale head record is recognised as such
 
 
+@pytest.mark.slow
 def test_cli_up_is_reused_by_init_and_stopped_by_down(tmp_path, run_script):
     home = tmp_path / "home"
     assert cli(home, "status").returncode == 3
@@ -212,6 +216,7 @@ def test_cli_help_and_bad_usage(tmp_path):
     assert cli(home).returncode == 2
 
 
+@pytest.mark.slow
 def test_cli_run_executes_an_unmodified_ray_script(tmp_path):
     script = tmp_path / "ray_script.py"
     script.write_text(
@@ -233,6 +238,7 @@ def test_cli_run_executes_an_unmodified_ray_script(tmp_path):
     assert "result [0, 2, 4, 6, 8] ['--flag', 'x']" in out.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_drains_the_node_and_loses_nothing(tmp_path):
     """SIGTERM (ECS stop, Spot interruption): the node takes no more work, hands back what it had
     queued unrun, lets the running task finish, and exits; the head carries on with a new node."""

@@ -149,6 +149,7 @@ def test_dashboard_in_a_real_browser_shows_counts_that_change(tmp_path):
         subprocess.run([sys.executable, "-m", "starburst", "down"], env=env, capture_output=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_ray_timeline_through_starburst_run(tmp_path):
     script = tmp_path / "ray_script.py"
     trace = tmp_path / "ray-trace.json"

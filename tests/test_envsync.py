@@ -323,6 +323,7 @@ def _wheel(directory: pathlib.Path, name: str, version: str) -> None:
         whl.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
 
 
+@pytest.mark.slow
 def test_install_steps_run_in_a_throwaway_virtualenv(tmp_path):
     """The Dockerfile's own pip steps (index requirements, then a derived spec's extras against
     the constraints), run with --dry-run in a fresh virtualenv, against wheels made locally."""

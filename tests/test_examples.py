@@ -12,6 +12,7 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(path, tmp_path):
     env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"))

@@ -160,6 +160,7 @@ def test_large_task_result_file_lives_with_ref_and_is_deleted_after_release(clus
     assert _eventually(lambda: name not in _object_files(store))
 
 
+@pytest.mark.slow
 def test_large_result_of_task_whose_ref_was_dropped_early_is_deleted(cluster, store, tmp_path):
     ray = cluster
 
@@ -482,6 +483,7 @@ def _sizes_around_threshold(threshold: int) -> tuple[int, int]:
     return lo - 1, lo
 
 
+@pytest.mark.slow
 def test_many_objects_just_under_and_over_the_inline_threshold_round_trip(cluster, store):
     ray = cluster
     threshold = starburst._runtime.peek_client().inline_threshold
@@ -528,6 +530,7 @@ def test_many_objects_just_under_and_over_the_inline_threshold_round_trip(cluste
 # ------------------------------------------------------------------------------- object count
 
 
+@pytest.mark.slow
 def test_status_object_count_tracks_objects_and_returns_to_baseline(cluster, store):
     ray = cluster
 
@@ -595,6 +598,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ["shutdown", "exit_without_shutdown", "killed"])
 def test_driver_ending_leaves_no_processes_and_no_store_files(run_script, ending):
     tail = {

@@ -326,6 +326,7 @@ def test_an_argument_that_fails_to_unpickle_is_a_clear_task_error(cluster):
     assert cluster.get(identity.remote(5)) == 5
 
 
+@pytest.mark.slow
 def test_retry_exceptions_with_a_class_defined_in_the_script(run_script, tmp_path):
     path = str(tmp_path / "attempts")
     proc = run_script(f"""
@@ -425,6 +426,7 @@ def test_actor_method_tracebacks_show_the_users_file_and_line(cluster):
 # ------------------------------------------------------------------------------------ fresh interpreters
 
 
+@pytest.mark.slow
 def test_ray_module_paths_resolve_and_gaps_say_what_is_missing(run_script):
     proc = run_script("""
         from starburst.compat import install_ray_alias
@@ -483,6 +485,7 @@ def test_the_ray_rules_script_runs_unchanged_through_starburst_run(tmp_path):
     assert proc.returncode == 0 and proc.stdout.rstrip().endswith("ALL RULES HOLD"), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_fire_and_forget_task_finishes_and_prints_at_script_end(run_script):
     proc = run_script("""
         import time

@@ -90,6 +90,7 @@ def test_package_installs_are_refused_at_the_call_site(cluster):
         f.options(runtime_env={"nsight": "default"})
 
 
+@pytest.mark.slow
 def test_job_level_working_dir_from_init(run_script, project):
     work, _ = project
     proc = run_script(textwrap.dedent(f"""

@@ -209,6 +209,7 @@ def test_an_unresponsive_head_raises_session_lost(run_script):
     assert "lost after" in proc.stdout and "does not answer" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_driver_of_another_version_is_refused_with_what_to_do(run_script):
     """The head says its version in the welcome; a driver of another starburst version (a head left
     running by an older install) is refused at init() with the fix, not left to fail on a pickle."""
