@@ -64,7 +64,10 @@ class Client:
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
-        self._functions_sent: set[bytes] = set()
+        self._functions_sent: set[bytes] = set()  # the head holds these for us (until we release them)
+        self._function_owners: dict[bytes, int] = {}  # live objects (remote functions) per function id
+        self._owner_ids: set[int] = set()
+        self._owners_gone: collections.deque[tuple[bytes, int]] = collections.deque()  # from finalizers
         self._on_block = on_block
         self._error: str | None = None
         self.closed = False
@@ -110,6 +113,17 @@ class Client:
         """Called by the transport: everything queued to send, releases last."""
         with self._cond:
             ops, self._outbox = self._outbox, []
+            while self._owners_gone:  # after the tasks that named it: the head keeps it for those
+                function_id, owner_id = self._owners_gone.popleft()
+                self._owner_ids.discard(owner_id)
+                count = self._function_owners.get(function_id, 0) - 1
+                if count > 0:
+                    self._function_owners[function_id] = count
+                    continue
+                self._function_owners.pop(function_id, None)
+                if function_id in self._functions_sent:
+                    self._functions_sent.discard(function_id)
+                    ops.append(pb.ClientOp(release_function=function_id))
             while self._releases:
                 object_id = self._releases.popleft()
                 count = self._refs.get(object_id, 0) - 1
@@ -175,7 +189,9 @@ class Client:
         """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
         self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
 
-    def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
+    def submit(self, spec: pb.TaskSpec, function: pb.Function | None, owner: Any = None) -> list[ObjectRef]:
+        """Submit a task; ``function`` is sent first unless the head holds it for us. ``owner``: the
+        object the function came from; once it is gone the head may drop the function."""
         ops = []
         if function is not None:
             _check_size(function)
@@ -183,6 +199,8 @@ class Client:
             if function is not None and function.id not in self._functions_sent:
                 self._functions_sent.add(function.id)
                 ops.append(pb.ClientOp(function=function))
+            if function is not None and owner is not None:
+                self._track_owner(function.id, owner)
             self._expected.update(spec.return_ids)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
         ops.append(pb.ClientOp(submit=spec))
@@ -203,17 +221,27 @@ class Client:
             with self._cond:
                 self._requests.pop(request.request_id, None)
 
-    def send_function(self, function: pb.Function) -> None:
+    def send_function(self, function: pb.Function, owner: Any = None) -> None:
         _check_size(function)
         with self._cond:
+            if owner is not None:
+                self._track_owner(function.id, owner)
             if function.id in self._functions_sent:
                 return
             self._functions_sent.add(function.id)
         self._send(pb.ClientOp(function=function))
 
-    def submit_creation(self, spec: pb.TaskSpec, function: pb.Function) -> None:
+    def _track_owner(self, function_id: bytes, owner: Any) -> None:
+        """(Lock held.) Count ``owner`` once; when it is collected, the function is released."""
+        if id(owner) in self._owner_ids:  # (a reused id only costs sending the function again)
+            return
+        self._owner_ids.add(id(owner))
+        self._function_owners[function_id] = self._function_owners.get(function_id, 0) + 1
+        weakref.finalize(owner, _owner_gone, weakref.ref(self), function_id, id(owner)).atexit = False
+
+    def submit_creation(self, spec: pb.TaskSpec, function: pb.Function, owner: Any = None) -> None:
         """Start an actor; this session holds its first handle."""
-        self.send_function(function)
+        self.send_function(function, owner)
         self.hold(spec.actor_id)
         self._send(pb.ClientOp(submit=spec))
 
@@ -438,6 +466,11 @@ class Client:
                         # let it go. The head ignores a release for what we don't hold.
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
+                elif kind == "forget_function":  # sent again before a task names it
+                    if op.forget_function in self._functions_sent:
+                        self._functions_sent.discard(op.forget_function)
+                        self._outbox.append(pb.ClientOp(release_function=op.forget_function))
+                        unwanted = True
                 elif kind == "reply":
                     fut = self._requests.get(op.reply.request_id)
                     if fut is not None and not fut.done():
@@ -496,6 +529,15 @@ class Client:
             self._error = self._error or "closed"
             self._cond.notify_all()
         self.transport.close()
+
+
+def _owner_gone(client_ref: "weakref.ref[Client]", function_id: bytes, owner_id: int) -> None:
+    """A remote function (or actor class) was collected: its session may release the function."""
+    # Runs from the garbage collector, maybe on any thread: no locks here.
+    client = client_ref()
+    if client is not None and not client.closed:
+        client._owners_gone.append((function_id, owner_id))
+        client._wake()
 
 
 def _check_size(function: pb.Function) -> None:
@@ -675,7 +717,7 @@ class GrpcTransport:
         error = "closed"
         from ._auth import call_metadata
 
-        async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
+        async with grpc.aio.insecure_channel(self._target, options=config.session_grpc_options()) as channel:
             call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
 
             async def writer() -> None:
@@ -712,7 +754,8 @@ class GrpcTransport:
                     error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
                               "and the head ended this session)")
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    error = f"the head at {self.address} is gone or does not answer ({error})"
+                    error = (f"the head at {self.address} is gone or does not answer (no answer to a ping "
+                             f"within {config.HEAD_TIMEOUT_S:g} s, STARBURST_HEAD_TIMEOUT_S; {error})")
             finally:
                 writer_task.cancel()
                 try:

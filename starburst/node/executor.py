@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import cloudpickle
 
 from .. import _runtime, runtime_env
+from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RaySystemError, RayTaskError
 from ..generators import DynamicObjectRefGenerator
@@ -98,6 +99,10 @@ class Executor:
                     else:
                         self.pending.append(msg.run)
                         self.pending_cond.notify()
+            elif kind == "forget_function":  # the node sends it again if a task of it comes
+                self.function_msgs.pop(msg.forget_function, None)
+                if self.functions.pop(msg.forget_function, None) is not None:
+                    trim_memory()
             elif kind == "down":
                 client = self.client
                 if client is not None:
@@ -451,7 +456,8 @@ class Executor:
             return self._run_dynamic(spec, replay())
         count = 0
         async for value in agen:
-            self._send_item(spec, count, value)
+            if count >= spec.stream_skip:  # a retry: the consumer has the earlier ones
+                self._send_item(spec, count, value)
             count += 1
         return count
 
@@ -465,7 +471,8 @@ class Executor:
             return self._run_dynamic(spec, result)
         count = 0
         for value in result:
-            self._send_item(spec, count, value)
+            if count >= spec.stream_skip:  # a retry: the consumer has the earlier ones
+                self._send_item(spec, count, value)
             count += 1
         return count
 
@@ -517,7 +524,9 @@ class Executor:
         fid = run.spec.function_id
         function = self.functions.get(fid)
         if function is None:
-            message = self.function_msgs[fid]
+            message = self.function_msgs.get(fid)
+            if message is None:
+                raise RaySystemError(f"the function of {run.spec.name} was dropped from this worker's cache")
             try:
                 function = cloudpickle.loads(message.pickled)
             except Exception as exc:

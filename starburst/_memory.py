@@ -1,0 +1,25 @@
+"""Giving freed memory back to the operating system."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def trim() -> None:
+    """Return free heap memory to the OS (glibc's ``malloc_trim``; nothing elsewhere). Large blocks
+    freed in the middle of the heap (a dropped multi-megabyte function) otherwise stay resident."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
