@@ -185,6 +185,14 @@ class Client:
         self._send(pb.ClientOp(put=pb.Object(id=object_id, value=error)))
         return ref
 
+    def ping(self) -> None:
+        """Ask the head for a sign of life (it answers with a pong from its event loop)."""
+        with self._cond:
+            if self.closed:
+                return
+            self._outbox.append(pb.ClientOp(ping=1))
+        self._wake()
+
     def kill_self(self, actor_id: bytes, reason: str) -> None:
         """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
         self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
@@ -717,7 +725,7 @@ class GrpcTransport:
         error = "closed"
         from ._auth import call_metadata
 
-        async with grpc.aio.insecure_channel(self._target, options=config.session_grpc_options()) as channel:
+        async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
             call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
 
             async def writer() -> None:
@@ -740,23 +748,58 @@ class GrpcTransport:
                         await call.done_writing()
                         return
 
+            heard = [time.monotonic()]
+            silent = False
+
+            async def heartbeat() -> None:
+                # The head answers a ping from its event loop: silence for HEAD_TIMEOUT_S means a
+                # paused, frozen or unreachable head (gRPC's keepalive alone took about a minute).
+                nonlocal silent
+                timeout = config.HEAD_TIMEOUT_S
+                step = timeout / 6
+                while True:
+                    before = time.monotonic()
+                    await asyncio.sleep(step)
+                    now = time.monotonic()
+                    if now - before > 2 * step:  # this process stalled, not the head: a fresh window
+                        heard[0] = max(heard[0], now - step)
+                    quiet = now - heard[0]
+                    if quiet > timeout:
+                        silent = True
+                        call.cancel()
+                        return
+                    if quiet > timeout / 3:
+                        client.ping()
+
             writer_task = asyncio.ensure_future(writer())
+            heartbeat_task = asyncio.ensure_future(heartbeat()) if config.HEAD_TIMEOUT_S > 0 else None
             try:
                 while True:
                     msg = await call.read()
+                    heard[0] = time.monotonic()
                     if msg is grpc.aio.EOF:
                         break
                     client.on_message(msg)
                 error = "the head closed the session"
-            except grpc.aio.AioRpcError as exc:
-                error = f"{exc.code().name}: {exc.details()}"
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+                if not silent and isinstance(exc, asyncio.CancelledError):
+                    raise
+                if silent:
+                    error = (f"the head at {self.address} does not answer: nothing came from it for "
+                             f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
+                    exc = None
+                else:
+                    error = f"{exc.code().name}: {exc.details()}"
+                if exc is None:
+                    pass
+                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
                               "and the head ended this session)")
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    error = (f"the head at {self.address} is gone or does not answer (no answer to a ping "
-                             f"within {config.HEAD_TIMEOUT_S:g} s, STARBURST_HEAD_TIMEOUT_S; {error})")
+                    error = f"the head at {self.address} is gone or does not answer ({error})"
             finally:
+                if heartbeat_task is not None:
+                    heartbeat_task.cancel()
                 writer_task.cancel()
                 try:
                     await writer_task

@@ -79,17 +79,10 @@ GRPC_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 
-#: A driver's session is lost when the head has not answered a ping for this long (a paused,
-#: frozen or vanished head): the driver pings every half of it and waits half of it for the answer,
-#: so get() and wait() raise SessionLostError at most this long after the head stops answering.
+#: A driver's session is lost when nothing has come from the head for this long (a paused, frozen
+#: or vanished head): a driver that has heard nothing for a third of it pings the head (its event
+#: loop answers), so get() and wait() raise SessionLostError about this long after the head stops.
 HEAD_TIMEOUT_S = float(os.environ.get("STARBURST_HEAD_TIMEOUT_S", 10))
-
-
-def session_grpc_options() -> list[tuple[str, int]]:
-    """:data:`GRPC_OPTIONS` for a driver's channel to the head: keepalives per HEAD_TIMEOUT_S."""
-    half_ms = max(500, int(HEAD_TIMEOUT_S * 500))
-    keep = {"grpc.keepalive_time_ms": min(half_ms, int(KEEPALIVE_S * 1000)), "grpc.keepalive_timeout_ms": half_ms}
-    return [(name, keep.get(name, value)) for name, value in GRPC_OPTIONS]
 
 
 #: Longest Unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).

@@ -232,7 +232,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked", "request", "kill_actor", "release_function")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "blocked", "request", "kill_actor", "release_function", "ping")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +245,7 @@ class ClientOp(_message.Message):
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     function: Function
     submit: TaskSpec
@@ -257,7 +258,8 @@ class ClientOp(_message.Message):
     request: ActorRequest
     kill_actor: KillActor
     release_function: bytes
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ...) -> None: ...
+    ping: int
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., blocked: _Optional[_Union[Blocked, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("ops",)
@@ -284,20 +286,22 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., store_url: _Optional[str] = ..., inline_threshold: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., head_version: _Optional[str] = ...) -> None: ...
 
 class HeadOp(_message.Message):
-    __slots__ = ("welcome", "ready", "log", "error", "reply", "forget_function")
+    __slots__ = ("welcome", "ready", "log", "error", "reply", "forget_function", "pong")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     FORGET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ready: Object
     log: Log
     error: str
     reply: ActorReply
     forget_function: bytes
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ..., forget_function: _Optional[bytes] = ...) -> None: ...
+    pong: int
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ..., forget_function: _Optional[bytes] = ..., pong: _Optional[int] = ...) -> None: ...
 
 class HeadMsg(_message.Message):
     __slots__ = ("ops",)

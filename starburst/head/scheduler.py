@@ -330,6 +330,8 @@ class Scheduler:
                 self.functions.add(session, op.function)
             elif kind == "release_function":
                 self.functions.release(session, op.release_function)
+            elif kind == "ping":
+                session.push(pb.HeadOp(pong=op.ping))
             elif kind == "subscribe":
                 self._subscribe(session, op.subscribe)
             elif kind == "add_ref":
