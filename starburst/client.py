@@ -781,17 +781,16 @@ class GrpcTransport:
                         break
                     client.on_message(msg)
                 error = "the head closed the session"
-            except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-                if not silent and isinstance(exc, asyncio.CancelledError):
+            except asyncio.CancelledError:
+                if not silent:
                     raise
-                if silent:
+                error = (f"the head at {self.address} does not answer: nothing came from it for "
+                         f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
+            except grpc.aio.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+                if silent:  # cancelled by the heartbeat
                     error = (f"the head at {self.address} does not answer: nothing came from it for "
                              f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
-                    exc = None
-                else:
-                    error = f"{exc.code().name}: {exc.details()}"
-                if exc is None:
-                    pass
                 elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
                               "and the head ended this session)")
