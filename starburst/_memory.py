@@ -23,3 +23,17 @@ def trim() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+#: Blocks at least this large get their own mapping, returned to the OS the moment they are freed.
+#: (glibc's threshold otherwise rises to the largest block freed, up to 32 MiB: a process that once
+#: handled an 8 MiB function would keep every later one's memory in its heap.)
+LARGE_BLOCK_BYTES = 4 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+def return_large_blocks() -> None:
+    """Call once at process start (head, node, executor): large blocks are unmapped when freed."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)

@@ -208,6 +208,7 @@ class Executor:
                 self.actor_pool.submit(self.run_one, runs[0])
             else:
                 self.run_one(runs[0])
+            del runs  # a run may carry a large function: not kept while we wait for the next
 
     def _start_async_calls(self, runs: list[pb.Run]) -> None:
         for run in runs:
@@ -770,6 +771,9 @@ class _LogForwarder:
 
 
 def main() -> None:
+    from .._memory import return_large_blocks
+
+    return_large_blocks()
     if os.environ.get("STARBURST_RAY_ALIAS") == "1":  # a Ray script run by `starburst run`
         from ..compat import install_ray_alias
 
