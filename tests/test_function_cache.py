@@ -136,7 +136,7 @@ def test_many_large_closures_leave_no_memory_behind_in_head_node_and_executor(ru
         deadline = time.monotonic() + 60
         while True:
             now = rss()
-            if all(now[k] < start[k] + (40 << 20) for k in now) or time.monotonic() > deadline:
+            if all(now[k] < start[k] + (24 << 20) for k in now) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         for k in now:
@@ -151,4 +151,4 @@ def test_many_large_closures_leave_no_memory_behind_in_head_node_and_executor(ru
         name, rest = line.split(": ", 1)
         numbers = [int(part.split()[-2]) for part in rest.split(", ")]
         start, _peak, end = numbers
-        assert end < start + 40, proc.stdout  # MiB: 30 x 8 MiB would be kept without freeing
+        assert end < start + 24, proc.stdout  # MiB: 30 x 8 MiB were kept before (3 functions of slack)
