@@ -1145,6 +1145,12 @@ class Scheduler:
         assert self.cancelling <= set(self.tasks), "a cancel pending for a task that ended"
         for obj in self.objects.values():
             assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
+        users: collections.Counter[bytes] = collections.Counter(
+            t.spec.function_id for t in self.tasks.values() if t.uses)
+        users.update(a.creation.spec.function_id for a in self.actors.values() if a.uses)
+        for function_id, entry in self.functions.entries.items():
+            assert entry.users == users[function_id], f"function {function_id.hex()} has {entry.users} users"
+            assert entry.holders or entry.users, f"function {function_id.hex()} kept for nobody"
 
     # ------------------------------------------------------------------ status
 
