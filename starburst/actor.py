@@ -171,13 +171,13 @@ class ActorClass:
         _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, f"{self._cls.__name__}.__init__")
         if spec.actor.name:
-            client.send_function(function)
+            client.send_function(function, self)
             reply = client.request(pb.ActorRequest(create_named=spec))
             if reply.error:
                 raise ValueError(reply.error)
             client.hold(reply.actor_id)
             return ActorHandle(reply.actor_id, reply.handle_meta, client)
-        client.submit_creation(spec, function)
+        client.submit_creation(spec, function, self)
         return ActorHandle(spec.actor_id, spec.actor.handle_meta, client)
 
 

@@ -79,6 +79,11 @@ GRPC_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 
+#: A driver's session is lost when nothing has come from the head for this long (a paused, frozen
+#: or vanished head): a driver that has heard nothing for a third of it pings the head (its event
+#: loop answers), so get() and wait() raise SessionLostError about this long after the head stops.
+HEAD_TIMEOUT_S = float(os.environ.get("STARBURST_HEAD_TIMEOUT_S", 10))
+
 
 #: Longest Unix socket path every supported platform accepts (macOS: 104 bytes with the NUL).
 SOCKET_PATH_MAX = 103

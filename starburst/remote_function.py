@@ -94,7 +94,7 @@ class RemoteFunction:
             task_id=task_id,
             function_id=function.id,
             name=o.get("name") or self._function.__qualname__,
-            max_retries=0 if generator == "streaming" else o["max_retries"],
+            max_retries=o["max_retries"],
             return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
             generator=generator,
         )
@@ -109,7 +109,7 @@ class RemoteFunction:
         runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")), client.store)
         _runtime.stamp_caller(spec, client)
         fill_args(client, spec, args, kwargs, self._function.__qualname__)
-        refs = client.submit(spec, function)
+        refs = client.submit(spec, function, self)
         return shape_result(refs, n, task_id, client)
 
 

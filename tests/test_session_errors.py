@@ -180,8 +180,9 @@ def test_a_head_record_whose_pid_was_reused_is_recognised_as_stale(tmp_path):
 
 @pytest.mark.slow
 def test_an_unresponsive_head_raises_session_lost(run_script):
-    """A head that stops answering (here: SIGSTOP) is noticed by the keepalive: get raises
-    SessionLostError instead of waiting for its timeout and then blaming the task."""
+    """A head that stops answering (here: SIGSTOP) is noticed by the session's ping rule
+    (STARBURST_HEAD_TIMEOUT_S): get raises SessionLostError well before its own timeout (the streams'
+    general keepalive, 20 s + 10 s, would let it time out first) instead of blaming the task."""
     proc = run_script(
         """
         import os, signal, time
@@ -198,15 +199,16 @@ def test_an_unresponsive_head_raises_session_lost(run_script):
         os.kill(head, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            starburst.get(ref, timeout=300)
+            starburst.get(ref, timeout=25)
         except SessionLostError as exc:
             print(f"lost after {time.monotonic() - t0:.0f} s:", exc)
         finally:
             os.kill(head, signal.SIGKILL)
             os.kill(head, signal.SIGCONT)
-        """, env={"STARBURST_KEEPALIVE_S": "2"}, timeout=200,
+        """, env={"STARBURST_HEAD_TIMEOUT_S": "2"}, timeout=200,
     )
     assert "lost after" in proc.stdout and "does not answer" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "nothing came from it for 2 s" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ class Function(_message.Message):
     def __init__(self, id: _Optional[bytes] = ..., pickled: _Optional[bytes] = ..., name: _Optional[str] = ..., source_file: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace", "generator", "working_dir", "py_modules")
+    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace", "generator", "working_dir", "py_modules", "stream_skip")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class TaskSpec(_message.Message):
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     PY_MODULES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SKIP_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     function_id: bytes
     name: str
@@ -109,7 +110,8 @@ class TaskSpec(_message.Message):
     generator: str
     working_dir: str
     py_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ..., generator: _Optional[str] = ..., working_dir: _Optional[str] = ..., py_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    stream_skip: int
+    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ..., generator: _Optional[str] = ..., working_dir: _Optional[str] = ..., py_modules: _Optional[_Iterable[str]] = ..., stream_skip: _Optional[int] = ...) -> None: ...
 
 class ActorOptions(_message.Message):
     __slots__ = ("class_name", "max_concurrency", "is_async", "max_restarts", "max_task_retries", "name", "detached", "handle_meta", "get_if_exists")
@@ -232,7 +234,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor", "release_function", "ping")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,8 @@ class ClientOp(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     function: Function
     submit: TaskSpec
@@ -253,7 +257,9 @@ class ClientOp(_message.Message):
     cancel: Cancel
     request: ActorRequest
     kill_actor: KillActor
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
+    release_function: bytes
+    ping: int
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("ops",)
@@ -280,18 +286,22 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., store_url: _Optional[str] = ..., inline_threshold: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., head_version: _Optional[str] = ...) -> None: ...
 
 class HeadOp(_message.Message):
-    __slots__ = ("welcome", "ready", "log", "error", "reply")
+    __slots__ = ("welcome", "ready", "log", "error", "reply", "forget_function", "pong")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ready: Object
     log: Log
     error: str
     reply: ActorReply
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ...) -> None: ...
+    forget_function: bytes
+    pong: int
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ..., forget_function: _Optional[bytes] = ..., pong: _Optional[int] = ...) -> None: ...
 
 class HeadMsg(_message.Message):
     __slots__ = ("ops",)
@@ -332,7 +342,7 @@ class Relay(_message.Message):
     def __init__(self, executor: _Optional[int] = ..., up: _Optional[_Union[ClientMsg, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., closed: _Optional[bool] = ...) -> None: ...
 
 class HeadToNodeOp(_message.Message):
-    __slots__ = ("run", "cancel", "relay", "shutdown", "kill_actor", "ping", "recall")
+    __slots__ = ("run", "cancel", "relay", "shutdown", "kill_actor", "ping", "recall", "forget_function")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RELAY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +350,7 @@ class HeadToNodeOp(_message.Message):
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     run: Run
     cancel: Cancel
     relay: Relay
@@ -347,7 +358,8 @@ class HeadToNodeOp(_message.Message):
     kill_actor: bytes
     ping: int
     recall: Returned
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
+    forget_function: bytes
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., relay: _Optional[_Union[Relay, _Mapping]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[bytes] = ..., ping: _Optional[int] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ..., forget_function: _Optional[bytes] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
     __slots__ = ("ops",)
@@ -465,16 +477,18 @@ class Returned(_message.Message):
     def __init__(self, task_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeToExecutorMsg(_message.Message):
-    __slots__ = ("run", "down", "cancel", "recall")
+    __slots__ = ("run", "down", "cancel", "recall", "forget_function")
     RUN_FIELD_NUMBER: _ClassVar[int]
     DOWN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     run: Run
     down: HeadMsg
     cancel: bytes
     recall: Returned
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., cancel: _Optional[bytes] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ...) -> None: ...
+    forget_function: bytes
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., down: _Optional[_Union[HeadMsg, _Mapping]] = ..., cancel: _Optional[bytes] = ..., recall: _Optional[_Union[Returned, _Mapping]] = ..., forget_function: _Optional[bytes] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -64,7 +64,10 @@ class Client:
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
-        self._functions_sent: set[bytes] = set()
+        self._functions_sent: set[bytes] = set()  # the head holds these for us (until we release them)
+        self._function_owners: dict[bytes, int] = {}  # live objects (remote functions) per function id
+        self._owner_ids: set[int] = set()
+        self._owners_gone: collections.deque[tuple[bytes, int]] = collections.deque()  # from finalizers
         self._on_block = on_block
         self._error: str | None = None
         self.closed = False
@@ -116,6 +119,17 @@ class Client:
         """Called by the transport: everything queued to send, releases last."""
         with self._cond:
             ops, self._outbox = self._outbox, []
+            while self._owners_gone:  # after the tasks that named it: the head keeps it for those
+                function_id, owner_id = self._owners_gone.popleft()
+                self._owner_ids.discard(owner_id)
+                count = self._function_owners.get(function_id, 0) - 1
+                if count > 0:
+                    self._function_owners[function_id] = count
+                    continue
+                self._function_owners.pop(function_id, None)
+                if function_id in self._functions_sent:
+                    self._functions_sent.discard(function_id)
+                    ops.append(pb.ClientOp(release_function=function_id))
             while self._releases:
                 object_id = self._releases.popleft()
                 count = self._refs.get(object_id, 0) - 1
@@ -177,11 +191,21 @@ class Client:
         self._send(pb.ClientOp(put=pb.Object(id=object_id, value=error)))
         return ref
 
+    def ping(self) -> None:
+        """Ask the head for a sign of life (it answers with a pong from its event loop)."""
+        with self._cond:
+            if self.closed:
+                return
+            self._outbox.append(pb.ClientOp(ping=1))
+        self._wake()
+
     def kill_self(self, actor_id: bytes, reason: str) -> None:
         """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
         self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
 
-    def submit(self, spec: pb.TaskSpec, function: pb.Function | None) -> list[ObjectRef]:
+    def submit(self, spec: pb.TaskSpec, function: pb.Function | None, owner: Any = None) -> list[ObjectRef]:
+        """Submit a task; ``function`` is sent first unless the head holds it for us. ``owner``: the
+        object the function came from; once it is gone the head may drop the function."""
         ops = []
         if function is not None:
             _check_size(function)
@@ -189,6 +213,8 @@ class Client:
             if function is not None and function.id not in self._functions_sent:
                 self._functions_sent.add(function.id)
                 ops.append(pb.ClientOp(function=function))
+            if function is not None and owner is not None:
+                self._track_owner(function.id, owner)
             self._expected.update(spec.return_ids)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
         ops.append(pb.ClientOp(submit=spec))
@@ -209,17 +235,27 @@ class Client:
             with self._cond:
                 self._requests.pop(request.request_id, None)
 
-    def send_function(self, function: pb.Function) -> None:
+    def send_function(self, function: pb.Function, owner: Any = None) -> None:
         _check_size(function)
         with self._cond:
+            if owner is not None:
+                self._track_owner(function.id, owner)
             if function.id in self._functions_sent:
                 return
             self._functions_sent.add(function.id)
         self._send(pb.ClientOp(function=function))
 
-    def submit_creation(self, spec: pb.TaskSpec, function: pb.Function) -> None:
+    def _track_owner(self, function_id: bytes, owner: Any) -> None:
+        """(Lock held.) Count ``owner`` once; when it is collected, the function is released."""
+        if id(owner) in self._owner_ids:  # (a reused id only costs sending the function again)
+            return
+        self._owner_ids.add(id(owner))
+        self._function_owners[function_id] = self._function_owners.get(function_id, 0) + 1
+        weakref.finalize(owner, _owner_gone, weakref.ref(self), function_id, id(owner)).atexit = False
+
+    def submit_creation(self, spec: pb.TaskSpec, function: pb.Function, owner: Any = None) -> None:
         """Start an actor; this session holds its first handle."""
-        self.send_function(function)
+        self.send_function(function, owner)
         self.hold(spec.actor_id)
         self._send(pb.ClientOp(submit=spec))
 
@@ -446,6 +482,11 @@ class Client:
                         # let it go. The head ignores a release for what we don't hold.
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
+                elif kind == "forget_function":  # sent again before a task names it
+                    if op.forget_function in self._functions_sent:
+                        self._functions_sent.discard(op.forget_function)
+                        self._outbox.append(pb.ClientOp(release_function=op.forget_function))
+                        unwanted = True
                 elif kind == "reply":
                     request = self._requests.get(op.reply.request_id)
                     if request is not None and not request.done():
@@ -504,6 +545,15 @@ class Client:
             self._error = self._error or "closed"
             self._cond.notify_all()
         self.transport.close()
+
+
+def _owner_gone(client_ref: "weakref.ref[Client]", function_id: bytes, owner_id: int) -> None:
+    """A remote function (or actor class) was collected: its session may release the function."""
+    # Runs from the garbage collector, maybe on any thread: no locks here.
+    client = client_ref()
+    if client is not None and not client.closed:
+        client._owners_gone.append((function_id, owner_id))
+        client._wake()
 
 
 def _check_size(function: pb.Function) -> None:
@@ -706,22 +756,57 @@ class GrpcTransport:
                         await call.done_writing()
                         return
 
+            heard = [time.monotonic()]
+            silent = False
+
+            async def heartbeat() -> None:
+                # The head answers a ping from its event loop: silence for HEAD_TIMEOUT_S means a
+                # paused, frozen or unreachable head (gRPC's keepalive alone took about a minute).
+                nonlocal silent
+                timeout = config.HEAD_TIMEOUT_S
+                step = timeout / 6
+                while True:
+                    before = time.monotonic()
+                    await asyncio.sleep(step)
+                    now = time.monotonic()
+                    if now - before > 2 * step:  # this process stalled, not the head: a fresh window
+                        heard[0] = max(heard[0], now - step)
+                    quiet = now - heard[0]
+                    if quiet > timeout:
+                        silent = True
+                        call.cancel()
+                        return
+                    if quiet > timeout / 3:
+                        client.ping()
+
             writer_task = asyncio.ensure_future(writer())
+            heartbeat_task = asyncio.ensure_future(heartbeat()) if config.HEAD_TIMEOUT_S > 0 else None
             try:
                 while True:
                     msg = await call.read()
+                    heard[0] = time.monotonic()
                     if msg is grpc.aio.EOF:
                         break
                     client.on_message(msg)
                 error = "the head closed the session"
+            except asyncio.CancelledError:
+                if not silent:
+                    raise
+                error = (f"the head at {self.address} does not answer: nothing came from it for "
+                         f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if silent:  # cancelled by the heartbeat
+                    error = (f"the head at {self.address} does not answer: nothing came from it for "
+                             f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
+                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
                               "and the head ended this session)")
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
                     error = f"the head at {self.address} is gone or does not answer ({error})"
             finally:
+                if heartbeat_task is not None:
+                    heartbeat_task.cancel()
                 writer_task.cancel()
                 try:
                     await writer_task

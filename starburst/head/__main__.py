@@ -2,8 +2,10 @@ import os
 import secrets
 
 from .. import config
+from .._memory import return_large_blocks
 from .launch import parse_args, spawn_local_node
 
+return_large_blocks()
 os.umask(0o077)  # everything the head and its nodes create is the owner's only
 args = parse_args()
 if args.provider == "local":

@@ -30,7 +30,9 @@ from ..exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
+from .._memory import trim as trim_memory
 from ..store import ObjectStore, error_value
+from .functions import FunctionTable
 
 if TYPE_CHECKING:
     from .observer import Observer
@@ -202,7 +204,8 @@ class Obj:
 
 
 class Task:
-    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted", "avoid")
+    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted", "avoid", "uses",
+                 "streamed")
     #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
     #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
@@ -219,6 +222,8 @@ class Task:
         self.want = {"CPU": r.cpus, "GPU": r.gpus, "memory": r.memory, **r.custom}
         self.submitted = time.monotonic()
         self.avoid: Node | None = None  # recalled from this node: placed elsewhere if anywhere fits
+        self.uses = False  # counted as a user of its function in the function table
+        self.streamed = 0  # a streaming task's items the submitter got (a retry doesn't send them again)
 
 
 class Actor:
@@ -244,6 +249,7 @@ class Actor:
         self.terminating = False
         self.out_of_scope = False
         self.death: pb.Value | None = None
+        self.uses = False  # counted as a user of its class in the function table
 
     @property
     def name(self) -> str:
@@ -254,7 +260,8 @@ class Scheduler:
     def __init__(self, store: ObjectStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.clock = clock
-        self.functions: dict[bytes, pb.Function] = {}
+        self.functions: FunctionTable[Session] = FunctionTable(self._forget_function, self._function_dropped)
+        self._trim = False
         self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
@@ -301,6 +308,7 @@ class Scheduler:
         for object_id in list(session.held):
             self._unref(object_id)
         session.held.clear()
+        self.functions.close(session)
         # Work whose results nobody holds any more is stopped; a task whose result someone else
         # holds (e.g. a ref returned inside another task's result) goes on without its submitter.
         for task in [t for t in self.tasks.values() if t.owner is session]:
@@ -326,7 +334,11 @@ class Scheduler:
             elif kind == "put":
                 self._put(session, op.put)
             elif kind == "function":
-                self.functions.setdefault(op.function.id, op.function)
+                self.functions.add(session, op.function)
+            elif kind == "release_function":
+                self.functions.release(session, op.release_function)
+            elif kind == "ping":
+                session.push(pb.HeadOp(pong=op.ping))
             elif kind == "subscribe":
                 self._subscribe(session, op.subscribe)
             elif kind == "add_ref":
@@ -380,6 +392,18 @@ class Scheduler:
         for k, v in largest.items():
             w.largest_node.custom[k] = v
         return w
+
+    def _forget_function(self, session: Session, function_id: bytes) -> None:
+        session.push(pb.HeadOp(forget_function=function_id))
+
+    def _function_dropped(self, function_id: bytes) -> None:
+        """No session holds it and no task uses it: nodes drop it (and tell their executors)."""
+        self.durations.pop(function_id, None)
+        for node in self.nodes:
+            if function_id in node.functions:
+                node.functions.discard(function_id)
+                node.push(pb.HeadToNodeOp(forget_function=function_id))
+        self._trim = True
 
     # ------------------------------------------------------------------ objects
 
@@ -470,11 +494,14 @@ class Scheduler:
             spec.job_id = session.job_id
         task = Task(spec, session)
         self.tasks[spec.task_id] = task
+        if not spec.actor_id:
+            task.uses = self.functions.use(spec.function_id)
         session.outstanding += 1
         actor: Actor | None = None
         if spec.HasField("actor"):
             actor = Actor(task)
             self.actors[spec.actor_id] = actor
+            actor.uses = self.functions.use(spec.function_id)  # restarts run its creation again
             if actor.name:
                 self.names[(actor.namespace, actor.name)] = actor.id
             handle = self._obj(spec.actor_id)  # handles count like refs to an object
@@ -564,6 +591,9 @@ class Scheduler:
         task.owner.outstanding -= 1
         self.tasks.pop(task.spec.task_id, None)
         self.tasks_finished += 1
+        if task.uses:
+            task.uses = False
+            self.functions.unuse(task.spec.function_id)
         for result in results:
             obj = self.objects.get(result.id)
             if obj is None or obj.value is not None:
@@ -612,6 +642,7 @@ class Scheduler:
             return
         if charge:
             task.spec.attempt += 1
+        task.spec.stream_skip = task.streamed
         task.state = Task.QUEUED
         task.node = None
         self.queue.appendleft(task)
@@ -677,6 +708,12 @@ class Scheduler:
             if item.value.WhichOneof("where") == "key":
                 self._delete_key(item.value.key)
             return
+        index = int.from_bytes(item.id[16:20], "little") - 2  # see generators.item_id
+        if index < task.streamed:  # a retry yields again what an earlier attempt already delivered
+            if item.value.WhichOneof("where") == "key":
+                self._delete_key(item.value.key)
+            return
+        task.streamed = index + 1
         obj = self._obj(item.id)
         obj.refs += 1
         task.owner.held.add(item.id)
@@ -747,6 +784,9 @@ class Scheduler:
                 and self.clock() - node.last_progress > max(STALL_MIN_S, 4 * run_time + node.rtt))
 
     def _dispatch(self) -> None:
+        if self._trim:  # a dropped function's memory goes back to the OS
+            self._trim = False
+            trim_memory()
         if self.nodes:
             self._place_queued()
             self._recall_queued()
@@ -808,7 +848,7 @@ class Scheduler:
             run.deps.add(id=object_id, value=obj.value)
         if spec.function_id not in node.functions:
             node.functions.add(spec.function_id)
-            run.function.CopyFrom(self.functions[spec.function_id])
+            run.function.CopyFrom(self.functions.get(spec.function_id))
         task.state = Task.RUNNING
         task.node = node
         if not node.inflight:
@@ -926,6 +966,7 @@ class Scheduler:
         for task in reversed(lost):
             if opts.max_task_retries < 0 or task.spec.attempt < opts.max_task_retries:
                 task.spec.attempt += 1
+                task.spec.stream_skip = task.streamed
                 task.state = Task.QUEUED
                 actor.calls.appendleft(task)
             else:
@@ -946,6 +987,9 @@ class Scheduler:
             return
         actor.state = Actor.DEAD
         actor.death = death
+        if actor.uses:
+            actor.uses = False
+            self.functions.unuse(actor.creation.spec.function_id)
         self._release_actor(actor)
         if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
             del self.names[(actor.namespace, actor.name)]
@@ -1107,6 +1151,12 @@ class Scheduler:
         assert self.cancelling <= set(self.tasks), "a cancel pending for a task that ended"
         for obj in self.objects.values():
             assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
+        users: collections.Counter[bytes] = collections.Counter(
+            t.spec.function_id for t in self.tasks.values() if t.uses)
+        users.update(a.creation.spec.function_id for a in self.actors.values() if a.uses)
+        for function_id, entry in self.functions.entries.items():
+            assert entry.users == users[function_id], f"function {function_id.hex()} has {entry.users} users"
+            assert entry.holders or entry.users, f"function {function_id.hex()} kept for nobody"
 
     # ------------------------------------------------------------------ status
 

@@ -1,4 +1,7 @@
+from .._memory import return_large_blocks
 from .launch import parse_args, prepare
+
+return_large_blocks()
 
 args = parse_args()
 early = prepare(args)  # executors import while the node does

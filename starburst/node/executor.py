@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import cloudpickle
 
 from .. import _runtime, runtime_env
+from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RaySystemError, RayTaskError
 from ..generators import DynamicObjectRefGenerator
@@ -99,6 +100,10 @@ class Executor:
                     else:
                         self.pending.append(msg.run)
                         self.pending_cond.notify()
+            elif kind == "forget_function":  # the node sends it again if a task of it comes
+                self.function_msgs.pop(msg.forget_function, None)
+                if self.functions.pop(msg.forget_function, None) is not None:
+                    trim_memory()
             elif kind == "down":
                 client = self.client
                 if client is not None:
@@ -204,6 +209,7 @@ class Executor:
                 self.actor_pool.submit(self.run_one, runs[0])
             else:
                 self.run_one(runs[0])
+            del runs  # a run may carry a large function: not kept while we wait for the next
 
     def _start_async_calls(self, runs: list[pb.Run]) -> None:
         for run in runs:
@@ -455,7 +461,8 @@ class Executor:
             return self._run_dynamic(spec, replay())
         count = 0
         async for value in agen:
-            self._send_item(spec, count, value)
+            if count >= spec.stream_skip:  # a retry: the consumer has the earlier ones
+                self._send_item(spec, count, value)
             count += 1
         return count
 
@@ -469,7 +476,8 @@ class Executor:
             return self._run_dynamic(spec, result)
         count = 0
         for value in result:
-            self._send_item(spec, count, value)
+            if count >= spec.stream_skip:  # a retry: the consumer has the earlier ones
+                self._send_item(spec, count, value)
             count += 1
         return count
 
@@ -521,7 +529,9 @@ class Executor:
         fid = run.spec.function_id
         function = self.functions.get(fid)
         if function is None:
-            message = self.function_msgs[fid]
+            message = self.function_msgs.get(fid)
+            if message is None:
+                raise RaySystemError(f"the function of {run.spec.name} was dropped from this worker's cache")
             try:
                 function = cloudpickle.loads(message.pickled)
             except Exception as exc:
@@ -767,6 +777,9 @@ class _LogForwarder:
 
 
 def main() -> None:
+    from .._memory import return_large_blocks
+
+    return_large_blocks()
     if os.environ.get("STARBURST_RAY_ALIAS") == "1":  # a Ray script run by `starburst run`
         from ..compat import install_ray_alias
 

@@ -17,6 +17,7 @@ import time
 import grpc
 
 from .. import config
+from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
@@ -194,6 +195,13 @@ class NodeServer(pb_grpc.NodeServicer):
             self.to_head(pb.NodeToHeadOp(pong=op.ping))
         elif kind == "recall":
             self.pool.head_recall(op.recall.task_ids)
+        elif kind == "forget_function":  # no task of it is here any more (the head counts them)
+            self.functions.pop(op.forget_function, None)
+            for executor in self.executors.values():
+                if op.forget_function in executor.functions:
+                    executor.functions.discard(op.forget_function)
+                    executor.send(pb.NodeToExecutorMsg(forget_function=op.forget_function))
+            trim_memory()
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:

@@ -1,0 +1,39 @@
+"""Giving freed memory back to the operating system."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def trim() -> None:
+    """Return free heap memory to the OS (glibc's ``malloc_trim``; nothing elsewhere). Large blocks
+    freed in the middle of the heap (a dropped multi-megabyte function) otherwise stay resident."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+#: Blocks at least this large get their own mapping, returned to the OS the moment they are freed.
+#: (glibc's threshold otherwise rises to the largest block freed, up to 32 MiB: a process that once
+#: handled an 8 MiB function would keep every later one's memory in its heap.)
+LARGE_BLOCK_BYTES = 4 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+def return_large_blocks() -> None:
+    """Call once at process start (head, node, executor): large blocks are unmapped when freed."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
