@@ -1,0 +1,94 @@
+"""A hybrid cluster in the Fargate rehearsal: this machine's node runs tasks at once, and Fargate
+nodes (the fake agent's, starting after a delay) are launched only when the burst policy says the
+backlog pays for them (``starburst.head.burst``), then stopped when the laptop can finish alone.
+
+The policy's inputs are scaled down for the run: nodes take ``START_DELAY_S`` to start (the policy
+is seeded with ``START_SEED_S`` and learns the real figure), and ``max_wait`` is a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from rehearsal.fargate import Rehearsal
+
+import starburst
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+START_DELAY_S = 2.0
+START_SEED_S = "3"
+HYBRID = dict(cluster="fargate", local=True, num_cpus=2, cpu=1, memory="2GB", lease=30)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(moto_server, s3_server, tmp_path_factory):
+    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("burst-home")).enter()
+    try:
+        yield r
+    finally:
+        r.exit()
+
+
+@pytest.fixture
+def agent(rehearsal, tmp_path, monkeypatch):
+    monkeypatch.setenv("STARBURST_FARGATE_START_S", START_SEED_S)  # the head inherits it
+    with rehearsal.agent(tmp_path / "nodes", start_delay_s=START_DELAY_S) as a:
+        yield a
+    starburst.shutdown()
+
+
+def _cluster():
+    from starburst.head import process
+
+    info = process.find_head()
+    assert info is not None
+    return info
+
+
+def _status():
+    from starburst.head import process
+
+    reply = process._status(_cluster().address, 10)
+    assert reply is not None, "the head did not answer Status"
+    return reply
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _sleeper():
+    @starburst.remote(max_retries=5)
+    def nap(i, seconds):
+        time.sleep(seconds)
+        return i, os.environ.get("STARBURST_CLUSTER_ID", "")  # set on Fargate nodes only
+
+    return nap
+
+
+def test_a_small_burst_runs_on_this_machine_and_launches_no_fargate_node(rehearsal, agent, capsys):
+    starburst.init(burst="auto", max_wait=5, workers=2, **HYBRID)
+    cluster_id = _cluster().cluster_id
+    nap = _sleeper()
+    # 10 x 0.5 s on 2 local CPUs: ~2.5 s, within max_wait.
+    results = starburst.get([nap.remote(i, 0.5) for i in range(10)], timeout=120)
+    assert [r[0] for r in results] == list(range(10))
+    assert {r[1] for r in results} == {""}  # all ran on this machine's node
+    status = _status().cluster
+    assert status.local_cpus == 2 and status.tasks_local == 10 and status.tasks_cloud == 0
+    assert "within max_wait" in status.burst_decision, status.burst_decision
+    starburst.shutdown()
+    assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
+    err = capsys.readouterr().err
+    assert "0 Fargate tasks" in err and "10 tasks ran on this machine, 0 on Fargate" in err, err
