@@ -92,3 +92,50 @@ def test_a_small_burst_runs_on_this_machine_and_launches_no_fargate_node(rehears
     assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
     err = capsys.readouterr().err
     assert "0 Fargate tasks" in err and "10 tasks ran on this machine, 0 on Fargate" in err, err
+
+
+def test_a_large_backlog_bursts_then_the_cloud_nodes_stop_when_the_laptop_can_finish(rehearsal, agent, capsys):
+    starburst.init(burst="auto", max_wait=2, workers=2, **HYBRID)
+    cluster_id = _cluster().cluster_id
+    nap = _sleeper()
+    # 80 x 0.5 s = 40 CPU-s: 20 s on 2 local CPUs, far past max_wait + the nodes' start.
+    refs = [nap.remote(i, 0.5) for i in range(80)]
+    _wait_for(lambda: agent.started_count >= 1, 60, "a Fargate node to be launched")
+    results = starburst.get(refs, timeout=180)
+    assert [r[0] for r in results] == list(range(80))
+    ran_in_cloud = sum(1 for r in results if r[1] == cluster_id)
+    assert ran_in_cloud > 0, "the burst's nodes ran nothing"
+    # The backlog is gone: the policy lets the cloud nodes go while the cluster lives on.
+    _wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 60, "the Fargate nodes to be stopped")
+    status = _status().cluster
+    assert status.burst_nodes == 0 and status.tasks_cloud == ran_in_cloud
+    assert status.tasks_local == 80 - ran_in_cloud
+    assert starburst.get(nap.remote(80, 0.0), timeout=60)[0] == 80  # the laptop's node still serves
+    starburst.shutdown()
+    err = capsys.readouterr().err
+    assert f"{80 - ran_in_cloud + 1} tasks ran on this machine, {ran_in_cloud} on Fargate" in err, err
+
+
+def test_max_cost_bounds_the_burst_and_the_laptop_finishes_the_work(rehearsal, agent):
+    # One 1 vCPU / 2 GB node's first minute costs more than this: no node may launch.
+    starburst.init(burst="auto", max_wait=2, workers=2, max_cost=0.0002, **HYBRID)
+    cluster_id = _cluster().cluster_id
+    nap = _sleeper()
+    refs = [nap.remote(i, 0.25) for i in range(40)]  # 5 s on the laptop: a burst would be asked for
+    _wait_for(lambda: "max_cost" in _status().cluster.message, 60, "the budget to refuse the burst")
+    assert [r[0] for r in starburst.get(refs, timeout=120)] == list(range(40))
+    assert _status().cluster.tasks_local == 40
+    assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
+
+
+def test_a_cloud_node_killed_mid_burst_loses_nothing(rehearsal, agent):
+    starburst.init(burst="auto", max_wait=2, workers=2, **HYBRID)
+    cluster_id = _cluster().cluster_id
+    nap = _sleeper()
+    refs = [nap.remote(i, 0.5) for i in range(80)]
+    (record,) = agent.wait_for_nodes(1, timeout=60)[:1]
+    _wait_for(lambda: _status().cluster.tasks_cloud > 0, 60, "the Fargate node to run tasks")
+    agent.kill(record.task_arn, signal.SIGKILL)
+    results = starburst.get(refs, timeout=180)
+    assert [r[0] for r in results] == list(range(80))
+    assert record.task_arn not in rehearsal.running_tasks(cluster_id)
