@@ -14,9 +14,10 @@ the real one). Tasks sleep (they hold a CPU slot, not a core: the machine is sha
 
 The trace: bursts of tasks of mixed sizes (durations drawn from a seeded generator) arriving over
 time. Reported per policy: each burst's completion time (arrival of its first task to its last
-result), the Fargate nodes launched, their node-seconds and the meter's cost (per-second billing
-with Fargate's 1-minute minimum, at real prices: with time scaled down the minimum weighs far more
-than it would at full scale, so node-seconds are the fairer figure of cloud use).
+result), the Fargate tasks launched (RunTask) and started (by the agent: a task stopped while it
+still "provisions" never starts), their node-seconds and the meter's cost (per-second billing
+with Fargate's 1-minute minimum from RunTask, at real prices; with time scaled down the minimum
+weighs far more than it would at full scale).
 """
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def replay(policy: str, scale: float, rehearsal, workdir: pathlib.Path) -> dict:
     return {
         "policy": policy,
         "burst_s": [finished_at[i] - arrived[i] for i in range(len(bursts))],
-        "nodes": launched, "node_s": bill.node_seconds if bill else float("nan"),
+        "launched": bill.nodes if bill else -1, "started": launched,
+        "node_s": bill.node_seconds if bill else float("nan"),
         "cost": bill.cost if bill else float("nan"), "tasks_local": where[0], "tasks_cloud": where[1],
     }
 
@@ -142,12 +144,13 @@ def main(argv=None) -> int:
 
     sizes = [len(d) for _, d in durations(args.scale)]
     print(f"bursty trace at scale {args.scale:g}: bursts of {sizes} tasks; load {os.getloadavg()[0]:.1f}")
-    print(f"{'policy':8} {'per-burst completion (s)':34} {'mean':>6} {'nodes':>5} {'node-s':>7} "
+    print(f"{'policy':8} {'per-burst completion (s)':34} {'mean':>6} {'launched/started':>16} {'node-s':>7} "
           f"{'cost $':>8} {'local/cloud tasks':>18}")
     for r in results:
         per = " ".join(f"{s:6.1f}" for s in r["burst_s"])
         mean = sum(r["burst_s"]) / len(r["burst_s"])
-        print(f"{r['policy']:8} {per:34} {mean:6.1f} {r['nodes']:5d} {r['node_s']:7.0f} {r['cost']:8.4f} "
+        nodes = f"{r['launched']}/{r['started']}"
+        print(f"{r['policy']:8} {per:34} {mean:6.1f} {nodes:>16} {r['node_s']:7.0f} {r['cost']:8.4f} "
               f"{r['tasks_local']:>8}/{r['tasks_cloud']:<9}")
     by = {r["policy"]: r for r in results}
     if {"always", "auto", "never"} <= set(by):

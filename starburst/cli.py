@@ -163,7 +163,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "workers": [st.cluster.workers_min, st.cluster.workers_max],
                         "node_size": st.cluster.node_size, "cost_usd": st.cluster.cost_usd,
                         "cost_per_hour": st.cluster.cost_per_hour, "max_cost": st.cluster.max_cost or None,
-                        "message": st.cluster.message},
+                        "message": st.cluster.message,
+                        "hybrid": {"local_cpus": st.cluster.local_cpus, "burst": st.cluster.burst,
+                                   "decision": st.cluster.burst_decision, "burst_nodes": st.cluster.burst_nodes,
+                                   "tasks_local": st.cluster.tasks_local, "tasks_cloud": st.cluster.tasks_cloud}
+                        if st.cluster.local_cpus else None},
             "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
                        "cpus_in_use": n.cpus_in_use, "running": n.running, "queued": n.queued,
                        "executors": n.executors,

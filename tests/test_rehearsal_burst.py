@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -88,6 +90,11 @@ def test_a_small_burst_runs_on_this_machine_and_launches_no_fargate_node(rehears
     status = _status().cluster
     assert status.local_cpus == 2 and status.tasks_local == 10 and status.tasks_cloud == 0
     assert "within max_wait" in status.burst_decision, status.burst_decision
+    shown = subprocess.run([sys.executable, "-m", "starburst", "status"], capture_output=True, text=True,
+                           timeout=60).stdout
+    assert "hybrid: 2 CPUs on this machine first; burst auto (max_wait 5 s" in shown, shown
+    assert "tasks run: 10 on this machine, 0 on Fargate" in shown, shown
+    assert "burst decision: 0 Fargate node(s): the laptop finishes the backlog" in shown, shown
     starburst.shutdown()
     assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
     err = capsys.readouterr().err

@@ -35,7 +35,8 @@ else:
         print(f"error: {exc}", flush=True)
         sys.exit(1)
     args.cluster_id = provider.cluster_id
-    if provider.options.local:  # hybrid: this machine's node too, on the cluster's S3 store
+    if isinstance(provider, FargateProvider) and provider.options.local:
+        # A hybrid cluster: this machine's node too, on the cluster's S3 store.
         from .providers import LocalProvider
 
         scratch = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
