@@ -97,6 +97,9 @@ def test_a_small_burst_runs_on_this_machine_and_launches_no_fargate_node(rehears
     assert "burst decision: 0 Fargate node(s): the laptop finishes the backlog" in shown, shown
     starburst.shutdown()
     assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
+    from starburst import config
+
+    assert not (config.shm_root() / f"starburst-{cluster_id}").exists()  # the local node's scratch directory
     err = capsys.readouterr().err
     assert "0 Fargate tasks" in err and "10 tasks ran on this machine, 0 on Fargate" in err, err
 
@@ -136,13 +139,24 @@ def test_max_cost_bounds_the_burst_and_the_laptop_finishes_the_work(rehearsal, a
 
 
 def test_a_cloud_node_killed_mid_burst_loses_nothing(rehearsal, agent):
+    import numpy as np
+
     starburst.init(burst="auto", max_wait=2, workers=2, **HYBRID)
     cluster_id = _cluster().cluster_id
-    nap = _sleeper()
-    refs = [nap.remote(i, 0.5) for i in range(80)]
+    big = starburst.put(np.arange(2**17, dtype=np.float64))  # 1 MiB: through S3, to both kinds of node
+
+    @starburst.remote(max_retries=5)
+    def nap(i, seconds, a):
+        time.sleep(seconds)
+        return i, os.environ.get("STARBURST_CLUSTER_ID", ""), float(a.sum()), np.full(2**17, i)
+
+    refs = [nap.remote(i, 0.5, big) for i in range(80)]
     (record,) = agent.wait_for_nodes(1, timeout=60)[:1]
     _wait_for(lambda: _status().cluster.tasks_cloud > 0, 60, "the Fargate node to run tasks")
     agent.kill(record.task_arn, signal.SIGKILL)
     results = starburst.get(refs, timeout=180)
     assert [r[0] for r in results] == list(range(80))
+    assert {r[2] for r in results} == {float(np.arange(2**17).sum())}
+    assert all(r[3].shape == (2**17,) and r[3][0] == r[0] for r in results)  # large results from both kinds
+    assert {r[1] for r in results} == {"", cluster_id}  # ran on this machine and on Fargate
     assert record.task_arn not in rehearsal.running_tasks(cluster_id)
