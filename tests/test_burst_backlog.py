@@ -61,3 +61,22 @@ def test_init_refuses_burst_options_without_local_before_starting_anything():
     with pytest.raises(ValueError, match="apply to cluster='fargate' only"):
         starburst.init(local=True)
     assert not starburst.is_initialized()
+
+
+def test_the_scheduler_reports_its_backlog_and_where_tasks_ran():
+    from test_scheduler_unit import Harness  # the scheduler state machine with fake nodes
+
+    from starburst._proto import starburst_pb2 as pb
+
+    h = Harness()
+    ids = h.submit(*(h.spec() for _ in range(4)))
+    assert h.s.backlog() == ([None] * 4, [])  # no node: all queued at the head, not timed yet
+    node = h.add_node("local-0", cpus=1)
+    h.step([pb.NodeToHeadOp(running=1)], node)
+    queued, running = h.s.backlog()
+    assert len(running) == 1 and len(queued) == 3  # one started at the node, the rest queued (there or here)
+    h.step([pb.NodeToHeadOp(done=pb.TaskDone(task_id=ids[0], duration_s=2.0))], node)
+    queued, running = h.s.backlog()
+    assert sorted(queued + running) == [2.0] * 3  # now the function's run time is known
+    assert h.s.ran_on == {"local-0": 1}
+    assert estimate_backlog(queued, running).tasks == 3
