@@ -526,6 +526,11 @@ class FargateProvider(NodeProvider):
         those still starting first, then the least loaded."""
         assert self.head is not None
         decision = decide(*self.burst_inputs(), self.policy)
+        quota = self.options.quota_workers
+        if quota is not None and decision.nodes >= quota and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
+            self._quota_read_at = self.clock()  # held back by the quota: it may allow more by now
+            if await asyncio.to_thread(self.reread_quota) != quota:
+                decision = decide(*self.burst_inputs(), self.policy)
         if self.decision is None or decision.nodes != self.decision.nodes:
             log.info("burst: %d Fargate node(s): %s", decision.nodes, decision.reason)
         self.decision = decision
