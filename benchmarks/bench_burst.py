@@ -109,6 +109,7 @@ def replay(policy: str, scale: float, rehearsal, workdir: pathlib.Path) -> dict:
         "launched": bill.nodes if bill else -1, "started": launched,
         "node_s": bill.node_seconds if bill else float("nan"),
         "cost": bill.cost if bill else float("nan"), "tasks_local": where[0], "tasks_cloud": where[1],
+        "always_estimate": report.always_cost if report else float("nan"),
     }
 
 
@@ -161,6 +162,9 @@ def main(argv=None) -> int:
               f"mean burst completion auto/always {mean['auto'] / mean['always']:.2f} (goal <= 1.10); "
               f"largest burst auto/local-only {by['auto']['burst_s'][largest] / by['never']['burst_s'][largest]:.2f} "
               "(goal <= 0.60)")
+    for r in results:
+        print(f"{r['policy']}: the shutdown report's estimate of burst='always' on its backlog: "
+              f"${r['always_estimate']:.4f}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

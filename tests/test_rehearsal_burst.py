@@ -124,6 +124,7 @@ def test_a_large_backlog_bursts_then_the_cloud_nodes_stop_when_the_laptop_can_fi
     starburst.shutdown()
     err = capsys.readouterr().err
     assert f"{80 - ran_in_cloud + 1} tasks ran on this machine, {ran_in_cloud} on Fargate" in err, err
+    assert "burst='always' would have cost about $0.0" in err, err  # 2 nodes from the start: more than one minute
 
 
 def test_max_cost_bounds_the_burst_and_the_laptop_finishes_the_work(rehearsal, agent):

@@ -88,11 +88,16 @@ class ShutdownReport:
     #: (-1: not a hybrid cluster).
     tasks_local: int = -1
     tasks_cloud: int = -1
+    #: What burst="always" would have cost on the same backlog (an estimate; -1: not estimated).
+    always_cost: float = -1.0
 
     def text(self) -> str:
         where = ""
         if self.tasks_local >= 0:
-            where = f" [hybrid: {self.tasks_local:,} tasks ran on this machine, {self.tasks_cloud:,} on Fargate]"
+            where = f" [hybrid: {self.tasks_local:,} tasks ran on this machine, {self.tasks_cloud:,} on Fargate"
+            if self.always_cost >= 0:
+                where += f"; burst='always' would have cost about {format_cost(self.always_cost)}"
+            where += "]"
         return f"cluster {self.cluster_id} in {self.bill.text()}{where}" + (
             f" (stopped: {self.reason})" if self.reason else "")
 
@@ -108,7 +113,8 @@ def read_report(cluster_id: str) -> Optional[ShutdownReport]:
     try:
         data = json.loads(report_path(cluster_id).read_text())
         return ShutdownReport(data["cluster_id"], CostReport(**data["bill"]), data.get("reason", ""),
-                              data.get("tasks_local", -1), data.get("tasks_cloud", -1))
+                              data.get("tasks_local", -1), data.get("tasks_cloud", -1),
+                              data.get("always_cost", -1.0))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -157,6 +163,8 @@ class FargateProvider(NodeProvider):
         self.local: LocalProvider | None = None
         self.policy = BurstPolicy(options.burst, options.max_wait, _start_seed())
         self.decision: Decision | None = None
+        self._always_nodes: list[float] = []  # launch times of the nodes burst="always" would have now
+        self._always_cost = 0.0
 
     def attach_local(self, local: LocalProvider) -> None:
         """Make this a hybrid cluster: ``local`` (whose node uses this cluster's S3 store) starts
@@ -285,8 +293,11 @@ class FargateProvider(NodeProvider):
         report = ShutdownReport(self.cluster_id, bill, self.stop_reason)
         if self.local is not None and self.head is not None:
             report.tasks_local, report.tasks_cloud = self.tasks_where()
+            self._shadow_always(0)
+            report.always_cost = self._always_cost
         data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason,
-                "tasks_local": report.tasks_local, "tasks_cloud": report.tasks_cloud}
+                "tasks_local": report.tasks_local, "tasks_cloud": report.tasks_cloud,
+                "always_cost": report.always_cost}
         write_atomic(report_path(self.cluster_id), [json.dumps(data).encode()])
         log.info("%s", report.text())
 
@@ -525,7 +536,10 @@ class FargateProvider(NodeProvider):
         ones do (drained: what is queued there comes back to the head unrun, running tasks finish),
         those still starting first, then the least loaded."""
         assert self.head is not None
-        decision = decide(*self.burst_inputs(), self.policy)
+        backlog, capacity = self.burst_inputs()
+        decision = decide(backlog, capacity, self.policy)
+        always = dataclasses.replace(self.policy, mode="always")
+        self._shadow_always(decide(backlog, dataclasses.replace(capacity, nodes=len(self._always_nodes)), always).nodes)
         quota = self.options.quota_workers
         if quota is not None and decision.nodes >= quota and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
             self._quota_read_at = self.clock()  # held back by the quota: it may allow more by now
@@ -558,6 +572,18 @@ class FargateProvider(NodeProvider):
             stopping = asyncio.ensure_future(self._stop(victims, f"burst over: {decision.reason}"))
             self._connects.add(stopping)
             stopping.add_done_callback(self._connects.discard)
+
+    def _shadow_always(self, nodes: int) -> None:
+        """Follow the nodes burst="always" would have on the same backlog, and what they would
+        cost (each billed from launch, at least a minute). An estimate: with more nodes the backlog
+        would have drained sooner, and nodes stopped while starting may cost less on AWS."""
+        o = self.options
+        per_s = self.meter.launch_cost(1, o.vcpu, o.memory_gb, o.arch, o.spot) / 60.0
+        now = self.clock()
+        while len(self._always_nodes) < nodes:
+            self._always_nodes.append(now)
+        while len(self._always_nodes) > nodes:
+            self._always_cost += max(60.0, now - self._always_nodes.pop()) * per_s
 
 
 def _start_seed() -> float:
