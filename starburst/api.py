@@ -69,6 +69,9 @@ def init(
     region: str | None = None,
     image: str | None = None,
     lease: float | None = None,
+    local: bool | None = None,
+    burst: str | None = None,
+    max_wait: float | None = None,
     auto_quota_request: bool | None = None,
     progress: bool | None = None,
     **kwargs: Any,
@@ -83,6 +86,10 @@ def init(
     it stops the cluster), ``region``, ``image`` (default: built from this environment),
     ``lease`` (seconds a worker waits for a lost head before exiting; default 180) and
     ``auto_quota_request`` (when the vCPU quota is short: request an increase without asking).
+    ``local=True`` makes it a hybrid cluster: tasks run on this machine's ``num_cpus`` at once and
+    Fargate workers (``workers=N``: up to N) are launched only as overflow, as ``burst`` says:
+    ``"auto"`` (default: when the backlog would keep this machine busy longer than ``max_wait``
+    seconds, default 30, and cloud workers would arrive in time to help), ``"always"`` or ``"never"``.
     The cluster stops at ``shutdown()``, which prints its runtime and cost.
 
     With no ``address``: uses ``$STARBURST_ADDRESS`` (or ``$RAY_ADDRESS``) if set, else the head
@@ -105,9 +112,10 @@ def init(
     given = {k: v for k, v in (("workers", workers), ("cpu", cpu), ("memory", memory), ("arch", arch),
                                 ("spot", spot), ("idle_timeout", idle_timeout), ("max_cost", max_cost),
                                 ("region", region), ("image", image), ("lease", lease),
+                                ("local", local), ("burst", burst), ("max_wait", max_wait),
                                 ("auto_quota_request", auto_quota_request)) if v is not None}
     fargate = _fargate_options(cluster, given)
-    if fargate is not None and num_cpus is not None:
+    if fargate is not None and num_cpus is not None and not fargate[0].local:
         raise ValueError("num_cpus is for the local cluster; a Fargate cluster's size is workers= and cpu=")
     if num_gpus:
         raise ValueError("num_gpus: the local cluster has no GPUs in starburst yet")

@@ -103,7 +103,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 options = check_options(
                     workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch, spot=args.spot,
                     idle_timeout=args.idle_timeout, max_cost=args.max_cost, region=args.region,
-                    image=args.image, lease=args.lease)
+                    image=args.image, lease=args.lease, local=args.local, burst=args.burst,
+                    max_wait=args.max_wait)
             except (TypeError, ValueError) as exc:
                 print(f"starburst up: {exc}", file=sys.stderr)
                 return EXIT_USAGE
@@ -162,7 +163,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "workers": [st.cluster.workers_min, st.cluster.workers_max],
                         "node_size": st.cluster.node_size, "cost_usd": st.cluster.cost_usd,
                         "cost_per_hour": st.cluster.cost_per_hour, "max_cost": st.cluster.max_cost or None,
-                        "message": st.cluster.message},
+                        "message": st.cluster.message,
+                        "hybrid": {"local_cpus": st.cluster.local_cpus, "burst": st.cluster.burst,
+                                   "decision": st.cluster.burst_decision, "burst_nodes": st.cluster.burst_nodes,
+                                   "tasks_local": st.cluster.tasks_local, "tasks_cloud": st.cluster.tasks_cloud}
+                        if st.cluster.local_cpus else None},
             "nodes": [{"id": n.node_id, "address": n.address, "cpus": n.resources.cpus,
                        "cpus_in_use": n.cpus_in_use, "running": n.running, "queued": n.queued,
                        "executors": n.executors,
@@ -184,6 +189,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         budget = f" of max_cost {format_cost(c.max_cost)}" if c.max_cost else ""
         print(f"  Fargate {c.cluster_id} in {c.region}: workers {c.workers_min}-{c.workers_max} x {c.node_size}")
         print(f"  cost so far {format_cost(c.cost_usd)}{budget}, now {format_cost(c.cost_per_hour)}/hour")
+        if c.local_cpus:
+            print(f"  hybrid: {c.local_cpus:g} CPUs on this machine first; burst {c.burst}")
+            print(f"  tasks run: {c.tasks_local:,} on this machine, {c.tasks_cloud:,} on Fargate")
+            print(f"  burst decision: {c.burst_nodes} Fargate node(s): {c.burst_decision}")
         if c.message:
             print(f"  note: {c.message}")
     pending = f", {c.nodes_pending} starting" if c.nodes_pending else ""
@@ -648,6 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--lease", type=float, default=defaults.DEFAULT_LEASE_S,
                     help="seconds a worker waits for a lost head before exiting "
                          f"(default {defaults.DEFAULT_LEASE_S:g})")
+    fg.add_argument("--local", action="store_true",
+                    help="hybrid: also run tasks on this machine, and Fargate workers only as overflow")
+    fg.add_argument("--burst", choices=("auto", "always", "never"), default=None,
+                    help="with --local: when to launch Fargate workers (default auto: when the backlog "
+                         "would keep this machine busy longer than --max-wait)")
+    fg.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
+                    help="with --local --burst auto: backlog this machine may take alone (default 30)")
     fg.add_argument("--auto-quota-request", action="store_true",
                     help="when the vCPU quota is short, request an increase without asking")
     up.set_defaults(func=cmd_up)

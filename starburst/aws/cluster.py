@@ -30,6 +30,7 @@ DEFAULT_CPU = 2
 DEFAULT_MEMORY = "4GB"
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_LEASE_S = 180.0
+DEFAULT_MAX_WAIT_S = 30.0
 
 
 @dataclass
@@ -52,6 +53,12 @@ class ClusterOptions:
     quota_workers: Optional[int] = None
     #: Extra requirements of ``init(runtime_env={"pip": [...]})``: the image is derived with them.
     pip: list[str] = dataclasses.field(default_factory=list)
+    #: A hybrid cluster: the head also runs a node on this machine, and Fargate nodes are overflow
+    #: launched when ``burst`` says it pays (``starburst.head.burst``).
+    local: bool = False
+    burst: str = "auto"
+    #: Seconds of backlog the laptop may take alone before the cluster bursts (``burst="auto"``).
+    max_wait: float = DEFAULT_MAX_WAIT_S
 
     @property
     def vcpu(self) -> float:
@@ -113,10 +120,28 @@ def check_options(
     *, workers: Any = DEFAULT_WORKERS, cpu: Any = DEFAULT_CPU, memory: Any = DEFAULT_MEMORY,
     arch: Optional[str] = None, spot: bool = False, idle_timeout: Any = DEFAULT_IDLE_TIMEOUT_S,
     max_cost: Any = None, region: Optional[str] = None, image: Optional[str] = None,
-    lease: Any = DEFAULT_LEASE_S, cluster_id: str = "",
+    lease: Any = DEFAULT_LEASE_S, cluster_id: str = "", local: Any = False, burst: Any = None,
+    max_wait: Any = None,
 ) -> ClusterOptions:
-    """Validate and normalize the user's options (no AWS calls): the earliest errors."""
+    """Validate and normalize the user's options (no AWS calls): the earliest errors.
+
+    ``local=True`` makes a hybrid cluster (this machine's cores first, Fargate nodes as overflow);
+    ``burst`` (``"auto"``, ``"always"``, ``"never"``) and ``max_wait`` (seconds) steer it."""
+    from ..head.burst import MODES
+
+    if not isinstance(local, bool):
+        raise TypeError(f"local must be True or False, got {local!r}")
+    if not local and (burst is not None or max_wait is not None):
+        raise ValueError("burst= and max_wait= steer a hybrid cluster: add local=True (--local) to run "
+                         "tasks on this machine first and burst to Fargate")
+    if burst is not None and burst not in MODES:
+        raise ValueError(f"burst={burst!r}: use one of {', '.join(map(repr, MODES))}")
+    if max_wait is not None and (isinstance(max_wait, bool) or not isinstance(max_wait, (int, float))
+                                 or not math.isfinite(max_wait) or max_wait < 0):
+        raise ValueError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
     low, high = parse_workers(workers)
+    if local and not isinstance(workers, (tuple, list)):  # hybrid: workers=N is "up to N cloud nodes"
+        low = 0
     arch = normalize_arch(arch)
     units, mib = validate_size(cpu, memory, arch)
     if not isinstance(spot, bool):
@@ -127,7 +152,8 @@ def check_options(
         cluster_id=cluster_id, region=region or "", workers_min=low, workers_max=high, cpu=units,
         memory=mib, arch=arch, spot=spot, idle_timeout=_required("idle_timeout", idle_timeout),
         max_cost=_positive("max_cost", max_cost, allow_none=True), image=image or "",
-        lease_s=_required("lease", lease),
+        lease_s=_required("lease", lease), local=local, burst=burst or "auto",
+        max_wait=DEFAULT_MAX_WAIT_S if max_wait is None else float(max_wait),
     )
 
 

@@ -30,7 +30,8 @@ import grpc
 from .. import config, tls
 from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
-from ..head.providers import NodeProvider
+from ..head.burst import Backlog, BurstPolicy, Capacity, Decision, decide, estimate_backlog, learn_start
+from ..head.providers import LocalProvider, NodeProvider
 from .cluster import ClusterOptions
 from .launcher import BudgetError, FargateLauncher, LaunchError, stop_reasons
 from .pricing import CostMeter, CostReport, format_cost, format_duration, would_exceed
@@ -57,6 +58,9 @@ MAX_FAILED_STARTS = 3
 RELAUNCH_BACKOFF_S = 10.0
 #: Stop the cluster this many seconds before the running nodes would take it past max_cost.
 BUDGET_MARGIN_S = 5.0
+#: A hybrid cluster's first guess of a node's start time (RunTask to joined), until it has timed
+#: its own nodes; ``$STARBURST_FARGATE_START_S`` overrides it (the rehearsal's nodes start faster).
+DEFAULT_START_S = 45.0
 
 
 @dataclass
@@ -80,10 +84,22 @@ class ShutdownReport:
     cluster_id: str
     bill: CostReport
     reason: str = ""
+    #: A hybrid cluster's tasks that ran to their end on this machine's node and on Fargate nodes
+    #: (-1: not a hybrid cluster).
+    tasks_local: int = -1
+    tasks_cloud: int = -1
+    #: What burst="always" would have cost on the same backlog (an estimate; -1: not estimated).
+    always_cost: float = -1.0
 
     def text(self) -> str:
+        where = ""
+        if self.tasks_local >= 0:
+            where = f" [hybrid: {self.tasks_local:,} tasks ran on this machine, {self.tasks_cloud:,} on Fargate"
+            if self.always_cost >= 0:
+                where += f"; burst='always' would have cost about {format_cost(self.always_cost)}"
+            where += "]"
         stopped = f" (stopped: {self.reason})" if self.reason else ""
-        return f"cluster {self.cluster_id} in {self.bill.text()}{stopped}"
+        return f"cluster {self.cluster_id} in {self.bill.text()}{where}{stopped}"
 
 
 def report_path(cluster_id: str):
@@ -96,7 +112,9 @@ def read_report(cluster_id: str) -> Optional[ShutdownReport]:
     """The report a Fargate cluster's head wrote when it stopped, or None."""
     try:
         data = json.loads(report_path(cluster_id).read_text())
-        return ShutdownReport(data["cluster_id"], CostReport(**data["bill"]), data.get("reason", ""))
+        return ShutdownReport(data["cluster_id"], CostReport(**data["bill"]), data.get("reason", ""),
+                              data.get("tasks_local", -1), data.get("tasks_cloud", -1),
+                              data.get("always_cost", -1.0))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -141,6 +159,17 @@ class FargateProvider(NodeProvider):
         self.failed_starts = 0  # nodes in a row that stopped before joining
         self.failure_reasons: set[str] = set()
         self._no_launch_until = 0.0
+        #: A hybrid cluster's node on this machine (``attach_local``), and its burst policy.
+        self.local: LocalProvider | None = None
+        self.policy = BurstPolicy(options.burst, options.max_wait, _start_seed())
+        self.decision: Decision | None = None
+        self._always_nodes: list[float] = []  # launch times of the nodes burst="always" would have now
+        self._always_cost = 0.0
+
+    def attach_local(self, local: LocalProvider) -> None:
+        """Make this a hybrid cluster: ``local`` (whose node uses this cluster's S3 store) starts
+        with the cluster, and Fargate nodes are launched when the burst policy says so."""
+        self.local = local
 
     def _issue_certificates(self) -> dict[str, str]:
         """A new head identity and node bundle from the cluster CA; the bundle goes to S3. Returns
@@ -197,8 +226,15 @@ class FargateProvider(NodeProvider):
     # ------------------------------------------------------------------ NodeProvider
 
     def channel(self, address: str) -> grpc.aio.Channel:
+        if self.local is not None and address.startswith("unix:"):  # this machine's node
+            return self.local.channel(address)
         return grpc.aio.secure_channel(address, self._credentials,
                                        options=tls.secure_channel_options(self.cluster_id))
+
+    def node_metadata(self, address: str = "") -> tuple[tuple[str, str], ...]:
+        if self.local is not None and address.startswith("unix:"):
+            return self.local.node_metadata(address)
+        return ()
 
     def node_shape(self) -> pb.Resources:
         return pb.Resources(cpus=self.options.vcpu, memory=float(self.options.memory) * 2**20)
@@ -207,6 +243,8 @@ class FargateProvider(NodeProvider):
         """Launch the minimum number of workers now (RunTask answers in about a second); they
         join as they come up. Raises LaunchError when none can be launched."""
         self.head = head
+        if self.local is not None:
+            await self.local.start(head)  # tasks run here at once; Fargate nodes join as overflow
         want = self.options.workers_min
         if self.options.quota_workers is not None:
             want = min(want, self.options.quota_workers)
@@ -223,12 +261,20 @@ class FargateProvider(NodeProvider):
             await asyncio.to_thread(self.renew_certificates)
         await self._refresh()
         self._scale_down()
-        await self._scale_up()
+        if self.local is not None:
+            await self._burst()
+        else:
+            await self._scale_up()
 
     async def stop(self) -> None:
         """Stop every task this cluster started, then write and log the shutdown report."""
         for connect in list(self._connects):
             connect.cancel()
+        if self.local is not None:
+            import shutil
+
+            await self.local.stop()
+            shutil.rmtree(self.local.store_dir, ignore_errors=True)  # its scratch directory (the store is S3)
         # A launch still running in its thread must finish (or give up) first, or tasks it starts
         # after stop_all's look would be missed.
         self.launcher.close()
@@ -245,19 +291,41 @@ class FargateProvider(NodeProvider):
             sched = self.head.scheduler
             bill = dataclasses.replace(bill, tasks_failed=sched.tasks_failed, tasks_cancelled=sched.tasks_cancelled)
         report = ShutdownReport(self.cluster_id, bill, self.stop_reason)
-        data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason}
+        if self.local is not None and self.head is not None:
+            report.tasks_local, report.tasks_cloud = self.tasks_where()
+            self._shadow_always(0)
+            report.always_cost = self._always_cost
+        data = {"cluster_id": report.cluster_id, "bill": dataclasses.asdict(report.bill), "reason": report.reason,
+                "tasks_local": report.tasks_local, "tasks_cloud": report.tasks_cloud,
+                "always_cost": report.always_cost}
         write_atomic(report_path(self.cluster_id), [json.dumps(data).encode()])
         log.info("%s", report.text())
 
     def status(self) -> pb.ClusterStatus:
         o = self.options
-        return pb.ClusterStatus(
+        status = pb.ClusterStatus(
             provider=self.name, cluster_id=self.cluster_id, region=o.region,
             nodes_pending=sum(1 for t in self.tasks.values() if t.link is None),
             workers_min=o.workers_min, workers_max=o.workers_max, node_size=o.describe_size(),
             cost_usd=self.meter.cost_so_far(), cost_per_hour=self.meter.burn_rate(),
             max_cost=o.max_cost or 0.0, message=self.message,
         )
+        if self.local is not None:
+            local, cloud = self.tasks_where()
+            status.local_cpus = self.local.num_cpus
+            p = self.policy
+            status.burst = f"{p.mode} (max_wait {p.max_wait_s:g} s, node start ~{p.start_s:.0f} s)"
+            status.burst_decision = self.decision.reason if self.decision else "no decision yet"
+            status.burst_nodes = self.decision.nodes if self.decision else 0
+            status.tasks_local, status.tasks_cloud = local, cloud
+        return status
+
+    def tasks_where(self) -> tuple[int, int]:
+        """Tasks that ran to their end on this machine's node(s) and on Fargate nodes."""
+        assert self.head is not None
+        ran = self.head.scheduler.ran_on
+        local = sum(n for node_id, n in ran.items() if node_id.startswith("local-"))
+        return local, sum(ran.values()) - local
 
     def node_lost(self, address: str, reason: str) -> None:
         for task in self.tasks.values():
@@ -385,6 +453,9 @@ class FargateProvider(NodeProvider):
                 return
             task.link = link
             task.idle_since = self.clock()
+            if not task.joined and self.local is not None:  # learn how long nodes take to join
+                start_s = learn_start(self.policy.start_s, self.clock() - task.launched)
+                self.policy = dataclasses.replace(self.policy, start_s=max(start_s, 1e-3))
             task.joined = True
             self.failed_starts = 0
             self.failure_reasons.clear()
@@ -447,3 +518,80 @@ class FargateProvider(NodeProvider):
             except LaunchError as exc:
                 self._say(f"could not launch {missing} more node(s): {exc}")
                 self._no_launch_until = self.clock() + 30.0
+
+    # ------------------------------------------------------------------ a hybrid cluster's bursts
+
+    def burst_inputs(self) -> tuple[Backlog, Capacity]:
+        """What the burst policy sees now: the backlog (from the scheduler's per-function run
+        times) and the capacity (this machine's CPUs, the Fargate nodes, the quota's bound)."""
+        assert self.head is not None and self.local is not None
+        o = self.options
+        max_nodes = o.workers_max
+        if o.quota_workers is not None:
+            max_nodes = min(max_nodes, max(o.quota_workers, o.workers_min))
+        backlog = estimate_backlog(*self.head.scheduler.backlog())
+        return backlog, Capacity(local_cpus=self.local.num_cpus, cpus_per_node=o.vcpu, nodes=len(self.tasks),
+                                 max_nodes=max_nodes, min_nodes=o.workers_min)
+
+    async def _burst(self) -> None:
+        """Launch or stop Fargate nodes as the burst policy decides. Surplus nodes go the way idle
+        ones do (drained: what is queued there comes back to the head unrun, running tasks finish),
+        those still starting first, then the least loaded."""
+        assert self.head is not None
+        backlog, capacity = self.burst_inputs()
+        decision = decide(backlog, capacity, self.policy)
+        always = dataclasses.replace(self.policy, mode="always")
+        self._shadow_always(decide(backlog, dataclasses.replace(capacity, nodes=len(self._always_nodes)), always).nodes)
+        quota = self.options.quota_workers
+        if quota is not None and decision.nodes >= quota and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
+            self._quota_read_at = self.clock()  # held back by the quota: it may allow more by now
+            if await asyncio.to_thread(self.reread_quota) != quota:
+                decision = decide(*self.burst_inputs(), self.policy)
+        if self.decision is None or decision.nodes != self.decision.nodes:
+            log.info("burst: %d Fargate node(s): %s", decision.nodes, decision.reason)
+        self.decision = decision
+        missing = decision.nodes - len(self.tasks)
+        if missing > 0 and self.clock() >= self._no_launch_until:
+            try:
+                if not await self._launch(missing):
+                    self._no_launch_until = self.clock() + 30.0
+            except LaunchError as exc:
+                self._say(f"could not launch {missing} more node(s): {exc}")
+                self._no_launch_until = self.clock() + 30.0
+        elif missing < 0:
+            def order(task: _NodeTask) -> tuple[int, float]:
+                node = getattr(task.link, "node", None)
+                if node is None:
+                    return (0, 0.0)
+                return (1, node.load())
+
+            victims = sorted(self.tasks.values(), key=order)[:-missing]
+            for task in victims:
+                self.tasks.pop(task.arn, None)  # counted as gone from now on (the next tick must not stop more)
+                node = getattr(task.link, "node", None)
+                if node is not None:
+                    self.head.scheduler.drain(node)
+            stopping = asyncio.ensure_future(self._stop(victims, f"burst over: {decision.reason}"))
+            self._connects.add(stopping)
+            stopping.add_done_callback(self._connects.discard)
+
+    def _shadow_always(self, nodes: int) -> None:
+        """Follow the nodes burst="always" would have on the same backlog, and what they would
+        cost (each billed from launch, at least a minute). An estimate: with more nodes the backlog
+        would have drained sooner, and nodes stopped while starting may cost less on AWS."""
+        o = self.options
+        per_s = self.meter.launch_cost(1, o.vcpu, o.memory_gb, o.arch, o.spot) / 60.0
+        now = self.clock()
+        while len(self._always_nodes) < nodes:
+            self._always_nodes.append(now)
+        while len(self._always_nodes) > nodes:
+            self._always_cost += max(60.0, now - self._always_nodes.pop()) * per_s
+
+
+def _start_seed() -> float:
+    import os
+
+    try:
+        return float(os.environ.get("STARBURST_FARGATE_START_S", "")) or DEFAULT_START_S
+    except ValueError:
+        return DEFAULT_START_S

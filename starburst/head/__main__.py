@@ -37,6 +37,13 @@ else:
         print(f"error: {exc}", flush=True)
         sys.exit(1)
     args.cluster_id = provider.cluster_id
+    if isinstance(provider, FargateProvider) and provider.options.local:
+        # A hybrid cluster: this machine's node too, on the cluster's S3 store.
+        from .providers import LocalProvider
+
+        scratch = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
+        provider.attach_local(LocalProvider(args.num_cpus, scratch, args.cluster_id, None,
+                                            secrets.token_urlsafe(32), store_url=provider.store_url))
 
 from .server import run  # noqa: E402
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 MODES = ("auto", "always", "never")
 
@@ -107,3 +108,27 @@ def _size(backlog: Backlog, capacity: Capacity, policy: BurstPolicy, fill: int) 
     left = max(0.0, backlog.work_s - capacity.local_cpus * policy.start_s)
     cloud_cpus = left / policy.start_s - capacity.local_cpus
     return min(fill, max(0, math.ceil(cloud_cpus / capacity.cpus_per_node - 1e-9)))
+
+
+#: A function's run time before any of its tasks has finished, when no other function's is known.
+DEFAULT_TASK_S = 1.0
+#: Weight of the newest node start time in the learned ``start_s`` (a moving average).
+START_WEIGHT = 0.3
+
+
+def estimate_backlog(queued: Sequence[Optional[float]], running: Sequence[Optional[float]],
+                     default_s: float = DEFAULT_TASK_S) -> Backlog:
+    """The backlog from runnable tasks' functions' recent run times (``Scheduler.backlog()``):
+    a queued task counts its function's run time, a running one half of it (its expected remainder
+    when it is anywhere in its run). A function not timed yet counts as the mean of those that
+    are, or ``default_s`` when none is."""
+    known = [d for d in (*queued, *running) if d is not None]
+    guess = sum(known) / len(known) if known else default_s
+    work = sum(guess if d is None else d for d in queued)
+    work += sum(guess if d is None else d for d in running) / 2
+    return Backlog(work_s=work, tasks=len(queued) + len(running))
+
+
+def learn_start(previous: float, sample: float) -> float:
+    """The expected node start time after one more node took ``sample`` seconds from launch to joined."""
+    return (1 - START_WEIGHT) * previous + START_WEIGHT * sample

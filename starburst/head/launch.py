@@ -40,15 +40,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def spawn_local_node(node_id: str, num_cpus: float, store_dir: str, log_path: str, runtime_dir: str,
-                     token: str) -> subprocess.Popen:
+                     token: str, store_url: str = "") -> subprocess.Popen:
     """Start a node on this machine; it prints its address (a Unix socket in ``runtime_dir``, a
     0700 directory) on its stdout when it listens, and serves only a caller presenting ``token``
-    (handed over in its environment: only this user can read a process's environment)."""
+    (handed over in its environment: only this user can read a process's environment).
+    ``store_url``: the cluster's store when it is not ``store_dir`` (a hybrid cluster's S3 store;
+    ``store_dir`` is then only the node's scratch directory)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "starburst.node", "--node-id", node_id, "--num-cpus", str(num_cpus),
-             "--store", "file://" + store_dir, "--parent-pid", str(os.getpid()),
+             "--store", store_url or "file://" + store_dir, "--parent-pid", str(os.getpid()),
              "--runtime-dir", runtime_dir, "--cleanup-dir", store_dir],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
             env=dict(os.environ, STARBURST_NODE_TOKEN=token),

@@ -175,8 +175,9 @@ class LocalNodeProcess:
     """A node process on this machine (the embedded default cluster has one)."""
 
     def __init__(self, node_id: str, num_cpus: float, store_dir: str, log_path: str,
-                 proc: subprocess.Popen | None, runtime_dir: str, token: str) -> None:
+                 proc: subprocess.Popen | None, runtime_dir: str, token: str, store_url: str = "") -> None:
         self.node_id = node_id
+        self.store_url = store_url
         self.runtime_dir = runtime_dir
         self.token = token
         self.num_cpus = num_cpus
@@ -188,7 +189,7 @@ class LocalNodeProcess:
         """Start the process (unless it was started early); returns the address it listens on."""
         if self.proc is None:
             self.proc = spawn_local_node(self.node_id, self.num_cpus, self.store_dir, self.log_path,
-                                         self.runtime_dir, self.token)
+                                         self.runtime_dir, self.token, self.store_url)
         proc = self.proc
         assert proc.stdout is not None
         loop = asyncio.get_running_loop()

@@ -150,6 +150,10 @@ class Observer:
                        "nodes_pending": c.nodes_pending, "workers": [c.workers_min, c.workers_max],
                        "node_size": c.node_size, "cost_usd": c.cost_usd, "cost_per_hour": c.cost_per_hour,
                        "max_cost": c.max_cost or None, "message": c.message}
+            if c.local_cpus:  # a hybrid cluster: this machine's node and the burst policy
+                cluster["hybrid"] = {"local_cpus": c.local_cpus, "burst": c.burst, "decision": c.burst_decision,
+                                     "burst_nodes": c.burst_nodes, "tasks_local": c.tasks_local,
+                                     "tasks_cloud": c.tasks_cloud}
             if c.max_cost:
                 cluster["budget_left"] = max(0.0, c.max_cost - c.cost_usd)
                 cluster["hours_left"] = (cluster["budget_left"] / c.cost_per_hour) if c.cost_per_hour else None

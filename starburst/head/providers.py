@@ -44,8 +44,8 @@ class NodeProvider:
         """A channel to a node of this cluster."""
         return grpc.aio.insecure_channel(address, options=config.GRPC_OPTIONS)
 
-    def node_metadata(self) -> tuple[tuple[str, str], ...]:
-        """gRPC metadata the head presents to this provider's nodes (a local node's token)."""
+    def node_metadata(self, address: str = "") -> tuple[tuple[str, str], ...]:
+        """gRPC metadata the head presents to this provider's node at ``address`` (a local node's token)."""
         return ()
 
     def node_shape(self) -> pb.Resources | None:
@@ -61,15 +61,17 @@ class NodeProvider:
 
 
 class LocalProvider(NodeProvider):
-    """One node process on this machine, replaced if it dies; its store is a memory-backed directory."""
+    """One node process on this machine, replaced if it dies; its store is a memory-backed directory
+    (or ``store_url``: a hybrid cluster's local node shares the Fargate nodes' S3 store)."""
 
     name = "local"
 
     def __init__(self, num_cpus: float, store_dir: str, cluster_id: str,
-                 first_node: subprocess.Popen | None, node_token: str) -> None:
+                 first_node: subprocess.Popen | None, node_token: str, store_url: str = "") -> None:
         self.num_cpus = num_cpus
         self.store_dir = store_dir
-        self.store_url = "file://" + store_dir
+        self.store_url = store_url or "file://" + store_dir
+        self._node_store = store_url
         self.cluster_id = cluster_id
         self.first_node = first_node
         self.node_token = node_token
@@ -83,7 +85,7 @@ class LocalProvider(NodeProvider):
         self.head = head
         await self._start_node()
 
-    def node_metadata(self) -> tuple[tuple[str, str], ...]:
+    def node_metadata(self, address: str = "") -> tuple[tuple[str, str], ...]:
         from .._auth import call_metadata
 
         return call_metadata(self.node_token)
@@ -93,7 +95,7 @@ class LocalProvider(NodeProvider):
         node = LocalNodeProcess(
             f"local-{self.started}", self.num_cpus, self.store_dir,
             str(config.log_dir() / "head.log"), self.first_node,
-            str(config.cluster_runtime_dir(self.cluster_id)), self.node_token,
+            str(config.cluster_runtime_dir(self.cluster_id)), self.node_token, self._node_store,
         )
         self.first_node = None
         self.started += 1

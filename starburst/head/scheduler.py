@@ -274,6 +274,7 @@ class Scheduler:
         self.tasks_finished = 0  # all that ended: with their results, failed or cancelled
         self.tasks_failed = 0
         self.tasks_cancelled = 0
+        self.ran_on: collections.Counter[str] = collections.Counter()  # node id -> tasks that ran to their end there
         #: Sent to a node with a cancel asked since: if the node hands one back unstarted (recall,
         #: drain), the cancel wins.
         self.cancelling: set[bytes] = set()
@@ -751,6 +752,7 @@ class Scheduler:
             fid = task.spec.function_id
             previous = self.durations.get(fid)
             self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
+            self.ran_on[node.node_id] += 1
         if done.failure == pb.TaskDone.NOT_STARTED:
             task.avoid = node
             self._requeue(task, charge=False)
@@ -1093,6 +1095,17 @@ class Scheduler:
         """Runnable work, in tasks: those waiting for a node plus one per busy CPU (tasks queued
         ahead at a node and tasks waiting for their arguments don't need more nodes)."""
         return len(self.queue) + sum(min(len(n.inflight), n.total["CPU"]) for n in self.nodes)
+
+    def backlog(self) -> tuple[list[float | None], list[float | None]]:
+        """Runnable tasks as their functions' recent run times (None: not known yet), in two lists:
+        those not started (at the head or queued at a node), and those running."""
+        queued = [self.durations.get(t.spec.function_id) for t in self.queue]
+        running: list[float | None] = []
+        for node in self.nodes:
+            started = node.started()
+            for i, task in enumerate(node.inflight.values()):
+                (running if i < started else queued).append(self.durations.get(task.spec.function_id))
+        return queued, running
 
     def has_waiting(self) -> bool:
         """Whether any ready task waits for a node (then no node is idle: it may get work)."""

@@ -199,7 +199,7 @@ class FakeEcsAgent:
 
     def __init__(self, endpoint: str, region: str, ecs_cluster: str, node_env: dict[str, str],
                  log_dir: pathlib.Path, latency_ms: float = 0.0, poll_s: float = 0.2,
-                 stop_grace_s: float = 10.0, firewall: bool = False):
+                 stop_grace_s: float = 10.0, firewall: bool = False, start_delay_s: float = 0.0):
         if latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {latency_ms!r}")
         self.endpoint = endpoint
@@ -211,6 +211,10 @@ class FakeEcsAgent:
         self.poll_s = float(poll_s)
         self.stop_grace_s = float(stop_grace_s)
         self.firewall = firewall
+        #: Seconds between a task appearing and its node process starting (Fargate's provisioning
+        #: and image pull, scaled down for a run).
+        self.start_delay_s = float(start_delay_s)
+        self._due: dict[str, float] = {}  # task arn -> when its node starts (tasks waiting out the delay)
         #: Problems met by the polling thread (it carries on), newest last.
         self.errors: list[str] = []
         self._nodes: dict[str, NodeRecord] = {}
@@ -367,8 +371,18 @@ class FakeEcsAgent:
 
     def _poll(self) -> None:
         running = set(self._list_running())
+        now = time.monotonic()
         with self._lock:
             new = sorted(running - self._seen)
+            if self.start_delay_s > 0:
+                for arn in new:
+                    self._due.setdefault(arn, now + self.start_delay_s)
+                for arn in [a for a in self._due if a not in running]:  # stopped while "provisioning"
+                    del self._due[arn]
+                    self._seen.add(arn)
+                new = [a for a in new if self._due[a] <= now]
+                for arn in new:
+                    del self._due[arn]
         for task in self._describe(new):
             if self._stop.is_set():
                 return

@@ -112,10 +112,12 @@ class Rehearsal:
         self._stack.callback(seaweed.delete_bucket_encryption, Bucket=bucket)
 
     def agent(self, log_dir: pathlib.Path, latency_ms: float = 0.0, firewall: bool = False,
-              **node_env: str) -> FakeEcsAgent:
-        """A started agent; ``node_env`` overrides what the nodes' platform gives them."""
+              start_delay_s: float = 0.0, **node_env: str) -> FakeEcsAgent:
+        """A started agent; ``node_env`` overrides what the nodes' platform gives them;
+        ``start_delay_s`` delays each node's start (Fargate's provisioning, scaled down)."""
         return FakeEcsAgent(self.moto, REGION, self.settings.ecs_cluster, {**self.node_env, **node_env}, log_dir,
-                            latency_ms=latency_ms, stop_grace_s=5.0, firewall=firewall).start()
+                            latency_ms=latency_ms, stop_grace_s=5.0, firewall=firewall,
+                            start_delay_s=start_delay_s).start()
 
     def running_tasks(self, cluster_id: str | None = None) -> list[str]:
         import boto3

@@ -77,6 +77,11 @@
     text($("cost-sub"), c.provider === "fargate"
       ? `${usd(c.cost_per_hour)}/h` + (c.max_cost ? ` · ${usd(c.budget_left)} left` + (c.hours_left != null ? ` (${duration(c.hours_left * 3600)})` : "") : "")
       : "local: no charge");
+    if (c.hybrid) {
+      const h = c.hybrid;
+      text($("cost-sub"), `${$("cost-sub").textContent} · tasks: ${h.tasks_local} here, ${h.tasks_cloud} on Fargate`
+        + ` · burst ${h.burst}: ${h.burst_nodes} node(s), ${h.decision}`);
+    }
     fill("nodes", s.nodes, [
       (n) => n.id, (n) => n.address, (n) => n.state, (n) => `${+n.cpus_busy.toFixed(2)}/${n.cpus}`,
       (n) => n.memory ? bytes(n.memory) : "–", (n) => n.running, (n) => n.executors, (n) => `${n.rtt_ms} ms`,
