@@ -53,6 +53,8 @@ from starburst.envsync.wheels import (
     wheel_name_version,
 )
 
+pytestmark = pytest.mark.slow  # moto round trips or whole scripts through starburst run: the full tier
+
 REPO = Path(starburst.__file__).resolve().parent.parent
 STARBURST_URL = {"url": "https://example.com/starburst-0.1.0-py3-none-any.whl", "archive_info": {}}
 MANIFEST = json.dumps({
@@ -471,7 +473,6 @@ FAKE_DOCKER = '''\
 """A stand-in for the docker command: records its calls; 'push' puts the tag into (moto's) ECR."""
 import json, os, sys
 
-pytestmark = pytest.mark.slow  # moto round trips or whole scripts through starburst run: the full tier
 args = sys.argv[1:]
 entry = {{"argv": args}}
 if args[:1] == ["login"]:
