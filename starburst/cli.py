@@ -364,7 +364,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from .aws.cluster import check_options
-    from .aws.pricing import PRICE_TABLE, describe_estimate
+    from .aws.pricing import UnknownRegionError, describe_estimate, price_source
 
     try:  # the rules and messages of init(cluster="fargate") and 'up --cluster fargate'
         options = check_options(workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch,
@@ -373,12 +373,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
     region = args.region or _aws_settings(args).region
-    if region not in PRICE_TABLE:
-        print(f"starburst cost: no built-in Fargate prices for region {region!r}; known: "
-              f"{', '.join(sorted(PRICE_TABLE))}", file=sys.stderr)
+    try:
+        print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
+                                region, options.max_cost, source=price_source()))
+    except UnknownRegionError as exc:
+        print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
-                            region, options.max_cost))
     return 0
 
 

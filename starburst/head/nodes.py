@@ -76,6 +76,7 @@ class NodeLink:
                         msg = await call.read()
                         if msg is grpc.aio.EOF:
                             break
+                        self.scheduler.bytes_from_nodes += msg.ByteSize()  # leaves AWS: data transfer out
                         self.scheduler.on_node_ops(self.node, msg.ops, self._relay)
                         if self._pings:
                             self._pongs(msg.ops)
