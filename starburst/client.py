@@ -122,9 +122,9 @@ class Client:
                 self._subscribed.discard(object_id)
                 self._expected.discard(object_id)
                 ops.append(pb.ClientOp(release=object_id))
-            usage = store_usage(self.store) if ops else None
-            if usage is not None:  # the cost meter's S3 counts ride along with other work
-                ops.append(pb.ClientOp(store_usage=usage))
+        usage = store_usage(self.store) if ops else None
+        if usage is not None:  # the cost meter's S3 counts ride along with other work
+            ops.append(pb.ClientOp(store_usage=usage))
         return ops
 
     def incref(self, object_id: bytes, borrowed: bool = False) -> None:

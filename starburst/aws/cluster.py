@@ -168,8 +168,9 @@ def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: 
     except BuildError as exc:
         raise RuntimeError(f"the worker image could not be built: {exc}") from exc
     finally:
-        if on_build is not None and getattr(builder, "build_seconds", 0.0):
-            on_build(builder.build_seconds)  # billed even when the build failed
+        seconds = float(vars(builder).get("build_seconds", 0.0))  # CodeBuild's; a local Docker build is free
+        if on_build is not None and seconds:
+            on_build(seconds)  # billed even when the build failed
 
 
 def _say(line: str) -> None:

@@ -322,13 +322,13 @@ class PricingApiPriceSource:
                 if loaded is not None:
                     self._cache[region] = loaded
                 elif self.last_error is not None:  # the API failed once: don't wait on it again
-                    return self._fallback(region, key, f"Pricing API failed: {self.last_error}")
+                    return self._fallback(region, key, f"Pricing API failed: {_first_line(self.last_error)}")
                 else:
                     try:
                         self._cache[region] = self.fetch(region)
                     except Exception as exc:  # noqa: BLE001 - no permission, no network, throttled: the table
                         self.last_error = exc
-                        return self._fallback(region, key, f"Pricing API failed: {exc}")
+                        return self._fallback(region, key, f"Pricing API failed: {_first_line(exc)}")
                     self._save(region, self._cache[region])
             table = self._cache[region]
         if key in table:
@@ -341,6 +341,12 @@ class PricingApiPriceSource:
         except UnknownRegionError as exc:
             raise UnknownRegionError(region, f" (and the AWS Pricing API didn't price it: {why})") from exc
         return Rates(rates.vcpu_hour, rates.gb_hour, f"{rates.source} ({why})")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error in a few words (an endpoint may answer with a page of HTML)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def price_source(session: Any = None) -> PriceSource:
