@@ -98,6 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.cluster == "fargate":
             from .api import _prepare_fargate
             from .aws.cluster import check_options
+            from .aws.pricing import UnknownRegionError
 
             try:
                 options = check_options(
@@ -111,7 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 config_file, cluster_id = _prepare_fargate(options, args.auto_quota_request or None)
             except (RuntimeError, ValueError) as exc:
                 print(f"starburst up: {exc}", file=sys.stderr)
-                return EXIT_FAILED
+                return EXIT_USAGE if isinstance(exc, UnknownRegionError) else EXIT_FAILED
         try:
             listen = args.listen or (f"127.0.0.1:{args.port}" if args.port else "")
             info = process.start_head(args.num_cpus, exit_when_unused=False, listen=listen,
