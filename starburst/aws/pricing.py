@@ -54,7 +54,8 @@ PUBLIC_IPV4_HOUR = 0.005
 #: per 1,000 requests, GET and others per 1,000, data transfer out to the internet per GB (first
 #: 10 TB/month tier; the account's 100 GB/month free allowance is not subtracted)). As published on
 #: https://aws.amazon.com/s3/pricing/ and https://aws.amazon.com/ec2/pricing/on-demand/ (data
-#: transfer), first tiers, read 2026-11: approximate outside us-east-1.
+#: transfer), first tiers, transcribed without re-reading the pages (no network where this was
+#: written): us-east-1's are the long-standing published rates, the others approximate; verify.
 _USAGE_RATES: dict[str, tuple[float, float, float, float]] = {
     "us-east-1": (0.023, 0.005, 0.0004, 0.09),
     "us-east-2": (0.023, 0.005, 0.0004, 0.09),
@@ -74,7 +75,8 @@ _USAGE_RATES: dict[str, tuple[float, float, float, float]] = {
     "ap-northeast-1": (0.025, 0.0047, 0.00037, 0.114),
 }
 #: CodeBuild USD per build minute (billed per started minute) of the compute types starburst uses
-#: (``codebuild.CODEBUILD_ENVIRONMENTS``), us-east-1 rates from https://aws.amazon.com/codebuild/pricing/.
+#: (``codebuild.CODEBUILD_ENVIRONMENTS``), us-east-1 rates of https://aws.amazon.com/codebuild/pricing/
+#: (transcribed, not re-read: verify), used in every region.
 CODEBUILD_MINUTE = {"x86_64": 0.01, "arm64": 0.015}  # general1.medium, arm1.large
 #: Hours in a month as S3 counts GB-months (GB-hours / 730).
 HOURS_PER_MONTH = 730.0
