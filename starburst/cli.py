@@ -98,6 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.cluster == "fargate":
             from .api import _prepare_fargate
             from .aws.cluster import check_options
+            from .aws.pricing import UnknownRegionError
 
             try:
                 options = check_options(
@@ -112,7 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 config_file, cluster_id = _prepare_fargate(options, args.auto_quota_request or None)
             except (RuntimeError, ValueError) as exc:
                 print(f"starburst up: {exc}", file=sys.stderr)
-                return EXIT_FAILED
+                return EXIT_USAGE if isinstance(exc, UnknownRegionError) else EXIT_FAILED
         try:
             listen = args.listen or (f"127.0.0.1:{args.port}" if args.port else "")
             info = process.start_head(args.num_cpus, exit_when_unused=False, listen=listen,
@@ -373,7 +374,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 def cmd_cost(args: argparse.Namespace) -> int:
     from .aws.cluster import check_options
-    from .aws.pricing import PRICE_TABLE, describe_estimate
+    from .aws.pricing import UnknownRegionError, describe_estimate, price_source
 
     try:  # the rules and messages of init(cluster="fargate") and 'up --cluster fargate'
         options = check_options(workers=_workers(args.workers), cpu=args.cpu, memory=args.memory, arch=args.arch,
@@ -382,12 +383,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
     region = args.region or _aws_settings(args).region
-    if region not in PRICE_TABLE:
-        print(f"starburst cost: no built-in Fargate prices for region {region!r}; known: "
-              f"{', '.join(sorted(PRICE_TABLE))}", file=sys.stderr)
+    try:
+        print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
+                                region, options.max_cost, source=price_source()))
+    except UnknownRegionError as exc:
+        print(f"starburst cost: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(describe_estimate(options.workers_max, options.vcpu, options.memory_gb, options.arch, options.spot,
-                            region, options.max_cost))
     return 0
 
 

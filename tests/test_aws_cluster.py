@@ -163,3 +163,15 @@ def test_prepare_without_credentials_says_the_one_message(account, monkeypatch, 
         prepare(check_options(), session=boto3.Session(region_name="us-east-1"), quota_source=FakeQuotaSource(64),
                 say=lambda line: None)
     assert str(info.value) == NO_CREDENTIALS
+
+
+def test_prepare_refuses_a_region_that_neither_the_table_nor_the_api_prices(account):
+    import boto3
+
+    # moto has no Price List API: the API fails, and the table doesn't know Seoul.
+    region = "ap-northeast-2"
+    provision.setup(boto3.Session(region_name=region), Settings(region=region), head_ip="203.0.113.5").settings.save()
+    with pytest.raises(ValueError, match=r"no built-in Fargate prices for region 'ap-northeast-2' \(and the "
+                                         r"AWS Pricing API didn't price it: Pricing API failed: .*\); "
+                                         r"known: ap-northeast-1, "):
+        _prepare(check_options(region=region), FakeQuotaSource(64))

@@ -5,6 +5,7 @@ for real in a throwaway virtualenv."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -398,12 +399,14 @@ def test_ensure_image_with_codebuild_end_to_end(aws):
         with zipfile.ZipFile(io.BytesIO(body.read())) as zf:
             dockerfiles.append(zf.read("Dockerfile").decode())
         push(aws, spec.hash())
-        return b
+        started = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)
+        return {**b, "startTime": started, "endTime": started + datetime.timedelta(seconds=95)}
 
     lines = []
-    uri = ensure_image(aws.session(), settings, spec, builder=CodeBuildBuilder(aws.session(), settings, poll=poll),
-                       progress=lines.append)
+    builder = CodeBuildBuilder(aws.session(), settings, poll=poll)
+    uri = ensure_image(aws.session(), settings, spec, builder=builder, progress=lines.append)
     assert uri == image_uri(settings, aws.account_id, spec)
+    assert builder.build_seconds == 95  # what CodeBuild bills (per started minute: 2), for the cost meter
     assert lines[0].startswith(f"building {uri} with codebuild")
     assert lines[-1] == f"image ready: {uri}"
     # the context is removed after a successful build

@@ -19,6 +19,7 @@ from starburst.aws.pricing import (
     CostMeter,
     PricingApiPriceSource,
     Rates,
+    UnknownRegionError,
     billed_seconds,
     describe_estimate,
     estimate_hourly,
@@ -73,11 +74,13 @@ def test_known_published_rates():
     assert pricing.PRICES_AS_OF and "fargate/pricing" in pricing.PRICES_SOURCE
 
 
-def test_unknown_region_gets_the_highest_rate_and_says_so():
-    rates = BuiltinPriceSource().rates("xx-nowhere-1", "x86_64", False)
-    highest = max(r[("x86_64", False)].vcpu_hour for r in PRICE_TABLE.values())
-    assert rates.vcpu_hour == highest
-    assert "no built-in price for xx-nowhere-1" in rates.source
+@pytest.mark.parametrize("region", ["mars-1", "ap-northeast-2", "eu-central-2"])
+def test_an_unknown_region_is_an_error_that_lists_the_known_ones(region):
+    with pytest.raises(UnknownRegionError, match=rf"no built-in Fargate prices for region '{region}'; "
+                                                 r"known: ap-northeast-1, .*us-west-2$"):
+        BuiltinPriceSource().rates(region, "x86_64", False)
+    with pytest.raises(ValueError, match="known: "):
+        estimate_hourly(1, 1, 2, region=region)
 
 
 # --- billing arithmetic ------------------------------------------------------------------------
@@ -345,7 +348,7 @@ def test_pricing_api_source_reads_rates_over_pages_and_caches():
         again = source.rates("eu-central-1", "x86_64", False)
         stub.assert_no_pending_responses()
     assert (on_demand.vcpu_hour, on_demand.gb_hour) == (0.0466, 0.00512)
-    assert on_demand.source == "AWS Pricing API (2026-11-01T00:00:00Z)"
+    assert on_demand.source.startswith("AWS Pricing API (2026-11-01, read 20")
     assert (arm.vcpu_hour, arm.gb_hour) == (0.03728, 0.00409)
     assert (spot.vcpu_hour, spot.gb_hour) == (0.015, 0.0016)
     assert again == on_demand
@@ -387,3 +390,124 @@ def test_meter_with_the_pricing_api_source():
         meter.task_started("t", 2, 4)
     clock.now = 7_200.0
     assert meter.cost_so_far() == pytest.approx(2 * (2 * 0.1 + 4 * 0.01 + IPV4))
+
+
+def _answer(region_prefix: str, vcpu: str, gb: str, region: str) -> dict:
+    return {"FormatVersion": "aws_v1", "PriceList": [
+        _product(f"{region_prefix}-Fargate-vCPU-Hours:perCPU", vcpu, region),
+        _product(f"{region_prefix}-Fargate-GB-Hours", gb, region)]}
+
+
+def test_pricing_api_answers_are_cached_on_disk_with_their_date(tmp_path):
+    import datetime as dt
+
+    today = [dt.date(2026, 12, 6)]
+    client = _client()
+    with Stubber(client) as stub:
+        stub.add_response("get_products", _answer("EUC1", "0.05", "0.006", "eu-central-1"), _expected("eu-central-1"))
+        first = PricingApiPriceSource(client=client, cache_dir=tmp_path, today=lambda: today[0])
+        rates = first.rates("eu-central-1")
+        stub.assert_no_pending_responses()
+    assert (rates.vcpu_hour, rates.gb_hour) == (0.05, 0.006)
+    assert rates.source == "AWS Pricing API (2026-11-01, read 2026-12-06)"
+    saved = json.loads((tmp_path / "eu-central-1.json").read_text())
+    assert saved["fetched"] == "2026-12-06"
+    # Another process (a new source) within the week reads the file: no query (none is stubbed).
+    client2 = _client()
+    with Stubber(client2):
+        again = PricingApiPriceSource(client=client2, cache_dir=tmp_path, today=lambda: today[0]).rates("eu-central-1")
+    assert again == rates
+    # A week later the answer is asked for again.
+    today[0] = dt.date(2026, 12, 13)
+    client3 = _client()
+    with Stubber(client3) as stub:
+        stub.add_response("get_products", _answer("EUC1", "0.06", "0.007", "eu-central-1"), _expected("eu-central-1"))
+        fresh = PricingApiPriceSource(client=client3, cache_dir=tmp_path, today=lambda: today[0]).rates("eu-central-1")
+        stub.assert_no_pending_responses()
+    assert (fresh.vcpu_hour, fresh.gb_hour) == (0.06, 0.007) and "read 2026-12-13" in fresh.source
+
+
+def test_a_region_the_api_prices_is_known_and_one_nobody_prices_is_an_error():
+    client = _client()
+    source = PricingApiPriceSource(client=client)
+    with Stubber(client) as stub:
+        stub.add_response("get_products", _answer("APN2", "0.04656", "0.00511", "ap-northeast-2"),
+                          _expected("ap-northeast-2"))
+        stub.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": []}, _expected("mars-1"))
+        seoul = source.rates("ap-northeast-2")
+        assert seoul.vcpu_hour == 0.04656 and seoul.source.startswith("AWS Pricing API")
+        with pytest.raises(UnknownRegionError, match=r"'mars-1' \(and the AWS Pricing API didn't price it: "
+                                                     r"not in the Pricing API's answer\); known: "):
+            source.rates("mars-1")
+    # The estimate names the API as its source.
+    line = describe_estimate(1, 1, 2, region="ap-northeast-2", source=source)
+    assert "prices: AWS Pricing API (2026-11-01, read " in line
+
+
+def test_a_failing_api_is_asked_once_then_the_table_answers_and_unknown_regions_are_errors():
+    client = _client()
+    source = PricingApiPriceSource(client=client)
+    with Stubber(client) as stub:
+        stub.add_client_error("get_products", "ThrottlingException", "slow down", 400)
+        first = source.rates("us-east-1")
+        second = source.rates("eu-west-1", "arm64", True)  # no second response stubbed: not asked again
+        with pytest.raises(UnknownRegionError, match="Pricing API failed"):
+            source.rates("ap-northeast-2")
+    assert first.vcpu_hour == PRICE_TABLE["us-east-1"][("x86_64", False)].vcpu_hour
+    assert second == Rates(PRICE_TABLE["eu-west-1"][("arm64", True)].vcpu_hour,
+                           PRICE_TABLE["eu-west-1"][("arm64", True)].gb_hour, second.source)
+    assert f"built-in table of {PRICES_AS_OF}" in second.source and "ThrottlingException" in second.source
+
+
+def test_price_source_uses_the_api_only_with_credentials(monkeypatch, tmp_path):
+    monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
+    chosen = pricing.price_source(boto3.session.Session(region_name="us-east-1"))
+    assert isinstance(chosen, PricingApiPriceSource)
+    assert str(chosen.cache_dir) == str(tmp_path / "home" / "prices")
+    monkeypatch.setenv("STARBURST_PRICES", "builtin")
+    assert isinstance(pricing.price_source(), BuiltinPriceSource)
+    monkeypatch.delenv("STARBURST_PRICES")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    assert isinstance(pricing.price_source(boto3.session.Session(region_name="us-east-1")), BuiltinPriceSource)
+
+
+# --- S3, data transfer out, CodeBuild ------------------------------------------------------------
+
+
+def test_the_meter_bills_s3_transfer_out_and_codebuild_line_by_line():
+    clock = FakeClock(0.0)
+    meter = CostMeter(region="us-east-1", clock=clock)
+    meter.task_started("t", 1, 2)
+    build = meter.record_build(61.0, "x86_64")  # two started minutes of general1.medium
+    assert build == pytest.approx(2 * 0.01)
+    meter.record_usage(put_requests=2_000, get_requests=10_000, delete_requests=50, bytes_uploaded=2 * 10**9,
+                       transfer_out_bytes=0, at=0.0)
+    clock.now = 1800.0
+    meter.record_usage(put_requests=3_000, get_requests=20_000, delete_requests=70, bytes_uploaded=4 * 10**9,
+                       transfer_out_bytes=5 * 10**9, at=1800.0)
+    clock.now = 3600.0
+    report = meter.report()
+    items = dict(report.items)
+    assert items["S3 requests"] == pytest.approx(3 * 0.005 + 20 * 0.0004)
+    # 2 GB for the first half hour, 4 GB for the second: 3 GB-hours at $0.023 per GB-month of 730 hours.
+    assert report.usage["s3_byte_hours"] == pytest.approx(3e9)
+    assert items["S3 storage"] == pytest.approx(3 * 0.023 / 730)
+    assert items["data transfer out"] == pytest.approx(5 * 0.09)
+    assert items["CodeBuild"] == pytest.approx(0.02)
+    assert items["Fargate vCPU and memory"] == pytest.approx(0.04048 + 2 * 0.004445)
+    assert items["public IPv4"] == pytest.approx(IPV4)
+    assert report.cost == pytest.approx(sum(items.values()))
+    assert meter.cost_so_far() == pytest.approx(report.cost)
+    assert report.usage["s3_delete_requests"] == 70 and report.usage["codebuild_minutes"] == 2
+    assert report.usage["billed_task_seconds"] == [3600]
+    text = report.text()
+    assert "S3 requests $0.0230" in text and "data transfer out $0.45" in text and "CodeBuild $0.0200" in text
+
+
+def test_s3_use_counts_against_max_cost():
+    clock = FakeClock(0.0)
+    meter = CostMeter(region="us-east-1", clock=clock, max_cost=0.01)
+    assert meter.can_launch(1, 1, 2)
+    meter.record_usage(put_requests=2_000, get_requests=0, delete_requests=0, bytes_uploaded=0, transfer_out_bytes=0)
+    assert not meter.can_launch(1, 1, 2)  # $0.01 of PUTs already spent

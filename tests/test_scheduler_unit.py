@@ -267,3 +267,23 @@ def test_a_cancel_that_crosses_a_recall_still_cancels():
     h.done(a, *recalled, failure=pb.TaskDone.NOT_STARTED)
     assert victim not in h.runs("b") and victim not in h.s.tasks
     assert h.s.status()["cancelled"] == 1
+
+
+def test_s3_usage_reports_add_up_apart_for_drivers_and_nodes():
+    """The cost meter's counts: drivers' downloads leave AWS, the nodes' executors' don't."""
+    h = Harness()
+    node = h.add_node("n1", cpus=1)
+    executor = Session(h.s, "n1/exec-1", lambda ops: None)
+    h.s.open_session(executor)
+    h.s.on_client_ops(executor, [pb.ClientOp(hello=pb.Hello(kind="executor"))])
+    h.step([pb.ClientOp(store_usage=pb.StoreUsage(put_requests=1, bytes_uploaded=100))])
+    h.step([pb.ClientOp(store_usage=pb.StoreUsage(get_requests=2, bytes_downloaded=300))])
+    h.s.on_client_ops(executor, [pb.ClientOp(store_usage=pb.StoreUsage(get_requests=5, bytes_downloaded=7))])
+    (tid,) = h.submit(h.spec())
+    done = pb.TaskDone(task_id=tid, store_usage=pb.StoreUsage(put_requests=4, delete_requests=1, bytes_uploaded=9))
+    h.step([pb.NodeToHeadOp(done=done)], node=node)
+    assert h.s.store_usage_drivers == pb.StoreUsage(put_requests=1, get_requests=2, bytes_uploaded=100,
+                                                    bytes_downloaded=300)
+    assert h.s.store_usage_nodes == pb.StoreUsage(put_requests=4, get_requests=5, delete_requests=1,
+                                                  bytes_uploaded=9, bytes_downloaded=7)
+    assert h.s.tasks_finished == 1

@@ -351,3 +351,33 @@ def test_good_urls_and_bad_keys(make_store):
     for key in ["", "a/b", ".hidden"]:
         with pytest.raises(ValueError, match="bad object key"):
             store.put(key, serialize(1))
+
+
+def test_usage_counts_every_request_by_billing_class_and_the_bytes(make_store):
+    writer = make_store()
+    wcalls = Calls(writer.client)
+    small = serialize(b"x" * 1000)
+    big = serialize(np.ones(7 * MiB, dtype=np.uint8))  # two parts of 5 MiB
+    writer.put("s", small)
+    slow = _inject(writer.client, "PutObject", 503, "SlowDown", times=1)
+    writer.put("s2", small)  # retried once: S3 bills both requests
+    assert slow["injected"] == 1
+    writer.put("b", big)
+    writer.delete("s")
+    writer.flush()
+    put_class = sum(wcalls.attempts[op] for op in
+                    ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"))
+    assert put_class == 3 + 1 + 2 + 1
+    assert writer.usage() == {"put_requests": put_class, "get_requests": 0, "delete_requests": 1,
+                              "bytes_uploaded": 2 * small.size + big.size, "bytes_downloaded": 0}
+    assert writer.take_usage() == writer.usage()
+    assert set(writer.take_usage().values()) == {0}  # each request is handed out once
+
+    reader = make_store()
+    rcalls = Calls(reader.client)
+    reader.get("s2")
+    reader.get("b")
+    reader.get("b")  # from the cache: no request, no bytes
+    assert reader.usage()["get_requests"] == rcalls.attempts["GetObject"] == 1 + 2
+    assert reader.usage()["bytes_downloaded"] == small.size + big.size
+    assert reader.usage()["put_requests"] == 0

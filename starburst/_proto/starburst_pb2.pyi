@@ -234,7 +234,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor", "release_function", "ping")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor", "release_function", "ping", "store_usage")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class ClientOp(_message.Message):
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    STORE_USAGE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     function: Function
     submit: TaskSpec
@@ -259,7 +260,22 @@ class ClientOp(_message.Message):
     kill_actor: KillActor
     release_function: bytes
     ping: int
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ...) -> None: ...
+    store_usage: StoreUsage
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
+
+class StoreUsage(_message.Message):
+    __slots__ = ("put_requests", "get_requests", "delete_requests", "bytes_uploaded", "bytes_downloaded")
+    PUT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    GET_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UPLOADED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWNLOADED_FIELD_NUMBER: _ClassVar[int]
+    put_requests: int
+    get_requests: int
+    delete_requests: int
+    bytes_uploaded: int
+    bytes_downloaded: int
+    def __init__(self, put_requests: _Optional[int] = ..., get_requests: _Optional[int] = ..., delete_requests: _Optional[int] = ..., bytes_uploaded: _Optional[int] = ..., bytes_downloaded: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
     __slots__ = ("ops",)
@@ -391,7 +407,7 @@ class NodeHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., store_url: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskDone(_message.Message):
-    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s", "executor_pid")
+    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s", "executor_pid", "store_usage")
     class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NONE: _ClassVar[TaskDone.Failure]
@@ -410,6 +426,7 @@ class TaskDone(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_PID_FIELD_NUMBER: _ClassVar[int]
+    STORE_USAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     results: _containers.RepeatedCompositeFieldContainer[Object]
     failure: TaskDone.Failure
@@ -418,7 +435,8 @@ class TaskDone(_message.Message):
     attempt: int
     duration_s: float
     executor_pid: int
-    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ...) -> None: ...
+    store_usage: StoreUsage
+    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
     __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong", "running")

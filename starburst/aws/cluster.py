@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from .pricing import describe_estimate
+from .pricing import describe_estimate, price_source
 from .sizes import format_size, normalize_arch, validate_size
 
 log = logging.getLogger("starburst.aws")
@@ -59,6 +59,8 @@ class ClusterOptions:
     burst: str = "auto"
     #: Seconds of backlog the laptop may take alone before the cluster bursts (``burst="auto"``).
     max_wait: float = DEFAULT_MAX_WAIT_S
+    #: Seconds of CodeBuild that building this cluster's image took (the meter bills them).
+    codebuild_seconds: float = 0.0
 
     @property
     def vcpu(self) -> float:
@@ -181,19 +183,26 @@ def public_ip(timeout: float = 5.0) -> Optional[str]:
         return None
 
 
-def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: Sequence[str] = ()) -> str:
+def worker_image(session, settings, arch: str, say: Callable[[str], None], pip: Sequence[str] = (),
+                 on_build: Optional[Callable[[float], None]] = None) -> str:
     """The worker image for this environment (``starburst.envsync``), plus ``pip`` requirements
     if any (a derived image with its own hash): found in ECR by its hash, or built and pushed
-    first. The time this adds when the image exists is one ECR lookup."""
+    first. The time this adds when the image exists is one ECR lookup. ``on_build`` is told the
+    seconds CodeBuild ran, when it built the image."""
     from ..envsync import capture, derived_spec
-    from .image import BuildError, ensure_image
+    from .image import BuildError, ensure_image, make_builder
 
     machine = "aarch64" if arch == "arm64" else "x86_64"
     spec = derived_spec(capture(machine=machine), {"pip": list(pip)} if pip else None)
+    builder = make_builder(settings.builder, session, settings)
     try:
-        return ensure_image(session, settings, spec, progress=say)
+        return ensure_image(session, settings, spec, builder=builder, progress=say)
     except BuildError as exc:
         raise RuntimeError(f"the worker image could not be built: {exc}") from exc
+    finally:
+        seconds = float(vars(builder).get("build_seconds", 0.0))  # CodeBuild's; a local Docker build is free
+        if on_build is not None and seconds:
+            on_build(seconds)  # billed even when the build failed
 
 
 def _say(line: str) -> None:
@@ -270,6 +279,8 @@ def prepare(
         caller_identity(session, region)  # the one message for missing or refused credentials
     except AwsSetupError as exc:
         raise RuntimeError(str(exc)) from exc
+    prices = price_source(session)
+    prices.rates(region, options.arch, options.spot)  # UnknownRegionError (a ValueError) lists the known ones
     head_ip = public_ip()
     if head_ip is None:
         say("could not find this machine's public address (set STARBURST_HEAD_IP): the nodes admit "
@@ -283,10 +294,15 @@ def prepare(
             say(f"this machine's address changed: the nodes' security group now admits {head_ip}")
     out = dataclasses.replace(options, region=region, cluster_id=options.cluster_id or new_cluster_id(settings))
     if not out.image:
-        out.image = (build_image or worker_image)(session, settings, out.arch, say, out.pip)
+        if build_image is not None:
+            out.image = build_image(session, settings, out.arch, say, out.pip)
+        else:
+            builds: list[float] = []
+            out.image = worker_image(session, settings, out.arch, say, out.pip, on_build=builds.append)
+            out.codebuild_seconds = sum(builds)
 
     estimate = describe_estimate(out.workers_max, out.vcpu, out.memory_gb, out.arch, out.spot, region,
-                                 out.max_cost)
+                                 out.max_cost, source=prices)
     say(estimate)
 
     source = quota_source or ServiceQuotasSource(region=region, session=session)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, Optional
 # The only imports of the AWS modules (resources.py may be split; re-point them here).
 from .cluster import public_ip, worker_image
 from .launcher import default_address_resolver, stop_reasons
-from .pricing import BuiltinPriceSource, format_cost, task_cost
+from .pricing import PriceSource, format_cost, price_source, task_cost
 from .provider import read_report
 from .quotas import ServiceQuotasSource
 from .provision import find_managed
@@ -223,6 +223,7 @@ class Doctor:
         self.poll_s = poll_s
         self.say = say
         self.session = session
+        self._prices: PriceSource | None = None
         self.report = DoctorReport(budget=budget)
         self.settings: Optional[Settings] = None
         self.image = ""
@@ -442,7 +443,9 @@ class Doctor:
 
     def _rates(self):
         assert self.settings is not None
-        return BuiltinPriceSource().rates(self.settings.region, "x86_64", False)
+        if self._prices is None:  # the Price List API when it answers (a region the table lacks too)
+            self._prices = price_source(self.session)
+        return self._prices.rates(self.settings.region, "x86_64", False)
 
     def check_run_task(self) -> tuple[str, dict]:
         import starburst

@@ -262,6 +262,9 @@ class CodeBuildBuilder:
         self._clients: dict[str, Any] = {}
         self._ready = False
         self.build_id: str | None = None
+        #: Seconds CodeBuild ran builds for this builder (from each build's start and end time):
+        #: what CodeBuild bills, per started minute.
+        self.build_seconds = 0.0
 
     def client(self, service: str):
         if service not in self._clients:
@@ -366,6 +369,9 @@ class CodeBuildBuilder:
     def build(self, spec: EnvSpec, context_dir: Path, image_uri: str, progress: Progress) -> None:
         build_id = self.start(spec, context_dir, image_uri, progress)
         build = self.wait(build_id, progress)
+        started, ended = build.get("startTime"), build.get("endTime")
+        if started is not None and ended is not None:
+            self.build_seconds += max(0.0, (ended - started).total_seconds())
         if build.get("buildStatus") != "SUCCEEDED":
             raise self.failure(build)
         try:  # the context served its purpose; a failed build's stays, for a look

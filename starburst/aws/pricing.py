@@ -4,15 +4,28 @@ Fargate bills each task for its requested vCPU and memory (GB = GiB), from the s
 pull until it stops, per second, with a one-minute minimum per task. Prices depend on the region,
 the architecture (x86_64 or arm64) and the capacity (on-demand or spot).
 
+What the meter counts, line by line (``CostReport.items``): Fargate vCPU and memory; one public
+IPv4 address per task; S3 requests of the cluster's object store (PUT/COPY/POST/LIST class and
+GET class, counted by every process that uses it: driver, head, executors; deletes are free);
+S3 storage of the cluster's prefix (GB-hours: every byte put, from when it is reported until the
+cluster stops; deletions during the run are not subtracted, so this is an upper bound); data
+transfer out of AWS (bytes the head and drivers downloaded from S3, and bytes the head received
+from its nodes); CodeBuild minutes of an image build started for this cluster. Ephemeral storage
+is zero by construction: starburst never asks for more than the 20 GB every Fargate task includes.
+
 The built-in table (``PRICE_TABLE``) holds Linux rates in USD; where they came from is in
-``PRICES_SOURCE``. Spot rates move over time; the Pricing API source (``PricingApiPriceSource``)
-refreshes them when the account can call it. Nothing here calls AWS unless that source is used.
+``PRICES_SOURCE``. Fargate rates come from the AWS Price List API when it answers
+(``PricingApiPriceSource``, cached under STARBURST_HOME for a week; ``price_source()`` picks it);
+other rates (``USAGE_RATES``) from the built-in table. A region neither knows is an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -36,6 +49,75 @@ PRICES_SOURCE = (
 #: USD per public IPv4 address-hour (the same in every commercial region since 2024-02-01). Every
 #: task starburst launches has one (the head dials it), for as long as the task runs.
 PUBLIC_IPV4_HOUR = 0.005
+
+#: S3 Standard and data transfer out, by region: (storage USD per GB-month, PUT/COPY/POST/LIST
+#: per 1,000 requests, GET and others per 1,000, data transfer out to the internet per GB (first
+#: 10 TB/month tier; the account's 100 GB/month free allowance is not subtracted)). As published on
+#: https://aws.amazon.com/s3/pricing/ and https://aws.amazon.com/ec2/pricing/on-demand/ (data
+#: transfer), first tiers, transcribed without re-reading the pages (no network where this was
+#: written): us-east-1's are the long-standing published rates, the others approximate; verify.
+_USAGE_RATES: dict[str, tuple[float, float, float, float]] = {
+    "us-east-1": (0.023, 0.005, 0.0004, 0.09),
+    "us-east-2": (0.023, 0.005, 0.0004, 0.09),
+    "us-west-1": (0.026, 0.0055, 0.00044, 0.09),
+    "us-west-2": (0.023, 0.005, 0.0004, 0.09),
+    "ca-central-1": (0.025, 0.0055, 0.00044, 0.09),
+    "sa-east-1": (0.0405, 0.007, 0.00056, 0.15),
+    "eu-west-1": (0.023, 0.005, 0.0004, 0.09),
+    "eu-west-2": (0.024, 0.0053, 0.00042, 0.09),
+    "eu-west-3": (0.024, 0.0053, 0.00042, 0.09),
+    "eu-central-1": (0.0245, 0.0054, 0.00043, 0.09),
+    "eu-north-1": (0.023, 0.005, 0.0004, 0.09),
+    "eu-south-1": (0.024, 0.0053, 0.00042, 0.09),
+    "ap-south-1": (0.025, 0.005, 0.0004, 0.1093),
+    "ap-southeast-1": (0.025, 0.005, 0.0004, 0.12),
+    "ap-southeast-2": (0.025, 0.0055, 0.00044, 0.114),
+    "ap-northeast-1": (0.025, 0.0047, 0.00037, 0.114),
+}
+#: CodeBuild USD per build minute (billed per started minute) of the compute types starburst uses
+#: (``codebuild.CODEBUILD_ENVIRONMENTS``), us-east-1 rates of https://aws.amazon.com/codebuild/pricing/
+#: (transcribed, not re-read: verify), used in every region.
+CODEBUILD_MINUTE = {"x86_64": 0.01, "arm64": 0.015}  # general1.medium, arm1.large
+#: Hours in a month as S3 counts GB-months (GB-hours / 730).
+HOURS_PER_MONTH = 730.0
+
+
+@dataclass(frozen=True)
+class UsageRates:
+    """USD rates of the items besides Fargate tasks, for one region."""
+
+    s3_gb_month: float
+    s3_put_per_1000: float
+    s3_get_per_1000: float
+    transfer_out_gb: float
+    codebuild_minute: dict[str, float]
+    source: str = f"built-in table of {PRICES_AS_OF}"
+
+
+#: region -> UsageRates.
+USAGE_RATES: dict[str, UsageRates] = {
+    region: UsageRates(*rates, codebuild_minute=dict(CODEBUILD_MINUTE)) for region, rates in _USAGE_RATES.items()
+}
+
+
+class UnknownRegionError(ValueError):
+    """No price for a region: neither the built-in table nor the Pricing API has one."""
+
+    def __init__(self, region: str, why: str = ""):
+        self.region = region
+        super().__init__(f"no built-in Fargate prices for region {region!r}{why}; known: "
+                         f"{', '.join(sorted(PRICE_TABLE))}")
+
+
+def usage_rates(region: str) -> UsageRates:
+    """S3, data transfer and CodeBuild rates of ``region`` (unknown regions: those of the most
+    expensive known region, so the budget errs on the safe side; the Fargate rates already refused
+    a region nobody prices)."""
+    if region in USAGE_RATES:
+        return USAGE_RATES[region]
+    worst = max(USAGE_RATES.values(), key=lambda r: (r.transfer_out_gb, r.s3_put_per_1000))
+    return dataclasses.replace(worst, source=f"highest of the built-in table of {PRICES_AS_OF} ({region} not in it)")
+
 
 #: Seconds of the minimum charge per task.
 MINIMUM_BILLED_SECONDS = 60
@@ -112,22 +194,15 @@ class PriceSource(Protocol):
 
 
 class BuiltinPriceSource:
-    """The built-in table. A region it doesn't know gets the highest rates in the table (so a
-    budget check errs on the safe side), with a ``source`` that says so."""
+    """The built-in table. A region it doesn't know is an ``UnknownRegionError`` that lists the
+    known ones."""
 
     def rates(self, region: str, arch: str = "x86_64", spot: bool = False) -> Rates:
         """Rates for ``region``/``arch``/capacity from ``PRICE_TABLE``."""
         key = (normalize_arch(arch), bool(spot))
         if region in PRICE_TABLE:
             return PRICE_TABLE[region][key]
-        worst_region = max(PRICE_TABLE, key=lambda r: PRICE_TABLE[r][key].per_hour(1, 2))
-        worst = PRICE_TABLE[worst_region][key]
-        return Rates(
-            worst.vcpu_hour,
-            worst.gb_hour,
-            f"no built-in price for {region}; using the highest built-in rate ({worst_region}, "
-            f"table of {PRICES_AS_OF})",
-        )
+        raise UnknownRegionError(region)
 
 
 _DEFAULT_SOURCE = BuiltinPriceSource()
@@ -138,31 +213,73 @@ _USAGE_TYPE = re.compile(r"^(?:[A-Z0-9]+-)?(SpotUsage-)?Fargate-(ARM-)?(vCPU-Hou
 class PricingApiPriceSource:
     """Rates read from the AWS Price List Query API (the ``pricing`` client, service ``AmazonECS``).
 
-    One query per region, cached. Entries the API doesn't return (or any API failure: no
-    permission, no network) fall back to ``fallback`` (the built-in table), and ``Rates.source``
-    says which was used; ``last_error`` keeps the failure.
+    One query per region, kept in memory and, with ``cache_dir``, in ``<cache_dir>/<region>.json``
+    with the date it was read (reused for ``CACHE_DAYS``). Entries the API doesn't return (or any
+    API failure: no permission, no network; tried once per source) fall back to ``fallback`` (the
+    built-in table), and ``Rates.source`` says which was used; ``last_error`` keeps the failure.
     """
 
     #: The Pricing API answers in a few regions only; us-east-1 is one.
     API_REGION = "us-east-1"
+    #: Days an answer saved in ``cache_dir`` is reused.
+    CACHE_DAYS = 7
 
-    def __init__(self, client: Any = None, session: Any = None, fallback: PriceSource | None = None):
+    def __init__(self, client: Any = None, session: Any = None, fallback: PriceSource | None = None,
+                 cache_dir: Optional[os.PathLike | str] = None, today: Callable[[], _dt.date] = _dt.date.today):
         self._client = client
         self._session = session
         self.fallback: PriceSource = fallback or _DEFAULT_SOURCE
+        self.cache_dir = cache_dir
+        self.today = today
         self._cache: dict[str, dict[tuple[str, bool], Rates]] = {}
         self._lock = threading.Lock()
         self.last_error: Optional[Exception] = None
 
     @property
     def client(self) -> Any:
-        """The boto3 ``pricing`` client (created on first use)."""
+        """The boto3 ``pricing`` client (created on first use; one attempt, short timeouts: the
+        built-in table is the answer when the API doesn't answer at once)."""
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
             session = self._session or boto3.session.Session()
-            self._client = session.client("pricing", region_name=self.API_REGION)
+            config = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=15)
+            self._client = session.client("pricing", region_name=self.API_REGION, config=config)
         return self._client
+
+    def _cache_file(self, region: str) -> Optional[str]:
+        return None if self.cache_dir is None else os.path.join(self.cache_dir, f"{region}.json")
+
+    def _load(self, region: str) -> Optional[dict[tuple[str, bool], Rates]]:
+        path = self._cache_file(region)
+        if path is None:
+            return None
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            fetched = _dt.date.fromisoformat(data["fetched"])
+            if (self.today() - fetched).days >= self.CACHE_DAYS:
+                return None
+            return {(e["arch"], bool(e["spot"])): Rates(float(e["vcpu_hour"]), float(e["gb_hour"]), e["source"])
+                    for e in data["rates"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save(self, region: str, table: dict[tuple[str, bool], Rates]) -> None:
+        path = self._cache_file(region)
+        if path is None or not table:
+            return
+        from .._files import write_atomic
+
+        data = {"fetched": self.today().isoformat(), "region": region,
+                "rates": [{"arch": a, "spot": s, "vcpu_hour": r.vcpu_hour, "gb_hour": r.gb_hour, "source": r.source}
+                          for (a, s), r in sorted(table.items())]}
+        try:
+            os.makedirs(self.cache_dir or ".", mode=0o700, exist_ok=True)
+            write_atomic(path, [json.dumps(data).encode()])
+        except OSError:  # a cache that can't be written only costs a query next time
+            pass
 
     def fetch(self, region: str) -> dict[tuple[str, bool], Rates]:
         """Query the API for ``region``'s Fargate Linux rates: ``{(arch, spot): Rates}``."""
@@ -190,7 +307,8 @@ class PricingApiPriceSource:
             token = page.get("NextToken")
             if not token:
                 break
-        label = "AWS Pricing API" + (f" ({published})" if published else "")
+        label = "AWS Pricing API" + (f" ({published[:10]}, read {self.today().isoformat()})" if published
+                                     else f" (read {self.today().isoformat()})")
         return {
             key: Rates(dims["vcpu"], dims["gb"], label)
             for key, dims in found.items()
@@ -202,19 +320,54 @@ class PricingApiPriceSource:
         key = (normalize_arch(arch), bool(spot))
         with self._lock:
             if region not in self._cache:
-                try:
-                    self._cache[region] = self.fetch(region)
-                except Exception as exc:  # noqa: BLE001 - no permission, no network, throttled: use the table
-                    self.last_error = exc
-                    return self._fallback(region, key, f"Pricing API failed: {exc}")
+                loaded = self._load(region)
+                if loaded is not None:
+                    self._cache[region] = loaded
+                elif self.last_error is not None:  # the API failed once: don't wait on it again
+                    return self._fallback(region, key, f"Pricing API failed: {_first_line(self.last_error)}")
+                else:
+                    try:
+                        self._cache[region] = self.fetch(region)
+                    except Exception as exc:  # noqa: BLE001 - no permission, no network, throttled: the table
+                        self.last_error = exc
+                        return self._fallback(region, key, f"Pricing API failed: {_first_line(exc)}")
+                    self._save(region, self._cache[region])
             table = self._cache[region]
         if key in table:
             return table[key]
         return self._fallback(region, key, "not in the Pricing API's answer")
 
     def _fallback(self, region: str, key: tuple[str, bool], why: str) -> Rates:
-        rates = self.fallback.rates(region, *key)
+        try:
+            rates = self.fallback.rates(region, *key)
+        except UnknownRegionError as exc:
+            raise UnknownRegionError(region, f" (and the AWS Pricing API didn't price it: {why})") from exc
         return Rates(rates.vcpu_hour, rates.gb_hour, f"{rates.source} ({why})")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error in a few words (an endpoint may answer with a page of HTML)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def price_source(session: Any = None) -> PriceSource:
+    """Where a cluster's prices come from: the AWS Price List API (cached under
+    ``STARBURST_HOME/prices``) when there are AWS credentials to ask with, the built-in table
+    otherwise (or with ``STARBURST_PRICES=builtin``)."""
+    if os.environ.get("STARBURST_PRICES", "").lower() == "builtin":
+        return _DEFAULT_SOURCE
+    try:
+        import boto3
+
+        session = session or boto3.session.Session()
+        if session.get_credentials() is None:
+            return _DEFAULT_SOURCE
+    except Exception:  # noqa: BLE001 - no boto3 configuration at all: the table
+        return _DEFAULT_SOURCE
+    from .. import config
+
+    return PricingApiPriceSource(session=session, cache_dir=config.home() / "prices")
 
 
 def _parse_product(product: dict) -> Optional[tuple[tuple[str, bool, str], float]]:
@@ -311,7 +464,8 @@ def describe_estimate(
     )
     if workers:
         line += (f" (vCPU and memory {format_cost(workers * rates.compute_per_hour(cpu, gb))}, "
-                 f"public IPv4 {format_cost(workers * rates.ipv4_hour)}; prices: {rates.source})")
+                 f"public IPv4 {format_cost(workers * rates.ipv4_hour)}; prices: {rates.source}), "
+                 "plus S3 requests, storage and data transfer out as metered")
     if max_cost is not None and hourly > 0:
         line += f"; max_cost {format_cost(max_cost)} lasts about {format_duration(max_cost / hourly * 3600)}"
     return line
@@ -358,8 +512,13 @@ class CostReport:
     sources: tuple[str, ...] = field(default_factory=tuple)
     tasks_failed: int = 0  # of tasks_run: ended with an error
     tasks_cancelled: int = 0  # of tasks_run: cancelled
-    #: ``cost`` line by line: ``(("Fargate vCPU and memory", usd), ("public IPv4", usd))``.
+    #: ``cost`` line by line: ``(("Fargate vCPU and memory", usd), ("public IPv4", usd), ("S3
+    #: requests", usd), ("S3 storage", usd), ("data transfer out", usd), ("CodeBuild", usd))``.
     items: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    #: What was metered, for checking the bill by hand: ``billed_task_seconds`` (one per task),
+    #: ``s3_put_requests``, ``s3_get_requests``, ``s3_delete_requests``, ``s3_byte_hours``,
+    #: ``transfer_out_bytes``, ``codebuild_minutes``.
+    usage: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         """A line a person reads at a glance."""
@@ -373,8 +532,9 @@ class CostReport:
             ok = self.tasks_run - self.tasks_failed - self.tasks_cancelled
             parts[-1] += f" ({ok:,} finished, {self.tasks_failed:,} failed, {self.tasks_cancelled:,} cancelled)"
         cost = f"cost {format_cost(self.cost)}"
-        if self.items:
-            cost += " (" + ", ".join(f"{name} {format_cost(usd)}" for name, usd in self.items) + ")"
+        if self.items:  # the Fargate lines always, the others when they cost something
+            shown = [f"{name} {format_cost(usd)}" for i, (name, usd) in enumerate(self.items) if usd or i < 2]
+            cost += " (" + ", ".join(shown) + ")"
         if self.max_cost is not None:
             cost += f" of max_cost {format_cost(self.max_cost)}"
         parts.append(cost)
@@ -384,7 +544,8 @@ class CostReport:
 
 
 class CostMeter:
-    """Records when each Fargate task started and stopped, and what it costs so far.
+    """Records when each Fargate task started and stopped, the S3 requests, bytes and image builds
+    the cluster caused, and what it all costs so far.
 
     A running task is charged at least its minute from the moment it starts (Fargate will bill
     it anyway), so ``cost_so_far`` never under-states the bill. ``clock`` is injectable.
@@ -405,6 +566,53 @@ class CostMeter:
         self.tasks_run = 0
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
+        self.usage_rates = usage_rates(region)
+        self.s3_put_requests = 0
+        self.s3_get_requests = 0
+        self.s3_delete_requests = 0
+        self.transfer_out_bytes = 0
+        self.codebuild_minutes = 0
+        self.codebuild_usd = 0.0
+        self._stored_bytes = 0  # bytes put so far (deletions not subtracted: an upper bound)
+        self._byte_seconds = 0.0  # integral of _stored_bytes up to _stored_at
+        self._stored_at = self.started_at
+
+    def record_usage(self, put_requests: int, get_requests: int, delete_requests: int, bytes_uploaded: int,
+                     transfer_out_bytes: int, at: Optional[float] = None) -> None:
+        """The cluster's S3 requests, bytes put, and bytes that left AWS, as totals since it
+        started (each call replaces the last; totals only grow)."""
+        with self._lock:
+            now = self.clock() if at is None else at
+            self._byte_seconds += self._stored_bytes * max(0.0, now - self._stored_at)
+            self._stored_at = max(self._stored_at, now)
+            self.s3_put_requests = max(self.s3_put_requests, put_requests)
+            self.s3_get_requests = max(self.s3_get_requests, get_requests)
+            self.s3_delete_requests = max(self.s3_delete_requests, delete_requests)
+            self._stored_bytes = max(self._stored_bytes, bytes_uploaded)
+            self.transfer_out_bytes = max(self.transfer_out_bytes, transfer_out_bytes)
+
+    def record_build(self, seconds: float, arch: str = "x86_64") -> float:
+        """An image build of ``seconds`` on CodeBuild for this cluster (billed per started
+        minute); returns its cost."""
+        minutes = max(1, math.ceil(max(0.0, seconds) / 60 - 1e-9))
+        usd = minutes * self.usage_rates.codebuild_minute[normalize_arch(arch)]
+        with self._lock:
+            self.codebuild_minutes += minutes
+            self.codebuild_usd += usd
+        return usd
+
+    def _byte_hours(self, now: float) -> float:
+        return (self._byte_seconds + self._stored_bytes * max(0.0, now - self._stored_at)) / 3600.0
+
+    def _usage_items(self, now: float) -> list[tuple[str, float]]:
+        r = self.usage_rates
+        return [
+            ("S3 requests", self.s3_put_requests / 1000 * r.s3_put_per_1000
+             + self.s3_get_requests / 1000 * r.s3_get_per_1000),
+            ("S3 storage", self._byte_hours(now) / 1e9 * r.s3_gb_month / HOURS_PER_MONTH),
+            ("data transfer out", self.transfer_out_bytes / 1e9 * r.transfer_out_gb),
+            ("CodeBuild", self.codebuild_usd),
+        ]
 
     def task_started(
         self,
@@ -446,7 +654,7 @@ class CostMeter:
         """USD billed or accruing so far (running tasks are charged at least their minute)."""
         now = self.clock() if now is None else now
         with self._lock:
-            return sum(t.cost(now) for t in self._tasks.values())
+            return sum(t.cost(now) for t in self._tasks.values()) + sum(usd for _, usd in self._usage_items(now))
 
     def burn_rate(self) -> float:
         """USD per hour that the running tasks cost now."""
@@ -497,19 +705,29 @@ class CostMeter:
         with self._lock:
             tasks = list(self._tasks.values())
             tasks_run = self.tasks_run
+            extra = self._usage_items(now)
+            usage = {
+                "billed_task_seconds": [billed_seconds((t.stopped if t.stopped is not None else now) - t.started)
+                                        for t in tasks],
+                "s3_put_requests": self.s3_put_requests, "s3_get_requests": self.s3_get_requests,
+                "s3_delete_requests": self.s3_delete_requests, "s3_byte_hours": self._byte_hours(now),
+                "transfer_out_bytes": self.transfer_out_bytes, "codebuild_minutes": self.codebuild_minutes,
+            }
+        sources = {t.rates.source for t in tasks} | ({self.usage_rates.source} if any(u for _, u in extra) else set())
         node_seconds = sum(
             max(0.0, (t.stopped if t.stopped is not None else now) - t.started) for t in tasks
         )
         return CostReport(
             runtime_seconds=max(0.0, now - self.started_at),
-            cost=sum(t.cost(now) for t in tasks),
+            cost=sum(t.cost(now) for t in tasks) + sum(usd for _, usd in extra),
             nodes=len(tasks),
             node_seconds=node_seconds,
             tasks_run=tasks_run,
             region=self.region,
             running=sum(1 for t in tasks if t.stopped is None),
             max_cost=self.max_cost,
-            sources=tuple(sorted({t.rates.source for t in tasks})),
+            sources=tuple(sorted(sources)),
             items=(("Fargate vCPU and memory", sum(t.cost(now, ipv4=False) for t in tasks)),
-                   ("public IPv4", sum(t.cost(now, compute=False) for t in tasks))),
+                   ("public IPv4", sum(t.cost(now, compute=False) for t in tasks)), *extra),
+            usage=usage,
         )

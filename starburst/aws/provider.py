@@ -34,7 +34,7 @@ from ..head.burst import Backlog, BurstPolicy, Capacity, Decision, decide, estim
 from ..head.providers import LocalProvider, NodeProvider
 from .cluster import ClusterOptions
 from .launcher import BudgetError, FargateLauncher, LaunchError, stop_reasons
-from .pricing import CostMeter, CostReport, format_cost, format_duration, would_exceed
+from .pricing import CostMeter, CostReport, format_cost, format_duration, price_source, would_exceed
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -135,7 +135,10 @@ class FargateProvider(NodeProvider):
         self.bucket = self.settings.bucket_name(account)
         prefix = self._prefix = f"{self.settings.object_prefix}/{self.cluster_id}"
         self.store_url = f"s3://{self.bucket}/{prefix}"
-        self.meter = CostMeter(self.settings.region, max_cost=options.max_cost)
+        self.meter = CostMeter(self.settings.region, source=price_source(self.session), max_cost=options.max_cost)
+        self._tls_requests = [0, 0]  # S3 PUTs of node bundles, GETs of them by nodes (one each at start)
+        if options.codebuild_seconds:  # the image was built for this cluster
+            self.meter.record_build(options.codebuild_seconds, options.arch)
 
         # Mutual TLS: a CA for this cluster only, in this process's memory (its key never touches
         # disk, and dies with the head); the node's bundle goes to the cluster's prefix,
@@ -180,6 +183,7 @@ class FargateProvider(NodeProvider):
         name = "node-bundle.json" if not self._renewals else f"node-bundle-{self._renewals}.json"
         key = f"{self._prefix}/tls/{name}"  # nodes running on an older bundle keep theirs
         self.session.client("s3").put_object(Bucket=self.bucket, Key=key, Body=bundle)
+        self._tls_requests[0] += 1
         self.head_identity = identity
         self._credentials = identity.channel_credentials()
         self.renew_at = tls.certificate_expiry(identity.cert_pem) - _dt.timedelta(hours=hours / 2)
@@ -223,6 +227,24 @@ class FargateProvider(NodeProvider):
     def from_config_file(cls, path: str) -> "FargateProvider":
         return cls(ClusterOptions.load(path))
 
+    def meter_usage(self) -> None:
+        """Hand the meter the cluster's S3 requests and bytes so far: the head's own store, what
+        the drivers and the nodes' executors reported, the node bundles; data transfer out is
+        what the head and drivers downloaded from S3 plus what the head received from nodes."""
+        if self.head is None:
+            return
+        sched = self.head.scheduler
+        nodes, drivers = sched.store_usage_nodes, sched.store_usage_drivers
+        take = getattr(self.head.store, "usage", None)
+        own = take() if take is not None else {}
+        self.meter.record_usage(
+            put_requests=nodes.put_requests + drivers.put_requests + own.get("put_requests", 0) + self._tls_requests[0],
+            get_requests=nodes.get_requests + drivers.get_requests + own.get("get_requests", 0) + self._tls_requests[1],
+            delete_requests=nodes.delete_requests + drivers.delete_requests + own.get("delete_requests", 0),
+            bytes_uploaded=nodes.bytes_uploaded + drivers.bytes_uploaded + own.get("bytes_uploaded", 0),
+            transfer_out_bytes=drivers.bytes_downloaded + own.get("bytes_downloaded", 0) + sched.bytes_from_nodes,
+        )
+
     # ------------------------------------------------------------------ NodeProvider
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -255,6 +277,7 @@ class FargateProvider(NodeProvider):
         assert self.head is not None
         if self.head.abort_reason or self.head.shutting_down:
             return
+        self.meter_usage()
         if self._check_budget():
             return
         if tls.now() >= self.renew_at:
@@ -286,6 +309,7 @@ class FargateProvider(NodeProvider):
             self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + str(exc)
         if self.head is not None:
             self.meter.record_tasks_run(self.head.scheduler.tasks_finished)
+            self.meter_usage()
         bill = self.meter.report()
         if self.head is not None:
             sched = self.head.scheduler
@@ -352,6 +376,7 @@ class FargateProvider(NodeProvider):
         now = self.clock()
         for arn in launched:
             self.tasks[arn] = _NodeTask(arn, now)
+        self._tls_requests[1] += len(launched)
         if launched.waves or len(launched) < n:
             self._say(launched.message)
         return len(launched)

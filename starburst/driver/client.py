@@ -26,7 +26,7 @@ from .._proto import starburst_pb2 as pb
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
 from ..object_ref import ObjectRef
 from ..serialization import Serialized, deserialize, serialize
-from ..store import ObjectStore, load_value, open_store, pack_value
+from ..store import ObjectStore, load_value, open_store, pack_value, store_usage
 
 
 class Transport(Protocol):
@@ -142,6 +142,9 @@ class Client:
                 self._subscribed.discard(object_id)
                 self._expected.discard(object_id)
                 ops.append(pb.ClientOp(release=object_id))
+        usage = store_usage(self.store) if ops else None
+        if usage is not None:  # the cost meter's S3 counts ride along with other work
+            ops.append(pb.ClientOp(store_usage=usage))
         return ops
 
     def incref(self, object_id: bytes, borrowed: bool = False) -> None:
@@ -543,6 +546,9 @@ class Client:
                 return
             self.closed = True
             self._error = self._error or "closed"
+            usage = store_usage(self.store)
+            if usage is not None:  # the last S3 counts leave with the session's last message
+                self._outbox.append(pb.ClientOp(store_usage=usage))
             self._cond.notify_all()
         self.transport.close()
 

@@ -15,7 +15,6 @@ import grpc
 
 from .. import config
 from .._proto import starburst_pb2 as pb
-from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions, version_drift
 from .launch import spawn_local_node
 from .scheduler import Node, Scheduler, Session
@@ -52,7 +51,12 @@ class NodeLink:
         reason = "stream ended"
         try:
             async with self._channel(self.address) as channel:
-                call = pb_grpc.NodeStub(channel).Work(metadata=self._metadata)
+                # The Node service's Work method, with a parser that counts the bytes received (from
+                # a Fargate node they are data transfer out of AWS: the cost meter bills them).
+                work = channel.stream_stream("/starburst.v1.Node/Work",
+                                             request_serializer=pb.HeadToNode.SerializeToString,
+                                             response_deserializer=self._parse)
+                call = work(metadata=self._metadata)
                 first = await call.read()
                 if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
                     raise ConnectionError(f"node at {self.address} did not say hello")
@@ -98,6 +102,10 @@ class NodeLink:
             if not ready.done():
                 ready.set_exception(ConnectionError(f"could not reach node at {self.address}: {reason}"))
             self._lost(reason)
+
+    def _parse(self, data: bytes) -> pb.NodeToHead:
+        self.scheduler.bytes_from_nodes += len(data)
+        return pb.NodeToHead.FromString(data)
 
     async def _ping(self) -> None:
         """Measure the round trip to the node now and then: the scheduler keeps more tasks in

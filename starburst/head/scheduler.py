@@ -282,6 +282,12 @@ class Scheduler:
         #: The resources of nodes a provider can still start: tasks that fit them are accepted
         #: before any such node exists (an autoscaling cluster may start with none).
         self.node_shape: pb.Resources | None = None
+        #: S3 use reported by the nodes' executors and by the drivers (bytes the drivers download
+        #: leave AWS), and bytes received from nodes: the Fargate cost meter reads them.
+        self.store_usage_nodes = pb.StoreUsage()
+        self.store_usage_drivers = pb.StoreUsage()
+        self.bytes_from_nodes = 0
+
         #: Told about output, task ends and finished tasks (``head/observer.py``); None: nobody.
         self.observer: Observer | None = None
 
@@ -359,6 +365,9 @@ class Scheduler:
                 session.push(pb.HeadOp(welcome=self.welcome(session)))
             elif kind == "request":
                 session.push(pb.HeadOp(reply=self._request(session, op.request)))
+            elif kind == "store_usage":
+                _add_usage(self.store_usage_drivers if session.kind == "driver" else self.store_usage_nodes,
+                           op.store_usage)
             elif kind == "kill_actor":
                 actor = self.actors.get(op.kill_actor.actor_id)
                 if actor is not None:
@@ -680,6 +689,8 @@ class Scheduler:
         for op in ops:
             kind = op.WhichOneof("op")
             if kind == "done":
+                if op.done.HasField("store_usage"):
+                    _add_usage(self.store_usage_nodes, op.done.store_usage)
                 self._task_done(node, op.done)
             elif kind == "log":
                 self._route_log(op.log)
@@ -1202,3 +1213,11 @@ class Scheduler:
             if obj.value is not None and obj.value.WhichOneof("where") == "key":
                 self._delete_key(obj.value.key)
         self.objects.clear()
+
+
+def _add_usage(total: pb.StoreUsage, usage: pb.StoreUsage) -> None:
+    total.put_requests += usage.put_requests
+    total.get_requests += usage.get_requests
+    total.delete_requests += usage.delete_requests
+    total.bytes_uploaded += usage.bytes_uploaded
+    total.bytes_downloaded += usage.bytes_downloaded

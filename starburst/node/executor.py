@@ -37,7 +37,7 @@ from .._proto import starburst_pb2 as pb
 from ..exceptions import ActorDiedError, AsyncioActorExit, ObjectStoreFullError, RaySystemError, RayTaskError
 from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
-from ..store import error_value, load_value, open_store, pack_value
+from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
 from .framing import encode, recv_frame
 
@@ -243,6 +243,9 @@ class Executor:
 
     def report(self, done: pb.TaskDone, run: pb.Run) -> None:
         done.executor_pid = os.getpid()
+        usage = store_usage(self.store)
+        if usage is not None:
+            done.store_usage.CopyFrom(usage)
         if self.actor_pool is None and self.actor_loop is None:
             self.logs.drain()
         # What the task sent the head (puts, submits) must arrive before its result, and refs in

@@ -35,6 +35,16 @@ def pack_value(ser: Serialized, key: str, store: ObjectStore, inline_threshold: 
     return value
 
 
+def store_usage(store: ObjectStore | None) -> pb.StoreUsage | None:
+    """The S3 requests and bytes of ``store`` since the last call, for the head's cost meter; None
+    when there are none (or the store isn't S3)."""
+    take = getattr(store, "take_usage", None)
+    if take is None:
+        return None
+    usage = take()
+    return pb.StoreUsage(**usage) if any(usage.values()) else None
+
+
 def error_value(error: BaseException) -> pb.Value:
     """A Value carrying an exception (always inline: errors are small)."""
     data = serialize(error).to_bytes()
@@ -50,4 +60,4 @@ def load_value(value: pb.Value, store: ObjectStore):
     return deserialize(value.inline)
 
 
-__all__ = ["ObjectStore", "LocalStore", "open_store", "pack_value", "load_value", "error_value"]
+__all__ = ["ObjectStore", "LocalStore", "open_store", "pack_value", "load_value", "error_value", "store_usage"]

@@ -15,6 +15,8 @@
   past ``cache_dir_bytes``). The views handed out are read-only. Downloads are checked for length
   only: S3 returns no checksum for a ranged GET, so integrity on the way down rests on TLS (the
   checksums are verified by the server on upload).
+- Every HTTP request the client sends (retries included: S3 bills each) is counted by class, and
+  the bytes put and got too (``usage()``, ``take_usage()``): the Fargate cost meter adds them up.
 - ``delete`` schedules one object's removal (batched, in the background; ``flush`` waits; a missing
   object is fine); ``delete_prefix`` removes everything under
   the prefix (and aborts unfinished multipart uploads there), for cluster shutdown.
@@ -169,6 +171,42 @@ def _iter_parts(value: Serialized, part_size: int):
         yield b"".join(pending)
 
 
+#: S3 operations billed in the PUT, COPY, POST, LIST class; deletes and aborts are free; every other
+#: operation (GetObject, HeadObject...) is in the GET class.
+PUT_CLASS = frozenset({
+    "PutObject", "CopyObject", "CreateMultipartUpload", "UploadPart", "UploadPartCopy",
+    "CompleteMultipartUpload", "ListObjects", "ListObjectsV2", "ListMultipartUploads", "ListParts",
+    "ListBuckets", "PostObject",
+})
+FREE_CLASS = frozenset({"DeleteObject", "DeleteObjects", "AbortMultipartUpload"})
+_USAGE_FIELDS = ("put_requests", "get_requests", "delete_requests", "bytes_uploaded", "bytes_downloaded")
+
+
+class S3Usage:
+    """Counts of S3 requests by billing class and of bytes put and got (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(_USAGE_FIELDS, 0)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+
+    def request(self, operation: str) -> None:
+        """Count one HTTP request of S3 operation ``operation``."""
+        if operation in PUT_CLASS:
+            self.add("put_requests")
+        elif operation in FREE_CLASS:
+            self.add("delete_requests")
+        else:
+            self.add("get_requests")
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
 class S3Store(ObjectStore):
     """Values as S3 objects ``<prefix>/<key>`` in ``bucket``; see the module docstring."""
 
@@ -213,6 +251,12 @@ class S3Store(ObjectStore):
                 kwargs["region_name"] = options["region"]
             client = session.client("s3", config=config, **kwargs)
         self.client = client
+        self._usage = S3Usage()
+        self._reported = dict.fromkeys(_USAGE_FIELDS, 0)
+        self._reported_lock = threading.Lock()
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if events is not None:  # every HTTP request sent, retries included (a Stubber sends none)
+            events.register("before-send.s3", self._count_request, unique_id=f"starburst-usage-{id(self)}")
         self._cache = _LRUCache(default_cache_bytes() if cache_bytes is None else cache_bytes)
         #: A directory shared by the processes of one node (``$STARBURST_CACHE_DIR`` on Fargate
         #: nodes): an object downloaded by one executor is mapped from there by the others.
@@ -225,6 +269,25 @@ class S3Store(ObjectStore):
         self._deletes: list[str] = []
         self._delete_lock = threading.Lock()
         self._deleter: Future | None = None
+
+    # -- usage (for the cost meter) ----------------------------------------------------------
+
+    def _count_request(self, event_name: str = "", **_: Any) -> None:
+        self._usage.request(event_name.rsplit(".", 1)[-1])
+
+    def usage(self) -> dict[str, int]:
+        """Requests by class and bytes up and down since this store was opened: ``put_requests``
+        (PUT/COPY/POST/LIST), ``get_requests`` (GET and other), ``delete_requests`` (free),
+        ``bytes_uploaded``, ``bytes_downloaded``."""
+        return self._usage.snapshot()
+
+    def take_usage(self) -> dict[str, int]:
+        """``usage()`` since the last ``take_usage()`` (each request is handed out once)."""
+        with self._reported_lock:
+            now = self._usage.snapshot()
+            delta = {k: now[k] - self._reported[k] for k in _USAGE_FIELDS}
+            self._reported = now
+        return delta
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -245,8 +308,9 @@ class S3Store(ObjectStore):
             self.client.put_object(
                 Bucket=self.bucket, Key=name, Body=body, ChecksumAlgorithm=self.checksum
             )
-            return
-        self._put_multipart(name, value, part_size)
+        else:
+            self._put_multipart(name, value, part_size)
+        self._usage.add("bytes_uploaded", size)
 
     def _put_multipart(self, name: str, value: Serialized, part_size: int) -> None:
         upload_id = self.client.create_multipart_upload(
@@ -384,6 +448,7 @@ class S3Store(ObjectStore):
             if self._added > self.cache_dir_bytes // 8:  # look at the directory now and then, not per get
                 self._added = 0
                 self._evict()
+        self._usage.add("bytes_downloaded", total)
         result = view.toreadonly()
         self._cache.put(key, result)
         return result

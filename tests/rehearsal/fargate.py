@@ -84,6 +84,9 @@ class Rehearsal:
             AWS_CONFIG_FILE=str(self.home / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(self.home / "no-aws-credentials"),
             STARBURST_HEAD_IP="127.0.0.1",  # the laptop's "public" address: never ask the internet
+            # moto has no Price List API (its server, in this process, prints to stdout when asked):
+            # the built-in table prices the rehearsal (tests/test_aws_pricing.py drives the API).
+            STARBURST_PRICES="builtin",
         )
         self.home.mkdir(parents=True, exist_ok=True)
         reset_moto(self.moto)
