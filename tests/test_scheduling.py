@@ -101,18 +101,25 @@ def test_short_parents_blocking_on_children_do_not_deadlock(cluster):
     assert ray.get([parent.remote(i) for i in range(300)], timeout=TIMEOUT) == [i + 1 for i in range(300)]
 
 
-def test_long_tasks_spread_over_both_cpus(cluster):
+def test_long_tasks_spread_over_both_cpus(cluster, tmp_path):
+    """Each task announces itself and waits until another one runs too: that holds only if the
+    tasks run on both CPUs at once (on one CPU, the first would give up and say so)."""
     ray = cluster
 
     @ray.remote
-    def slow():
-        time.sleep(0.5)
-        return os.getpid()
+    def slow(i: int, where: str) -> tuple[int, bool]:
+        import os
+        import time
 
-    start = time.monotonic()
-    pids = ray.get([slow.remote() for _ in range(4)], timeout=TIMEOUT)
-    assert len(set(pids)) >= 2
-    assert time.monotonic() - start < 1.9  # 4 x 0.5 s on 2 CPUs; 2 s would mean one CPU did all
+        open(os.path.join(where, str(i)), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(where)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.getpid(), len(os.listdir(where)) >= 2
+
+    results = ray.get([slow.remote(i, str(tmp_path)) for i in range(4)], timeout=TIMEOUT)
+    assert all(met for _, met in results), results
+    assert len({pid for pid, _ in results}) >= 2
 
 
 def _wait_for(path, bound=60.0):

@@ -212,17 +212,14 @@ def _say(line: str) -> None:
 def announce_attached(address: str, cluster_id: str, say: Callable[[str], None] = _say) -> str:
     """Say, in one line, that init() is using a running Fargate cluster and what it costs now (its
     head's meter); returns the line."""
-    import grpc
-
-    from .._proto import starburst_pb2 as pb
-    from .._proto import starburst_pb2_grpc as pb_grpc
+    from ..driver.process import head_status
     from .pricing import format_cost
 
-    try:
-        with grpc.insecure_channel(address) as channel:
-            c = pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10).cluster
+    status = head_status(address, timeout=10)  # with the head's token, like any driver's call
+    if status is not None:
+        c = status.cluster
         cost = f"{format_cost(c.cost_per_hour)}/hour now, {format_cost(c.cost_usd)} so far"
-    except grpc.RpcError:
+    else:
         cost = "its cost unknown (the head did not answer)"
     line = (f"using the running Fargate cluster {cluster_id} ({cost}); it bills until "
             "'starburst down' stops it")

@@ -10,6 +10,7 @@ import selectors
 import subprocess
 import sys
 import time
+from typing import Any
 from dataclasses import dataclass
 
 import psutil
@@ -68,17 +69,18 @@ def find_head() -> HeadInfo | None:
 
 def identify(address: str, timeout: float = 5.0) -> str | None:
     """The cluster id of the head answering at ``address``, or None if none answers."""
-    reply = _status(address, timeout)
+    reply = head_status(address, timeout)
     return None if reply is None else reply.cluster_id
 
 
 def drivers_attached(address: str, timeout: float = 5.0) -> int:
     """How many drivers the head at ``address`` serves (0 when it doesn't answer: it is going)."""
-    reply = _status(address, timeout)
+    reply = head_status(address, timeout)
     return 0 if reply is None else reply.sessions
 
 
-def _status(address: str, timeout: float):
+def head_status(address: str, timeout: float) -> Any:
+    """The head's StatusReply (asked with its token), or None when it doesn't answer."""
     import grpc
 
     from .. import _auth
