@@ -128,6 +128,18 @@ def safe_print(*args: Any, **kwargs: Any) -> None:
     _bars.write(stream, buffer.getvalue())
 
 
+def _sizing(columns: int) -> dict[str, Any]:
+    """tqdm's size arguments for stderr: its own size, or ``columns`` x 24 where the terminal reports
+    none (some pseudo-terminals: tqdm would draw nothing)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        if size.columns > 0 and size.lines > 0:
+            return {"dynamic_ncols": True}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"ncols": columns, "nrows": 24}
+
+
 class _Bars:
     """The driver's bars, by id; all drawing goes through one lock (output thread and user thread)."""
 
@@ -161,14 +173,8 @@ class _Bars:
                     return
                 from tqdm import tqdm as _tqdm
 
-                try:  # a terminal that reports no size (some pseudo-terminals) would hide the bar
-                    size = os.get_terminal_size(sys.stderr.fileno())
-                    sized = size.columns > 0 and size.lines > 0
-                except (OSError, ValueError, AttributeError):
-                    sized = False
                 bar = _tqdm(total=total, desc=desc, unit=str(state.get("unit") or "it"), file=sys.stderr,
-                            leave=True, dynamic_ncols=sized, ncols=None if sized else 80,
-                            nrows=None if sized else 24)
+                            leave=True, **_sizing(80))
                 self._bars[key] = bar
                 self._plain_seen[key] = (0, total, desc, False)
             if bar.total != total:
@@ -178,6 +184,24 @@ class _Bars:
             bar.update(x - bar.n)
             bar.refresh()
             if closed:
+                bar.close()
+                del self._bars[key]
+
+    def line(self, key: str, text: str | None, done: bool = False) -> None:
+        """A live one-line status (no bar) under ``key``: shown or updated with ``text``; ``done``
+        leaves it in place as it reads and ends it (``text`` None: ends it as it was)."""
+        with self._lock:
+            bar = self._bars.get(key)
+            if bar is None and text is not None and not done:
+                from tqdm import tqdm as _tqdm
+
+                bar = _tqdm(total=None, desc=text, file=sys.stderr, leave=True, bar_format="{desc}", **_sizing(160))
+                self._bars[key] = bar
+            if bar is None:
+                return
+            if text is not None and bar.desc != text:
+                bar.set_description_str(text, refresh=True)
+            if done:
                 bar.close()
                 del self._bars[key]
 
