@@ -87,6 +87,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.head_connected = False
         self.head_lost_at_start = False
         self.lease_timer: asyncio.Future | None = None
+        self._stuck_timer: asyncio.TimerHandle | None = None
         self.draining = False
         self.stop = asyncio.Event()
         self.address = ""
@@ -250,6 +251,24 @@ class NodeServer(pb_grpc.NodeServicer):
         finally:
             for executor in self.executors.values():
                 executor.flush()
+            self._arm_stuck_timer()
+
+    def _arm_stuck_timer(self) -> None:
+        """Wake when the unstarted work here would count as stuck (``Pool.stuck_at``, monotonic like
+        the loop's clock): it then goes back to the head without waiting for a recall."""
+        due = self.pool.stuck_at()
+        timer = self._stuck_timer
+        if timer is not None and (due is None or timer.when() != due):
+            timer.cancel()
+            timer = self._stuck_timer = None
+        if due is not None and timer is None:
+            self._stuck_timer = self.loop.call_at(due, self._stuck_check)
+
+    def _stuck_check(self) -> None:
+        self._stuck_timer = None
+        if self.pool.hand_back_stuck():
+            log.debug("handed back unstarted work stuck behind a long-running task")
+        self._pump()
 
     # PoolSink: what the pool asks of the node
 
