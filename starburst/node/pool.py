@@ -84,9 +84,10 @@ class PoolSink(Protocol):
 
 class Pool:
     def __init__(self, num_cpus: float, pool_size: int, max_executors: int, sink: PoolSink,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hand_back: bool = True) -> None:
         self.num_cpus = num_cpus
         self.clock = clock
+        self.hand_back = hand_back  # stuck work may go back to the head (off: a node alone, local)
         self.pool_size = pool_size
         self.max_executors = max_executors
         self.sink = sink
@@ -364,7 +365,7 @@ class Pool:
         """When the unstarted work here counts as stuck (the server calls :meth:`hand_back_stuck`
         then), or None: nothing waits, the node drains, or no task has finished here yet (the
         head's recall covers that)."""
-        if self.waiting_since is None or self.draining or not self.recent:
+        if self.waiting_since is None or self.draining or not self.recent or not self.hand_back:
             return None
         typical = sorted(self.recent)[len(self.recent) // 2]
         wait = min(STUCK_MAX_S, max(STUCK_MIN_S, STUCK_FACTOR * typical) * 2 ** self.handbacks)

@@ -74,7 +74,8 @@ class NodeServer(pb_grpc.NodeServicer):
         self.num_cpus = args.num_cpus
         self.pool_size = pool_size(self.num_cpus)
         self.max_executors = self.pool_size * 4 + 16
-        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self)
+        # The local cluster's node is alone: work it handed back could only come back to it.
+        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self, hand_back=bool(args.advertise))
         self.functions: dict[bytes, pb.Function] = {}
         self.executors: dict[int, Executor] = {}
         self.actors: dict[bytes, Executor] = {}  # actor id -> its dedicated executor
