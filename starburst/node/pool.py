@@ -34,7 +34,7 @@ LOOK_PAST = 16
 #: elsewhere. Each hand-back while the node stays stuck doubles the wait (up to
 #: STUCK_MAX_S), so a cluster busy everywhere doesn't bounce work around.
 STUCK_FACTOR = 4.0
-STUCK_MIN_S = 0.02
+STUCK_MIN_S = 0.01
 STUCK_MAX_S = 2.0
 RECENT = 31
 EPS = 1e-9
