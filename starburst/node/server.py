@@ -89,6 +89,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.head_lost_at_start = False
         self.lease_timer: asyncio.Future | None = None
         self._stuck_timer: asyncio.TimerHandle | None = None
+        self._stuck_task: asyncio.Future | None = None
         self.draining = False
         self.stop = asyncio.Event()
         self.address = ""
@@ -267,6 +268,13 @@ class NodeServer(pb_grpc.NodeServicer):
 
     def _stuck_check(self) -> None:
         self._stuck_timer = None
+        self._stuck_task = asyncio.ensure_future(self._hand_back_stuck())  # held: a task is weakly referenced
+
+    async def _hand_back_stuck(self) -> None:
+        # Read what the executors have written first: a task that finished while this process was
+        # not scheduled (a busy machine) is progress, not a stuck node.
+        for _ in range(3):
+            await asyncio.sleep(0)
         if self.pool.hand_back_stuck():
             log.debug("handed back unstarted work stuck behind a long-running task")
         self._pump()
