@@ -167,6 +167,9 @@ def init(
         _runtime.set_client(client)
         configure_progress(progress)
         _announce_dashboard(head_address, client.welcome.job_id if client.welcome else "")
+        from .progress import watch_launches
+
+        watch_launches(head_address, client)  # Fargate: a live line while workers launch and join
         return _context()
 
 
@@ -297,6 +300,9 @@ def shutdown() -> None:
         _runtime.set_client(None)
         _runtime.job_runtime_env = {}
         if client is not None:
+            from .progress import stop_launch_watch
+
+            stop_launch_watch()
             client.close()
             from .driver.client import drain_output
 

@@ -83,7 +83,7 @@ _FEATURES = {
     "data": "Ray Data", "train": "Ray Train", "tune": "Ray Tune", "serve": "Ray Serve",
     "rllib": "RLlib", "air": "Ray AIR", "workflow": "Ray Workflows", "job_submission": "Ray Jobs",
     "dashboard": "the Ray dashboard", "autoscaler": "the Ray autoscaler", "cluster_utils": "ray.cluster_utils",
-    "client": "Ray Client", "experimental": "Ray's experimental APIs (compiled graphs, channels)",
+    "client": "Ray Client", "experimental": "Ray's experimental APIs other than tqdm_ray (compiled graphs, channels)",
     "llm": "Ray LLM", "state": "the Ray state API",
     "util.placement_group": "placement groups", "util.scheduling_strategies": "scheduling strategies",
     "util.state": "the Ray state API", "util.collective": "Ray collective communication",

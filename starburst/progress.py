@@ -202,3 +202,103 @@ class AutoProgress:
                     _show(bar, min(len(ready), self.needed - bar.n), self._started)
         except Exception:  # noqa: BLE001 - a progress bar must never break the get it decorates
             return
+
+
+def format_launch(c: Any) -> str:
+    """One line for a Fargate cluster whose workers are on their way (a ``ClusterStatus``): workers
+    requested / provisioning / pulling / joined, $/hour, cost so far, budget left."""
+    from .aws.pricing import format_cost
+
+    joined = max(0, c.nodes_requested - c.nodes_pending)
+    starting = max(0, c.nodes_pending - c.nodes_provisioning - c.nodes_pulling)
+    workers = [f"{c.nodes_requested} requested", f"{c.nodes_provisioning} provisioning", f"{c.nodes_pulling} pulling"]
+    if starting:
+        workers.append(f"{starting} starting")
+    workers.append(f"{joined} joined")
+    parts = [f"Fargate workers: {', '.join(workers)}", f"{format_cost(c.cost_per_hour)}/h",
+             f"{format_cost(c.cost_usd)} so far"]
+    if c.max_cost:
+        parts.append(f"{format_cost(max(0.0, c.max_cost - c.cost_usd))} of {format_cost(c.max_cost)} left")
+    return " | ".join(parts)
+
+
+#: How often the launch line asks the head for its cluster's state.
+LAUNCH_POLL_S = float(os.environ.get("STARBURST_LAUNCH_POLL_S") or 1.0)
+
+
+class LaunchWatch:
+    """While a Fargate cluster's workers are launched and join (at ``init`` and at each scale-up), one
+    live line on stderr says how far they are (:func:`format_launch`); it ends, left in place with
+    the final counts, once every requested worker has joined. Only where :func:`interactive` says
+    someone is watching; task output is printed above it."""
+
+    def __init__(self, head_address: str, client: Any) -> None:
+        self.head_address = head_address
+        self.client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="starburst-launch-line", daemon=True)
+
+    def start(self) -> "LaunchWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def _status(self, stub: Any, metadata: Any) -> Any:
+        import grpc
+
+        from ._proto import starburst_pb2 as pb
+
+        try:
+            return stub.Status(pb.StatusRequest(), timeout=5, metadata=metadata).cluster
+        except grpc.RpcError:
+            return None
+
+    def _run(self) -> None:
+        import grpc
+
+        from . import _auth
+        from ._proto import starburst_pb2_grpc as pb_grpc
+        from .experimental.tqdm_ray import _bars
+
+        key = f"launch-{id(self)}"
+        showing = False
+        try:
+            target, token = _auth.parse_address(self.head_address)
+            with grpc.insecure_channel(target) as channel:
+                stub, metadata = pb_grpc.HeadStub(channel), _auth.call_metadata(token)
+                while not self._stop.is_set() and not self.client.closed:
+                    c = self._status(stub, metadata)
+                    if c is not None and c.provider != "fargate":
+                        return  # the local cluster has nothing to launch
+                    if c is not None and (c.nodes_pending > 0 or showing):
+                        _bars.line(key, format_launch(c), done=c.nodes_pending == 0)
+                        showing = c.nodes_pending > 0
+                    self._stop.wait(LAUNCH_POLL_S)
+        except Exception:  # noqa: BLE001 - a status line must never break the session
+            pass
+        finally:
+            if showing:
+                _bars.line(key, None, done=True)
+
+
+_launch_watch: LaunchWatch | None = None
+
+
+def watch_launches(head_address: str, client: Any) -> None:
+    """``init()``: show the live launch line for this session's cluster if someone is watching."""
+    global _launch_watch
+    stop_launch_watch()
+    if interactive():
+        _launch_watch = LaunchWatch(head_address, client).start()
+
+
+def stop_launch_watch() -> None:
+    """``shutdown()``: end the launch line (left as it last read)."""
+    global _launch_watch
+    watch, _launch_watch = _launch_watch, None
+    if watch is not None:
+        watch.stop()

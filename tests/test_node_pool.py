@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from starburst._proto import starburst_pb2 as pb
-from starburst.node.pool import MAX_OVERTAKEN, Pool, Slot
+from starburst.node.pool import MAX_OVERTAKEN, STUCK_FACTOR, STUCK_MIN_S, Pool, Slot
 
 FN = b"f" * 32
 
@@ -44,7 +44,8 @@ class Sink:
 class Harness:
     def __init__(self, cpus: int = 2, executors: int = 2) -> None:
         self.sink = Sink()
-        self.pool = Pool(cpus, executors, executors * 4, self.sink)
+        self.now = 100.0
+        self.pool = Pool(cpus, executors, executors * 4, self.sink, clock=lambda: self.now)
         self.ids = itertools.count(1)
         self.slots = []
         for i in range(executors):
@@ -208,3 +209,78 @@ def test_drain_hands_back_queued_and_pipelined_work():
     assert asked == ids[1:8]
     h.returned(a, asked[2:])  # two had started meanwhile
     assert h.sink.not_started() == asked[2:]
+
+
+def test_work_stuck_behind_a_straggler_goes_back_to_the_head_unasked():
+    """One CPU, a call that runs long, short calls pipelined behind it: once no task has finished for
+    STUCK_FACTOR x their run time (at least STUCK_MIN_S), the node asks them back from the executor
+    and hands them to the head unstarted; one the executor started meanwhile runs on there. Asked
+    again while the node stays stuck, it waits twice as long; a finished task resets that."""
+    h = Harness(cpus=1, executors=1)
+    h.short()
+    (slot,) = h.slots
+    t0 = h.now
+    long, *shorts = h.submit(*(h.run() for _ in range(4)))
+    assert runs_of(h.sink.take(slot)) == [long, *shorts]  # pipelined behind the long one
+    due = h.pool.stuck_at()
+    assert due == t0 + max(STUCK_MIN_S, STUCK_FACTOR * 0.001)
+    h.now = due - 0.001
+    assert h.pool.hand_back_stuck() == 0 and h.sink.take(slot) == []
+    h.now = due
+    assert h.pool.hand_back_stuck() == 3
+    h.check()
+    assert recalls_of(h.sink.take(slot)) == shorts and h.sink.not_started() == []  # the executor decides
+    h.returned(slot, shorts[1:])  # it had started the first meanwhile
+    assert h.sink.not_started() == shorts[1:]
+    assert h.pool.stuck_at() is None  # nothing unstarted left here
+    h.done(slot, long, duration=0.001)  # the long one ends, then the short one it had started
+    h.done(slot, shorts[0])
+    assert h.pool.free_cpus == 1
+
+    # Stuck again: each hand-back while no task finishes doubles the wait.
+    long, queued = h.submit(h.run(), h.run())
+    assert runs_of(h.sink.take(slot)) == [long, queued]
+    h.now += 1.0
+    assert h.pool.hand_back_stuck() == 1
+    h.returned(slot, [queued])
+    assert h.sink.not_started() == [queued]
+    (again,) = h.submit(h.run())  # the head had nowhere else to put it
+    start = h.now
+    assert h.pool.stuck_at() == start + 2 * max(STUCK_MIN_S, STUCK_FACTOR * 0.001)
+    h.done(slot, long)  # progress: back to the first wait (and the queued one starts)
+    assert h.pool.stuck_at() is None and h.pool.handbacks == 0
+
+
+def test_stuck_work_in_the_node_queue_goes_back_at_once():
+    """Tasks waiting in the node's queue (too long to pipeline) go back without an executor's word.
+    The wait is counted from when work began to wait with no task finishing, and scales with the
+    typical (median) run time here, which one long call doesn't move; a node that has finished
+    nothing yet leaves it to the head's recall."""
+    slow_fn = b"s" * 32
+    h = Harness(cpus=1, executors=1)
+    (slot,) = h.slots
+    (first, second) = h.submit(h.run(fn=slow_fn), h.run(fn=slow_fn))
+    assert h.pool.stuck_at() is None  # no run time known here yet
+    h.now += 10
+    assert h.pool.hand_back_stuck() == 0
+    h.done(slot, first, duration=10)  # one long call...
+    for _ in range(2):  # ... among calls of 50 ms
+        (t,) = h.submit(h.run(fn=slow_fn))
+        h.done(slot, second, duration=0.05)
+        second = t
+    h.sink.take(slot)
+    h.now += 0.1  # a task runs, nothing waits: not stuck, however long it takes
+    assert h.pool.stuck_at() is None
+    since = h.now
+    waiting = h.submit(h.run(fn=slow_fn), h.run(fn=slow_fn))
+    assert [r.spec.task_id for r in h.pool.queue] == waiting
+    due = h.pool.stuck_at()
+    assert due is not None and abs(due - (since + STUCK_FACTOR * 0.05)) < 1e-9
+    h.now = due - 0.001
+    assert h.pool.hand_back_stuck() == 0
+    h.now = due
+    assert h.pool.hand_back_stuck() == 2
+    h.check()
+    assert h.sink.not_started() == waiting and not h.pool.queue
+    assert h.pool.stuck_at() is None
+    h.done(slot, second)

@@ -149,3 +149,83 @@ def test_fargate_cluster_line():
                                             "budget_left": 4.9877}}
     assert mod.format_cluster(state) == "workers 2 joined, 3 starting (of 0-20), $0.41/h, $0.0123 so far, $4.99 left"
     assert mod.format_cluster({"nodes": [{}], "cluster": {"provider": "local"}}) == ""
+
+
+def _run_through_runner(script: pathlib.Path, tmp_path: pathlib.Path, tty: bool) -> tuple[int, str, str]:
+    """Run ``script`` with ``starburst run`` (stdout and stderr on pseudo-terminals, or piped)."""
+    env = dict(os.environ, STARBURST_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), COLUMNS="120")
+    env.pop("STARBURST_PROGRESS", None)
+    env.pop("STARBURST_RAY_ALIAS", None)
+    cmd = [sys.executable, "-m", "starburst.compat", "run", str(script)]
+    if not tty:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=120,
+                              cwd=str(tmp_path))
+        return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    masters, slaves = zip(pty.openpty(), pty.openpty())
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slaves[0], stderr=slaves[1], env=env,
+                            cwd=str(tmp_path))
+    for fd in slaves:
+        os.close(fd)
+    chunks = {fd: b"" for fd in masters}
+    open_fds = set(masters)
+    try:
+        while open_fds:
+            ready, _, _ = select.select(list(open_fds), [], [], 60)
+            assert ready, f"no output for 60 s: {chunks}"
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the pty's other end closed
+                    data = b""
+                if not data:
+                    open_fds.discard(fd)
+                chunks[fd] += data
+        code = proc.wait(60)
+    finally:
+        proc.kill()
+        for fd in masters:
+            os.close(fd)
+    return code, chunks[masters[0]].decode(errors="replace"), chunks[masters[1]].decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_tqdm_ray_bars_from_tasks_are_drawn_by_the_driver(tmp_path):
+    """examples/ray/tqdm_progress.py (unmodified Ray code) through ``starburst run``: in a terminal each
+    task's and the actor's bar is drawn by the driver with tqdm; piped, plain lines say the counts; the
+    lines that carry the bars' state never show."""
+    from starburst.experimental.tqdm_ray import MARK
+
+    script = ROOT / "examples" / "ray" / "tqdm_progress.py"
+    code, out, err = _run_through_runner(script, tmp_path, tty=True)
+    assert code == 0, out + err
+    assert "loaded 40 records" in out
+    for desc, total in (("part 0", 60), ("part 1", 60), ("part 2", 60), ("loading", 40)):
+        assert f"{desc}: 100%|" in err and f"{total}/{total}" in err, err
+    assert "(crunch pid=" in err and "(Loader pid=" in err, err
+    assert MARK.strip() not in out + err
+
+    code, out, err = _run_through_runner(script, tmp_path, tty=False)
+    assert code == 0, out + err
+    assert "loaded 40 records" in out
+    assert "part 1: 60/60 it" in err and "loading: 40/40 it" in err, err
+    assert "%|" not in err and "\r" not in err, err
+    assert MARK.strip() not in out + err
+
+
+def test_tqdm_ray_state_lines_are_rendered_not_printed(monkeypatch, capsys):
+    """What a task's bar sends (one marked line per flush, forced on close) becomes a plain count line
+    on the driver when nobody watches; ordinary lines are left to be printed."""
+    from starburst import _runtime
+    from starburst.experimental import tqdm_ray
+
+    monkeypatch.setattr(_runtime, "executor_client_factory", lambda: None)  # as inside a task
+    bar = tqdm_ray.tqdm(range(3), desc="work", flush_interval_s=3600)
+    assert list(bar) == [0, 1, 2]
+    sent = [line for line in capsys.readouterr().out.splitlines()]
+    assert len(sent) == 3 and all(line.startswith(tqdm_ray.MARK) for line in sent), sent  # start, total, close
+    monkeypatch.setattr(_runtime, "executor_client_factory", None)
+    monkeypatch.setattr(tqdm_ray, "_bars", tqdm_ray._Bars())
+    tqdm_ray._bars._draw = False
+    assert all(tqdm_ray.show("(f pid=1) ", line) for line in sent)
+    assert not tqdm_ray.show("(f pid=1) ", "an ordinary line")
+    assert capsys.readouterr().err == "(f pid=1) work: 0/3 it\n(f pid=1) work: 3/3 it\n"

@@ -26,6 +26,7 @@ EXPECTED = {
     "actor_exits.py": "crash: ActorDiedError\nrestarted: True\nretired\nnot restarted after exit_actor",
     "cancel_async_call.py": "cancelled; the actor saw 1 cancellation",
     "dag_pipeline.py": "dag outputs: [142, 42]",
+    "tqdm_progress.py": "loaded 40 records\nsum of squares 210630",
 }
 
 

@@ -455,3 +455,66 @@ def test_spot_workers_use_the_fargate_spot_capacity_provider(rehearsal, agent):
     assert task["capacityProviderName"] == "FARGATE_SPOT"
     env = {e["name"]: e["value"] for e in task["overrides"]["containerOverrides"][0]["environment"]}
     assert env["STARBURST_SPOT"] == "1" and env["STARBURST_CLUSTER_ID"] == cluster_id
+
+
+LAUNCH_SCRIPT = """
+import sys, time
+import starburst
+
+starburst.init(cluster="fargate", workers=2, lease=30, max_cost=5, cpu=1, memory="2GB")
+deadline = time.monotonic() + 90
+while len(starburst.nodes()) < 2:
+    assert time.monotonic() < deadline, "the nodes did not join"
+    time.sleep(0.1)
+print("JOINED", starburst.get(starburst.remote(lambda: 7).remote(), timeout=60), flush=True)
+starburst.shutdown()
+"""
+
+
+def _run_driver(script: str, tmp_path, tty: bool) -> tuple[int, str]:
+    """Run ``script`` as a driver (stdout and stderr on a pseudo-terminal, or piped); returns its exit
+    code and everything it wrote."""
+    import pty
+    import select
+
+    path = tmp_path / ("tty.py" if tty else "piped.py")
+    path.write_text(script)
+    env = dict(os.environ, STARBURST_LAUNCH_POLL_S="0.1", COLUMNS="160")
+    env.pop("STARBURST_PROGRESS", None)
+    if not tty:
+        proc = subprocess.run([sys.executable, str(path)], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=180, env=env)
+        return proc.returncode, proc.stdout + proc.stderr
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(path)], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env=env)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            assert ready, f"no output for 120 s: {out!r}"
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other end closed
+                data = b""
+            if not data:
+                break
+            out += data
+        return proc.wait(60), out.decode(errors="replace")
+    finally:
+        proc.kill()
+        os.close(master)
+
+
+def test_a_live_line_follows_the_workers_launch_in_a_terminal_only(rehearsal, agent, tmp_path):
+    code, out = _run_driver(LAUNCH_SCRIPT, tmp_path, tty=True)
+    assert code == 0 and "JOINED 7" in out, out
+    assert "Fargate workers: 2 requested" in out and "joined" in out, out
+    line = out[out.index("Fargate workers: 2 requested"):].splitlines()[0]
+    assert "/h | $" in line and "so far" in line and "of $5.00 left" in line, line
+    agent.wait_all_exited(timeout=60)
+
+    code, out = _run_driver(LAUNCH_SCRIPT, tmp_path, tty=False)
+    assert code == 0 and "JOINED 7" in out, out
+    assert "Fargate workers" not in out, out

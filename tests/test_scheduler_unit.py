@@ -287,3 +287,30 @@ def test_s3_usage_reports_add_up_apart_for_drivers_and_nodes():
     assert h.s.store_usage_nodes == pb.StoreUsage(put_requests=4, get_requests=5, delete_requests=1,
                                                   bytes_uploaded=9, bytes_downloaded=7)
     assert h.s.tasks_finished == 1
+
+
+def test_work_a_node_hands_back_unasked_waits_for_another_node_not_for_it():
+    """A node stuck behind a long task hands back its unstarted tasks on its own (NOT_STARTED, no
+    recall): while the other node is full, they and the rest wait here, not on the stuck node (where
+    they would wait for the long task, or bounce); they go where room frees up first, and the stuck
+    node gets work again once it has finished something."""
+    h = Harness()
+    a = h.add_node("a", 1)
+    b = h.add_node("b", 1)
+    warm = h.submit(h.spec())
+    h.done(a if h.runs("a") else b, *warm)
+    h.runs("b")
+    h.submit(*[h.spec() for _ in range(40)])
+    on_a, on_b = h.runs("a"), h.runs("b")
+    assert len(on_a) > 2 and len(on_b) > 2 and len(h.s.queue) > 0  # both full, some wait here
+    h.step([pb.NodeToHeadOp(running=1)], a)
+    h.step([pb.NodeToHeadOp(running=1)], b)
+    h.now += 0.05
+    h.done(a, *on_a[1:], failure=pb.TaskDone.NOT_STARTED)  # unasked: a is stuck behind on_a[0]
+    assert h.runs("a") == [] and h.recalls("a") == []
+    assert all(h.s.tasks[t].spec.attempt == 0 for t in on_a[1:])  # not a retry
+    h.done(b, *on_b[:3])  # room on b: the handed-back tasks go there, first in line
+    assert set(h.runs("b")) <= set(on_a[1:]) and h.runs("a") == []  # handed back first in line
+    h.now += 1.0
+    h.done(a, on_a[0])  # a finished its long task: it may get work again
+    assert h.runs("a")

@@ -567,7 +567,7 @@ class StatusReply(_message.Message):
     def __init__(self, head_version: _Optional[str] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., sessions: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., tasks_finished: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., store_url: _Optional[str] = ..., cluster: _Optional[_Union[ClusterStatus, _Mapping]] = ..., tasks_failed: _Optional[int] = ..., tasks_cancelled: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("provider", "cluster_id", "nodes_pending", "workers_min", "workers_max", "node_size", "cost_usd", "cost_per_hour", "max_cost", "message", "region", "local_cpus", "burst", "burst_decision", "burst_nodes", "tasks_local", "tasks_cloud")
+    __slots__ = ("provider", "cluster_id", "nodes_pending", "workers_min", "workers_max", "node_size", "cost_usd", "cost_per_hour", "max_cost", "message", "region", "local_cpus", "burst", "burst_decision", "burst_nodes", "tasks_local", "tasks_cloud", "nodes_requested", "nodes_provisioning", "nodes_pulling")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,9 @@ class ClusterStatus(_message.Message):
     BURST_NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_LOCAL_FIELD_NUMBER: _ClassVar[int]
     TASKS_CLOUD_FIELD_NUMBER: _ClassVar[int]
+    NODES_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    NODES_PROVISIONING_FIELD_NUMBER: _ClassVar[int]
+    NODES_PULLING_FIELD_NUMBER: _ClassVar[int]
     provider: str
     cluster_id: str
     nodes_pending: int
@@ -602,7 +605,10 @@ class ClusterStatus(_message.Message):
     burst_nodes: int
     tasks_local: int
     tasks_cloud: int
-    def __init__(self, provider: _Optional[str] = ..., cluster_id: _Optional[str] = ..., nodes_pending: _Optional[int] = ..., workers_min: _Optional[int] = ..., workers_max: _Optional[int] = ..., node_size: _Optional[str] = ..., cost_usd: _Optional[float] = ..., cost_per_hour: _Optional[float] = ..., max_cost: _Optional[float] = ..., message: _Optional[str] = ..., region: _Optional[str] = ..., local_cpus: _Optional[float] = ..., burst: _Optional[str] = ..., burst_decision: _Optional[str] = ..., burst_nodes: _Optional[int] = ..., tasks_local: _Optional[int] = ..., tasks_cloud: _Optional[int] = ...) -> None: ...
+    nodes_requested: int
+    nodes_provisioning: int
+    nodes_pulling: int
+    def __init__(self, provider: _Optional[str] = ..., cluster_id: _Optional[str] = ..., nodes_pending: _Optional[int] = ..., workers_min: _Optional[int] = ..., workers_max: _Optional[int] = ..., node_size: _Optional[str] = ..., cost_usd: _Optional[float] = ..., cost_per_hour: _Optional[float] = ..., max_cost: _Optional[float] = ..., message: _Optional[str] = ..., region: _Optional[str] = ..., local_cpus: _Optional[float] = ..., burst: _Optional[str] = ..., burst_decision: _Optional[str] = ..., burst_nodes: _Optional[int] = ..., tasks_local: _Optional[int] = ..., tasks_cloud: _Optional[int] = ..., nodes_requested: _Optional[int] = ..., nodes_provisioning: _Optional[int] = ..., nodes_pulling: _Optional[int] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -74,6 +74,7 @@ class _NodeTask:
     joined: bool = False
     idle_since: Optional[float] = None
     stop_reason: str = ""
+    ecs_status: str = "PROVISIONING"  # ECS's lastStatus when last described
 
 
 @dataclass
@@ -330,6 +331,10 @@ class FargateProvider(NodeProvider):
         status = pb.ClusterStatus(
             provider=self.name, cluster_id=self.cluster_id, region=o.region,
             nodes_pending=sum(1 for t in self.tasks.values() if t.link is None),
+            nodes_requested=len(self.tasks),
+            nodes_provisioning=sum(1 for t in self.tasks.values() if t.link is None and t.ecs_status == "PROVISIONING"),
+            nodes_pulling=sum(1 for t in self.tasks.values()
+                              if t.link is None and t.ecs_status in ("PENDING", "ACTIVATING")),
             workers_min=o.workers_min, workers_max=o.workers_max, node_size=o.describe_size(),
             cost_usd=self.meter.cost_so_far(), cost_per_hour=self.meter.burn_rate(),
             max_cost=o.max_cost or 0.0, message=self.message,
@@ -419,6 +424,9 @@ class FargateProvider(NodeProvider):
         if not waiting:
             return
         described = await asyncio.to_thread(self.launcher.describe, [t.arn for t in waiting])
+        for d in described:
+            if d.get("taskArn") in self.tasks and d.get("lastStatus"):
+                self.tasks[d["taskArn"]].ecs_status = d["lastStatus"]
         stopped = stop_reasons(described)
         for arn, why in stopped.items():
             task = self.tasks.pop(arn, None)

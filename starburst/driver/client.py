@@ -24,6 +24,7 @@ from .. import _ids, config
 from .._version import __version__
 from .._proto import starburst_pb2 as pb
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
+from ..experimental import tqdm_ray as _tqdm_ray
 from ..object_ref import ObjectRef
 from ..serialization import Serialized, deserialize, serialize
 from ..store import ObjectStore, load_value, open_store, pack_value, store_usage
@@ -667,7 +668,13 @@ def print_log(log: pb.Log) -> None:
     where = f"pid={log.pid}" + (f", node={log.node}" if log.node else "")
     prefix = f"({log.task_name} {where}) "
     stream = sys.stdout if log.stream == 1 else sys.stderr
-    text = "".join(prefix + line + "\n" for line in log.text.splitlines())
+    lines = log.text.splitlines()
+    if _tqdm_ray.MARK in log.text or _tqdm_ray.active():  # tqdm_ray bars: drawn, not printed
+        lines = [line for line in lines if not _tqdm_ray.show(prefix, line)]
+        if lines:
+            _tqdm_ray.write(stream, "".join(prefix + line + "\n" for line in lines))
+        return
+    text = "".join(prefix + line + "\n" for line in lines)
     try:
         stream.write(text)
         stream.flush()

@@ -52,6 +52,8 @@ LOOK_PAST = 32
 #: trip) while holding unstarted tasks is stuck behind something long: all of them are recalled,
 #: and new work goes elsewhere if it fits.
 STALL_MIN_S = 0.02
+#: A function's typical run time is the median of its last this many calls.
+RECENT_RUNS = 15
 
 
 class Sink:
@@ -111,6 +113,7 @@ class Node(Sink):
         self.running = 0  # tasks the node reports started (the rest of `inflight` is queued there)
         self.recalling: set[bytes] = set()  # asked back (recall sent, not answered yet)
         self.last_progress = 0.0  # when it last reported a task done (or was sent work while empty)
+        self.returned_at = -1.0  # when it last handed a task back unstarted (NOT_STARTED)
         self.blocked_cpus = 0.0
         self.inflight: dict[bytes, "Task"] = {}
         self.actor_inflight: dict[bytes, "Task"] = {}  # actor calls: not counted against capacity
@@ -262,7 +265,8 @@ class Scheduler:
         self.clock = clock
         self.functions: FunctionTable[Session] = FunctionTable(self._forget_function, self._function_dropped)
         self._trim = False
-        self.durations: dict[bytes, float] = {}  # function id -> recent run time (moving average)
+        self.durations: dict[bytes, float] = {}  # function id -> typical run time (median of the recent)
+        self._run_times: dict[bytes, collections.deque[float]] = {}
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.queue: collections.deque[Task] = collections.deque()
@@ -760,12 +764,15 @@ class Scheduler:
         if task.state != Task.RUNNING:
             return
         if done.failure == pb.TaskDone.NONE:
-            fid = task.spec.function_id
-            previous = self.durations.get(fid)
-            self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
+            # The median: one call far longer than the rest (a straggler) doesn't make a short
+            # function look long (that would cut its prefetch for the calls that follow).
+            recent = self._run_times.setdefault(task.spec.function_id, collections.deque(maxlen=RECENT_RUNS))
+            recent.append(done.duration_s)
+            self.durations[task.spec.function_id] = sorted(recent)[len(recent) // 2]
             self.ran_on[node.node_id] += 1
         if done.failure == pb.TaskDone.NOT_STARTED:
             task.avoid = node
+            node.returned_at = self.clock()
             self._requeue(task, charge=False)
         elif done.failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
@@ -778,10 +785,15 @@ class Scheduler:
 
     def _pick_node(self, task: Task) -> Node | None:
         """The least-loaded node it fits on; a node that seems stuck (see ``_stalled``), or that the
-        task was just recalled from, only if no other fits."""
+        task was just recalled from, only if no other fits. A node that handed work back unstarted
+        gets none until it has finished a task since (work sent there would wait for that, or bounce),
+        unless it is the only node."""
         best, best_key = None, None
         duration = self.durations.get(task.spec.function_id)
+        others = len(self.nodes) > 1
         for node in self.nodes:
+            if others and node.returned_at >= node.last_progress:
+                continue
             if not node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor")):
                 continue
             key = (node is task.avoid or self._stalled(node, duration), node.load())

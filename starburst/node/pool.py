@@ -14,7 +14,8 @@ every step.
 from __future__ import annotations
 
 import collections
-from typing import Protocol
+import time
+from typing import Callable, Protocol
 
 from .._proto import starburst_pb2 as pb
 
@@ -27,6 +28,15 @@ SHORT_TASK_S = 0.005
 MAX_OVERTAKEN = 64
 #: How many waiting tasks the node looks past for one that can start (per placement pass).
 LOOK_PAST = 16
+#: Stuck work goes back to the head: unstarted tasks that have waited, with no task finishing here,
+#: STUCK_FACTOR times the typical run time of tasks here (the median of the last RECENT; a rare long
+#: call doesn't move it), at least STUCK_MIN_S, are handed back unstarted for the head to place
+#: elsewhere. Each hand-back while the node stays stuck doubles the wait (up to
+#: STUCK_MAX_S), so a cluster busy everywhere doesn't bounce work around.
+STUCK_FACTOR = 4.0
+STUCK_MIN_S = 0.01
+STUCK_MAX_S = 2.0
+RECENT = 31
 EPS = 1e-9
 
 
@@ -73,8 +83,11 @@ class PoolSink(Protocol):
 
 
 class Pool:
-    def __init__(self, num_cpus: float, pool_size: int, max_executors: int, sink: PoolSink) -> None:
+    def __init__(self, num_cpus: float, pool_size: int, max_executors: int, sink: PoolSink,
+                 clock: Callable[[], float] = time.monotonic, hand_back: bool = True) -> None:
         self.num_cpus = num_cpus
+        self.clock = clock
+        self.hand_back = hand_back  # stuck work may go back to the head (off: a node alone, local)
         self.pool_size = pool_size
         self.max_executors = max_executors
         self.sink = sink
@@ -87,6 +100,9 @@ class Pool:
         self.starting = 0  # pool executors spawned and not connected yet
         self.draining = False
         self.running_reported = 0
+        self.waiting_since: float | None = None  # unstarted work waiting, no task done since then
+        self.handbacks = 0  # stuck hand-backs since a task last finished here
+        self.recent: collections.deque[float] = collections.deque(maxlen=RECENT)  # run times, latest last
 
     # ------------------------------------------------------------------ executors come and go
 
@@ -212,6 +228,9 @@ class Pool:
         run = slot.run
         if run is not None and run.spec.task_id == done.task_id:
             slot.runs.popleft()
+            self.handbacks = 0  # progress: the node is not stuck
+            if self.waiting_since is not None:
+                self.waiting_since = self.clock()
             if slot.blocked:  # normally unblocked before it finishes; keep the books right anyway
                 slot.blocked = False
                 self.free_cpus -= run.spec.resources.cpus
@@ -223,6 +242,7 @@ class Pool:
                 fid = run.spec.function_id
                 previous = self.durations.get(fid)
                 self.durations[fid] = done.duration_s if previous is None else 0.7 * previous + 0.3 * done.duration_s
+                self.recent.append(done.duration_s)
         else:  # a queued task the executor dropped (cancelled before it started)
             for queued in list(slot.runs)[1:]:
                 if queued.spec.task_id == done.task_id:
@@ -262,6 +282,10 @@ class Pool:
             return
         self._place()
         self._steal()
+        if not self.queue and not any(s.stealable() for s in self.slots.values()):
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = self.clock()
         running = sum(1 for s in self.slots.values() if s.runs and not s.actor_id)
         if running != self.running_reported:  # the head's status tells running from queued
             self.running_reported = running
@@ -334,6 +358,39 @@ class Pool:
                 return
             take = queued[len(queued) // 2:]  # the tail: the head of the line starts next there anyway
             self._recall(victim, [r.spec.task_id for r in take])
+
+    # ------------------------------------------------------------------ stuck work
+
+    def stuck_at(self) -> float | None:
+        """When the unstarted work here counts as stuck (the server calls :meth:`hand_back_stuck`
+        then), or None: nothing waits, the node drains, or no task has finished here yet (the
+        head's recall covers that)."""
+        if self.waiting_since is None or self.draining or not self.recent or not self.hand_back:
+            return None
+        typical = sorted(self.recent)[len(self.recent) // 2]
+        wait = min(STUCK_MAX_S, max(STUCK_MIN_S, STUCK_FACTOR * typical) * 2 ** self.handbacks)
+        return self.waiting_since + wait
+
+    def hand_back_stuck(self) -> int:
+        """If the unstarted work is stuck (see :meth:`stuck_at`), hand all of it back to the head
+        unstarted, without waiting to be asked: those in the queue at once, those in executors'
+        lines once the executor returns them (one it started meanwhile runs on). Returns how many."""
+        due = self.stuck_at()
+        if due is None or self.clock() < due:
+            return 0
+        count = len(self.queue)
+        for run in self.queue:
+            self.overtaken.pop(run.spec.task_id, None)
+            self._not_started(run.spec.task_id)
+        self.queue.clear()
+        for slot in self.slots.values():
+            ask = [r.spec.task_id for r in slot.stealable()]
+            count += len(ask)
+            self.head_recalls.update(ask)
+            self._recall(slot, ask)
+        self.handbacks += 1
+        self.waiting_since = None  # nothing unstarted is left here (what the executors return goes on)
+        return count
 
     def _recall(self, slot: Slot, task_ids: list[bytes]) -> None:
         if task_ids:

@@ -75,7 +75,8 @@ class NodeServer(pb_grpc.NodeServicer):
         self.num_cpus = args.num_cpus
         self.pool_size = pool_size(self.num_cpus)
         self.max_executors = self.pool_size * 4 + 16
-        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self)
+        # The local cluster's node is alone: work it handed back could only come back to it.
+        self.pool = Pool(self.num_cpus, self.pool_size, self.max_executors, self, hand_back=bool(args.advertise))
         self.functions: dict[bytes, pb.Function] = {}
         self.executors: dict[int, Executor] = {}
         self.actors: dict[bytes, Executor] = {}  # actor id -> its dedicated executor
@@ -88,6 +89,8 @@ class NodeServer(pb_grpc.NodeServicer):
         self.head_connected = False
         self.head_lost_at_start = False
         self.lease_timer: asyncio.Future | None = None
+        self._stuck_timer: asyncio.TimerHandle | None = None
+        self._stuck_task: asyncio.Future | None = None
         self.draining = False
         self.stop = asyncio.Event()
         self.address = ""
@@ -258,6 +261,31 @@ class NodeServer(pb_grpc.NodeServicer):
         finally:
             for executor in self.executors.values():
                 executor.flush()
+            self._arm_stuck_timer()
+
+    def _arm_stuck_timer(self) -> None:
+        """Wake when the unstarted work here would count as stuck (``Pool.stuck_at``, monotonic like
+        the loop's clock): it then goes back to the head without waiting for a recall."""
+        due = self.pool.stuck_at()
+        timer = self._stuck_timer
+        if timer is not None and (due is None or timer.when() != due):
+            timer.cancel()
+            timer = self._stuck_timer = None
+        if due is not None and timer is None:
+            self._stuck_timer = self.loop.call_at(due, self._stuck_check)
+
+    def _stuck_check(self) -> None:
+        self._stuck_timer = None
+        self._stuck_task = asyncio.ensure_future(self._hand_back_stuck())  # held: a task is weakly referenced
+
+    async def _hand_back_stuck(self) -> None:
+        # Read what the executors have written first: a task that finished while this process was
+        # not scheduled (a busy machine) is progress, not a stuck node.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self.pool.hand_back_stuck():
+            log.debug("handed back unstarted work stuck behind a long-running task")
+        self._pump()
 
     # PoolSink: what the pool asks of the node
 
