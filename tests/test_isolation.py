@@ -80,6 +80,21 @@ def try_grpc(target):
         except grpc.RpcError:
             stats["denied"] += 1
 
+def try_http(port):
+    """The dashboard's routes with a guessed token (and none): any answer but 403 means we got in."""
+    import urllib.error, urllib.request
+    for path in ("/", "/api/state", "/api/timeline", "/static/dashboard.js", "/?token=guess"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                breaches.append(f"HTTP {r.status} for {path} on port {port}")
+        except urllib.error.HTTPError as e:
+            if e.code == 403:
+                stats["denied"] += 1
+            else:
+                breaches.append(f"HTTP {e.code} (not 403) for {path} on port {port}")
+        except (OSError, ValueError):
+            stats["denied"] += 1  # not HTTP (or gone): nothing answered
+
 deadline = time.monotonic() + float(sys.argv[2])
 while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
     stats["rounds"] += 1
@@ -99,6 +114,7 @@ while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
         for port in tcp_ports():
             stats["tcp"] += 1
             try_grpc(f"127.0.0.1:{port}")
+            try_http(port)
     for d in DIRS:
         try:
             names = os.listdir(d)
@@ -125,8 +141,9 @@ for pid in pids:
     except psutil.Error:
         pass
 store = starburst._runtime.peek_client().store.directory
-print(json.dumps({"store": store, "store_mode": os.stat(store).st_mode & 0o777, "tcp_listeners": listening}),
-      flush=True)
+dashboard = starburst.api.dashboard_url()
+print(json.dumps({"store": store, "store_mode": os.stat(store).st_mode & 0o777, "tcp_listeners": listening,
+                  "dashboard": dashboard}), flush=True)
 starburst.shutdown()
 '''
 
@@ -210,8 +227,14 @@ def test_a_second_user_cannot_reach_the_cluster_at_any_moment_of_its_start(tmp_p
         scan = result["scan"]
         assert scan["stats"]["rounds"] > 5, scan  # it really was scanning while the clusters started
         assert scan["breaches"] == [], scan["breaches"]
+        if netns:
+            assert scan["stats"]["tcp"] > 0, scan  # the dashboard's port was found and probed
         for info in result["rounds"]:
-            assert info["tcp_listeners"] == [], f"the local cluster listens on TCP: {info['tcp_listeners']}"
+            # The only TCP listener is the dashboard's (a browser can't use a Unix socket), on 127.0.0.1
+            # and behind its token, which the scanner above tried to get past.
+            port = int(info["dashboard"].split(":")[2].split("/")[0]) if info["dashboard"] else None
+            others = [x for x in info["tcp_listeners"] if not (x[1] == "127.0.0.1" and x[2] == port)]
+            assert others == [], f"the local cluster listens on TCP: {others} (dashboard: {info['dashboard']})"
             assert info["store_mode"] & 0o077 == 0, f"the store {info['store']} is {oct(info['store_mode'])}"
         # Owner-only files: STARBURST_HOME was made private, and everything under it is.
         for path in [home, *home.rglob("*")]:
