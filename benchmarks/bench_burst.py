@@ -61,7 +61,7 @@ def durations(scale: float) -> list[tuple[float, list[float]]]:
 def replay(policy: str, scale: float, rehearsal, workdir: pathlib.Path) -> dict:
     import starburst
     from starburst.aws.provider import read_report
-    from starburst.head import process
+    from starburst.driver import process
 
     bursts = durations(scale)
     os.environ["STARBURST_FARGATE_START_S"] = f"{45.0 * scale:g}"

@@ -27,8 +27,8 @@ import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import starburst  # noqa: E402
-from starburst import config  # noqa: E402
+import starburst
+from starburst import config
 
 
 @starburst.remote

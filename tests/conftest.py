@@ -103,3 +103,27 @@ def cli(home: pathlib.Path, *args: str, timeout: float = 60, env: dict | None = 
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "starburst", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(moto_server, s3_server, tmp_path_factory):
+    """The offline Fargate rehearsal (tests/rehearsal/): moto for the AWS APIs, SeaweedFS for S3, a
+    STARBURST_HOME of its own; one per test module."""
+    from rehearsal.fargate import Rehearsal
+
+    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
+    try:
+        yield r
+    finally:
+        r.exit()
+
+
+@pytest.fixture
+def agent(rehearsal, tmp_path):
+    """The rehearsal's fake ECS agent: runs the real node program for each task the head launches.
+    Stops the test's cluster at the end, even after a failure half-way."""
+    import starburst
+
+    with rehearsal.agent(tmp_path / "nodes") as a:
+        yield a
+    starburst.shutdown()

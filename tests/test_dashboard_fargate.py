@@ -8,14 +8,14 @@ import time
 import urllib.request
 
 import pytest
-from test_rehearsal import SMALL, agent, rehearsal  # noqa: F401 - fixtures
+from test_rehearsal import SMALL
 
 import starburst
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
-def test_dashboard_shows_fargate_nodes_cost_and_budget(rehearsal, agent):  # noqa: F811 - fixtures
+def test_dashboard_shows_fargate_nodes_cost_and_budget(rehearsal, agent):
     ctx = starburst.init(cluster="fargate", workers=2, lease=30, max_cost=5, **SMALL)
     assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=60) == 1
     base, token = ctx.dashboard_url.split("/?token=")

@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from rehearsal.fargate import Rehearsal, put_fake_image
+from rehearsal.fargate import put_fake_image
 
 from starburst import cli
 
@@ -18,15 +18,6 @@ pytestmark = pytest.mark.timeout(300)
 
 #: Short timeouts: in the rehearsal a node starts in seconds.
 ARGS = ["doctor", "--json", "--timeout", "60", "--lease", "12"]
-
-
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("doctor-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
 
 
 def test_doctor_before_setup_says_run_setup(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pytest
 
-from rehearsal.fargate import Rehearsal
 
 import starburst
 from conftest import wait_for
@@ -27,22 +26,6 @@ from conftest import wait_for
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # the full tier only
 
 SMALL = dict(cpu=1, memory="2GB")
-
-
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
-
-
-@pytest.fixture
-def agent(rehearsal, tmp_path):
-    with rehearsal.agent(tmp_path / "nodes") as a:
-        yield a
-    starburst.shutdown()  # a test that failed half-way still stops its cluster
 
 
 def _cluster_prefix(rehearsal, cluster_id: str) -> str:

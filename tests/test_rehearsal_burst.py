@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-from rehearsal.fargate import Rehearsal
 
 import starburst
 
@@ -25,15 +24,6 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 START_DELAY_S = 2.0
 START_SEED_S = "3"
 HYBRID = dict(cluster="fargate", local=True, num_cpus=2, cpu=1, memory="2GB", lease=30)
-
-
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("burst-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
 
 
 @pytest.fixture
@@ -45,7 +35,7 @@ def agent(rehearsal, tmp_path, monkeypatch):
 
 
 def _cluster():
-    from starburst.head import process
+    from starburst.driver import process
 
     info = process.find_head()
     assert info is not None
@@ -53,7 +43,7 @@ def _cluster():
 
 
 def _status():
-    from starburst.head import process
+    from starburst.driver import process
 
     reply = process._status(_cluster().address, 10)
     assert reply is not None, "the head did not answer Status"

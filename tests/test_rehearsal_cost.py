@@ -10,33 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from rehearsal.fargate import Rehearsal
 
 import starburst
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
-
-
-@pytest.fixture
-def agent(rehearsal, tmp_path):
-    with rehearsal.agent(tmp_path / "nodes") as a:
-        yield a
-    starburst.shutdown()
-
-
 def test_metered_cost_matches_a_hand_computation_and_the_estimate(rehearsal, agent, capsys):
     from starburst.aws.pricing import PRICE_TABLE, PUBLIC_IPV4_HOUR, USAGE_RATES
     from starburst.aws.provider import read_report
-    from starburst.head import process
+    from starburst.driver import process
 
     MiB = 1 << 20
     began = time.time()

@@ -18,7 +18,6 @@ import time
 
 import psutil
 import pytest
-from rehearsal.fargate import Rehearsal
 
 from conftest import wait_for
 
@@ -41,15 +40,6 @@ def slow(x):
 print("GETTING", flush=True)
 starburst.get([slow.remote(i) for i in range(4)])
 """
-
-
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
 
 
 def _heads(home) -> list[psutil.Process]:

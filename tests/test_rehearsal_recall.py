@@ -9,20 +9,10 @@ import time
 
 import pytest
 
-from rehearsal.fargate import Rehearsal
 
 import starburst
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def rehearsal(moto_server, s3_server, tmp_path_factory):
-    r = Rehearsal(moto_server, s3_server, tmp_path_factory.mktemp("fargate-home")).enter()
-    try:
-        yield r
-    finally:
-        r.exit()
 
 
 def _hold(path):
