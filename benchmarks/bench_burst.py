@@ -96,7 +96,7 @@ def replay(policy: str, scale: float, rehearsal, workdir: pathlib.Path) -> dict:
                     left[i] -= 1
                     if left[i] == 0:
                         finished_at[i] = time.monotonic() - t0
-            status = process._status(process.find_head().address, 10).cluster
+            status = process.head_status(process.find_head().address, 10).cluster
             where = (status.tasks_local, status.tasks_cloud)
         finally:
             starburst.shutdown()

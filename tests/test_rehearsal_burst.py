@@ -45,7 +45,7 @@ def _cluster():
 def _status():
     from starburst.driver import process
 
-    reply = process._status(_cluster().address, 10)
+    reply = process.head_status(_cluster().address, 10)
     assert reply is not None, "the head did not answer Status"
     return reply
 
