@@ -83,6 +83,39 @@ POINTS = [
 ]
 
 
+DRIVER_SHUTDOWN = """
+import starburst
+
+starburst.init(cluster="fargate", workers=2, lease=60, cpu=1, memory="2GB")
+assert starburst.get(starburst.remote(lambda: 1).remote(), timeout=120) == 1
+print("SHUTTING DOWN", flush=True)
+starburst.shutdown()
+print("SHUT DOWN", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_an_interrupted_shutdown_leaves_nothing_running(rehearsal, tmp_path, sig):
+    """Ctrl-C (or a kill) while shutdown() stops the workers: they are stopped all the same."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_SHUTDOWN)
+    with rehearsal.agent(tmp_path / "nodes") as agent:
+        driver = _Driver(script)
+        try:
+            wait_for(lambda: driver.saw("SHUTTING DOWN") or driver.proc.poll() is not None, 180, "shutdown")
+            if driver.proc.poll() is None:  # (shutdown may already be over: then nothing to interrupt)
+                driver.proc.send_signal(sig)
+            driver.proc.wait(BOUND_S)  # returns promptly
+            wait_for(lambda: rehearsal.running_tasks() == [], BOUND_S, "no task RUNNING or PENDING")
+            wait_for(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
+            wait_for(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
+        finally:
+            if driver.proc.poll() is None:
+                driver.proc.kill()
+            for head in _heads(rehearsal.home):
+                head.terminate()
+
+
 UP = ["-m", "starburst", "up", "--cluster", "fargate", "--workers", "2", "--cpu", "1", "--memory", "2GB",
       "--lease", "60"]
 CASES = [("driver", point, sig) for point, sig in POINTS] + [
