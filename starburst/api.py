@@ -159,9 +159,10 @@ def init(
                 )
                 break
             except ConnectionError as exc:
-                # The cluster we found was ending (its last driver had just left): start another.
-                if address not in (None, "auto") or _started_head is not None or "shutting down" not in str(exc) \
-                        or attempt == 2:
+                # The cluster we found was ending (its last driver had just left), or ended between
+                # finding it and connecting: look again, and start another if none is left.
+                ending = "shutting down" in str(exc) or "is gone or does not answer" in str(exc)
+                if address not in (None, "auto") or _started_head is not None or not ending or attempt == 2:
                     raise
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)
