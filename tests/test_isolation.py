@@ -250,7 +250,7 @@ def test_a_runtime_directory_owned_by_someone_else_is_refused(tmp_path):
         pytest.fail("this test runs as root (as in CI) so that it can make a directory owned by another user")
     import pwd
 
-    victim = pathlib.Path(tempfile.mkdtemp(prefix="sb-run-"))  # short: socket paths are bounded
+    victim = pathlib.Path(tempfile.mkdtemp(prefix="sb-run-", dir="/tmp"))  # short whatever TMPDIR is
     victim.chmod(0o777)
     os.chown(victim, pwd.getpwnam(SECOND_USER).pw_uid, -1)
     home = tmp_path / "home"

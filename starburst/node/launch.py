@@ -72,7 +72,11 @@ def spawn_executor(executor_id: int, socket_path: str, args: argparse.Namespace)
 
 def prepare(args: argparse.Namespace) -> Early:
     """Listen on the executors' socket and start the pool, before importing grpc and friends."""
-    socket_dir = tempfile.mkdtemp(prefix=f"{args.node_id}-", dir=args.runtime_dir or None)
+    from .. import config
+
+    # Short whatever TMPDIR is (Unix socket paths are bounded): a Fargate node has no runtime
+    # directory handed to it, so it uses the same per-user one as a local cluster.
+    socket_dir = tempfile.mkdtemp(prefix=f"{args.node_id}-", dir=args.runtime_dir or str(config.runtime_dir()))
     socket_path = os.path.join(socket_dir, "executors.sock")
     os.mkdir(os.path.join(socket_dir, "objects"))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
