@@ -52,15 +52,21 @@ def test_a_generator_whose_worker_dies_mid_stream_is_retried_and_each_item_arriv
 def test_without_retries_a_generator_whose_worker_dies_ends_with_the_error(cluster, tmp_path):
     from starburst.exceptions import WorkerCrashedError
 
-    marker = str(tmp_path / "died")
+    marker, go = str(tmp_path / "died"), str(tmp_path / "go")
 
     @cluster.remote(max_retries=0)
-    def numbers(marker):
+    def numbers(marker, go):
+        import time
+
         yield 0
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)  # die only once the consumer has item 0 (an exit may outrun its sending)
         open(marker, "w").close()
         os._exit(1)
 
-    refs = iter(numbers.remote(marker))
+    refs = iter(numbers.remote(marker, go))
     assert cluster.get(next(refs)) == 0
+    open(go, "w").close()
     with pytest.raises(WorkerCrashedError):
         cluster.get(next(refs))

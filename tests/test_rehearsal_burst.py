@@ -122,8 +122,8 @@ def test_max_cost_bounds_the_burst_and_the_laptop_finishes_the_work(rehearsal, a
     starburst.init(burst="auto", max_wait=2, workers=2, max_cost=0.0002, **HYBRID)
     cluster_id = _cluster().cluster_id
     nap = _sleeper()
-    refs = [nap.remote(i, 0.25) for i in range(40)]  # 5 s on the laptop: a burst would be asked for
-    _wait_for(lambda: "max_cost" in _status().cluster.message, 60, "the budget to refuse the burst")
+    refs = [nap.remote(i, 1.0) for i in range(40)]  # 20 s on the laptop: a burst would be asked for
+    _wait_for(lambda: "max_cost" in _status().cluster.message, 120, "the budget to refuse the burst")
     assert [r[0] for r in starburst.get(refs, timeout=120)] == list(range(40))
     assert _status().cluster.tasks_local == 40
     assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
