@@ -537,20 +537,35 @@ class FargateProvider(NodeProvider):
         demand = scheduler.demand()
         per_node = max(1, math.floor(self.options.vcpu))
         want = max(self.options.workers_min, min(self.options.workers_max, math.ceil(demand / per_node)))
-        if self.options.quota_workers is not None and want > self.options.quota_workers \
-                and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
-            self._quota_read_at = self.clock()
-            await asyncio.to_thread(self.reread_quota)
-        if self.options.quota_workers is not None:
-            want = min(want, max(self.options.quota_workers, self.options.workers_min))
-        missing = want - len(self.tasks)
-        if missing > 0 and self.clock() >= self._no_launch_until:
-            try:
-                if not await self._launch(missing):
-                    self._no_launch_until = self.clock() + 30.0
-            except LaunchError as exc:
-                self._say(f"could not launch {missing} more node(s): {exc}")
+        quota = self.options.quota_workers
+        if quota is not None and want > quota:
+            await self._reread_quota()
+        await self._launch_missing(min(want, self._max_nodes()) - len(self.tasks))
+
+    def _max_nodes(self) -> int:
+        """workers_max, within what the quota lets run beside the account's other tasks."""
+        o = self.options
+        return o.workers_max if o.quota_workers is None else min(o.workers_max, max(o.quota_workers, o.workers_min))
+
+    async def _reread_quota(self) -> bool:
+        """Read the quota again (at most once a minute) when it holds workers back; True if it now
+        allows a different number (the account's other tasks came or went)."""
+        before = self.options.quota_workers
+        if before is None or self.clock() - self._quota_read_at < QUOTA_REREAD_S:
+            return False
+        self._quota_read_at = self.clock()
+        return await asyncio.to_thread(self.reread_quota) != before
+
+    async def _launch_missing(self, missing: int) -> None:
+        """Launch ``missing`` more nodes unless a recent failure says to wait."""
+        if missing <= 0 or self.clock() < self._no_launch_until:
+            return
+        try:
+            if not await self._launch(missing):
                 self._no_launch_until = self.clock() + 30.0
+        except LaunchError as exc:
+            self._say(f"could not launch {missing} more node(s): {exc}")
+            self._no_launch_until = self.clock() + 30.0
 
     # ------------------------------------------------------------------ a hybrid cluster's bursts
 
@@ -559,12 +574,9 @@ class FargateProvider(NodeProvider):
         times) and the capacity (this machine's CPUs, the Fargate nodes, the quota's bound)."""
         assert self.head is not None and self.local is not None
         o = self.options
-        max_nodes = o.workers_max
-        if o.quota_workers is not None:
-            max_nodes = min(max_nodes, max(o.quota_workers, o.workers_min))
         backlog = estimate_backlog(*self.head.scheduler.backlog())
         return backlog, Capacity(local_cpus=self.local.num_cpus, cpus_per_node=o.vcpu, nodes=len(self.tasks),
-                                 max_nodes=max_nodes, min_nodes=o.workers_min)
+                                 max_nodes=self._max_nodes(), min_nodes=o.workers_min)
 
     async def _burst(self) -> None:
         """Launch or stop Fargate nodes as the burst policy decides. Surplus nodes go the way idle
@@ -576,21 +588,14 @@ class FargateProvider(NodeProvider):
         always = dataclasses.replace(self.policy, mode="always")
         self._shadow_always(decide(backlog, dataclasses.replace(capacity, nodes=len(self._always_nodes)), always).nodes)
         quota = self.options.quota_workers
-        if quota is not None and decision.nodes >= quota and self.clock() - self._quota_read_at >= QUOTA_REREAD_S:
-            self._quota_read_at = self.clock()  # held back by the quota: it may allow more by now
-            if await asyncio.to_thread(self.reread_quota) != quota:
-                decision = decide(*self.burst_inputs(), self.policy)
+        if quota is not None and decision.nodes >= quota and await self._reread_quota():
+            decision = decide(*self.burst_inputs(), self.policy)  # held back by the quota, which moved
         if self.decision is None or decision.nodes != self.decision.nodes:
             log.info("burst: %d Fargate node(s): %s", decision.nodes, decision.reason)
         self.decision = decision
         missing = decision.nodes - len(self.tasks)
-        if missing > 0 and self.clock() >= self._no_launch_until:
-            try:
-                if not await self._launch(missing):
-                    self._no_launch_until = self.clock() + 30.0
-            except LaunchError as exc:
-                self._say(f"could not launch {missing} more node(s): {exc}")
-                self._no_launch_until = self.clock() + 30.0
+        if missing > 0:
+            await self._launch_missing(missing)
         elif missing < 0:
             def order(task: _NodeTask) -> tuple[int, float]:
                 node = getattr(task.link, "node", None)
