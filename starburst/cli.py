@@ -70,19 +70,6 @@ def _aws_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _status(address: str):
-    import grpc
-
-    from ._proto import starburst_pb2 as pb
-    from ._proto import starburst_pb2_grpc as pb_grpc
-
-    from . import _auth
-
-    target, token = _auth.parse_address(address)
-    with grpc.insecure_channel(target) as channel:
-        return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=10, metadata=_auth.call_metadata(token))
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     config_file = cluster_id = ""
     with process.head_lock():
@@ -145,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no starburst cluster is running (start one with 'starburst up')", file=sys.stderr)
         return EXIT_NOT_RUNNING
     try:
-        st = _status(info.address)
+        st = process.status_reply(info.address, timeout=10)
     except Exception as exc:  # noqa: BLE001 - any RPC failure means we can't tell
         print(f"the head at {info.address} (pid {info.pid}) does not answer: {exc}", file=sys.stderr)
         return EXIT_FAILED

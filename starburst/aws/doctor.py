@@ -41,9 +41,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-# The only imports of the AWS modules (resources.py may be split; re-point them here).
+# The AWS modules doctor builds on.
 from .cluster import public_ip, worker_image
-from .launcher import default_address_resolver, stop_reasons
+from .context import caller_identity
+from .launcher import default_address_resolver, eni_of, stop_reasons
 from .pricing import PriceSource, format_cost, price_source, task_cost
 from .provider import read_report
 from .quotas import ServiceQuotasSource
@@ -198,14 +199,6 @@ def _connect_s(host: str, port: int, timeout: float) -> float:
         return time.perf_counter() - start
 
 
-def _eni(task: dict) -> Optional[str]:
-    for attachment in task.get("attachments", []):
-        for detail in attachment.get("details", []):
-            if detail.get("name") == "networkInterfaceId":
-                return detail.get("value")
-    return None
-
-
 class Doctor:
     """Runs the checks (see the module docstring). ``say`` gets each check as it finishes.
     ``join_timeout``: seconds for the task to start and the node to join (a real cold start,
@@ -228,6 +221,7 @@ class Doctor:
         self.settings: Optional[Settings] = None
         self.image = ""
         self.task_arn = ""
+        self._ecs_client: Any = None
         self.task: dict = {}
         self.address = ""
         self.connect_times: list[float] = []
@@ -300,14 +294,15 @@ class Doctor:
         return self.session
 
     def _ecs(self):
+        """One ECS client for the run (the steps poll it every ``poll_s``)."""
         assert self.settings is not None
-        return self._session().client("ecs", region_name=self.settings.region)
+        if self._ecs_client is None:
+            self._ecs_client = self._session().client("ecs", region_name=self.settings.region)
+        return self._ecs_client
 
     # -- account ------------------------------------------------------------------------------
 
     def check_credentials(self) -> tuple[str, dict]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         if not Settings.path().exists():
             raise CheckFailed("starburst has no AWS resources on this machine yet",
                               cause=f"no settings in {Settings.path()}",
@@ -316,8 +311,8 @@ class Doctor:
         self.settings = Settings.load()
         self.report.region = self.settings.region
         try:
-            me = self._session().client("sts", region_name=self.settings.region).get_caller_identity()
-        except (BotoCoreError, ClientError) as exc:
+            me = caller_identity(self._session(), self.settings.region)
+        except AwsSetupError as exc:
             raise CheckFailed(f"AWS credentials don't work in {self.settings.region}: {exc}",
                               cause="no credentials, expired ones, or the wrong profile",
                               fix="configure them ('aws configure', AWS_PROFILE or AWS_ACCESS_KEY_ID/"
@@ -550,7 +545,7 @@ class Doctor:
         resolve = default_address_resolver(self._session().client("ec2", region_name=self.settings.region))
 
         def probe():
-            eni = _eni(self._describe())
+            eni = eni_of(self._describe())
             return resolve([eni]).get(eni) if eni else None
 
         ip = self._wait(probe, self._left_by_deadline())

@@ -151,7 +151,8 @@ def stop_reasons(described: Iterable[dict]) -> dict[str, str]:
             for t in described if "STOPPED" in (t.get("lastStatus"), t.get("desiredStatus"))}
 
 
-def _eni_of(task: dict) -> Optional[str]:
+def eni_of(task: dict) -> Optional[str]:
+    """The id of a task's network interface (its awsvpc attachment), or None before it has one."""
     for attachment in task.get("attachments", []):
         if attachment.get("type") != "ElasticNetworkInterface":
             continue
@@ -566,7 +567,7 @@ class FargateLauncher(_Retrying):
         for task in described:
             if task["taskArn"] in stopped:
                 continue
-            eni = _eni_of(task)
+            eni = eni_of(task)
             if eni:
                 by_eni[eni] = task["taskArn"]
         ips = self.address_resolver(list(by_eni)) if by_eni else {}

@@ -140,6 +140,10 @@ class FargateProvider(NodeProvider):
         self._tls_requests = [0, 0]  # S3 PUTs of node bundles, GETs of them by nodes (one each at start)
         if options.codebuild_seconds:  # the image was built for this cluster
             self.meter.record_build(options.codebuild_seconds, options.arch)
+        # What one node costs per second, for the always-burst estimate: looked up here, where
+        # blocking is fine, not on the head's loop at the first tick (a Price List API call).
+        self._node_cost_per_s = (self.meter.launch_cost(1, options.vcpu, options.memory_gb, options.arch,
+                                                        options.spot) / 60.0) if options.local else 0.0
 
         # Mutual TLS: a CA for this cluster only, in this process's memory (its key never touches
         # disk, and dies with the head); the node's bundle goes to the cluster's prefix,
@@ -397,6 +401,19 @@ class FargateProvider(NodeProvider):
         except LaunchError as exc:
             log.error("%s", exc)
 
+    def _stop_soon(self, victims: list[_NodeTask], reason: str) -> None:
+        """Stop these nodes: at once they count as gone (a later tick or the other scaling rule
+        can't pick them again) and get no new work (drained); StopTask runs in the background."""
+        assert self.head is not None
+        for task in victims:
+            self.tasks.pop(task.arn, None)
+            node = getattr(task.link, "node", None)
+            if node is not None:
+                self.head.scheduler.drain(node)
+        stopping = asyncio.ensure_future(self._stop(victims, reason))
+        self._connects.add(stopping)
+        stopping.add_done_callback(self._connects.discard)
+
     def _say(self, message: str) -> None:
         self.message = message
         log.warning("%s", message)
@@ -523,13 +540,7 @@ class FargateProvider(NodeProvider):
                 idle.append(task)
         surplus = len(self.tasks) - self.options.workers_min
         if idle and surplus > 0:
-            victims = idle[:surplus]
-            for task in victims:
-                self.head.scheduler.drain(task.link.node)  # now, before anything else can be placed there
-            why = f"idle for {format_duration(self.options.idle_timeout)}"
-            stopping = asyncio.ensure_future(self._stop(victims, why))
-            self._connects.add(stopping)
-            stopping.add_done_callback(self._connects.discard)
+            self._stop_soon(idle[:surplus], f"idle for {format_duration(self.options.idle_timeout)}")
 
     async def _scale_up(self) -> None:
         assert self.head is not None
@@ -603,22 +614,13 @@ class FargateProvider(NodeProvider):
                     return (0, 0.0)
                 return (1, node.load())
 
-            victims = sorted(self.tasks.values(), key=order)[:-missing]
-            for task in victims:
-                self.tasks.pop(task.arn, None)  # counted as gone from now on (the next tick must not stop more)
-                node = getattr(task.link, "node", None)
-                if node is not None:
-                    self.head.scheduler.drain(node)
-            stopping = asyncio.ensure_future(self._stop(victims, f"burst over: {decision.reason}"))
-            self._connects.add(stopping)
-            stopping.add_done_callback(self._connects.discard)
+            self._stop_soon(sorted(self.tasks.values(), key=order)[:-missing], f"burst over: {decision.reason}")
 
     def _shadow_always(self, nodes: int) -> None:
         """Follow the nodes burst="always" would have on the same backlog, and what they would
         cost (each billed from launch, at least a minute). An estimate: with more nodes the backlog
         would have drained sooner, and nodes stopped while starting may cost less on AWS."""
-        o = self.options
-        per_s = self.meter.launch_cost(1, o.vcpu, o.memory_gb, o.arch, o.spot) / 60.0
+        per_s = self._node_cost_per_s
         now = self.clock()
         while len(self._always_nodes) < nodes:
             self._always_nodes.append(now)

@@ -79,19 +79,27 @@ def drivers_attached(address: str, timeout: float = 5.0) -> int:
     return 0 if reply is None else reply.sessions
 
 
-def head_status(address: str, timeout: float) -> Any:
-    """The head's StatusReply (asked with its token), or None when it doesn't answer."""
+def status_reply(address: str, timeout: float) -> Any:
+    """The head's StatusReply, asked with its token; raises ValueError (no token to be found) or
+    grpc.RpcError (the head doesn't answer)."""
     import grpc
 
     from .. import _auth
     from .._proto import starburst_pb2 as pb
     from .._proto import starburst_pb2_grpc as pb_grpc
 
+    target, token = _auth.parse_address(address)
+    with grpc.insecure_channel(target) as channel:
+        return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=timeout,
+                                                metadata=_auth.call_metadata(token))
+
+
+def head_status(address: str, timeout: float) -> Any:
+    """``status_reply``, or None when the head doesn't answer."""
+    import grpc
+
     try:
-        target, token = _auth.parse_address(address)
-        with grpc.insecure_channel(target) as channel:
-            return pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=timeout,
-                                                    metadata=_auth.call_metadata(token))
+        return status_reply(address, timeout)
     except (ValueError, grpc.RpcError):
         return None
 

@@ -57,6 +57,8 @@ import time
 import urllib.request
 from typing import IO, Iterator, Optional
 
+from starburst.aws.launcher import eni_of
+
 from .latency_proxy import LatencyProxy
 
 log = logging.getLogger(__name__)
@@ -92,15 +94,6 @@ def _state_manager(endpoint: str, path: str, body: dict) -> None:
 
 def _env_list(items: Optional[list[dict]]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in items or []}
-
-
-def _eni_of(task: dict) -> Optional[str]:
-    for attachment in task.get("attachments", []):
-        if attachment.get("type") == "ElasticNetworkInterface":
-            for detail in attachment.get("details", []):
-                if detail.get("name") == "networkInterfaceId":
-                    return detail.get("value")
-    return None
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -477,7 +470,7 @@ class FakeEcsAgent:
                    or 47000)
         claims: list[IO] = []
         ip = self._take_host(port, claims)
-        blocked = self.firewall and not self._admits_head(_eni_of(task), port)
+        blocked = self.firewall and not self._admits_head(eni_of(task), port)
         listen_host = self._take_host(port, claims) if self.latency_ms > 0 or blocked else ip
         env = {**os.environ, **self.node_env, **task_env,
                "STARBURST_HOST": listen_host, "HOSTNAME": task_id}
@@ -497,7 +490,7 @@ class FakeEcsAgent:
             return
         record = NodeRecord(task_arn=arn, task_id=task_id, ip=ip, port=port,
                             listen_host=listen_host, proc=proc, log_path=log_path, env=env,
-                            eni_id=_eni_of(task), claims=claims)
+                            eni_id=eni_of(task), claims=claims)
         with self._lock:
             self._nodes[arn] = record
             self._changed.notify_all()
