@@ -231,7 +231,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"starburst logs: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.follow:
-        records = joblog.follow(job, stop=lambda: process.find_head() is None)
+        # Identify the head once; then only watch its pid (find_head asks the head over its socket,
+        # too much to repeat four times a second, and a slow answer would make it drop head.json).
+        head = process.find_head()
+        records = joblog.follow(job, stop=lambda: head is None or process.wait_exit(head.pid, 0.0))
     else:
         records = joblog.read(job)
     shown = 0

@@ -62,3 +62,28 @@ def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
     json.dumps(snap)  # what the dashboard sends
     kept = list(joblog.read("job-test"))
     assert [r["k"] for r in kept] == ["out", "error"] and "ValueError: boom" in kept[1]["text"]
+
+
+def test_cancelled_tasks_are_no_errors_and_handed_back_runs_no_runs(tmp_path, monkeypatch):
+    """A driver that leaves cancels its unfinished tasks: the job's log and the dashboard's errors
+    don't fill with them. A task a node hands back unstarted never ran: no timeline entry."""
+    monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
+    sched = Scheduler(open_store(f"file://{tmp_path / 'store'}"))
+    observer = sched.observer = Observer(sched, joblog.JobLogs())
+    session = Session(sched, "s1", lambda ops: None)
+    sched.open_session(session)
+    sched.on_client_ops(session, [pb.ClientOp(hello=pb.Hello(kind="driver")),
+                                  pb.ClientOp(function=pb.Function(id=b"f", name="work"))])
+    sched.on_client_ops(session, [pb.ClientOp(submit=_spec(i)) for i in range(5)])
+    node = Node(sched, "n1", pb.NodeHello(node_id="n1", resources=pb.Resources(cpus=1)), lambda ops: None)
+    sched.add_node(node)
+    sent = next(iter(node.inflight.values())).spec
+    sched.on_node_ops(node, [pb.NodeToHeadOp(done=pb.TaskDone(task_id=sent.task_id,
+                                                              failure=pb.TaskDone.NOT_STARTED))], relay=None)
+    assert [e for e in observer.trace() if e["ph"] == "X"] == []
+    sched.close_session(session)  # the driver leaves: its five tasks are cancelled
+    running = [pb.NodeToHeadOp(done=pb.TaskDone(task_id=t, failure=pb.TaskDone.CANCELLED)) for t in node.inflight]
+    sched.on_node_ops(node, running, relay=None)  # the node confirms those it had
+    assert sched.tasks_cancelled == 5
+    assert observer.snapshot()["errors"] == [] and observer.functions["mod.work"].failed == 0
+    assert [r for r in joblog.read("job-test") if r["k"] == "error"] == []

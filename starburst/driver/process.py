@@ -224,7 +224,7 @@ def wait_exit(pid: int, timeout: float) -> bool:
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return True
-    while time.monotonic() < deadline:
+    while True:  # looks at least once, so timeout=0 asks "has it exited?"
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 with contextlib.suppress(ChildProcessError):
@@ -232,6 +232,8 @@ def wait_exit(pid: int, timeout: float) -> bool:
                 return True
         except psutil.NoSuchProcess:
             return True
+        if time.monotonic() >= deadline:
+            return False
         try:
             proc.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             return True
@@ -239,4 +241,3 @@ def wait_exit(pid: int, timeout: float) -> bool:
             continue
         except psutil.NoSuchProcess:
             return True
-    return False

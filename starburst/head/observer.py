@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .._proto import starburst_pb2 as pb
 from .joblog import JobLogs
@@ -27,12 +27,11 @@ TIMELINE_EVENTS = 100_000
 
 
 class FunctionStats:
-    __slots__ = ("done", "failed", "seconds")
+    __slots__ = ("done", "failed")
 
     def __init__(self) -> None:
         self.done = 0
         self.failed = 0
-        self.seconds = 0.0
 
 
 class Observer:
@@ -45,7 +44,6 @@ class Observer:
         #: (name, node id, executor pid, start, end, failed): wall-clock times (the head's clock)
         self.timeline: collections.deque[tuple[str, str, int, float, float, bool]] = collections.deque(
             maxlen=TIMELINE_EVENTS)
-        self.finished = 0
         #: (time, finished so far, finished per function) at each snapshot: rates over ~the last 30
         self._rate_samples: collections.deque[tuple[float, int, dict[str, int]]] = collections.deque(maxlen=30)
 
@@ -61,20 +59,19 @@ class Observer:
             except OSError:
                 log.exception("could not keep the output of job %s", entry.job_id)
 
-    def on_done(self, node: "Node", done: pb.TaskDone) -> None:
-        """A node reports a task ended (also attempts that will be retried)."""
-        task = node.inflight.get(done.task_id) or node.actor_inflight.get(done.task_id)
-        if task is None:
-            return
+    def on_done(self, node: "Node", task: "Task", done: pb.TaskDone) -> None:
+        """A node reports a run of ``task`` ended (also attempts that will be retried; not tasks
+        handed back unstarted)."""
         end = time.time()
         failed = done.failure != pb.TaskDone.NONE or any(r.value.is_error for r in done.results)
         self.timeline.append((task.spec.name, node.node_id, done.executor_pid, end - done.duration_s, end, failed))
 
-    def on_finish(self, task: "Task", results: Iterable[pb.Object]) -> None:
-        """A task is over for good (its results are final: values or an error)."""
-        error = next((r.value for r in results if r.value.is_error), None)
+    def on_finish(self, task: "Task", error: pb.Value | None, cancelled: bool) -> None:
+        """A task is over for good: with its values, ``error``, or cancelled (a driver that leaves
+        cancels its unfinished tasks: that is no error of the job's, and not worth its log)."""
+        if cancelled:
+            return
         stats = self.functions[task.spec.name]
-        self.finished += 1
         if error is None:
             stats.done += 1
             return
@@ -96,14 +93,14 @@ class Observer:
         s = self.scheduler
         now = time.monotonic()
         per_function = {name: st.done + st.failed for name, st in self.functions.items()}
-        self._rate_samples.append((now, self.finished, per_function))
+        self._rate_samples.append((now, s.tasks_finished, per_function))
         t0, n0, f0 = self._rate_samples[0]
         span = now - t0
 
         def rate_of(count: int, before: int) -> float:
             return round((count - before) / span, 2) if span > 0.5 else 0.0
 
-        rate = rate_of(self.finished, n0)
+        rate = rate_of(s.tasks_finished, n0)
         funcs: dict[str, dict[str, Any]] = {}
 
         def row(name: str) -> dict[str, Any]:

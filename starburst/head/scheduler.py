@@ -585,9 +585,10 @@ class Scheduler:
 
     def _finish(self, task: Task, results: Iterable[pb.Object], cancelled: bool = False) -> None:
         results = list(results)
+        error = None if cancelled else next((r.value for r in results if r.value.is_error), None)
         if cancelled:
             self.tasks_cancelled += 1
-        elif any(r.value.is_error for r in results):
+        elif error is not None:
             self.tasks_failed += 1
         if task.state == Task.QUEUED:
             try:
@@ -604,7 +605,7 @@ class Scheduler:
                     except ValueError:
                         pass
         if self.observer is not None:
-            self.observer.on_finish(task, results)
+            self.observer.on_finish(task, error, cancelled)
         task.state = Task.DONE
         self.cancelling.discard(task.spec.task_id)
         task.owner.outstanding -= 1
@@ -749,16 +750,18 @@ class Scheduler:
             session.push(pb.HeadOp(log=entry))
 
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
-        if self.observer is not None:
-            self.observer.on_done(node, done)
         node.recalling.discard(done.task_id)
-        if done.failure != pb.TaskDone.NOT_STARTED:
+        started = done.failure != pb.TaskDone.NOT_STARTED
+        if started:
             node.last_progress = self.clock()
         task = node.inflight.pop(done.task_id, None)
+        call = None if task is not None else node.actor_inflight.pop(done.task_id, None)
+        ran = task if task is not None else call
+        if self.observer is not None and started and ran is not None:
+            self.observer.on_done(node, ran, done)  # a run that happened (handed back: none)
         if task is None:
-            task = node.actor_inflight.pop(done.task_id, None)
-            if task is not None:
-                self._call_done(task, done)
+            if call is not None:
+                self._call_done(call, done)
             return
         if task.spec.HasField("actor"):  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
