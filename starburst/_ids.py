@@ -47,6 +47,11 @@ def item_id(task_id: bytes, index: int) -> bytes:
     return object_id(task_id, index + 2)
 
 
+def item_index(object_id: bytes) -> int:
+    """The inverse of :func:`item_id`: which yielded value ``object_id`` is."""
+    return struct.unpack_from("<I", object_id, TASK_ID_BYTES)[0] - 2
+
+
 def put_id() -> bytes:
     """A fresh id for a ``put`` value (no task makes it)."""
     return object_id(new_id(), PUT_SLOT)

@@ -51,11 +51,13 @@ class NodeLink:
         reason = "stream ended"
         try:
             async with self._channel(self.address) as channel:
-                # The Node service's Work method, with a parser that counts the bytes received (from
-                # a Fargate node they are data transfer out of AWS: the cost meter bills them).
+                # The Node service's Work method, with a parser that counts the bytes received from
+                # a remote (Fargate) node: data transfer out of AWS, which the cost meter bills. This
+                # machine's node (a unix: address, as in a hybrid cluster) costs nothing.
+                parse = pb.NodeToHead.FromString if self.address.startswith("unix:") else self._parse
                 work = channel.stream_stream("/starburst.v1.Node/Work",
                                              request_serializer=pb.HeadToNode.SerializeToString,
-                                             response_deserializer=self._parse)
+                                             response_deserializer=parse)
                 call = work(metadata=self._metadata)
                 first = await call.read()
                 if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":

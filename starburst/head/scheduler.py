@@ -418,6 +418,7 @@ class Scheduler:
     def _function_dropped(self, function_id: bytes) -> None:
         """No session holds it and no task uses it: nodes drop it (and tell their executors)."""
         self.durations.pop(function_id, None)
+        self._run_times.pop(function_id, None)
         for node in self.nodes:
             if function_id in node.functions:
                 node.functions.discard(function_id)
@@ -730,7 +731,7 @@ class Scheduler:
             if item.value.WhichOneof("where") == "key":
                 self._delete_key(item.value.key)
             return
-        index = int.from_bytes(item.id[16:20], "little") - 2  # see generators.item_id
+        index = _ids.item_index(item.id)
         if index < task.streamed:  # a retry yields again what an earlier attempt already delivered
             if item.value.WhichOneof("where") == "key":
                 self._delete_key(item.value.key)
@@ -774,7 +775,9 @@ class Scheduler:
         if done.failure == pb.TaskDone.NONE:
             # The median: one call far longer than the rest (a straggler) doesn't make a short
             # function look long (that would cut its prefetch for the calls that follow).
-            recent = self._run_times.setdefault(task.spec.function_id, collections.deque(maxlen=RECENT_RUNS))
+            recent = self._run_times.get(task.spec.function_id)
+            if recent is None:
+                recent = self._run_times[task.spec.function_id] = collections.deque(maxlen=RECENT_RUNS)
             recent.append(done.duration_s)
             self.durations[task.spec.function_id] = sorted(recent)[len(recent) // 2]
             self.ran_on[node.node_id] += 1
