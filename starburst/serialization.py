@@ -10,6 +10,7 @@ Deserializing from a read-only memoryview gives read-only arrays (as Ray does).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -115,9 +116,15 @@ def deserialize(data: bytes | memoryview) -> Any:
 
 def pickle_exception_classes(retry: Any) -> bytes:
     """``retry_exceptions`` for the wire: ``True``, or a tuple of classes pickled by value when their
-    module can't be imported by the workers (a class defined in the script, ``__main__``)."""
+    module can't be imported by the workers (a class defined in the script, ``__main__``). Pickled
+    once per set of classes, not per ``.remote()``."""
+    return _pickled_classes(True if retry is True else tuple(retry))
+
+
+@functools.lru_cache(maxsize=64)
+def _pickled_classes(retry: Any) -> bytes:
     ship_user_modules()
-    return cloudpickle.dumps(True if retry is True else tuple(retry), protocol=5)
+    return cloudpickle.dumps(retry, protocol=5)
 
 
 def dumps_function(fn: Any) -> bytes:

@@ -211,10 +211,9 @@ class Client:
         """Submit a task; ``function`` is sent first unless the head holds it for us. ``owner``: the
         object the function came from; once it is gone the head may drop the function."""
         ops = []
-        if function is not None:
-            _check_size(function)
         with self._cond:
             if function is not None and function.id not in self._functions_sent:
+                _check_size(function)  # before it counts as sent: a refused one is never recorded
                 self._functions_sent.add(function.id)
                 ops.append(pb.ClientOp(function=function))
             if function is not None and owner is not None:
@@ -240,12 +239,12 @@ class Client:
                 self._requests.pop(request.request_id, None)
 
     def send_function(self, function: pb.Function, owner: Any = None) -> None:
-        _check_size(function)
         with self._cond:
             if owner is not None:
                 self._track_owner(function.id, owner)
             if function.id in self._functions_sent:
                 return
+            _check_size(function)
             self._functions_sent.add(function.id)
         self._send(pb.ClientOp(function=function))
 
