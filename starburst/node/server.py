@@ -91,7 +91,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.lease_timer: asyncio.Future | None = None
         self._stuck_timer: asyncio.TimerHandle | None = None
         self._stuck_task: asyncio.Future | None = None
-        self.draining = False
+        self._trim = False  # functions were dropped: give freed memory back after the batch
         self.stop = asyncio.Event()
         self.address = ""
         self.loop = asyncio.get_running_loop()
@@ -130,6 +130,9 @@ class NodeServer(pb_grpc.NodeServicer):
                         break
                     for op in msg.ops:
                         self._on_head_op(op)
+                    if self._trim:
+                        self._trim = False
+                        trim_memory()
                     self._pump()
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
@@ -162,7 +165,7 @@ class NodeServer(pb_grpc.NodeServicer):
         lease for a head to dial it again (a dropped connection), then stops: a closed laptop never
         leaves a bill running. The work of the lost stream is dropped; the head retries it."""
         lease = self.args.reconnect_lease
-        if self.stop.is_set() or lease <= 0 or self.draining:
+        if self.stop.is_set() or lease <= 0 or self.pool.draining:
             self.stop.set()
             return
         log.warning("lost the head; waiting up to %s s for it to reconnect", lease)
@@ -204,7 +207,7 @@ class NodeServer(pb_grpc.NodeServicer):
                 if op.forget_function in executor.functions:
                     executor.functions.discard(op.forget_function)
                     executor.send(pb.NodeToExecutorMsg(forget_function=op.forget_function))
-            trim_memory()
+            self._trim = True  # once the whole batch is applied: the head drops functions in batches
         elif kind == "kill_actor":
             executor = self.actors.get(op.kill_actor)
             if executor is not None and executor.proc is not None and executor.proc.poll() is None:
@@ -501,9 +504,8 @@ class NodeServer(pb_grpc.NodeServicer):
         """Stop gracefully: take no more work, hand queued tasks back to the head unrun, let the
         running ones finish (up to the drain timeout), then exit. Nothing is lost: what doesn't
         finish in time is retried elsewhere when this node's stream ends."""
-        if self.draining:
+        if self.pool.draining:
             return
-        self.draining = True
         log.warning("draining: no new tasks; %d running", self.pool.running())
         self.to_head(pb.NodeToHeadOp(draining=True))
         self.pool.drain()
