@@ -7,7 +7,7 @@ import time
 from typing import Any, Iterator
 
 from ._ids import item_id
-from .object_ref import ObjectRef
+from .object_ref import NIL_ID, ObjectRef
 
 
 class ObjectRefGenerator:
@@ -60,7 +60,7 @@ class ObjectRefGenerator:
             if count is not None and self._next >= count:
                 self._finish()
                 return None
-            client.wait_any([oid], timeout)  # items always precede the end: it is on its way
+            client.wait_any([oid], None)  # items always precede the end: it is on its way, so no timeout
         self._next += 1
         ref = ObjectRef(oid, client)
         client.decref(oid)  # the arrival hold passes to the ref
@@ -112,22 +112,8 @@ class ObjectRefGenerator:
         return f"ObjectRefGenerator({self._task_id.hex()})"
 
 
-class _NilRef(ObjectRef):
-    """What ``_next_sync`` returns when no item came within its timeout."""
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__(b"\0" * 20)
-
-    def is_nil(self) -> bool:
-        return True
-
-    def __del__(self) -> None:
-        pass
-
-
-_NIL: Any = _NilRef()
+#: What ``_next_sync`` returns when no item came within its timeout (holds nothing).
+_NIL = ObjectRef(NIL_ID)
 
 
 def wait_with_generators(client: Any, items: list, num_returns: int, timeout: float | None) -> tuple[list, list]:

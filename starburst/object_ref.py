@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     import asyncio
 
 
+#: The id of the nil ref: no object has it.
+NIL_ID = bytes(20)
+
+
 class ObjectRef:
     """A reference to a remote value, as returned by ``f.remote()`` and ``put()``.
 
@@ -44,6 +48,10 @@ class ObjectRef:
 
     def task_id(self) -> bytes:
         return _ids.task_of(self._id)
+
+    def is_nil(self) -> bool:
+        """True for the nil ref (what ``ObjectRefGenerator._next_sync`` returns on a timeout)."""
+        return self._id == NIL_ID
 
     def __hash__(self) -> int:
         return hash(self._id)

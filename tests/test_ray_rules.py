@@ -107,6 +107,18 @@ def one_then_block(signal):
     yield "after"
 
 
+def test_next_sync_returns_the_next_ref_or_a_nil_one_on_timeout(cluster):
+    """Ray's non-blocking form: ``ref = gen._next_sync(timeout_s=...)``, then ``ref.is_nil()``."""
+    signal = Signal.remote()
+    gen = one_then_block.remote(signal)
+    first = gen._next_sync(timeout_s=60)
+    assert not first.is_nil() and cluster.get(first) == "before"
+    assert gen._next_sync(timeout_s=0.2).is_nil()  # the second waits for the signal
+    signal.send.remote()
+    second = gen._next_sync(timeout_s=60)
+    assert not second.is_nil() and cluster.get(second) == "after"
+
+
 def test_cancel_takes_a_generator(cluster):
     never = Signal.remote()
     gen = one_then_block.remote(never)
