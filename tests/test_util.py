@@ -445,3 +445,17 @@ def test_pool_context_manager_terminates_and_maxtasksperchild(cluster):
 def test_pool_rejects_more_processes_than_cpus(cluster):
     with pytest.raises(ValueError, match="CPUs"):
         Pool(processes=64)
+
+
+def test_node_ip_address_is_an_address_on_a_fargate_node(monkeypatch):
+    """A Fargate node listens on 0.0.0.0 (its STARBURST_HOST): that is no address to give out."""
+    import socket
+
+    from starburst.util import get_node_ip_address
+
+    monkeypatch.setenv("STARBURST_HOST", "0.0.0.0")
+    monkeypatch.setenv("STARBURST_TLS_BUNDLE", "s3://bucket/cluster/tls/node-bundle.json")
+    assert get_node_ip_address() == socket.gethostbyname(socket.gethostname()) != "0.0.0.0"
+    monkeypatch.delenv("STARBURST_TLS_BUNDLE")
+    monkeypatch.delenv("STARBURST_HOST")
+    assert get_node_ip_address() == "127.0.0.1"  # this machine's cluster

@@ -22,11 +22,21 @@ __all__ = ["ActorPool", "as_completed", "map_unordered", "get_node_ip_address", 
 
 
 def get_node_ip_address() -> str:
-    """The address of the node this runs on, as Ray's ``ray.util.get_node_ip_address`` (loopback on
-    the local cluster)."""
+    """The address of the node this runs on, as Ray's ``ray.util.get_node_ip_address``: loopback on
+    the local cluster, the machine's own address on a Fargate node (whose STARBURST_HOST is the
+    0.0.0.0 it listens on, not an address)."""
     import os
+    import socket
 
-    return os.environ.get("STARBURST_HOST") or "127.0.0.1"
+    host = os.environ.get("STARBURST_HOST", "")
+    if host and host != "0.0.0.0":
+        return host
+    if not os.environ.get("STARBURST_TLS_BUNDLE"):  # not a Fargate node: this machine's cluster
+        return "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def inspect_serializability(obj: Any, name: str | None = None, **_: Any) -> tuple[bool, set]:
