@@ -148,7 +148,7 @@ def init(
             return _context()  # inside a task: the executor's session is used
         if address is None:
             address = os.environ.get("STARBURST_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
-        from .driver.client import Client, GrpcTransport
+        from .driver.client import Client, GrpcTransport, HeadUnavailableError
 
         for attempt in range(3):
             head_address = _resolve_head(address, num_cpus, fargate)
@@ -158,11 +158,10 @@ def init(
                     namespace=namespace or "",
                 )
                 break
-            except ConnectionError as exc:
+            except HeadUnavailableError:
                 # The cluster we found was ending (its last driver had just left), or ended between
                 # finding it and connecting: look again, and start another if none is left.
-                ending = "shutting down" in str(exc) or "is gone or does not answer" in str(exc)
-                if address not in (None, "auto") or _started_head is not None or not ending or attempt == 2:
+                if address not in (None, "auto") or _started_head is not None or attempt == 2:
                     raise
         _runtime.job_runtime_env = dict(runtime_env or {})
         _runtime.set_client(client)

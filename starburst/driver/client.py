@@ -92,7 +92,8 @@ class Client:
                 self.closed = True
         if self.welcome is None:
             transport.close()
-            raise ConnectionError(f"could not open a session with the starburst head: {error}")
+            gone = HeadUnavailableError if getattr(transport, "unavailable", False) else ConnectionError
+            raise gone(f"could not open a session with the starburst head: {error}")
         if self.welcome.head_version and self.welcome.head_version != __version__:
             self.closed = True
             transport.close()
@@ -681,6 +682,10 @@ def print_log(log: pb.Log) -> None:
         pass
 
 
+class HeadUnavailableError(ConnectionError):
+    """The head found in ``head.json`` ended (or was ending) before a session with it opened."""
+
+
 class GrpcTransport:
     """One bidirectional gRPC stream to the head, driven by an asyncio loop on a daemon thread."""
 
@@ -689,6 +694,8 @@ class GrpcTransport:
 
         self.address = address
         self._target, self._token = parse_address(address)  # ValueError: no token to present
+        #: The head refused or couldn't take the stream (UNAVAILABLE: gone, or shutting down).
+        self.unavailable = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._wake_pending = False
@@ -815,6 +822,7 @@ class GrpcTransport:
                     error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
                               "and the head ended this session)")
                 elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.unavailable = True
                     error = f"the head at {self.address} is gone or does not answer ({error})"
             finally:
                 if heartbeat_task is not None:
