@@ -9,8 +9,10 @@ import threading
 from typing import Any, Callable, Sequence, TypeVar, overload
 
 from . import _runtime
+from .generators import ObjectRefGenerator, wait_with_generators
 from .object_ref import ObjectRef
 from .options import check_timeout
+from . import progress as progress_mod
 from .progress import AutoProgress, configure_progress
 from .remote_function import RemoteFunction
 
@@ -167,14 +169,15 @@ def init(
         _runtime.set_client(client)
         configure_progress(progress)
         _announce_dashboard(head_address, client.welcome.job_id if client.welcome else "")
-        from .progress import watch_launches
+        if _head_record(head_address).get("provider") == "fargate":
+            from .progress import watch_launches
 
-        watch_launches(head_address, client)  # Fargate: a live line while workers launch and join
+            watch_launches(head_address, client)  # a live line while workers launch and join
         return _context()
 
 
-def dashboard_url(head_address: str | None = None) -> str:
-    """The running head's dashboard URL (with its token), from ``head.json``; "" if unknown."""
+def _head_record(head_address: str | None) -> dict:
+    """``head.json`` of the running head (if it is the head at ``head_address``), else {}."""
     import json
 
     from . import config
@@ -182,10 +185,15 @@ def dashboard_url(head_address: str | None = None) -> str:
     try:
         info = json.loads(config.head_file().read_text())
     except (OSError, ValueError):
-        return ""
+        return {}
     if head_address is not None and info.get("address") != head_address:
-        return ""
-    return str(info.get("dashboard") or "")
+        return {}
+    return info
+
+
+def dashboard_url(head_address: str | None = None) -> str:
+    """The running head's dashboard URL (with its token), from ``head.json``; "" if unknown."""
+    return str(_head_record(head_address).get("dashboard") or "")
 
 
 def _announce_dashboard(head_address: str, job_id: str) -> None:
@@ -422,8 +430,6 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     Raises the task's error as soon as one is known, :class:`GetTimeoutError` after ``timeout``
     seconds (``timeout=0`` only looks).
     """
-    from .generators import ObjectRefGenerator
-
     if isinstance(object_refs, ObjectRefGenerator):
         return object_refs  # as in Ray: get() of a generator returns it (iterate it for the values)
     single = isinstance(object_refs, ObjectRef)
@@ -445,7 +451,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     check_timeout(timeout)
     _check_alive(refs)
     client = _runtime.get_client()
-    if len(refs) < 2:
+    if len(refs) < 2 or (timeout is not None and timeout < progress_mod.DELAY_S):  # no bar would show
         values = client.get(refs, timeout)
     else:
         with AutoProgress(refs, len(refs), "get"):
@@ -466,8 +472,6 @@ def wait(
     ``num_returns`` refs. An ``ObjectRefGenerator`` in the list is ready when its next item (or its
     end) is, as in Ray.
     """
-    from .generators import ObjectRefGenerator, wait_with_generators
-
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef")
     if not isinstance(object_refs, list):
@@ -488,7 +492,7 @@ def wait(
     client = _runtime.get_client()
     if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
         return wait_with_generators(client, object_refs, num_returns, timeout)
-    if num_returns < 2:
+    if num_returns < 2 or (timeout is not None and timeout < progress_mod.DELAY_S):  # no bar would show
         return client.wait(object_refs, num_returns, timeout)
     with AutoProgress(object_refs, num_returns, "wait"):
         return client.wait(object_refs, num_returns, timeout)
@@ -514,8 +518,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     killed). ``get`` on it then raises :class:`TaskCancelledError`. ``recursive`` also cancels the
     tasks it submitted. Cancelled tasks are not retried.
     """
-    from .generators import ObjectRefGenerator
-
     if isinstance(object_ref, ObjectRefGenerator):  # as in Ray: cancels the generator's task
         object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):

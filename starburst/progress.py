@@ -6,7 +6,9 @@
   (2 s), but only where a person is looking: a terminal (stdout and stderr both TTYs) or a notebook.
   Never in a non-interactive run; off with ``init(progress=False)`` or ``STARBURST_PROGRESS=0``.
 
-The bar follows arrivals (it blocks in ``wait`` for the next results), it never polls.
+``progress()`` follows arrivals (it blocks in ``wait``); the automatic bar looks at the refs the
+call waits for four times a second (lookups in the session's table, no locks, no messages), so it
+never slows the call it decorates and goes away as soon as the call returns.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def format_cluster(state: dict) -> str:
     return ", ".join(parts)
 
 
-def cluster_line(dashboard_url: str) -> str:
+def cluster_line(dashboard_url: str, timeout: float = 1.0) -> str:
     """:func:`format_cluster` of the head behind ``dashboard_url`` ("" if it can't be read)."""
     import json
     import urllib.request
@@ -99,7 +101,7 @@ def cluster_line(dashboard_url: str) -> str:
     base, _, query = dashboard_url.partition("?")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
     try:
-        with opener.open(f"{base.rstrip('/')}/api/state?{query}", timeout=5) as response:
+        with opener.open(f"{base.rstrip('/')}/api/state?{query}", timeout=timeout) as response:
             return format_cluster(json.load(response))
     except (OSError, ValueError):
         return ""
@@ -182,24 +184,22 @@ class AutoProgress:
             url = dashboard_url(getattr(getattr(client, "transport", None), "address", None))
             fargate = bool(url and cluster_line(url))  # the local cluster has no line to show
             shown = 0.0
-            ready, pending = _ready_now(client, self.refs)
-            count = len(ready)
-            with _bar(self.needed, self.desc, initial=min(count, self.needed)) as bar:
-                while pending and count < self.needed and not self._done.is_set():
+            pending = [r._id for r in self.refs]
+            finishing = False
+            with _bar(self.needed, self.desc) as bar:
+                while True:
+                    still = [i for i in pending if not client.has_value(i)]
+                    added = min(len(pending) - len(still), self.needed - bar.n)
+                    pending = still
+                    if added:
+                        _show(bar, added, self._started)
+                    if finishing or bar.n >= self.needed or not pending:
+                        break
                     if fargate and time.monotonic() - shown >= 1.0:  # launches, joins, cost: live
                         shown = time.monotonic()
                         line = cluster_line(url)
-                        bar.set_description_str(f"{self.desc} [{line}]" if line else self.desc, refresh=False)
-                    # Block for the next arrival; the bound only lets us notice that the get is over.
-                    ready, pending = client.wait(pending, 1, 0.5)
-                    if ready and pending:
-                        more, pending = _ready_now(client, pending)
-                        ready += more
-                    count += len(ready)
-                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
-                if pending and count < self.needed:  # the call is over: show where it ended
-                    ready, pending = _ready_now(client, pending)
-                    _show(bar, min(len(ready), self.needed - bar.n), self._started)
+                        bar.set_description_str(f"{self.desc} [{line}]" if line else self.desc)
+                    finishing = self._done.wait(0.25)  # the call is over: one last look, then go
         except Exception:  # noqa: BLE001 - a progress bar must never break the get it decorates
             return
 
