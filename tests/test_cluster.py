@@ -7,6 +7,7 @@ import filecmp
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +288,25 @@ def test_sigterm_drains_the_node_and_loses_nothing(tmp_path):
         assert wait_gone([info["node"]], timeout=10) == []
     finally:
         cli(home, "down")
+
+
+def test_up_on_a_port_it_cannot_take_says_so_and_leaves_nothing(tmp_path):
+    """``starburst up --listen`` on a taken port: one clear error, and no socket directory, token or
+    store left behind (the head used to raise out of its start with all three still there)."""
+    import socket
+    import tempfile
+
+    runtime = pathlib.Path(tempfile.mkdtemp(prefix="sb-rt-", dir="/tmp"))  # short: socket paths
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = cli(tmp_path / "home", "up", "--num-cpus", "1", "--listen", f"127.0.0.1:{port}",
+                  env={"STARBURST_RUNTIME_DIR": str(runtime)})
+    try:
+        assert out.returncode == 1, out.stderr
+        assert f"could not listen on 127.0.0.1:{port}" in out.stderr
+        assert list(runtime.iterdir()) == []
+        assert not (tmp_path / "home" / "head.json").exists()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -202,10 +202,17 @@ class Head(pb_grpc.HeadServicer):
         server.add_insecure_port(self.address)
         self.listen_address = ""
         if self.args.listen:
-            host, _, port_text = self.args.listen.rpartition(":")
-            port = server.add_insecure_port(self.args.listen)
+            host = self.args.listen.rpartition(":")[0]
+            try:
+                port = server.add_insecure_port(self.args.listen)
+            except RuntimeError:  # grpcio raises when it can't bind (older ones returned 0)
+                port = 0
             if not port:
-                raise SystemExit(f"error: could not listen on {self.args.listen}")
+                announce(f"error: could not listen on {self.args.listen} (an address of this machine and a "
+                         "free port?)")
+                self.store.destroy()
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+                raise SystemExit(1)
             self.listen_address = f"{self.token}@{host}:{port}"
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
