@@ -19,6 +19,8 @@ import pathlib
 import secrets
 from typing import Any
 
+from ._files import write_atomic
+
 #: gRPC metadata key carrying the token.
 METADATA_KEY = "starburst-token"
 TOKEN_FILE = "token"
@@ -30,10 +32,7 @@ def new_token() -> str:
 
 def write_token(directory: pathlib.Path, token: str) -> None:
     """Write the token owner-only next to a cluster's sockets."""
-    path = directory / TOKEN_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+    write_atomic(directory / TOKEN_FILE, [token.encode()])  # 0600 from the moment it exists
 
 
 def parse_address(address: str) -> tuple[str, str]:

@@ -137,6 +137,16 @@ def log_dir() -> pathlib.Path:
     return private_dir(home() / "logs")
 
 
+#: In a local store's directory: the path of its spill directory on disk (written by the head that
+#: makes the store, read by every process that opens it).
+SPILL_FILE = ".spill"
+
+
+def head_log() -> pathlib.Path:
+    """The head's log: its messages and its local node's (``$STARBURST_HOME/logs/head.log``)."""
+    return log_dir() / "head.log"
+
+
 def open_log(path: str | os.PathLike):
     """Open a log file for appending, owner-only (0600) whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -123,7 +123,7 @@ def start_head(num_cpus: float | None, exit_when_unused: bool, listen: str = "",
         cmd += ["--num-cpus", str(num_cpus)]
     if exit_when_unused:
         cmd.append("--exit-when-unused")
-    log_path = config.log_dir() / "head.log"
+    log_path = config.head_log()
     _rotate_log(log_path)
     with config.open_log(log_path) as log_file:
         proc = subprocess.Popen(

@@ -1,7 +1,8 @@
 import os
-import secrets
 
 from .. import config
+from .._auth import new_token
+from .._files import write_atomic
 from .._memory import return_large_blocks
 from .launch import parse_args, spawn_local_node
 
@@ -13,10 +14,9 @@ if args.provider == "local":
     spill_dir = config.spill_root() / f"starburst-{args.cluster_id}-spill"
     if spill_dir.parent != config.shm_root():  # the store is in memory: beyond its cap, objects go to disk
         config.private_dir(spill_dir)
-        with open(os.path.join(store_dir, ".spill"), "w") as f:
-            f.write(str(spill_dir))
-    log_path = str(config.log_dir() / "head.log")  # one log for the head and its node
-    node_token = secrets.token_urlsafe(32)
+        write_atomic(os.path.join(store_dir, config.SPILL_FILE), [str(spill_dir).encode()])
+    log_path = str(config.head_log())  # one log for the head and its node
+    node_token = new_token()
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import
                                   str(config.cluster_runtime_dir(args.cluster_id)), node_token)
 
@@ -43,7 +43,7 @@ else:
 
         scratch = str(config.private_dir(config.shm_root() / f"starburst-{args.cluster_id}"))
         provider.attach_local(LocalProvider(args.num_cpus, scratch, args.cluster_id, None,
-                                            secrets.token_urlsafe(32), store_url=provider.store_url))
+                                            new_token(), store_url=provider.store_url))
 
 from .server import run  # noqa: E402
 

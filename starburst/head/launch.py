@@ -12,6 +12,8 @@ import subprocess
 import sys
 import uuid
 
+from .. import config
+
 
 def default_cpus() -> float:
     return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -46,8 +48,7 @@ def spawn_local_node(node_id: str, num_cpus: float, store_dir: str, log_path: st
     (handed over in its environment: only this user can read a process's environment).
     ``store_url``: the cluster's store when it is not ``store_dir`` (a hybrid cluster's S3 store;
     ``store_dir`` is then only the node's scratch directory)."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "ab") as log_file:
+    with config.open_log(log_path) as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "starburst.node", "--node-id", node_id, "--num-cpus", str(num_cpus),
              "--store", store_url or "file://" + store_dir, "--parent-pid", str(os.getpid()),

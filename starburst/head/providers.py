@@ -94,7 +94,7 @@ class LocalProvider(NodeProvider):
         assert self.head is not None
         node = LocalNodeProcess(
             f"local-{self.started}", self.num_cpus, self.store_dir,
-            str(config.log_dir() / "head.log"), self.first_node,
+            str(config.head_log()), self.first_node,
             str(config.cluster_runtime_dir(self.cluster_id)), self.node_token, self._node_store,
         )
         self.first_node = None

@@ -374,7 +374,7 @@ def run(args: argparse.Namespace, provider: NodeProvider) -> None:
 def _drop_empty_log() -> None:
     """No empty log files: remove our log (stderr) if nothing was written to it, the usual case
     for a head that ran without trouble. Its nodes have stopped by now."""
-    path = config.log_dir() / "head.log"
+    path = config.head_log()
     try:
         ours, there = os.fstat(sys.stderr.fileno()), path.stat()
         if there.st_size == 0 and (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):

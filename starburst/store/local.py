@@ -14,12 +14,13 @@ import mmap
 import os
 import shutil
 
+from .. import config
 from .._files import write_atomic
 from ..exceptions import ObjectStoreFullError
 from ..serialization import Serialized
 from .base import ObjectStore
 
-SPILL_FILE = ".spill"
+SPILL_FILE = config.SPILL_FILE
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
