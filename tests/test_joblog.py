@@ -62,10 +62,10 @@ def test_retention_keeps_recent_jobs_only(home, monkeypatch):
     ages = [0.1, 0.2, 8, 0.3, 0.4]
     for i in range(len(ages)):
         logs.write(f"job-{i}", "out", "f", 1, "", "x")
+    logs.close()  # written out (records are buffered until a flush): now age them
     for i, age_days in enumerate(ages):
         path = joblog.jobs_dir() / f"job-{i}" / joblog.OUTPUT
         os.utime(path, (now - age_days * 86400, now - age_days * 86400))
-    logs.close()
     monkeypatch.setenv("STARBURST_LOG_MAX_JOBS", "3")
     removed = joblog.prune(now)
     # job-2 is past 7 days; of the rest, the 3 most recent stay (job-4 is the oldest of those 4).

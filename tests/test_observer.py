@@ -60,6 +60,7 @@ def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
                                                                                      (4243, "n1", True)]
     assert abs(trace[0]["dur"] - 0.25e6) < 1
     json.dumps(snap)  # what the dashboard sends
+    sched.flush()  # as the head does after each batch: the job log's records reach the disk
     kept = list(joblog.read("job-test"))
     assert [r["k"] for r in kept] == ["out", "error"] and "ValueError: boom" in kept[1]["text"]
 
@@ -85,5 +86,6 @@ def test_cancelled_tasks_are_no_errors_and_handed_back_runs_no_runs(tmp_path, mo
     running = [pb.NodeToHeadOp(done=pb.TaskDone(task_id=t, failure=pb.TaskDone.CANCELLED)) for t in node.inflight]
     sched.on_node_ops(node, running, relay=None)  # the node confirms those it had
     assert sched.tasks_cancelled == 5
+    sched.flush()
     assert observer.snapshot()["errors"] == [] and observer.functions["mod.work"].failed == 0
     assert [r for r in joblog.read("job-test") if r["k"] == "error"] == []

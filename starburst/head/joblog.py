@@ -51,35 +51,20 @@ def max_jobs() -> int:
 
 
 def jobs_dir(create: bool = False) -> pathlib.Path:
-    """``$STARBURST_HOME/logs/jobs`` (made 0700 when ``create``)."""
+    """``$STARBURST_HOME/logs/jobs`` (made owner-only when ``create``)."""
     path = config.home() / "logs" / "jobs"
-    if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        os.chmod(path, 0o700)
-    return path
+    return config.private_dir(path) if create else path
 
 
 def prune(now: float | None = None) -> list[str]:
     """Apply the retention rule; returns the job ids removed."""
-    root = jobs_dir()
-    if not root.is_dir():
-        return []
     now = time.time() if now is None else now
-    jobs = []
-    for d in root.iterdir():
-        if d.is_dir():
-            try:
-                jobs.append((_last_write(d), d))
-            except OSError:
-                continue
-    jobs.sort(reverse=True)
     cutoff = now - retention_days() * 86400
     removed = []
-    for i, (mtime, d) in enumerate(jobs):
+    for i, (job_id, mtime) in enumerate(list_jobs()):
         if i >= max_jobs() or mtime < cutoff:
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d.name)
+            shutil.rmtree(jobs_dir() / job_id, ignore_errors=True)
+            removed.append(job_id)
     return removed
 
 
@@ -94,45 +79,50 @@ class JobLogs:
     OPEN_FILES = 16
 
     def __init__(self) -> None:
-        self._files: OrderedDict[str, IO[str]] = OrderedDict()
+        #: job id -> (its open file, bytes in it); records are buffered until ``flush``
+        self._files: OrderedDict[str, list] = OrderedDict()
+        self._max_bytes = max_bytes()
         prune()
 
     def write(self, job_id: str, kind: str, task: str, pid: int, node: str, text: str) -> None:
-        if not job_id or not _JOB_ID.match(job_id):
+        entry = self._files.get(job_id) or self._open(job_id)
+        if entry is None:
             return
+        self._files.move_to_end(job_id)
         record = json.dumps({"t": round(time.time(), 3), "k": kind, "task": task, "pid": pid, "node": node,
-                             "text": text}, ensure_ascii=False)
-        f = self._file(job_id)
-        f.write(record + "\n")
-        f.flush()
-        if f.tell() >= max_bytes():
+                             "text": text}, ensure_ascii=False) + "\n"
+        entry[0].write(record)
+        entry[1] += len(record.encode("utf-8")) if not record.isascii() else len(record)
+        if entry[1] >= self._max_bytes:
             self._rotate(job_id)
 
-    def _file(self, job_id: str) -> IO[str]:
-        f = self._files.get(job_id)
-        if f is not None:
-            self._files.move_to_end(job_id)
-            return f
+    def flush(self) -> None:
+        """Put what was written on disk (the head calls it once per batch it handles)."""
+        for f, _ in self._files.values():
+            f.flush()
+
+    def _open(self, job_id: str) -> list | None:
+        if not job_id or not _JOB_ID.match(job_id):
+            return None
         job_dir = jobs_dir(create=True) / job_id
         new_job = not job_dir.exists()
-        job_dir.mkdir(mode=0o700, exist_ok=True)
+        config.private_dir(job_dir)
         fd = os.open(job_dir / OUTPUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        f = os.fdopen(fd, "a", encoding="utf-8")
-        self._files[job_id] = f
+        entry = self._files[job_id] = [os.fdopen(fd, "a", encoding="utf-8"), os.fstat(fd).st_size]
         while len(self._files) > self.OPEN_FILES:
-            _, old = self._files.popitem(last=False)
+            _, (old, _size) = self._files.popitem(last=False)
             old.close()
         if new_job:
             prune()
-        return f
+        return entry
 
     def _rotate(self, job_id: str) -> None:
-        self._files.pop(job_id).close()
+        self._files.pop(job_id)[0].close()
         job_dir = jobs_dir() / job_id
         os.replace(job_dir / OUTPUT, job_dir / ROTATED)
 
     def close(self) -> None:
-        for f in self._files.values():
+        for f, _ in self._files.values():
             f.close()
         self._files.clear()
 
@@ -174,12 +164,8 @@ def find_job(prefix: str | None) -> str:
 def read(job_id: str) -> Iterator[dict]:
     """Every record the job has kept, oldest first (the rotated file, then the current one)."""
     job_dir = jobs_dir() / job_id
-    for name in (ROTATED, OUTPUT):
-        try:
-            with open(job_dir / name, encoding="utf-8") as f:
-                yield from _records(f)
-        except FileNotFoundError:
-            continue
+    yield from _read_file(job_dir / ROTATED)
+    yield from _read_file(job_dir / OUTPUT)
 
 
 def _records(f: IO[str]) -> Iterator[dict]:

@@ -59,6 +59,14 @@ class Observer:
             except OSError:
                 log.exception("could not keep the output of job %s", entry.job_id)
 
+    def flush(self) -> None:
+        """Once per batch the head handled: the job logs' buffered records go to disk."""
+        if self.joblogs is not None:
+            try:
+                self.joblogs.flush()
+            except OSError:
+                log.exception("could not write the job logs")
+
     def on_done(self, node: "Node", task: "Task", done: pb.TaskDone) -> None:
         """A node reports a run of ``task`` ended (also attempts that will be retried; not tasks
         handed back unstarted)."""

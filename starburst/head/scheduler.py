@@ -310,6 +310,8 @@ class Scheduler:
                 ops = sink.take()
                 if ops:
                     sink.deliver(ops)
+        if self.observer is not None:
+            self.observer.flush()
 
     # ------------------------------------------------------------------ sessions
 
