@@ -39,7 +39,7 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from .framing import encode, recv_frame
+from .framing import crash_report_path, encode, recv_frame
 
 
 class Executor:
@@ -632,20 +632,6 @@ class Executor:
             done.retryable = allowed is True or (isinstance(allowed, tuple) and isinstance(cause, allowed))
 
 
-def crash_report_path(socket_path: str, executor_id: int) -> str:
-    return os.path.join(os.path.dirname(socket_path), f"executor-{executor_id}.crash")
-
-
-def read_crash_report(socket_path: str, executor_id: int) -> list[str]:
-    """The fatal-error report a dead executor left (its lines; [] if none), removing the file."""
-    path = crash_report_path(socket_path, executor_id)
-    try:
-        with open(path, errors="replace") as f:
-            text = f.read(8192)
-        os.unlink(path)
-    except OSError:
-        return []
-    return text.splitlines()
 
 
 def spec_run(spec: pb.TaskSpec) -> pb.Run:

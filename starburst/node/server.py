@@ -21,8 +21,7 @@ from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
-from .framing import encode, read_frames
-from .executor import read_crash_report
+from .framing import encode, read_crash_report, read_frames
 from .launch import Early, pool_size, spawn_executor
 from .pool import Pool, Slot
 
@@ -354,9 +353,9 @@ class NodeServer(pb_grpc.NodeServicer):
         self.to_head(pb.NodeToHeadOp(executors=alive))
 
     def _executor_gone(self, executor: Executor, code: int) -> None:
-        executor.crash_report = read_crash_report(self.socket_path, executor.id)
         if self.executors.get(executor.id) is not executor:
             return
+        executor.crash_report = read_crash_report(self.socket_path, executor.id)
         self.executors.pop(executor.id, None)
         self._report_executors()
         if executor.has_session:
