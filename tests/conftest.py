@@ -125,5 +125,7 @@ def agent(rehearsal, tmp_path):
     import starburst
 
     with rehearsal.agent(tmp_path / "nodes") as a:
-        yield a
-    starburst.shutdown()
+        try:
+            yield a
+        finally:
+            starburst.shutdown()  # while the nodes still run: the cluster stops them itself

@@ -123,13 +123,17 @@ def test_killed_driver_takes_its_cluster_down(tmp_path):
 def test_killed_head_takes_nodes_and_executors_down(tmp_path):
     home = tmp_path / "home"
     assert cli(home, "up", "--num-cpus", "2").returncode == 0
-    status = json.loads(cli(home, "status", "--json").stdout)
-    head_pid = status["pid"]
-    pids = tree(head_pid)
-    assert len(pids) >= 4, pids
-    store = status["store"].removeprefix("file://")
-    sockets = pathlib.Path(json.loads((home / "head.json").read_text())["address"].removeprefix("unix:")).parent
-    assert sockets.is_dir()
+    try:
+        status = json.loads(cli(home, "status", "--json").stdout)
+        head_pid = status["pid"]
+        pids = tree(head_pid)
+        assert len(pids) >= 4, pids
+        store = status["store"].removeprefix("file://")
+        sockets = pathlib.Path(json.loads((home / "head.json").read_text())["address"].removeprefix("unix:")).parent
+        assert sockets.is_dir()
+    except BaseException:
+        cli(home, "down")  # not killed yet: don't leave the cluster running
+        raise
     os.kill(head_pid, signal.SIGKILL)
     assert wait_gone(pids, timeout=20) == []
     assert not os.path.exists(store)

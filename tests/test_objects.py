@@ -26,6 +26,7 @@ import pytest
 
 import starburst._runtime
 from starburst.serialization import serialize
+from conftest import wait_for
 
 GET_TIMEOUT = 30
 MiB = 1 << 20
@@ -64,16 +65,6 @@ def _object_files(store: pathlib.Path) -> set[str]:
         except FileNotFoundError:
             pass
     return names
-
-
-def _eventually(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def _release(*_names) -> None:
@@ -126,7 +117,7 @@ def test_large_put_file_lives_with_ref_and_is_deleted_after_release(cluster, sto
     assert np.array_equal(got, arr)
     del got, ref
     _release()
-    assert _eventually(lambda: name not in _object_files(store)), "the stored value outlived its last ref"
+    wait_for(lambda: name not in _object_files(store), 30, "the stored value outlived its last ref")
 
 
 def test_small_put_is_not_stored_as_a_file(cluster, store):
@@ -157,7 +148,7 @@ def test_large_task_result_file_lives_with_ref_and_is_deleted_after_release(clus
     assert np.array_equal(ray.get(ref, timeout=GET_TIMEOUT), _big(2))
     del got, ref
     _release()
-    assert _eventually(lambda: name not in _object_files(store))
+    wait_for(lambda: name not in _object_files(store), 30, "the store to let go of it")
 
 
 @pytest.mark.slow
@@ -188,9 +179,9 @@ def test_large_result_of_task_whose_ref_was_dropped_early_is_deleted(cluster, st
     time.sleep(0.2)  # the release reaches the head while the task still runs
     gate.write_text("go")
     # Nothing to get: wait until the task has finished, then its result must not stay behind.
-    assert _eventually(lambda: _status()["tasks_running"] == 0 and _status()["queued"] == 0, timeout=20)
+    wait_for(lambda: _status()["tasks_running"] == 0 and _status()["queued"] == 0, 30, "the store to let go of it")
     assert ray.get(marker.remote(), timeout=GET_TIMEOUT) == "ran"
-    assert _eventually(lambda: name not in _object_files(store)), "result nobody holds was left in the store"
+    wait_for(lambda: name not in _object_files(store), 30, "result nobody holds was left in the store")
 
 
 def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_path):
@@ -218,7 +209,7 @@ def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_p
     assert ray.get(ref, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del ref
     _release()
-    assert _eventually(lambda: not (new & _object_files(store))), "arguments stayed in the store after the task"
+    wait_for(lambda: not (new & _object_files(store)), 30, "arguments stayed in the store after the task")
 
 
 def test_cancelled_pending_task_large_argument_is_deleted(cluster, store, tmp_path):
@@ -240,7 +231,7 @@ def test_cancelled_pending_task_large_argument_is_deleted(cluster, store, tmp_pa
         ray.cancel(ref)
         with pytest.raises(ray.exceptions.TaskCancelledError):
             ray.get(ref, timeout=GET_TIMEOUT)
-        assert _eventually(lambda: not (new & _object_files(store))), "a cancelled task's arguments stayed"
+        wait_for(lambda: not (new & _object_files(store)), 30, "a cancelled task's arguments stayed")
     finally:
         gate.write_text("go")
         ray.get(blockers, timeout=GET_TIMEOUT)
@@ -274,7 +265,7 @@ def test_retried_task_still_has_its_large_arguments(cluster, store, tmp_path, ho
     assert marker.exists()
     del ref
     _release()
-    assert _eventually(lambda: not ((new | {dep_name}) & _object_files(store)))
+    wait_for(lambda: not ((new | {dep_name}) & _object_files(store)), 30, "the store to let go of it")
 
 
 # ------------------------------------------------------------------------------ refs inside values
@@ -305,7 +296,7 @@ def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster,
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), arr)
     del inner
     _release()
-    assert _eventually(lambda: x_name not in _object_files(store)), "x outlived the container and every ref"
+    wait_for(lambda: x_name not in _object_files(store), 30, "x outlived the container and every ref")
 
 
 def test_container_passed_to_task_keeps_inner_object_alive(cluster, store):
@@ -330,7 +321,7 @@ def test_container_passed_to_task_keeps_inner_object_alive(cluster, store):
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out
     _release()
-    assert _eventually(lambda: x_name not in _object_files(store))
+    wait_for(lambda: x_name not in _object_files(store), 30, "the store to let go of it")
 
 
 @pytest.mark.parametrize("shape", ["list", "bare_ref"])
@@ -361,7 +352,7 @@ def test_ref_put_inside_a_task_stays_valid_after_the_task_ends(cluster, store, s
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), _big(9))
     del result, inner
     _release()
-    assert _eventually(lambda: name not in _object_files(store))
+    wait_for(lambda: name not in _object_files(store), 30, "the store to let go of it")
 
 
 @pytest.mark.parametrize("how", ["top_level", "nested"])
@@ -388,7 +379,7 @@ def test_ref_dropped_by_driver_right_after_remote_still_resolves_in_task(cluster
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out
     _release()
-    assert _eventually(lambda: name not in _object_files(store))
+    wait_for(lambda: name not in _object_files(store), 30, "the store to let go of it")
 
 
 # ------------------------------------------------------------------------------------- zero copy
@@ -462,10 +453,10 @@ def test_large_array_through_a_chain_of_tasks(cluster, store):
     out = ray.get(ref, timeout=GET_TIMEOUT)
     assert np.allclose(out, arr + 5)
     assert names[-1] in _object_files(store)
-    assert _eventually(lambda: not (set(names[:-1]) & _object_files(store))), "intermediate values stayed"
+    wait_for(lambda: not (set(names[:-1]) & _object_files(store)), 30, "intermediate values stayed")
     del out, ref
     _release()
-    assert _eventually(lambda: not (set(names) & _object_files(store)))
+    wait_for(lambda: not (set(names) & _object_files(store)), 30, "the store to let go of it")
 
 
 # -------------------------------------------------------------------------- the inline threshold
@@ -524,7 +515,7 @@ def test_many_objects_just_under_and_over_the_inline_threshold_round_trip(cluste
 
     del refs, echoed_refs
     _release()
-    assert _eventually(lambda: not ((over | echo_over) & _object_files(store)), timeout=10)
+    wait_for(lambda: not ((over | echo_over) & _object_files(store)), 30, "the store to let go of it")
 
 
 # ------------------------------------------------------------------------------- object count
@@ -538,7 +529,7 @@ def test_status_object_count_tracks_objects_and_returns_to_baseline(cluster, sto
     def small(i):
         return i
 
-    assert _eventually(lambda: _status()["objects"] <= 2, timeout=10)
+    wait_for(lambda: _status()["objects"] <= 2, 30, "the store to let go of it")
     baseline = _status()["objects"]
     puts = [ray.put(i) for i in range(30)]
     results = [small.remote(i) for i in range(30)]
@@ -547,7 +538,7 @@ def test_status_object_count_tracks_objects_and_returns_to_baseline(cluster, sto
     assert _status()["objects"] >= baseline + 61
     del puts, results, box
     _release()
-    assert _eventually(lambda: _status()["objects"] <= baseline, timeout=10)
+    wait_for(lambda: _status()["objects"] <= baseline, 30, "the store to let go of it")
 
 
 def test_everything_released_leaves_no_objects_and_no_files(cluster, store):
@@ -556,8 +547,8 @@ def test_everything_released_leaves_no_objects_and_no_files(cluster, store):
         if hasattr(sys, name):
             setattr(sys, name, None)
     _release()
-    assert _eventually(lambda: _status()["objects"] == 0, timeout=10), f"objects left: {_status()['objects']}"
-    assert _eventually(lambda: not _object_files(store), timeout=5), f"files left: {_object_files(store)}"
+    wait_for(lambda: _status()["objects"] == 0, 30, "no object left in the head's directory")
+    wait_for(lambda: not _object_files(store), 30, "no file left in the store")
 
 
 # --------------------------------------------------------------------- shutdown paths (own cluster)
@@ -613,12 +604,8 @@ def test_driver_ending_leaves_no_processes_and_no_store_files(run_script, ending
     assert len([f for f in info["files"] if not os.path.isdir(os.path.join(info["store"], f))]) >= 2
     # shutdown() waits for the head; otherwise the head notices the driver is gone and stops.
     timeout = 1.0 if ending == "shutdown" else 20.0
-    assert _eventually(lambda: all(_gone(p) for p in info["pids"]), timeout=timeout), (
-        f"processes outlived the driver: {[p for p in info['pids'] if not _gone(p)]}"
-    )
-    assert _eventually(lambda: not os.path.exists(info["store"]), timeout=timeout), (
-        f"store directory left behind: {info['store']}"
-    )
+    wait_for(lambda: all(_gone(p) for p in info["pids"]), timeout, "every process of the cluster to exit")
+    wait_for(lambda: not os.path.exists(info["store"]), timeout, f"the store directory {info['store']} to go")
 
 
 # --------------------------------------------------------------- nested work owned by an executor

@@ -18,6 +18,7 @@ import pytest
 
 
 import starburst
+from conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -30,8 +31,10 @@ HYBRID = dict(cluster="fargate", local=True, num_cpus=2, cpu=1, memory="2GB", le
 def agent(rehearsal, tmp_path, monkeypatch):
     monkeypatch.setenv("STARBURST_FARGATE_START_S", START_SEED_S)  # the head inherits it
     with rehearsal.agent(tmp_path / "nodes", start_delay_s=START_DELAY_S) as a:
-        yield a
-    starburst.shutdown()
+        try:
+            yield a
+        finally:
+            starburst.shutdown()
 
 
 def _cluster():
@@ -48,16 +51,6 @@ def _status():
     reply = process.head_status(_cluster().address, 10)
     assert reply is not None, "the head did not answer Status"
     return reply
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _sleeper():
@@ -100,13 +93,13 @@ def test_a_large_backlog_bursts_then_the_cloud_nodes_stop_when_the_laptop_can_fi
     nap = _sleeper()
     # 80 x 0.5 s = 40 CPU-s: 20 s on 2 local CPUs, far past max_wait + the nodes' start.
     refs = [nap.remote(i, 0.5) for i in range(80)]
-    _wait_for(lambda: agent.started_count >= 1, 60, "a Fargate node to be launched")
+    wait_for(lambda: agent.started_count >= 1, 60, "a Fargate node to be launched")
     results = starburst.get(refs, timeout=180)
     assert [r[0] for r in results] == list(range(80))
     ran_in_cloud = sum(1 for r in results if r[1] == cluster_id)
     assert ran_in_cloud > 0, "the burst's nodes ran nothing"
     # The backlog is gone: the policy lets the cloud nodes go while the cluster lives on.
-    _wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 60, "the Fargate nodes to be stopped")
+    wait_for(lambda: rehearsal.running_tasks(cluster_id) == [], 60, "the Fargate nodes to be stopped")
     status = _status().cluster
     assert status.burst_nodes == 0 and status.tasks_cloud == ran_in_cloud
     assert status.tasks_local == 80 - ran_in_cloud
@@ -123,7 +116,7 @@ def test_max_cost_bounds_the_burst_and_the_laptop_finishes_the_work(rehearsal, a
     cluster_id = _cluster().cluster_id
     nap = _sleeper()
     refs = [nap.remote(i, 1.0) for i in range(40)]  # 20 s on the laptop: a burst would be asked for
-    _wait_for(lambda: "max_cost" in _status().cluster.message, 120, "the budget to refuse the burst")
+    wait_for(lambda: "max_cost" in _status().cluster.message, 120, "the budget to refuse the burst")
     assert [r[0] for r in starburst.get(refs, timeout=120)] == list(range(40))
     assert _status().cluster.tasks_local == 40
     assert agent.started_count == 0 and rehearsal.running_tasks(cluster_id) == []
@@ -143,7 +136,7 @@ def test_a_cloud_node_killed_mid_burst_loses_nothing(rehearsal, agent):
 
     refs = [nap.remote(i, 0.5, big) for i in range(80)]
     (record,) = agent.wait_for_nodes(1, timeout=60)[:1]
-    _wait_for(lambda: _status().cluster.tasks_cloud > 0, 60, "the Fargate node to run tasks")
+    wait_for(lambda: _status().cluster.tasks_cloud > 0, 60, "the Fargate node to run tasks")
     agent.kill(record.task_arn, signal.SIGKILL)
     results = starburst.get(refs, timeout=180)
     assert [r[0] for r in results] == list(range(80))

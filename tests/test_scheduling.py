@@ -12,6 +12,7 @@ import signal
 import time
 
 import pytest
+from conftest import wait_for
 
 TIMEOUT = 60
 
@@ -153,13 +154,6 @@ def test_short_tasks_do_not_wait_behind_a_straggler(cluster, tmp_path):
     assert ray.get(long, timeout=TIMEOUT) == release
 
 
-def _poll(condition, bound=60.0):
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_actors_hold_their_cpus_and_wait_for_them(cluster):
     ray = cluster
 
@@ -172,7 +166,7 @@ def test_actors_hold_their_cpus_and_wait_for_them(cluster):
     pings = [a.ping.remote() for a in actors]
     try:
         ray.get(pings[:2], timeout=TIMEOUT)
-        _poll(lambda: ray.available_resources()["CPU"] == 0)
+        wait_for(lambda: ray.available_resources()["CPU"] == 0, 60, "both CPUs held by actors")
         ready, _ = ray.wait(pings[2:], num_returns=1, timeout=1.0)
         assert ready == []  # two actors hold both CPUs: the other two are pending
         ray.kill(actors[0])
@@ -184,7 +178,7 @@ def test_actors_hold_their_cpus_and_wait_for_them(cluster):
     finally:
         for actor in actors:
             ray.kill(actor)
-    _poll(lambda: ray.available_resources()["CPU"] == 2)
+    wait_for(lambda: ray.available_resources()["CPU"] == 2, 60, "both CPUs free again")
 
 
 def test_a_task_that_does_not_fit_does_not_delay_those_that_do(cluster):

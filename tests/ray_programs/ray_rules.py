@@ -77,13 +77,20 @@ def dynamic_then_fail():
 
 @ray.remote
 class AsyncStream:
+    def __init__(self):
+        self.started = asyncio.Event()
+
     async def items(self, n):
         for i in range(n):
             await asyncio.sleep(0)
             yield i
 
     async def hang(self):
+        self.started.set()
         await asyncio.sleep(3600)
+
+    async def wait_started(self):
+        await self.started.wait()
 
     async def retire(self):
         ray.actor.exit_actor()
@@ -192,7 +199,7 @@ def main():
     check("exit_actor: not restarted, later calls raise ActorDiedError", True)
 
     ref = streamer.hang.remote()
-    ray.wait([ref], timeout=1)
+    ray.get(streamer.wait_started.remote())  # it is running (an async actor runs both at once)
     ray.cancel(ref)
     raises(ray.exceptions.TaskCancelledError, lambda: ray.get(ref))
     check("cancel of a running async actor call raises TaskCancelledError", True)
