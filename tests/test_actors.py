@@ -467,9 +467,10 @@ def test_namespaces_across_drivers_and_detached_lifetime(tmp_path, run_script):
             env={"STARBURST_HOME": str(home)},
         )
         pids = json.loads(first.stdout.strip().splitlines()[-1])
-        time.sleep(1.0)
-        assert not gone(pids["detached"]), "the detached actor did not outlive its driver"
+        # Once the driver's non-detached actor is gone, its cleanup has happened: then the
+        # detached one must still live.
         wait_for(lambda: gone(pids["temporary"]), 10, "a non-detached actor to end with its driver")
+        assert not gone(pids["detached"]), "the detached actor did not outlive its driver"
 
         second = run_script(
             """

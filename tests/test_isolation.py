@@ -226,6 +226,7 @@ def test_a_second_user_cannot_reach_the_cluster_at_any_moment_of_its_start(tmp_p
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         scan = result["scan"]
         assert scan["stats"]["rounds"] > 5, scan  # it really was scanning while the clusters started
+        assert scan["stats"]["unix"] > 0, scan  # and it found their sockets (and was refused)
         assert scan["breaches"] == [], scan["breaches"]
         if netns:
             assert scan["stats"]["tcp"] > 0, scan  # the dashboard's port was found and probed

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import psutil
 import pytest
@@ -99,21 +98,26 @@ def test_an_interrupted_shutdown_leaves_nothing_running(rehearsal, tmp_path, sig
     """Ctrl-C (or a kill) while shutdown() stops the workers: they are stopped all the same."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER_SHUTDOWN)
-    with rehearsal.agent(tmp_path / "nodes") as agent:
-        driver = _Driver(script)
-        try:
-            wait_for(lambda: driver.saw("SHUTTING DOWN") or driver.proc.poll() is not None, 180, "shutdown")
-            if driver.proc.poll() is None:  # (shutdown may already be over: then nothing to interrupt)
-                driver.proc.send_signal(sig)
-            driver.proc.wait(BOUND_S)  # returns promptly
-            wait_for(lambda: rehearsal.running_tasks() == [], BOUND_S, "no task RUNNING or PENDING")
-            wait_for(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
-            wait_for(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
-        finally:
-            if driver.proc.poll() is None:
-                driver.proc.kill()
-            for head in _heads(rehearsal.home):
-                head.terminate()
+    for attempt in range(3):  # until the signal lands while shutdown() runs (it may be over first)
+        with rehearsal.agent(tmp_path / f"nodes-{attempt}") as agent:
+            driver = _Driver(script)
+            try:
+                wait_for(lambda d=driver: d.saw("SHUTTING DOWN") or d.proc.poll() is not None, 180, "shutdown")
+                interrupted = driver.proc.poll() is None and not driver.saw("SHUT DOWN")
+                if interrupted:
+                    driver.proc.send_signal(sig)
+                driver.proc.wait(BOUND_S)  # returns promptly
+                wait_for(lambda: rehearsal.running_tasks() == [], BOUND_S, "no task RUNNING or PENDING")
+                wait_for(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
+                wait_for(lambda a=agent: not a.alive(), BOUND_S, "the node processes to exit")
+            finally:
+                if driver.proc.poll() is None:
+                    driver.proc.kill()
+                for head in _heads(rehearsal.home):
+                    head.terminate()
+        if interrupted:
+            return
+    pytest.fail("shutdown() was over before the signal three times: nothing was interrupted")
 
 
 UP = ["-m", "starburst", "up", "--cluster", "fargate", "--workers", "2", "--cpu", "1", "--memory", "2GB",
@@ -146,9 +150,7 @@ def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, 
             else:
                 assert driver.proc.poll() is None, "\n".join(driver.lines)
                 driver.proc.send_signal(sig)
-            signalled = time.monotonic()
-            code = driver.proc.wait(BOUND_S)  # the command returns promptly
-            returned_s = time.monotonic() - signalled
+            code = driver.proc.wait(BOUND_S)  # the command returns promptly (or this raises)
             if who == "up" and driver.saw("stop it with 'starburst down'"):
                 # 'up' had said the cluster is up (its last line) when the signal came, so it is, as
                 # asked, whatever the exit code; 'down' must then stop all of it within the bound.
@@ -159,7 +161,6 @@ def test_an_interrupted_driver_leaves_nothing_running(rehearsal, tmp_path, who, 
                   f"no task RUNNING or PENDING (exit code {code}; output: {driver.lines[-5:]})")
             wait_for(lambda: not _heads(rehearsal.home), BOUND_S, "the head to exit")
             wait_for(lambda: not agent.alive(), BOUND_S, "the node processes to exit")
-            assert returned_s < BOUND_S
         finally:
             if driver.proc.poll() is None:
                 driver.proc.kill()
