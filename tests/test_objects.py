@@ -176,7 +176,9 @@ def test_large_result_of_task_whose_ref_was_dropped_early_is_deleted(cluster, st
     name = ref.hex()
     del ref
     _release()
-    time.sleep(0.2)  # the release reaches the head while the task still runs
+    # The release reaches the head while the task still runs: the head answers this later call
+    # only after the batch that carried the release (a session's ops are applied in order).
+    assert ray.get(marker.remote(), timeout=GET_TIMEOUT) == "ran"
     gate.write_text("go")
     # Nothing to get: wait until the task has finished, then its result must not stay behind.
     wait_for(lambda: _status()["tasks_running"] == 0 and _status()["queued"] == 0, 30, "the store to let go of it")

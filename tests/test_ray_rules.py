@@ -501,15 +501,22 @@ def test_the_ray_rules_script_runs_unchanged_through_starburst_run(tmp_path):
 @pytest.mark.slow
 def test_fire_and_forget_task_finishes_and_prints_at_script_end(run_script):
     proc = run_script("""
-        import time
+        import atexit, os, tempfile, time
         import starburst as ray
 
+        ended = os.path.join(tempfile.mkdtemp(), "script-ended")
+        # Registered after starburst's own exit hooks, so it runs before them: the script has
+        # ended (and the task is still held back) when the flag appears.
+        atexit.register(lambda: open(ended, "w").close())
+
         @ray.remote
-        def report():
-            time.sleep(0.5)  # work the script never waits for
-            print("the task ran")
+        def report(flag):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(flag) and time.monotonic() < deadline:
+                time.sleep(0.01)  # work that outlives the script's last line
+            print("the task ran", "after the script ended" if os.path.exists(flag) else "(no end seen)")
 
         ray.init(num_cpus=1)
-        report.remote()
+        report.remote(ended)
     """)
-    assert "the task ran" in proc.stdout, proc.stdout + proc.stderr
+    assert "the task ran after the script ended" in proc.stdout, proc.stdout + proc.stderr
