@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -54,6 +55,17 @@ class Dashboard:
         self._sock.listen(128)
         self.url = f"http://{host}:{self._sock.getsockname()[1]}/?token={self.token}"
         self._runner: web.AppRunner | None = None
+        self._encoded: tuple[float, bytes] = (0.0, b"")
+
+    def encoded(self) -> bytes:
+        """The snapshot as JSON, made at most once per ``UPDATE_S`` whoever is reading (every
+        viewer's stream and every /api/state ask the same)."""
+        made, data = self._encoded
+        now = time.monotonic()
+        if not data or now - made >= UPDATE_S:
+            data = json.dumps(self.snapshot(), separators=(",", ":")).encode()
+            self._encoded = (now, data)
+        return data
 
     def snapshot(self) -> dict[str, Any]:
         head = self.head
@@ -91,7 +103,7 @@ class Dashboard:
     async def _state(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        return web.json_response(self.snapshot())
+        return web.Response(body=self.encoded(), content_type="application/json")
 
     async def _timeline(self, request: web.Request) -> web.Response:
         from aiohttp import web
@@ -105,8 +117,7 @@ class Dashboard:
         await response.prepare(request)
         try:
             while True:
-                data = json.dumps(self.snapshot(), separators=(",", ":"))
-                await response.write(f"data: {data}\n\n".encode())
+                await response.write(b"data: " + self.encoded() + b"\n\n")
                 await asyncio.sleep(UPDATE_S)
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -94,6 +94,12 @@ class Observer:
 
     # ------------------------------------------------------------------ reading
 
+    def sample(self) -> None:
+        """Record the counts now (the head calls it once a second): rates are measured over the
+        last ~30 samples, however many readers ask for snapshots."""
+        per_function = {name: st.done + st.failed for name, st in self.functions.items()}
+        self._rate_samples.append((time.monotonic(), self.scheduler.tasks_finished, per_function))
+
     def snapshot(self, provider_status: pb.ClusterStatus | None = None) -> dict[str, Any]:
         """The cluster as a JSON-able dict (read-only)."""
         from .scheduler import Task
@@ -101,8 +107,7 @@ class Observer:
         s = self.scheduler
         now = time.monotonic()
         per_function = {name: st.done + st.failed for name, st in self.functions.items()}
-        self._rate_samples.append((now, s.tasks_finished, per_function))
-        t0, n0, f0 = self._rate_samples[0]
+        t0, n0, f0 = self._rate_samples[0] if self._rate_samples else (now, s.tasks_finished, per_function)
         span = now - t0
 
         def rate_of(count: int, before: int) -> float:
@@ -128,8 +133,9 @@ class Observer:
         for n in s.nodes:
             res = n.hello.resources
             nodes.append({"id": n.node_id, "address": n.hello.address, "cpus": res.cpus,
-                          "cpus_busy": round(min(n.used["CPU"], res.cpus), 3), "memory": res.memory,
-                          "running": len(n.inflight) + len(n.actor_inflight), "executors": n.executors,
+                          "cpus_busy": round(n.cpus_in_use(), 3), "memory": res.memory,
+                          "running": n.started() + len(n.actor_inflight), "queued": n.unstarted(),
+                          "executors": n.executors,
                           "state": "draining" if n.draining else "up", "rtt_ms": round(n.rtt * 1000, 2)})
         actors = []
         for a in s.actors.values():

@@ -178,6 +178,7 @@ class Head(pb_grpc.HeadServicer):
         failures = 0
         while True:
             await asyncio.sleep(1.0)
+            self.observer.sample()
             try:
                 await self.provider.tick()
                 failures = 0
