@@ -23,7 +23,7 @@ EXPECTED = {
     "word_count.py": "distinct, in 400 documents",
     "streaming_generators.py": "squares: [0, 1, 4, 9, 16]\ntokens: STREAM THESE WORDS\nkept ['first', 'second'], "
                                "third raised: the third value could not be computed",
-    "actor_exits.py": "crash: ActorDiedError\nrestarted: True\nretired\nnot restarted after exit_actor",
+    "actor_exits.py": "crash: ActorUnavailableError\nrestarted: True\nretired\nnot restarted after exit_actor",
     "cancel_async_call.py": "cancelled; the actor saw 1 cancellation",
     "dag_pipeline.py": "dag outputs: [142, 42]",
     "tqdm_progress.py": "loaded 40 records\nsum of squares 210630",

@@ -3,6 +3,7 @@
 
 import os
 import sys
+import time
 
 import ray
 
@@ -19,6 +20,16 @@ class Service:
         ray.actor.exit_actor()
 
 
+def when_available(method):
+    """Ray fails a call made while the actor restarts (ActorUnavailableError); call again."""
+    for _ in range(600):
+        try:
+            return ray.get(method.remote())
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.05)
+    raise RuntimeError("the actor did not come back")
+
+
 if __name__ == "__main__":
     ray.init(num_cpus=2)
     service = Service.remote()
@@ -27,7 +38,7 @@ if __name__ == "__main__":
         ray.get(service.crash.remote())
     except ray.exceptions.RayActorError as exc:
         print("crash:", type(exc).__name__)
-    print("restarted:", ray.get(service.pid.remote()) != before)
+    print("restarted:", when_available(service.pid) != before)
     try:
         ray.get(service.retire.remote())
     except ray.exceptions.ActorDiedError:

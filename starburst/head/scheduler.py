@@ -24,6 +24,7 @@ from .._version import __version__
 from .._proto import starburst_pb2 as pb
 from ..exceptions import (
     ActorDiedError,
+    ActorUnavailableError,
     ClusterStoppedError,
     ObjectLostError,
     RaySystemError,
@@ -1010,9 +1011,10 @@ class Scheduler:
                 task.state = Task.QUEUED
                 actor.calls.appendleft(task)
             else:
-                self._fail(task, error_value(ActorDiedError(
-                    actor.id.hex(), f"the actor's process died while running this call ({reason}); "
-                                    "set max_task_retries to retry calls on the restarted actor")))
+                self._fail(task, error_value(ActorUnavailableError(  # Ray's type: the actor comes back
+                    actor.id.hex(), f"the actor's process died while running this call ({reason}) and "
+                                    "the actor is restarting; set max_task_retries to retry calls on "
+                                    "the restarted actor")))
         creation = actor.creation
         creation.spec.attempt += 1
         if creation.state == Task.DONE:  # it had finished: run it again, as a fresh task

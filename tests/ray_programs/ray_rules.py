@@ -190,8 +190,8 @@ def main():
 
     actor = Exits.remote()
     first = ray.get(actor.pid.remote())
-    raises(ray.exceptions.RayActorError, lambda: ray.get(actor.crash.remote()))
-    check("sys.exit in an actor: the call raises RayActorError, the actor restarts",
+    raises(ray.exceptions.ActorUnavailableError, lambda: ray.get(actor.crash.remote()))
+    check("sys.exit in an actor: the call raises ActorUnavailableError, the actor restarts",
           call_when_available(actor.pid) != first)
     err = raises(ray.exceptions.RayActorError, lambda: ray.get(actor.retire.remote()))
     check("exit_actor: the call raises RayActorError", isinstance(err, ray.exceptions.RayActorError))
