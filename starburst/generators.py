@@ -131,8 +131,9 @@ def wait_with_generators(client: Any, items: list, num_returns: int, timeout: fl
         if len(done) >= num_returns or (left is not None and left <= 0):
             break
         probes: list[bytes] = []
+        done_ids = set(map(id, done))  # (membership in the list compared refs one by one: quadratic)
         for item in items:
-            if item not in done:
+            if id(item) not in done_ids:
                 probes.extend(item._probe_ids() if isinstance(item, ObjectRefGenerator) else [item._id])
         client.wait_any(probes, left)
     chosen = set(map(id, done[:num_returns]))

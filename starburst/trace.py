@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -15,6 +14,7 @@ def timeline(filename: str | os.PathLike | None = None) -> list[dict[str, Any]] 
 
     With ``filename``, writes ``{"traceEvents": [...]}`` there and returns None; without it,
     returns the list of events."""
+    import json
     import urllib.request
 
     from . import _runtime
