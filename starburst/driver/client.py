@@ -220,6 +220,8 @@ class Client:
             if function is not None and owner is not None:
                 self._track_owner(function.id, owner)
             self._expected.update(spec.return_ids)
+            if spec.generator == "streaming":  # before it leaves: its first items may come back at once
+                self._streams.add(spec.task_id)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
         ops.append(pb.ClientOp(submit=spec))
         self._send(*ops)
@@ -265,7 +267,8 @@ class Client:
 
     def register_stream(self, task_id: bytes) -> None:
         """Items of this streaming task are pushed as they are yielded: keep each on arrival (the
-        arrival counts as one hold, which the generator hands over to the ref it returns)."""
+        arrival counts as one hold, which the generator hands over to the ref it returns).
+        :meth:`submit` registers the streaming tasks it sends itself."""
         with self._cond:
             self._streams.add(task_id)
 
