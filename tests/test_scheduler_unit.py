@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from starburst._proto import starburst_pb2 as pb
-from starburst.head.scheduler import Node, Scheduler, Session
+from starburst.head.scheduler import TRIM_AFTER_TASKS, Node, Scheduler, Session
 
 GiB = float(1 << 30)
 
@@ -79,6 +79,17 @@ class Harness:
         out, self._recalls[name] = self._recalls.get(name, []), []
         return out
 
+    def two_nodes_sent_deep(self, count: int) -> tuple[Node, Node, list[bytes], list[bytes], list[bytes]]:
+        """Two 1-CPU nodes "a" and "b"; f is known to be short (so tasks are sent deep); ``count``
+        tasks submitted. Returns (a, b, task ids, ids sent to a, ids sent to b)."""
+        a = self.add_node("a", 1)
+        b = self.add_node("b", 1)
+        warm = self.submit(self.spec())
+        self.done(a if self.runs("a") else b, *warm)
+        self.runs("b")
+        ids = self.submit(*[self.spec() for _ in range(count)])
+        return a, b, ids, self.runs("a"), self.runs("b")
+
     def done(self, node: Node, *task_ids: bytes, failure=pb.TaskDone.NONE, duration: float = 0.001) -> None:
         self.step([pb.NodeToHeadOp(done=pb.TaskDone(task_id=t, failure=failure, duration_s=duration))
                    for t in task_ids], node)
@@ -86,13 +97,7 @@ class Harness:
 
 def test_a_node_with_idle_cpus_gets_tasks_recalled_from_a_busy_one():
     h = Harness()
-    a = h.add_node("a", 1)
-    b = h.add_node("b", 1)
-    warm = h.submit(h.spec())
-    h.done(a if h.runs("a") else b, *warm)  # f is known to be short now: sent deep
-    h.runs("b")
-    ids = h.submit(*[h.spec() for _ in range(20)])
-    on_a, on_b = h.runs("a"), h.runs("b")
+    a, b, ids, on_a, on_b = h.two_nodes_sent_deep(20)
     assert on_a and on_b and len(on_a) + len(on_b) == 20 and set(on_a) | set(on_b) == set(ids)
     h.step([pb.NodeToHeadOp(running=1)], a)
     h.step([pb.NodeToHeadOp(running=1)], b)
@@ -197,13 +202,7 @@ def test_provider_interface_demand_busy_drain():
 
 def test_a_node_stuck_behind_a_long_task_has_all_its_queued_tasks_recalled():
     h = Harness()
-    a = h.add_node("a", 1)
-    b = h.add_node("b", 1)
-    warm = h.submit(h.spec())
-    h.done(a if h.runs("a") else b, *warm)
-    h.runs("b")
-    h.submit(*[h.spec() for _ in range(20)])
-    on_a, on_b = h.runs("a"), h.runs("b")
+    a, b, _, on_a, on_b = h.two_nodes_sent_deep(20)
     h.step([pb.NodeToHeadOp(running=1)], a)
     h.now += 0.005  # b finishes its share quickly: a has not been stuck for long yet
     h.done(b, *on_b)
@@ -219,13 +218,7 @@ def test_a_node_stuck_behind_a_long_task_has_all_its_queued_tasks_recalled():
 
 def test_a_recalled_task_is_not_placed_back_on_the_node_it_came_from():
     h = Harness()
-    a = h.add_node("a", 1)
-    b = h.add_node("b", 1)
-    warm = h.submit(h.spec())
-    h.done(a if h.runs("a") else b, *warm)
-    h.runs("b")
-    h.submit(*[h.spec() for _ in range(20)])
-    on_a, on_b = h.runs("a"), h.runs("b")
+    a, b, _, on_a, on_b = h.two_nodes_sent_deep(20)
     h.step([pb.NodeToHeadOp(running=1)], a)
     h.now += 1.0  # a reports nothing for a second: stuck, all it has not started is recalled
     h.done(b, *on_b)
@@ -251,14 +244,7 @@ def test_a_cancel_that_crosses_a_recall_still_cancels():
     """The head cancels a task while its recall is on the way: the node hands it back unstarted
     (and then finds nothing to cancel). The task must end cancelled, not run elsewhere."""
     h = Harness()
-    a = h.add_node("a", 1)
-    b = h.add_node("b", 1)
-    warm = h.submit(h.spec())
-    h.done(a if h.runs("a") else b, *warm)
-    h.runs("b")
-    h.submit(*[h.spec() for _ in range(20)])
-    on_b = h.runs("b")
-    h.runs("a")
+    a, b, _, _, on_b = h.two_nodes_sent_deep(20)
     h.step([pb.NodeToHeadOp(running=1)], a)
     h.done(b, *on_b)
     recalled = h.recalls("a")
@@ -295,13 +281,7 @@ def test_work_a_node_hands_back_unasked_waits_for_another_node_not_for_it():
     they would wait for the long task, or bounce); they go where room frees up first, and the stuck
     node gets work again once it has finished something."""
     h = Harness()
-    a = h.add_node("a", 1)
-    b = h.add_node("b", 1)
-    warm = h.submit(h.spec())
-    h.done(a if h.runs("a") else b, *warm)
-    h.runs("b")
-    h.submit(*[h.spec() for _ in range(40)])
-    on_a, on_b = h.runs("a"), h.runs("b")
+    a, b, _, on_a, on_b = h.two_nodes_sent_deep(40)
     assert len(on_a) > 2 and len(on_b) > 2 and len(h.s.queue) > 0  # both full, some wait here
     h.step([pb.NodeToHeadOp(running=1)], a)
     h.step([pb.NodeToHeadOp(running=1)], b)
@@ -316,3 +296,17 @@ def test_work_a_node_hands_back_unasked_waits_for_another_node_not_for_it():
     h.now += 1.0
     h.done(a, on_a[0])  # a finished its long task: it may get work again
     assert h.runs("a")
+
+
+def test_settle_gives_memory_back_once_after_a_large_burst_has_drained():
+    h = Harness()
+    node = h.add_node("a", 2000)
+    assert h.s.settle() == 0  # nothing held, no burst
+    ids = h.submit(*[h.spec() for _ in range(TRIM_AFTER_TASKS)])
+    assert h.s.settle() == 0  # the burst is on
+    h.done(node, *ids[: TRIM_AFTER_TASKS // 2])
+    assert h.s.settle() == 0  # half of it is still held
+    h.done(node, *ids[TRIM_AFTER_TASKS // 2:])
+    assert len(h.s.tasks) == 0
+    assert h.s.settle() == TRIM_AFTER_TASKS  # trimmed, once
+    assert h.s.settle() == 0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._proto import starburst_pb2 as pb
 from .joblog import JobLogs
+from .timeline import Timeline
 
 if TYPE_CHECKING:
     from .scheduler import Node, Scheduler, Task
@@ -41,9 +42,7 @@ class Observer:
         self.functions: dict[str, FunctionStats] = collections.defaultdict(FunctionStats)
         self.output: collections.deque[dict] = collections.deque(maxlen=RECENT_OUTPUT)
         self.errors: collections.deque[dict] = collections.deque(maxlen=RECENT_ERRORS)
-        #: (name, node id, executor pid, start, end, failed): wall-clock times (the head's clock)
-        self.timeline: collections.deque[tuple[str, str, int, float, float, bool]] = collections.deque(
-            maxlen=TIMELINE_EVENTS)
+        self.timeline = Timeline(TIMELINE_EVENTS)  # wall-clock times (the head's clock)
         #: (time, finished so far, finished per function) at each snapshot: rates over ~the last 30
         self._rate_samples: collections.deque[tuple[float, int, dict[str, int]]] = collections.deque(maxlen=30)
 
@@ -72,7 +71,7 @@ class Observer:
         handed back unstarted)."""
         end = time.time()
         failed = done.failure != pb.TaskDone.NONE or any(r.value.is_error for r in done.results)
-        self.timeline.append((task.spec.name, node.node_id, done.executor_pid, end - done.duration_s, end, failed))
+        self.timeline.append(task.spec.name, node.node_id, done.executor_pid, end - done.duration_s, end, failed)
 
     def on_finish(self, task: "Task", error: pb.Value | None, cancelled: bool) -> None:
         """A task is over for good: with its values, ``error``, or cancelled (a driver that leaves

@@ -179,6 +179,7 @@ class Head(pb_grpc.HeadServicer):
         while True:
             await asyncio.sleep(1.0)
             self.observer.sample()
+            self.scheduler.settle()
             try:
                 await self.provider.tick()
                 failures = 0
