@@ -16,6 +16,7 @@ import grpc
 from .. import config
 from .._proto import starburst_pb2 as pb
 from .._version import runtime_versions, version_drift
+from ..node.framing import FramedStream
 from .launch import spawn_local_node
 from .scheduler import Node, Scheduler, Session
 
@@ -34,8 +35,11 @@ class NodeLink:
     """The head's end of one node's Work stream. The head dials; the node answers with its hello."""
 
     def __init__(self, scheduler: Scheduler, address: str, on_lost: Callable[["NodeLink", str], None],
-                 channel: Callable[[str], grpc.aio.Channel], metadata: tuple = ()) -> None:
+                 channel: Callable[[str], grpc.aio.Channel], metadata: tuple = (),
+                 framed: tuple[str, str] | None = None) -> None:
         self.scheduler = scheduler
+        #: (socket path, token) of the node's framed link (a local node), used instead of gRPC
+        self._framed = framed
         self._metadata = metadata
         self._channel = channel
         self.address = address
@@ -50,45 +54,25 @@ class NodeLink:
     async def run(self, ready: asyncio.Future) -> None:
         reason = "stream ended"
         try:
-            async with self._channel(self.address) as channel:
-                # The Node service's Work method, with a parser that counts the bytes received from
-                # a remote (Fargate) node: data transfer out of AWS, which the cost meter bills. This
-                # machine's node (a unix: address, as in a hybrid cluster) costs nothing.
-                parse = pb.NodeToHead.FromString if self.address.startswith("unix:") else self._parse
-                work = channel.stream_stream("/starburst.v1.Node/Work",
-                                             request_serializer=pb.HeadToNode.SerializeToString,
-                                             response_deserializer=parse)
-                call = work(metadata=self._metadata)
-                first = await call.read()
-                if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
-                    raise ConnectionError(f"node at {self.address} did not say hello")
-                hello = first.ops[0].hello
-                drift = version_drift(runtime_versions(), dict(hello.versions))
-                if drift:
-                    raise VersionDriftError(
-                        f"node {hello.node_id} can't run this driver's tasks: its versions differ ("
-                        + "; ".join(drift) + "). Values pickled on one side would not unpickle on the "
-                        "other. Rebuild the worker image from this environment with 'starburst env --rebuild'.")
-                self.node = Node(self.scheduler, hello.node_id, hello, self._queue.put_nowait)
-                self.scheduler.add_node(self.node)
-                self.scheduler.flush()
-                if not ready.done():
-                    ready.set_result(self.node)
-                writer = asyncio.ensure_future(self._write(call))
-                writer.add_done_callback(self._writer_done)
-                pinger = asyncio.ensure_future(self._ping())
+            if self._framed is not None:
+                path, token = self._framed
+                reader, writer = await asyncio.open_unix_connection(path)
+                stream = FramedStream(reader, writer, pb.NodeToHead)
                 try:
-                    while True:
-                        msg = await call.read()
-                        if msg is grpc.aio.EOF:
-                            break
-                        self.scheduler.on_node_ops(self.node, msg.ops, self._relay)
-                        if self._pings:
-                            self._pongs(msg.ops)
-                        self.scheduler.flush()
+                    await stream.write_frame(token.encode())
+                    await self._serve(stream, ready)
                 finally:
-                    writer.cancel()
-                    pinger.cancel()
+                    stream.close()
+            else:
+                async with self._channel(self.address) as channel:
+                    # The Node service's Work method, with a parser that counts the bytes received
+                    # from a remote (Fargate) node: data transfer out of AWS, which the cost meter
+                    # bills. This machine's node (a unix: address, as in a hybrid cluster) costs nothing.
+                    parse = pb.NodeToHead.FromString if self.address.startswith("unix:") else self._parse
+                    work = channel.stream_stream("/starburst.v1.Node/Work",
+                                                 request_serializer=pb.HeadToNode.SerializeToString,
+                                                 response_deserializer=parse)
+                    await self._serve(work(metadata=self._metadata), ready)
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         except (ConnectionError, OSError) as exc:
@@ -108,6 +92,39 @@ class NodeLink:
     def _parse(self, data: bytes) -> pb.NodeToHead:
         self.scheduler.bytes_from_nodes += len(data)
         return pb.NodeToHead.FromString(data)
+
+    async def _serve(self, call, ready: asyncio.Future) -> None:
+        """The Work stream (gRPC, or a FramedStream with the same read/write): hello, then work."""
+        first = await call.read()
+        if first is grpc.aio.EOF or not first.ops or first.ops[0].WhichOneof("op") != "hello":
+            raise ConnectionError(f"node at {self.address} did not say hello")
+        hello = first.ops[0].hello
+        drift = version_drift(runtime_versions(), dict(hello.versions))
+        if drift:
+            raise VersionDriftError(
+                f"node {hello.node_id} can't run this driver's tasks: its versions differ ("
+                + "; ".join(drift) + "). Values pickled on one side would not unpickle on the "
+                "other. Rebuild the worker image from this environment with 'starburst env --rebuild'.")
+        self.node = Node(self.scheduler, hello.node_id, hello, self._queue.put_nowait)
+        self.scheduler.add_node(self.node)
+        self.scheduler.flush()
+        if not ready.done():
+            ready.set_result(self.node)
+        writer = asyncio.ensure_future(self._write(call))
+        writer.add_done_callback(self._writer_done)
+        pinger = asyncio.ensure_future(self._ping())
+        try:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                self.scheduler.on_node_ops(self.node, msg.ops, self._relay)
+                if self._pings:
+                    self._pongs(msg.ops)
+                self.scheduler.flush()
+        finally:
+            writer.cancel()
+            pinger.cancel()
 
     async def _ping(self) -> None:
         """Measure the round trip to the node now and then: the scheduler keeps more tasks in

@@ -149,7 +149,7 @@ class Head(pb_grpc.HeadServicer):
         """Dial a node (through the provider's channel: TLS for remote ones) and add it to the
         cluster; raises ConnectionError when it can't be reached or doesn't match the driver."""
         link = NodeLink(self.scheduler, address, self._link_lost, self.provider.channel,
-                        self.provider.node_metadata(address))
+                        self.provider.node_metadata(address), self.provider.framed_link(address))
         self.links.append(link)
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
         link.task = asyncio.ensure_future(link.run(ready))

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import sys
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
-from .framing import encode, read_crash_report, read_frames
+from .framing import LINK_SOCKET, FramedStream, encode, read_crash_report, read_frames
 from .launch import Early, pool_size, spawn_executor
 from .pool import Pool, Slot
 
@@ -158,6 +159,26 @@ class NodeServer(pb_grpc.NodeServicer):
         finally:
             reader.cancel()
             self._head_lost()
+
+    async def _on_head_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A local head's Work stream over our link socket; its first frame is the node's token
+        (read with a bound on its size and time: nothing else is read from a caller without it)."""
+        import hmac
+
+        expected = (self.args.token or "").encode()
+        try:
+            header = await asyncio.wait_for(reader.readexactly(4), LINK_HELLO_TIMEOUT_S)
+            (size,) = struct.unpack("<I", header)
+            token = await asyncio.wait_for(reader.readexactly(size), LINK_HELLO_TIMEOUT_S) \
+                if expected and size == len(expected) else b""
+            if not token or not hmac.compare_digest(token, expected):
+                log.warning("refused a link without this node's token")
+                return
+            await self.Work(None, FramedStream(reader, writer, pb.HeadToNode))
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
 
     def _head_lost(self) -> None:
         """The head's stream ended. A local node stops with its head. A remote node waits up to its
@@ -466,12 +487,16 @@ class NodeServer(pb_grpc.NodeServicer):
             interceptors.append(server_interceptor(self.args.token))
         server = grpc.aio.server(options=config.GRPC_OPTIONS, interceptors=interceptors)
         pb_grpc.add_NodeServicer_to_server(self, server)
+        link_server: asyncio.AbstractServer | None = None
         identity = self.args.tls
         if self.args.runtime_dir:
             # A head on this machine: only a Unix socket in our 0700 directory, never TCP (another
             # user could connect to a loopback port).
             self.address = announced = f"unix:{os.path.join(self.socket_dir, 'node.sock')}"
             server.add_insecure_port(announced)
+            # The same Work stream as framed protobuf (see FramedStream): what the local head uses.
+            link_server = await asyncio.start_unix_server(
+                self._on_head_link, path=os.path.join(self.socket_dir, LINK_SOCKET))
         else:
             listen = f"{self.args.host}:{self.args.port}"
             if identity is not None:
@@ -497,6 +522,8 @@ class NodeServer(pb_grpc.NodeServicer):
         watchdog.cancel()
         if self.lease_timer is not None:
             self.lease_timer.cancel()
+        if link_server is not None:
+            link_server.close()
         await self._shutdown(server, unix_server)
 
     async def _drain(self) -> None:
@@ -575,6 +602,9 @@ def _called_by_head(context, cluster_id: str) -> bool:
 
     return tls.peer_common_name(context) == tls.head_name(cluster_id)
 
+
+#: Seconds a caller of the link socket has to present the node's token.
+LINK_HELLO_TIMEOUT_S = 10.0
 
 #: How many of an executor's last stderr lines the error reporting its death carries.
 STDERR_TAIL_LINES = 10

@@ -1,0 +1,80 @@
+"""The local head's link to its node: framed protobuf over a Unix socket in the node's owner-only
+directory, served only to a caller whose first frame is the node's token (a real node process)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from starburst._proto import starburst_pb2 as pb
+from starburst.head.launch import spawn_local_node
+from starburst.head.providers import LocalProvider
+from starburst.node.framing import LINK_SOCKET, recv_frame
+
+TOKEN = "t0ken-for-this-node-only"
+
+
+@pytest.fixture
+def node(tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    store = tmp_path / "store"
+    store.mkdir()
+    proc = spawn_local_node("local-link", 1, str(store), str(tmp_path / "node.log"), str(runtime), TOKEN)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().decode().strip()
+        assert address.startswith("unix:"), (address, (tmp_path / "node.log").read_text()[-2000:])
+        yield address
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _link(address: str) -> socket.socket:
+    path = os.path.join(os.path.dirname(address[len("unix:"):]), LINK_SOCKET)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    return sock
+
+
+def _send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(len(data).to_bytes(4, "little") + data)
+
+
+def test_the_link_says_hello_to_a_caller_with_the_token(node):
+    sock = _link(node)
+    try:
+        _send_frame(sock, TOKEN.encode())
+        frame = recv_frame(sock)
+        assert frame is not None, "the node closed the link"
+        msg = pb.NodeToHead()
+        msg.ParseFromString(frame)
+        assert msg.ops[0].WhichOneof("op") == "hello" and msg.ops[0].hello.node_id == "local-link"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("token", [b"", b"wrong", TOKEN.encode()[:-1] + b"X"])
+def test_the_link_refuses_a_caller_without_the_token(node, token):
+    sock = _link(node)
+    try:
+        _send_frame(sock, token)
+        assert recv_frame(sock) is None  # closed without a word
+    finally:
+        sock.close()
+    # ...and it still serves the head that has it.
+    test_the_link_says_hello_to_a_caller_with_the_token(node)
+
+
+def test_the_local_provider_links_by_the_framed_socket(monkeypatch):
+    provider = LocalProvider(1, "/tmp/unused", "c1", None, TOKEN)
+    assert provider.framed_link("unix:/run/x/local-0-abc/node.sock") == (f"/run/x/local-0-abc/{LINK_SOCKET}", TOKEN)
+    monkeypatch.setenv("STARBURST_NODE_LINK", "grpc")  # the gRPC link, for comparisons
+    assert provider.framed_link("unix:/run/x/local-0-abc/node.sock") is None
+
