@@ -78,3 +78,37 @@ def test_the_local_provider_links_by_the_framed_socket(monkeypatch):
     monkeypatch.setenv("STARBURST_NODE_LINK", "grpc")  # the gRPC link, for comparisons
     assert provider.framed_link("unix:/run/x/local-0-abc/node.sock") is None
 
+
+
+def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(cluster):
+    """Drivers on this machine talk to the head by framed protobuf (``session.sock`` beside the
+    head's gRPC socket); without the cluster's token the head closes the socket without a word."""
+    import json
+
+    from starburst import config
+    from starburst.node.framing import SESSION_SOCKET
+
+    address = json.loads(config.head_file().read_text())["address"]
+    runtime = os.path.dirname(address[len("unix:"):])
+    token = open(os.path.join(runtime, "token")).read().strip()
+    for sent, answered in ((b"nope", False), (token.encode(), True)):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(os.path.join(runtime, SESSION_SOCKET))
+        try:
+            _send_frame(sock, sent)
+            hello = pb.ClientMsg(ops=[pb.ClientOp(hello=pb.Hello(kind="driver", pid=os.getpid()))])
+            _send_frame(sock, hello.SerializeToString())
+            frame = recv_frame(sock)
+            if not answered:
+                assert frame is None
+                continue
+            assert frame is not None
+            msg = pb.HeadMsg()
+            msg.ParseFromString(frame)
+            assert msg.ops[0].WhichOneof("op") == "welcome", msg
+            _send_frame(sock, b"")  # a keepalive ping is answered with an empty frame
+            assert recv_frame(sock) == b""
+        finally:
+            sock.close()
+    assert cluster.get(cluster.remote(lambda: 7).remote(), timeout=60) == 7

@@ -748,93 +748,135 @@ class GrpcTransport:
     async def _main(self) -> None:
         import grpc
 
+        from .._auth import call_metadata
         from .._proto import starburst_pb2_grpc as pb_grpc
+        from ..node.framing import SESSION_SOCKET, FramedStream
+
+        error = "closed"
+        framed = None
+        if self._target.startswith("unix:") and os.environ.get("STARBURST_DRIVER_LINK") != "grpc":
+            framed = os.path.join(os.path.dirname(self._target[len("unix:"):]), SESSION_SOCKET)
+            if not os.path.exists(framed):
+                framed = None  # a head of an earlier version: gRPC only
+        if framed is not None:
+            # A head on this machine: framed protobuf over its session socket (a fraction of a gRPC
+            # message's cost at both ends), the token first.
+            try:
+                reader, writer = await asyncio.open_unix_connection(framed)
+            except OSError as exc:
+                self.unavailable = True
+                error = f"the head at {self.address} is gone or does not answer ({exc})"
+            else:
+                stream = FramedStream(reader, writer, pb.HeadMsg, config.MAX_MESSAGE_BYTES)
+                try:
+                    await stream.write_frame(self._token.encode())
+                    error = await self._session(stream)
+                except (ConnectionError, OSError) as exc:
+                    self.unavailable = True
+                    error = f"the head at {self.address} is gone or does not answer ({exc})"
+                finally:
+                    stream.close()
+        else:
+            async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
+                error = await self._session(pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token)))
+        if self._stopping:
+            error = "closed"
+        assert self._client is not None
+        self._client.on_closed(error)
+
+    async def _session(self, call: Any) -> str:
+        """Carry the session over ``call`` (a gRPC stream, or a FramedStream with the same
+        read/write/done_writing/cancel) until it ends; returns why it ended."""
+        import grpc
+
+        from ..node.framing import FrameTooLarge
 
         client, wake = self._client, self._wake_event
         assert client is not None and wake is not None
-        error = "closed"
-        from .._auth import call_metadata
+        too_large = ""
 
-        async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
-            call = pb_grpc.HeadStub(channel).Session(metadata=call_metadata(self._token))
-
-            async def writer() -> None:
-                # While it writes, _wake_pending stays set: callers adding work don't wake the loop
-                # again (each wake-up costs a system call and a GIL hand-over).
+        async def writer() -> None:
+            nonlocal too_large
+            # While it writes, _wake_pending stays set: callers adding work don't wake the loop
+            # again (each wake-up costs a system call and a GIL hand-over).
+            while True:
+                await wake.wait()
+                wake.clear()
                 while True:
-                    await wake.wait()
-                    wake.clear()
-                    while True:
-                        ops = client.take_outbox()
+                    ops = client.take_outbox()
+                    if not ops:
+                        self._wake_pending = False
+                        ops = client.take_outbox()  # work added just before the flag cleared
                         if not ops:
-                            self._wake_pending = False
-                            ops = client.take_outbox()  # work added just before the flag cleared
-                            if not ops:
-                                break
-                            self._wake_pending = True
-                        for message in config.batch_messages(pb.ClientMsg, ops):
+                            break
+                        self._wake_pending = True
+                    for message in config.batch_messages(pb.ClientMsg, ops):
+                        try:
                             await call.write(message)
-                    if self._stopping:
-                        await call.done_writing()
-                        return
+                        except FrameTooLarge:  # what the head would refuse (gRPC: RESOURCE_EXHAUSTED)
+                            too_large = "RESOURCE_EXHAUSTED: a message over the head's limit"
+                            call.cancel()
+                            return
+                if self._stopping:
+                    await call.done_writing()
+                    return
 
-            heard = [time.monotonic()]
-            silent = False
+        heard = [time.monotonic()]
+        silent = False
 
-            async def heartbeat() -> None:
-                # The head answers a ping from its event loop: silence for HEAD_TIMEOUT_S means a
-                # paused, frozen or unreachable head (gRPC's keepalive alone took about a minute).
-                nonlocal silent
-                timeout = config.HEAD_TIMEOUT_S
-                step = timeout / 6
-                while True:
-                    before = time.monotonic()
-                    await asyncio.sleep(step)
-                    now = time.monotonic()
-                    if now - before > 2 * step:  # this process stalled, not the head: a fresh window
-                        heard[0] = max(heard[0], now - step)
-                    quiet = now - heard[0]
-                    if quiet > timeout:
-                        silent = True
-                        call.cancel()
-                        return
-                    if quiet > timeout / 3:
-                        client.ping()
+        async def heartbeat() -> None:
+            # The head answers a ping from its event loop: silence for HEAD_TIMEOUT_S means a
+            # paused, frozen or unreachable head (gRPC's keepalive alone took about a minute).
+            nonlocal silent
+            timeout = config.HEAD_TIMEOUT_S
+            step = timeout / 6
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(step)
+                now = time.monotonic()
+                if now - before > 2 * step:  # this process stalled, not the head: a fresh window
+                    heard[0] = max(heard[0], now - step)
+                quiet = now - heard[0]
+                if quiet > timeout:
+                    silent = True
+                    call.cancel()
+                    return
+                if quiet > timeout / 3:
+                    client.ping()
 
-            writer_task = asyncio.ensure_future(writer())
-            heartbeat_task = asyncio.ensure_future(heartbeat()) if config.HEAD_TIMEOUT_S > 0 else None
+        error = "closed"
+        writer_task = asyncio.ensure_future(writer())
+        heartbeat_task = asyncio.ensure_future(heartbeat()) if config.HEAD_TIMEOUT_S > 0 else None
+        try:
+            while True:
+                msg = await call.read()
+                heard[0] = time.monotonic()
+                if msg is grpc.aio.EOF:
+                    break
+                client.on_message(msg)
+            error = "the head closed the session"
+        except asyncio.CancelledError:
+            if not silent:
+                raise
+        except grpc.aio.AioRpcError as exc:
+            error = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                too_large = error
+            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self.unavailable = True
+                error = f"the head at {self.address} is gone or does not answer ({error})"
+        finally:
+            if heartbeat_task is not None:
+                heartbeat_task.cancel()
+            writer_task.cancel()
             try:
-                while True:
-                    msg = await call.read()
-                    heard[0] = time.monotonic()
-                    if msg is grpc.aio.EOF:
-                        break
-                    client.on_message(msg)
-                error = "the head closed the session"
-            except asyncio.CancelledError:
-                if not silent:
-                    raise
-                error = (f"the head at {self.address} does not answer: nothing came from it for "
-                         f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
-            except grpc.aio.AioRpcError as exc:
-                error = f"{exc.code().name}: {exc.details()}"
-                if silent:  # cancelled by the heartbeat
-                    error = (f"the head at {self.address} does not answer: nothing came from it for "
-                             f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
-                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    error += (f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
-                              "and the head ended this session)")
-                elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.unavailable = True
-                    error = f"the head at {self.address} is gone or does not answer ({error})"
-            finally:
-                if heartbeat_task is not None:
-                    heartbeat_task.cancel()
-                writer_task.cancel()
-                try:
-                    await writer_task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                    pass
-        if self._stopping:
-            error = "closed"
-        client.on_closed(error)
+                await writer_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if silent:  # cancelled by the heartbeat
+            error = (f"the head at {self.address} does not answer: nothing came from it for "
+                     f"{config.HEAD_TIMEOUT_S:g} s (a paused or frozen head; STARBURST_HEAD_TIMEOUT_S)")
+        elif too_large:
+            error = (too_large + f" (a message to the head exceeded its {config.MAX_MESSAGE_BYTES >> 20} MiB limit "
+                     "and the head ended this session)")
+        return error

@@ -58,10 +58,13 @@ class NodeLink:
                 path, token = self._framed
                 reader, writer = await asyncio.open_unix_connection(path)
                 stream = FramedStream(reader, writer, pb.NodeToHead)
+                # gRPC streams ping by themselves; this one notices a stopped or hung node the same way.
+                keepalive = asyncio.ensure_future(stream.keepalive(config.KEEPALIVE_S, 10.0))
                 try:
                     await stream.write_frame(token.encode())
                     await self._serve(stream, ready)
                 finally:
+                    keepalive.cancel()
                     stream.close()
             else:
                 async with self._channel(self.address) as channel:

@@ -23,6 +23,7 @@ from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
+from ..node.framing import SESSION_SOCKET, FramedStream, read_token
 from ..store import open_store
 from .joblog import JobLogs
 from .nodes import NodeLink
@@ -78,7 +79,7 @@ class Head(pb_grpc.HeadServicer):
                         break
                     self.scheduler.on_client_ops(session, msg.ops)
                     self.scheduler.flush()
-            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            except (asyncio.CancelledError, grpc.aio.AioRpcError, ConnectionError):
                 pass
             except Exception:
                 log.exception("head failed handling a session")
@@ -108,6 +109,19 @@ class Head(pb_grpc.HeadServicer):
             self.scheduler.close_session(session)
             self.scheduler.flush()
             self._maybe_exit_unused()
+
+    async def _on_framed_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A driver's session over the framed socket; its first frame is the cluster's token."""
+        try:
+            if not await read_token(reader, self.token):
+                log.warning("refused a session without this cluster's token")
+                return
+            await self.Session(None, FramedStream(reader, writer, pb.ClientMsg, config.MAX_MESSAGE_BYTES,
+                                                  answer_pings=True))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
 
     def _driver_sessions(self) -> int:
         return sum(1 for s in self.scheduler.sessions.values() if s.kind == "driver" and "/" not in s.session_id)
@@ -202,6 +216,9 @@ class Head(pb_grpc.HeadServicer):
         pb_grpc.add_HeadServicer_to_server(self, server)
         self.address = f"unix:{self.runtime_dir / 'head.sock'}"
         server.add_insecure_port(self.address)
+        # The same Session stream as framed protobuf, for drivers on this machine (see client.py).
+        session_server = await asyncio.start_unix_server(
+            self._on_framed_session, path=str(self.runtime_dir / SESSION_SOCKET))
         self.listen_address = ""
         if self.args.listen:
             host = self.args.listen.rpartition(":")[0]
@@ -252,6 +269,7 @@ class Head(pb_grpc.HeadServicer):
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
         ticker.cancel()
+        session_server.close()
         await self.shutdown(server)
 
     def _start_dashboard(self) -> asyncio.Future | None:

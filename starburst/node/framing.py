@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+import time
 
 _LEN = struct.Struct("<I")
 
@@ -13,14 +14,23 @@ _LEN = struct.Struct("<I")
 #: node's owner-only socket directory.
 LINK_SOCKET = "link.sock"
 
+#: Drivers' sessions with a local head (framed protobuf, the cluster's token first), beside its
+#: gRPC socket in the cluster's owner-only runtime directory.
+SESSION_SOCKET = "session.sock"
+
 
 def encode(msg) -> bytes:
     data = msg.SerializeToString()
     return _LEN.pack(len(data)) + data
 
 
-async def read_frames(reader: asyncio.StreamReader):
+class FrameTooLarge(ConnectionError):
+    """A frame over the receiver's (or sender's) limit: the link ends (like gRPC's RESOURCE_EXHAUSTED)."""
+
+
+async def read_frames(reader: asyncio.StreamReader, limit: int | None = None):
     """Yield frames as they arrive, taking every complete frame from each read (one await per burst).
+    A frame announced larger than ``limit`` raises FrameTooLarge before it is read.
 
     Linear in the bytes read: a frame is copied out once, however many reads it took to arrive."""
     buf = bytearray()
@@ -36,6 +46,8 @@ async def read_frames(reader: asyncio.StreamReader):
         end = len(buf)
         while end - start >= 4:
             (n,) = _LEN.unpack_from(buf, start)
+            if limit is not None and n > limit:
+                raise FrameTooLarge(f"a frame of {n} bytes is over the {limit} byte limit")
             if end - start - 4 < n:
                 break
             view = memoryview(buf)
@@ -92,12 +104,20 @@ def read_crash_report(socket_path: str, executor_id: int) -> list[str]:
 class FramedStream:
     """One end of a head <-> node link over a Unix socket, with the two methods the link's code
     uses on a gRPC stream: ``read()`` (a parsed ``incoming`` message, or ``grpc.aio.EOF``) and
-    ``write(msg)``. The local cluster's link: a frame costs a fraction of a gRPC message."""
+    ``write(msg)``. The local cluster's link: a frame costs a fraction of a gRPC message.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, incoming: type) -> None:
-        self._frames = read_frames(reader)
+    An empty frame is a keepalive ping (no message on these links is empty: writers send batches of
+    one or more operations): the side made with ``answer_pings`` answers it with an empty frame, and
+    :meth:`keepalive` on the other side ends the link when a ping goes unanswered."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, incoming: type,
+                 limit: int | None = None, answer_pings: bool = False) -> None:
+        self._frames = read_frames(reader, limit)
         self._writer = writer
         self._incoming = incoming
+        self._limit = limit
+        self._answer_pings = answer_pings
+        self.last_heard = time.monotonic()
 
     async def read_frame(self) -> bytes | None:
         try:
@@ -108,9 +128,15 @@ class FramedStream:
     async def read(self):
         import grpc
 
-        frame = await self.read_frame()
-        if frame is None:
-            return grpc.aio.EOF
+        while True:
+            frame = await self.read_frame()
+            if frame is None:
+                return grpc.aio.EOF
+            self.last_heard = time.monotonic()
+            if frame:
+                break
+            if self._answer_pings and not self._writer.is_closing():
+                self._writer.write(_LEN.pack(0))
         msg = self._incoming()
         msg.ParseFromString(frame)
         return msg
@@ -120,8 +146,31 @@ class FramedStream:
         await self._writer.drain()
 
     async def write(self, msg) -> None:
-        self._writer.write(encode(msg))
+        data = encode(msg)
+        if self._limit is not None and len(data) - 4 > self._limit:
+            raise FrameTooLarge(f"a message of {len(data) - 4} bytes is over the {self._limit} byte limit")
+        self._writer.write(data)
         await self._writer.drain()
+
+    async def done_writing(self) -> None:
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
+
+    async def keepalive(self, interval: float, timeout: float) -> str:
+        """Ping every ``interval`` seconds of silence; returns (and closes the link) when the peer
+        has not been heard from for ``timeout`` seconds after a ping (a stopped or hung process)."""
+        while True:
+            await asyncio.sleep(max(0.0, self.last_heard + interval - time.monotonic()))
+            if time.monotonic() - self.last_heard < interval:
+                continue
+            sent = time.monotonic()
+            if self._writer.is_closing():
+                return "closed"
+            self._writer.write(_LEN.pack(0))
+            await asyncio.sleep(timeout)
+            if self.last_heard < sent:
+                self._writer.close()
+                return f"no answer to a keepalive ping in {timeout:.0f} s"
 
     async def abort(self, code, details: str) -> None:
         """Refuse the link (what ``context.abort`` does on a gRPC stream): the peer reads EOF."""
@@ -130,3 +179,23 @@ class FramedStream:
 
     def close(self) -> None:
         self._writer.close()
+
+    def cancel(self) -> None:
+        """End the link from this side (what ``cancel()`` does on a gRPC call): ``read()`` then
+        returns EOF."""
+        self._writer.close()
+
+
+async def read_token(reader: asyncio.StreamReader, expected: str, timeout: float = 10.0) -> bool:
+    """Whether the caller's first frame is ``expected`` (compared in constant time). Reads nothing
+    more than a frame of the token's size, for at most ``timeout`` seconds."""
+    import hmac
+
+    want = expected.encode()
+    try:
+        (size,) = _LEN.unpack(await asyncio.wait_for(reader.readexactly(4), timeout))
+        if not want or size != len(want):
+            return False
+        return hmac.compare_digest(await asyncio.wait_for(reader.readexactly(size), timeout), want)
+    except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        return False

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import struct
 import sys
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
-from .framing import LINK_SOCKET, FramedStream, encode, read_crash_report, read_frames
+from .framing import LINK_SOCKET, FramedStream, encode, read_crash_report, read_frames, read_token
 from .launch import Early, pool_size, spawn_executor
 from .pool import Pool, Slot
 
@@ -161,21 +160,13 @@ class NodeServer(pb_grpc.NodeServicer):
             self._head_lost()
 
     async def _on_head_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A local head's Work stream over our link socket; its first frame is the node's token
-        (read with a bound on its size and time: nothing else is read from a caller without it)."""
-        import hmac
-
-        expected = (self.args.token or "").encode()
+        """A local head's Work stream over our link socket; its first frame is the node's token."""
         try:
-            header = await asyncio.wait_for(reader.readexactly(4), LINK_HELLO_TIMEOUT_S)
-            (size,) = struct.unpack("<I", header)
-            token = await asyncio.wait_for(reader.readexactly(size), LINK_HELLO_TIMEOUT_S) \
-                if expected and size == len(expected) else b""
-            if not token or not hmac.compare_digest(token, expected):
+            if not await read_token(reader, self.args.token or "", LINK_HELLO_TIMEOUT_S):
                 log.warning("refused a link without this node's token")
                 return
-            await self.Work(None, FramedStream(reader, writer, pb.HeadToNode))
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            await self.Work(None, FramedStream(reader, writer, pb.HeadToNode, answer_pings=True))
+        except (ConnectionError, OSError):
             pass
         finally:
             writer.close()
