@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import socket
 import struct
@@ -112,33 +113,55 @@ class FramedStream:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, incoming: type,
                  limit: int | None = None, answer_pings: bool = False) -> None:
-        self._frames = read_frames(reader, limit)
+        self._reader = reader
         self._writer = writer
         self._incoming = incoming
         self._limit = limit
         self._answer_pings = answer_pings
+        self._buf = bytearray()
+        self._ready: collections.deque[bytes] = collections.deque()
         self.last_heard = time.monotonic()
 
-    async def read_frame(self) -> bytes | None:
+    async def _fill(self) -> bool:
+        """Take the next burst of bytes, queueing its complete frames (answering pings); False at EOF."""
         try:
-            return await self._frames.__anext__()
-        except StopAsyncIteration:
-            return None
+            chunk = await self._reader.read(1 << 20)
+        except ConnectionError:
+            return False
+        if not chunk:
+            return False
+        self.last_heard = time.monotonic()
+        buf = self._buf
+        buf += chunk
+        start, end = 0, len(buf)
+        while end - start >= 4:
+            (n,) = _LEN.unpack_from(buf, start)
+            if self._limit is not None and n > self._limit:
+                raise FrameTooLarge(f"a frame of {n} bytes is over the {self._limit} byte limit")
+            if end - start - 4 < n:
+                break
+            frame = bytes(buf[start + 4:start + 4 + n])
+            start += 4 + n
+            if frame:
+                self._ready.append(frame)
+            elif self._answer_pings and not self._writer.is_closing():
+                self._writer.write(_LEN.pack(0))
+        if start:
+            del buf[:start]
+        return True
 
     async def read(self):
-        import grpc
+        """The next message; the messages that arrived in the same burst come merged into it (their
+        operations in order), so the reader makes one pass for them all. ``grpc.aio.EOF`` at the end."""
+        while not self._ready:
+            if not await self._fill():
+                import grpc
 
-        while True:
-            frame = await self.read_frame()
-            if frame is None:
                 return grpc.aio.EOF
-            self.last_heard = time.monotonic()
-            if frame:
-                break
-            if self._answer_pings and not self._writer.is_closing():
-                self._writer.write(_LEN.pack(0))
         msg = self._incoming()
-        msg.ParseFromString(frame)
+        msg.ParseFromString(self._ready.popleft())
+        while self._ready:
+            msg.MergeFromString(self._ready.popleft())  # repeated ``ops``: appended
         return msg
 
     async def write_frame(self, data: bytes) -> None:
