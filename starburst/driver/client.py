@@ -847,14 +847,20 @@ class GrpcTransport:
         error = "closed"
         writer_task = asyncio.ensure_future(writer())
         heartbeat_task = asyncio.ensure_future(heartbeat()) if config.HEAD_TIMEOUT_S > 0 else None
+        answered = False
         try:
             while True:
                 msg = await call.read()
                 heard[0] = time.monotonic()
                 if msg is grpc.aio.EOF:
                     break
+                answered = True
                 client.on_message(msg)
-            error = "the head closed the session"
+            if answered:
+                error = "the head closed the session"
+            else:  # a framed session closed unanswered: the head refuses sessions while shutting
+                self.unavailable = True  # down (gRPC says UNAVAILABLE; init() starts a new cluster)
+                error = f"the head at {self.address} is shutting down (it closed the session)"
         except asyncio.CancelledError:
             if not silent:
                 raise

@@ -60,6 +60,7 @@ class Head(pb_grpc.HeadServicer):
         self.drivers_seen = 0
         self.started = time.monotonic()
         self.abort_reason = ""
+        self._session_server: asyncio.AbstractServer | None = None
 
     # ----------------------------------------------------------------------- driver sessions
 
@@ -217,7 +218,7 @@ class Head(pb_grpc.HeadServicer):
         self.address = f"unix:{self.runtime_dir / 'head.sock'}"
         server.add_insecure_port(self.address)
         # The same Session stream as framed protobuf, for drivers on this machine (see client.py).
-        session_server = await asyncio.start_unix_server(
+        self._session_server = await asyncio.start_unix_server(
             self._on_framed_session, path=str(self.runtime_dir / SESSION_SOCKET))
         self.listen_address = ""
         if self.args.listen:
@@ -269,7 +270,6 @@ class Head(pb_grpc.HeadServicer):
             asyncio.ensure_future(self._exit_if_nobody_comes())
         await self.stopping.wait()
         ticker.cancel()
-        session_server.close()
         await self.shutdown(server)
 
     def _start_dashboard(self) -> asyncio.Future | None:
@@ -355,6 +355,8 @@ class Head(pb_grpc.HeadServicer):
             for link in list(self.links):
                 if link.task is not None:
                     link.task.cancel()
+            if self._session_server is not None:
+                self._session_server.close()
             await server.stop(grace=0.5)
             if self._dashboard_task is not None:
                 self._dashboard_task.cancel()
