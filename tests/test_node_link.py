@@ -18,8 +18,12 @@ TOKEN = "t0ken-for-this-node-only"
 
 @pytest.fixture
 def node(tmp_path):
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
+    import shutil
+    import uuid
+
+    from starburst import config
+
+    runtime = config.cluster_runtime_dir(uuid.uuid4().hex)  # short: socket paths are bounded
     store = tmp_path / "store"
     store.mkdir()
     proc = spawn_local_node("local-link", 1, str(store), str(tmp_path / "node.log"), str(runtime), TOKEN)
@@ -33,6 +37,7 @@ def node(tmp_path):
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _link(address: str) -> socket.socket:
