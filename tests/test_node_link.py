@@ -87,7 +87,8 @@ def test_the_local_provider_links_by_the_framed_socket(monkeypatch):
 
 def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(cluster):
     """Drivers on this machine talk to the head by framed protobuf (``session.sock`` beside the
-    head's gRPC socket); without the cluster's token the head closes the socket without a word."""
+    head's gRPC socket); without the cluster's token the head answers only UNAUTHENTICATED (as its
+    gRPC socket does) and closes the socket, and a driver reports that."""
     import json
 
     from starburst import config
@@ -106,7 +107,11 @@ def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(c
             _send_frame(sock, hello.SerializeToString())
             frame = recv_frame(sock)
             if not answered:
-                assert frame is None
+                assert frame is not None
+                refused = pb.HeadMsg.FromString(frame)
+                assert [op.WhichOneof("op") for op in refused.ops] == ["error"], refused
+                assert "UNAUTHENTICATED" in refused.ops[0].error
+                assert recv_frame(sock) is None  # and nothing more: the socket is closed
                 continue
             assert frame is not None
             msg = pb.HeadMsg()
@@ -117,3 +122,11 @@ def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(c
         finally:
             sock.close()
     assert cluster.get(cluster.remote(lambda: 7).remote(), timeout=60) == 7
+
+    from starburst.driver.client import Client, GrpcTransport, HeadUnavailableError
+
+    transport = GrpcTransport(address)
+    transport._token = "not-" + token
+    with pytest.raises(ConnectionError, match="UNAUTHENTICATED") as refused:
+        Client(transport)
+    assert not isinstance(refused.value, HeadUnavailableError)  # (init() would start another head)

@@ -23,7 +23,7 @@ from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
-from ..node.framing import SESSION_SOCKET, FramedStream, read_token
+from ..node.framing import SESSION_SOCKET, FramedStream, encode, read_token
 from ..store import open_store
 from .joblog import JobLogs
 from .nodes import NodeLink
@@ -116,6 +116,10 @@ class Head(pb_grpc.HeadServicer):
         try:
             if not await read_token(reader, self.token):
                 log.warning("refused a session without this cluster's token")
+                # What gRPC's status says: the driver reports it (and doesn't take us for gone).
+                refused = pb.HeadMsg(ops=[pb.HeadOp(error="UNAUTHENTICATED: wrong or missing starburst token")])
+                writer.write(encode(refused))
+                await writer.drain()
                 return
             await self.Session(None, FramedStream(reader, writer, pb.ClientMsg, config.MAX_MESSAGE_BYTES,
                                                   answer_pings=True))
