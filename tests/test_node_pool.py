@@ -209,6 +209,8 @@ def test_drain_hands_back_queued_and_pipelined_work():
     assert asked == ids[1:8]
     h.returned(a, asked[2:])  # two had started meanwhile
     assert h.sink.not_started() == asked[2:]
+    late = h.submit(h.run())  # the head sent it before it heard that the node drains
+    assert h.sink.not_started() == late and not h.pool.queue  # (it sat in the queue until the node left)
 
 
 def test_work_stuck_behind_a_straggler_goes_back_to_the_head_unasked():

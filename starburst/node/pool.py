@@ -167,6 +167,9 @@ class Pool:
     # ------------------------------------------------------------------ from the head
 
     def submit(self, run: pb.Run) -> None:
+        if self.draining:  # sent before the head heard that we drain: it places it elsewhere
+            self._not_started(run.spec.task_id)
+            return
         if run.spec.parent_task_id:  # nested: its parent may be waiting for it (see scheduler)
             self.queue.appendleft(run)
         else:
