@@ -20,7 +20,9 @@ def _spec(i: int, name: str = "mod.work") -> pb.TaskSpec:
                        resources=pb.Resources(cpus=1), job_id="job-test")
 
 
-def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
+def _observed(tmp_path, monkeypatch) -> tuple[Scheduler, Observer, Session]:
+    """A scheduler with an observer (job logs under a private home) and one driver's session that
+    sent function ``work``."""
     monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
     sched = Scheduler(open_store(f"file://{tmp_path / 'store'}"))
     observer = sched.observer = Observer(sched, joblog.JobLogs())
@@ -28,6 +30,11 @@ def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
     sched.open_session(session)
     sched.on_client_ops(session, [pb.ClientOp(hello=pb.Hello(kind="driver")),
                                   pb.ClientOp(function=pb.Function(id=b"f", name="work"))])
+    return sched, observer, session
+
+
+def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
+    sched, observer, session = _observed(tmp_path, monkeypatch)
     sched.on_client_ops(session, [pb.ClientOp(submit=_spec(i)) for i in range(3)])
     funcs = observer.snapshot()["functions"]
     assert funcs == [{"name": "mod.work", "queued": 3, "running": 0, "done": 0, "failed": 0, "rate_per_s": 0.0}]
@@ -68,13 +75,7 @@ def test_counts_timeline_output_and_errors(tmp_path, monkeypatch):
 def test_cancelled_tasks_are_no_errors_and_handed_back_runs_no_runs(tmp_path, monkeypatch):
     """A driver that leaves cancels its unfinished tasks: the job's log and the dashboard's errors
     don't fill with them. A task a node hands back unstarted never ran: no timeline entry."""
-    monkeypatch.setenv("STARBURST_HOME", str(tmp_path / "home"))
-    sched = Scheduler(open_store(f"file://{tmp_path / 'store'}"))
-    observer = sched.observer = Observer(sched, joblog.JobLogs())
-    session = Session(sched, "s1", lambda ops: None)
-    sched.open_session(session)
-    sched.on_client_ops(session, [pb.ClientOp(hello=pb.Hello(kind="driver")),
-                                  pb.ClientOp(function=pb.Function(id=b"f", name="work"))])
+    sched, observer, session = _observed(tmp_path, monkeypatch)
     sched.on_client_ops(session, [pb.ClientOp(submit=_spec(i)) for i in range(5)])
     node = Node(sched, "n1", pb.NodeHello(node_id="n1", resources=pb.Resources(cpus=1)), lambda ops: None)
     sched.add_node(node)

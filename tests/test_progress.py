@@ -38,6 +38,27 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _read_all(fds, after_each=None) -> dict[int, bytes]:
+    """Read ``fds`` (pseudo-terminal masters or pipes) until every one is closed, calling
+    ``after_each(chunks)`` after each read; fails if nothing comes for 60 s."""
+    chunks = {fd: b"" for fd in fds}
+    open_fds = set(chunks)
+    while open_fds:
+        ready, _, _ = select.select(list(open_fds), [], [], 60)
+        assert ready, f"no output for 60 s: {chunks}"
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the pty's other end closed
+                data = b""
+            if not data:
+                open_fds.discard(fd)
+            chunks[fd] += data
+        if after_each is not None:
+            after_each(chunks)
+    return chunks
+
+
 def _run(tmp_path: pathlib.Path, stdout_is_tty: bool) -> tuple[str, str]:
     """Run SCRIPT with stderr on a pseudo-terminal (stdout too, or piped); returns (stdout, stderr)."""
     script = tmp_path / "script.py"
@@ -59,27 +80,17 @@ def _run(tmp_path: pathlib.Path, stdout_is_tty: bool) -> tuple[str, str]:
     if out_slave is not None:
         os.close(out_slave)
     out_fd = out_master if out_master is not None else proc.stdout.fileno()
-    chunks = {out_fd: b"", err_master: b""}
-    open_fds = set(chunks)
+
+    def release(chunks: dict[int, bytes]) -> None:
+        if flag.exists():
+            return
+        if stdout_is_tty and b"get:" in chunks[err_master]:
+            flag.touch()  # the bar is drawn: let the tasks finish
+        elif not stdout_is_tty and b"BARS" in chunks[out_fd] and b"started" in chunks[out_fd]:
+            flag.touch()  # the get decided on its bar (BARS says how) and its tasks run
+
     try:
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], 60)
-            assert ready, f"no output for 60 s: {chunks}"
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # EIO: the pty's other end closed
-                    data = b""
-                if not data:
-                    open_fds.discard(fd)
-                    continue
-                chunks[fd] += data
-            if flag.exists():
-                continue
-            if stdout_is_tty and b"get:" in chunks[err_master]:
-                flag.touch()  # the bar is drawn: let the tasks finish
-            elif not stdout_is_tty and b"BARS" in chunks[out_fd] and b"started" in chunks[out_fd]:
-                flag.touch()  # the get decided on its bar (BARS says how) and its tasks run
+        chunks = _read_all([out_fd, err_master], release)
         assert proc.wait(60) == 0, chunks
     finally:
         proc.kill()
@@ -165,20 +176,8 @@ def _run_through_runner(script: pathlib.Path, tmp_path: pathlib.Path, tty: bool)
                             cwd=str(tmp_path))
     for fd in slaves:
         os.close(fd)
-    chunks = {fd: b"" for fd in masters}
-    open_fds = set(masters)
     try:
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], 60)
-            assert ready, f"no output for 60 s: {chunks}"
-            for fd in ready:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # EIO: the pty's other end closed
-                    data = b""
-                if not data:
-                    open_fds.discard(fd)
-                chunks[fd] += data
+        chunks = _read_all(masters)
         code = proc.wait(60)
     finally:
         proc.kill()
