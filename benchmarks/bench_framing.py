@@ -1,4 +1,4 @@
-"""How long node/framing.read_frames takes to read one big frame that arrives in 1 MiB reads.
+"""How long framing.read_frames takes to read one big frame that arrives in 1 MiB reads.
 
     .venv/bin/python benchmarks/bench_framing.py [MiB]
 
@@ -12,7 +12,7 @@ import asyncio
 import sys
 import time
 
-from starburst.node.framing import _LEN, read_frames
+from starburst.framing import _LEN, read_frames
 
 
 async def main(mib: int, read_frames=read_frames) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from starburst import config
 from starburst._proto import starburst_pb2 as pb
-from starburst.node.framing import encode, read_frames
+from starburst.framing import encode, read_frames
 
 
 def test_split_batches_stays_under_the_cap_and_keeps_order():

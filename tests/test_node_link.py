@@ -11,7 +11,7 @@ import pytest
 from starburst._proto import starburst_pb2 as pb
 from starburst.head.launch import spawn_local_node
 from starburst.head.providers import LocalProvider
-from starburst.node.framing import LINK_SOCKET, recv_frame
+from starburst.framing import LINK_SOCKET, recv_frame
 
 TOKEN = "t0ken-for-this-node-only"
 
@@ -92,7 +92,7 @@ def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(c
     import json
 
     from starburst import config
-    from starburst.node.framing import SESSION_SOCKET
+    from starburst.framing import SESSION_SOCKET
 
     address = json.loads(config.head_file().read_text())["address"]
     runtime = os.path.dirname(address[len("unix:"):])

@@ -750,7 +750,7 @@ class GrpcTransport:
 
         from .._auth import call_metadata
         from .._proto import starburst_pb2_grpc as pb_grpc
-        from ..node.framing import SESSION_SOCKET, FramedStream
+        from ..framing import SESSION_SOCKET, FramedStream
 
         error = "closed"
         framed = None
@@ -789,7 +789,7 @@ class GrpcTransport:
         read/write/done_writing/cancel) until it ends; returns why it ended."""
         import grpc
 
-        from ..node.framing import FrameTooLarge
+        from ..framing import FrameTooLarge
 
         client, wake = self._client, self._wake_event
         assert client is not None and wake is not None

@@ -16,7 +16,7 @@ import grpc
 from .. import config
 from .._proto import starburst_pb2 as pb
 from .._version import runtime_versions, version_drift
-from ..node.framing import FramedStream
+from ..framing import FramedStream
 from .launch import spawn_local_node
 from .scheduler import Node, Scheduler, Session
 

@@ -15,7 +15,7 @@ import grpc
 
 from .. import config
 from .._proto import starburst_pb2 as pb
-from ..node.framing import LINK_SOCKET
+from ..framing import LINK_SOCKET
 from .nodes import LocalNodeProcess
 
 if TYPE_CHECKING:

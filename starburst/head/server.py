@@ -23,7 +23,7 @@ from .._files import write_atomic
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import __version__
-from ..node.framing import SESSION_SOCKET, FramedStream, encode, read_token
+from ..framing import SESSION_SOCKET, FramedStream, encode, read_token
 from ..store import open_store
 from .joblog import JobLogs
 from .nodes import NodeLink

@@ -39,7 +39,8 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from .framing import crash_report_path, encode, recv_frame
+from ..framing import encode, recv_frame
+from .crash_report import crash_report_path
 
 
 class Executor:

@@ -21,7 +21,8 @@ from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
-from .framing import LINK_SOCKET, FramedStream, encode, read_crash_report, read_frames, read_token
+from ..framing import LINK_SOCKET, FramedStream, encode, read_frames, read_token
+from .crash_report import read_crash_report
 from .launch import Early, pool_size, spawn_executor
 from .pool import Pool, Slot
 

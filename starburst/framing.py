@@ -1,10 +1,16 @@
-"""Length-prefixed protobuf frames between a node and its executors (a Unix socket per executor)."""
+"""Length-prefixed protobuf frames over Unix sockets: the local links that don't need gRPC.
+
+A frame is a 4-byte little-endian length and a serialized message. Node <-> executor use them with
+blocking sockets (:func:`recv_frame`) and asyncio streams (:func:`read_frames`); the local head's
+links (driver <-> head on ``session.sock``, head <-> node on ``link.sock``) use
+:class:`FramedStream`, which gives them the read/write methods of a gRPC stream, after a first frame
+that carries the token (:func:`read_token`). :class:`FrameSplitter` cuts frames out of the bytes for
+both."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import socket
 import struct
 import time
@@ -29,12 +35,38 @@ class FrameTooLarge(ConnectionError):
     """A frame over the receiver's (or sender's) limit: the link ends (like gRPC's RESOURCE_EXHAUSTED)."""
 
 
-async def read_frames(reader: asyncio.StreamReader, limit: int | None = None):
-    """Yield frames as they arrive, taking every complete frame from each read (one await per burst).
-    A frame announced larger than ``limit`` raises FrameTooLarge before it is read.
+class FrameSplitter:
+    """Cut complete frames out of a byte stream as it arrives (linear in the bytes: each frame is
+    copied out once, however many reads it took to arrive). A frame announced larger than
+    ``limit`` raises FrameTooLarge before it is read."""
 
-    Linear in the bytes read: a frame is copied out once, however many reads it took to arrive."""
-    buf = bytearray()
+    def __init__(self, limit: int | None = None) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add ``chunk``; return the frames it completed, in order."""
+        buf = self._buf
+        buf += chunk
+        frames = []
+        start, end = 0, len(buf)
+        while end - start >= 4:
+            (n,) = _LEN.unpack_from(buf, start)
+            if self._limit is not None and n > self._limit:
+                raise FrameTooLarge(f"a frame of {n} bytes is over the {self._limit} byte limit")
+            if end - start - 4 < n:
+                break
+            with memoryview(buf) as view:
+                frames.append(bytes(view[start + 4 : start + 4 + n]))
+            start += 4 + n
+        if start:
+            del buf[:start]
+        return frames
+
+
+async def read_frames(reader: asyncio.StreamReader, limit: int | None = None):
+    """Yield frames as they arrive, taking every complete frame from each read (one await per burst)."""
+    frames = FrameSplitter(limit)
     while True:
         try:
             chunk = await reader.read(1 << 20)
@@ -42,22 +74,8 @@ async def read_frames(reader: asyncio.StreamReader, limit: int | None = None):
             return
         if not chunk:
             return
-        buf += chunk
-        start = 0
-        end = len(buf)
-        while end - start >= 4:
-            (n,) = _LEN.unpack_from(buf, start)
-            if limit is not None and n > limit:
-                raise FrameTooLarge(f"a frame of {n} bytes is over the {limit} byte limit")
-            if end - start - 4 < n:
-                break
-            view = memoryview(buf)
-            frame = bytes(view[start + 4 : start + 4 + n])
-            view.release()
+        for frame in frames.feed(chunk):
             yield frame
-            start += 4 + n
-        if start:
-            del buf[:start]
 
 
 def recv_frame(sock: socket.socket) -> bytes | None:
@@ -82,30 +100,11 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-# An executor's last words: where a fatal error's report (faulthandler) goes, beside the node's
-# socket; the executor writes it, the node reads it when the executor dies.
-
-
-def crash_report_path(socket_path: str, executor_id: int) -> str:
-    return os.path.join(os.path.dirname(socket_path), f"executor-{executor_id}.crash")
-
-
-def read_crash_report(socket_path: str, executor_id: int) -> list[str]:
-    """The fatal-error report a dead executor left (its lines; [] if none), removing the file."""
-    path = crash_report_path(socket_path, executor_id)
-    try:
-        with open(path, errors="replace") as f:
-            text = f.read(8192)
-        os.unlink(path)
-    except OSError:
-        return []
-    return text.splitlines()
-
-
 class FramedStream:
-    """One end of a head <-> node link over a Unix socket, with the two methods the link's code
-    uses on a gRPC stream: ``read()`` (a parsed ``incoming`` message, or ``grpc.aio.EOF``) and
-    ``write(msg)``. The local cluster's link: a frame costs a fraction of a gRPC message.
+    """One end of a local head's link (a driver's session, or the link to its node) over a Unix
+    socket, with the methods the link's code uses on a gRPC stream: ``read()`` (a parsed
+    ``incoming`` message, or ``grpc.aio.EOF``), ``write(msg)``, ``done_writing()``, ``cancel()``. A
+    frame costs a fraction of a gRPC message.
 
     An empty frame is a keepalive ping (no message on these links is empty: writers send batches of
     one or more operations): the side made with ``answer_pings`` answers it with an empty frame, and
@@ -118,7 +117,7 @@ class FramedStream:
         self._incoming = incoming
         self._limit = limit
         self._answer_pings = answer_pings
-        self._buf = bytearray()
+        self._frames = FrameSplitter(limit)
         self._ready: collections.deque[bytes] = collections.deque()
         self.last_heard = time.monotonic()
 
@@ -131,23 +130,11 @@ class FramedStream:
         if not chunk:
             return False
         self.last_heard = time.monotonic()
-        buf = self._buf
-        buf += chunk
-        start, end = 0, len(buf)
-        while end - start >= 4:
-            (n,) = _LEN.unpack_from(buf, start)
-            if self._limit is not None and n > self._limit:
-                raise FrameTooLarge(f"a frame of {n} bytes is over the {self._limit} byte limit")
-            if end - start - 4 < n:
-                break
-            frame = bytes(buf[start + 4:start + 4 + n])
-            start += 4 + n
+        for frame in self._frames.feed(chunk):
             if frame:
                 self._ready.append(frame)
             elif self._answer_pings and not self._writer.is_closing():
                 self._writer.write(_LEN.pack(0))
-        if start:
-            del buf[:start]
         return True
 
     async def read(self):
@@ -201,12 +188,11 @@ class FramedStream:
         raise ConnectionRefusedError(details)
 
     def close(self) -> None:
+        """End the link from this side (also as ``cancel()``, what a gRPC call has): ``read()``
+        then returns EOF."""
         self._writer.close()
 
-    def cancel(self) -> None:
-        """End the link from this side (what ``cancel()`` does on a gRPC call): ``read()`` then
-        returns EOF."""
-        self._writer.close()
+    cancel = close
 
 
 async def read_token(reader: asyncio.StreamReader, expected: str, timeout: float = 10.0) -> bool:
