@@ -112,14 +112,10 @@ def _bar(total: int, desc: str, initial: int = 0):
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
-    # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 80x24.
-    try:
-        size = os.get_terminal_size(sys.stderr.fileno())
-        sized = size.columns > 0 and size.lines > 0
-    except (OSError, ValueError, AttributeError):
-        sized = False
-    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=sized,
-                ncols=None if sized else 80, nrows=None if sized else 24, leave=True, bar_format=BAR_FORMAT)
+    from .experimental.tqdm_ray import stderr_sizing
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="task", file=sys.stderr, leave=True,
+                bar_format=BAR_FORMAT, **stderr_sizing(80))
 
 
 def _ready_now(client, refs: list["ObjectRef"]) -> tuple[list["ObjectRef"], list["ObjectRef"]]:

@@ -128,7 +128,7 @@ def safe_print(*args: Any, **kwargs: Any) -> None:
     _bars.write(stream, buffer.getvalue())
 
 
-def _sizing(columns: int) -> dict[str, Any]:
+def stderr_sizing(columns: int) -> dict[str, Any]:
     """tqdm's size arguments for stderr: its own size, or ``columns`` x 24 where the terminal reports
     none (some pseudo-terminals: tqdm would draw nothing)."""
     try:
@@ -174,7 +174,7 @@ class _Bars:
                 from tqdm import tqdm as _tqdm
 
                 bar = _tqdm(total=total, desc=desc, unit=str(state.get("unit") or "it"), file=sys.stderr,
-                            leave=True, **_sizing(80))
+                            leave=True, **stderr_sizing(80))
                 self._bars[key] = bar
                 self._plain_seen[key] = (0, total, desc, False)
             if bar.total != total:
@@ -195,7 +195,8 @@ class _Bars:
             if bar is None and text is not None and not done:
                 from tqdm import tqdm as _tqdm
 
-                bar = _tqdm(total=None, desc=text, file=sys.stderr, leave=True, bar_format="{desc}", **_sizing(160))
+                bar = _tqdm(total=None, desc=text, file=sys.stderr, leave=True, bar_format="{desc}",
+                            **stderr_sizing(160))
                 self._bars[key] = bar
             if bar is None:
                 return
