@@ -745,14 +745,17 @@ class Doctor:
         assert self.settings is not None
         if not self.report.account:
             return
+        from starburst.store.s3 import S3Store
+
         bucket = self.settings.bucket_name(self.report.account)
         s3 = self._session().client("s3", region_name=self.settings.region)
         with contextlib.suppress(Exception):
-            pages = s3.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{self.settings.object_prefix}/{cluster_id}/")
-            keys = [{"Key": o["Key"]} for page in pages for o in page.get("Contents", [])]
-            for i in range(0, len(keys), 1000):
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000]})
+            store = S3Store(f"s3://{bucket}/{self.settings.object_prefix}/{cluster_id}", client=s3,
+                            cache_bytes=0, cache_dir="")
+            try:
+                store.delete_prefix()
+            finally:
+                store.close()
 
     def _bill(self) -> float:
         """What the task cost: from launch to ECS's confirmed stop, billed as Fargate bills."""
