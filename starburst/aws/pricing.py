@@ -418,10 +418,14 @@ def estimate_hourly(
     source: PriceSource | None = None,
 ) -> float:
     """USD per hour for ``workers`` Fargate tasks of ``cpu`` vCPU and ``memory_gb`` GB each."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
+    _check_workers(workers)
     rates = (source or _DEFAULT_SOURCE).rates(region, arch, spot)
     return workers * rates.per_hour(cpu, _memory_gb(memory_gb))
+
+
+def _check_workers(workers: object) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
 
 
 def format_cost(usd: float) -> str:
@@ -453,9 +457,10 @@ def describe_estimate(
 ) -> str:
     """One line shown before launch: what the cluster costs per hour (and how long ``max_cost``
     lasts at that rate)."""
+    _check_workers(workers)
     gb = _memory_gb(memory_gb)
-    hourly = estimate_hourly(workers, cpu, gb, arch, spot, region, source)
-    rates = (source or _DEFAULT_SOURCE).rates(region, arch, spot)
+    rates = (source or _DEFAULT_SOURCE).rates(region, arch, spot)  # once: a Price List source may ask AWS
+    hourly = workers * rates.per_hour(cpu, gb)
     capacity = "Fargate Spot" if spot else "Fargate"
     noun = "worker" if workers == 1 else "workers"
     line = (
