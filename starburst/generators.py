@@ -17,7 +17,6 @@ class ObjectRefGenerator:
     """
 
     def __init__(self, task_id: bytes, end: ObjectRef, client: Any) -> None:
-        client.register_stream(task_id)
         self._task_id = task_id
         self._end = end  # its value is the number of items, once the task has finished
         self._client = client

@@ -220,7 +220,10 @@ class Client:
             if function is not None and owner is not None:
                 self._track_owner(function.id, owner)
             self._expected.update(spec.return_ids)
-            if spec.generator == "streaming":  # before it leaves: its first items may come back at once
+            if spec.generator == "streaming":
+                # Its items are pushed as they are yielded: each is kept on arrival (the arrival counts
+                # as one hold, handed over to the ref the generator returns). Registered before the
+                # task leaves: its first items may come back before submit returns.
                 self._streams.add(spec.task_id)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
         ops.append(pb.ClientOp(submit=spec))
@@ -265,14 +268,8 @@ class Client:
         self.hold(spec.actor_id)
         self._send(pb.ClientOp(submit=spec))
 
-    def register_stream(self, task_id: bytes) -> None:
-        """Items of this streaming task are pushed as they are yielded: keep each on arrival (the
-        arrival counts as one hold, which the generator hands over to the ref it returns).
-        :meth:`submit` registers the streaming tasks it sends itself."""
-        with self._cond:
-            self._streams.add(task_id)
-
     def unregister_stream(self, task_id: bytes) -> None:
+        """Items of this streaming task are no longer wanted (released on arrival); see :meth:`submit`."""
         with self._cond:
             self._streams.discard(task_id)
 
