@@ -198,15 +198,23 @@ class Node(Sink):
 
 
 class Obj:
+    # Tens of thousands are held during a burst: the lists are made when first needed (empty ones
+    # cost the head's heap ~170 bytes an object, which CPython's allocator keeps after the burst).
     __slots__ = ("id", "value", "refs", "subscribers", "dependents", "pinned")
 
     def __init__(self, object_id: bytes) -> None:
         self.id = object_id
         self.value: pb.Value | None = None
         self.refs = 0
-        self.subscribers: list[Session] = []
-        self.dependents: list[Task] = []
-        self.pinned: list[bytes] = []  # refs contained in the value, kept alive by it
+        self.subscribers: list[Session] | None = None
+        self.dependents: list[Task] | None = None
+        self.pinned: list[bytes] | None = None  # refs contained in the value, kept alive by it
+
+    def subscribe(self, session: "Session") -> None:
+        if self.subscribers is None:
+            self.subscribers = [session]
+        elif session not in self.subscribers:
+            self.subscribers.append(session)
 
 
 class Task:
@@ -223,18 +231,32 @@ class Task:
         self.waiting = 0
         self.node: Node | None = None
         self.state = Task.WAITING
-        self.children: set[bytes] = set()
-        r = spec.resources
-        # Only the resources asked for (zeros would cost a dict update per task on every node
-        # book-keeping step); ``**r.custom`` on an empty protobuf map is surprisingly slow.
-        want = {name: qty for name, qty in (("CPU", r.cpus), ("GPU", r.gpus), ("memory", r.memory)) if qty}
-        if r.custom:
-            want.update(r.custom)
-        self.want = want
+        self.children: set[bytes] | None = None  # tasks it submitted that are not finished (made when needed)
+        self.want = _wants(spec.resources)
         self.submitted = time.monotonic()
         self.avoid: Node | None = None  # recalled from this node: placed elsewhere if anywhere fits
         self.uses = False  # counted as a user of its function in the function table
         self.streamed = 0  # a streaming task's items the submitter got (a retry doesn't send them again)
+
+
+_WANTS: dict[tuple[float, float, float], dict[str, float]] = {}
+
+
+def _wants(r: pb.Resources) -> dict[str, float]:
+    """The resources a task asks for, only those it asks for (zeros would cost a dict update per
+    task on every node book-keeping step). The dict is shared by every task asking the same and
+    must not be changed."""
+    if r.custom:  # ``**r.custom`` on an empty protobuf map is surprisingly slow: only when set
+        want = {name: qty for name, qty in (("CPU", r.cpus), ("GPU", r.gpus), ("memory", r.memory)) if qty}
+        want.update(r.custom)
+        return want
+    key = (r.cpus, r.gpus, r.memory)
+    shared = _WANTS.get(key)
+    if shared is None:
+        if len(_WANTS) > 1024:  # e.g. memory sizes computed per task
+            _WANTS.clear()
+        shared = _WANTS[key] = {name: qty for name, qty in zip(("CPU", "GPU", "memory"), key) if qty}
+    return shared
 
 
 class Actor:
@@ -452,8 +474,8 @@ class Scheduler:
             session.push(pb.HeadOp(ready=pb.Object(id=object_id, value=error_value(lost))))
         elif obj.value is not None:
             session.push(pb.HeadOp(ready=pb.Object(id=object_id, value=obj.value)))
-        elif session not in obj.subscribers:
-            obj.subscribers.append(session)
+        else:
+            obj.subscribe(session)
 
     def _set_value(self, obj: Obj, value: pb.Value) -> None:
         obj.value = value
@@ -461,15 +483,17 @@ class Scheduler:
             inner = self.objects.get(contained)
             if inner is not None:
                 inner.refs += 1
+                if obj.pinned is None:
+                    obj.pinned = []
                 obj.pinned.append(contained)
         if obj.subscribers:
             op = pb.HeadOp(ready=pb.Object(id=obj.id, value=value))
             for session in obj.subscribers:
                 if not session.closed:
                     session.push(op)
-            obj.subscribers = []
+            obj.subscribers = None
         if obj.dependents:
-            dependents, obj.dependents = obj.dependents, []
+            dependents, obj.dependents = obj.dependents, None
             for task in dependents:
                 if task.state != Task.WAITING:
                     continue
@@ -504,7 +528,7 @@ class Scheduler:
         del self.objects[obj.id]
         if obj.value is not None and obj.value.WhichOneof("where") == "key":
             self._delete_key(obj.value.key)
-        for contained in obj.pinned:
+        for contained in obj.pinned or ():
             self._unref(contained)
 
     def _delete_key(self, key: str) -> None:
@@ -539,9 +563,11 @@ class Scheduler:
             obj = self._obj(rid)
             obj.refs += 1
             session.held.add(rid)
-            obj.subscribers.append(session)
+            obj.subscribe(session)
         parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
         if parent is not None:
+            if parent.children is None:
+                parent.children = set()
             parent.children.add(spec.task_id)
         for object_id in _inputs(spec):
             pinned = self.objects.get(object_id)
@@ -561,6 +587,8 @@ class Scheduler:
                 self._fail(task, error_value(ObjectLostError(object_id.hex())))
                 return
             if dep.value is None:
+                if dep.dependents is None:
+                    dep.dependents = []
                 dep.dependents.append(task)
                 task.waiting += 1
             elif dep.value.is_error:
@@ -634,7 +662,7 @@ class Scheduler:
         if actor is None or actor.state == Actor.DEAD:  # a live actor may need its arguments again
             self._release_inputs(spec)
         parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
-        if parent is not None:
+        if parent is not None and parent.children:
             parent.children.discard(spec.task_id)
 
     def _release_inputs(self, spec: pb.TaskSpec) -> None:
@@ -645,7 +673,7 @@ class Scheduler:
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
         if recursive:
-            for child_id in list(task.children):
+            for child_id in list(task.children or ()):
                 child = self.tasks.get(child_id)
                 if child is not None:
                     self._cancel_task(child, force, recursive)
@@ -746,7 +774,7 @@ class Scheduler:
         obj = self._obj(item.id)
         obj.refs += 1
         task.owner.held.add(item.id)
-        obj.subscribers.append(task.owner)
+        obj.subscribe(task.owner)
         self._set_value(obj, item.value)
 
     def _route_log(self, entry: pb.Log) -> None:
