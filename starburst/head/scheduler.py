@@ -218,15 +218,20 @@ class Obj:
 
 
 class Task:
-    __slots__ = ("spec", "owner", "waiting", "node", "state", "children", "want", "submitted", "avoid", "uses",
-                 "streamed")
+    __slots__ = ("spec", "id", "creation", "call", "inputs", "owner", "waiting", "node", "state", "children", "want",
+                 "submitted", "avoid", "uses", "streamed")
     #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
     #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
     WAITING, QUEUED, RUNNING, DONE = range(4)
 
     def __init__(self, spec: pb.TaskSpec, owner: Session) -> None:
+        # What the hot paths ask of the spec, asked once (each protobuf access costs a call).
         self.spec = spec
+        self.id: bytes = spec.task_id
+        self.creation = spec.HasField("actor")  # an actor's constructor
+        self.call = bool(spec.actor_id) and not self.creation  # a method call on an actor
+        self.inputs = _inputs(spec)
         self.owner = owner
         self.waiting = 0
         self.node: Node | None = None
@@ -473,7 +478,7 @@ class Scheduler:
             lost = ObjectLostError(object_id.hex())
             session.push(pb.HeadOp(ready=pb.Object(id=object_id, value=error_value(lost))))
         elif obj.value is not None:
-            session.push(pb.HeadOp(ready=pb.Object(id=object_id, value=obj.value)))
+            session.push(_ready(object_id, obj.value))
         else:
             obj.subscribe(session)
 
@@ -487,7 +492,7 @@ class Scheduler:
                     obj.pinned = []
                 obj.pinned.append(contained)
         if obj.subscribers:
-            op = pb.HeadOp(ready=pb.Object(id=obj.id, value=value))
+            op = _ready(obj.id, value)
             for session in obj.subscribers:
                 if not session.closed:
                     session.push(op)
@@ -543,7 +548,7 @@ class Scheduler:
         if not spec.job_id:
             spec.job_id = session.job_id
         task = Task(spec, session)
-        self.tasks[spec.task_id] = task
+        self.tasks[task.id] = task
         if not spec.actor_id:
             task.uses = self.functions.use(spec.function_id)
         session.outstanding += 1
@@ -569,11 +574,11 @@ class Scheduler:
             if parent.children is None:
                 parent.children = set()
             parent.children.add(spec.task_id)
-        for object_id in _inputs(spec):
+        for object_id in task.inputs:
             pinned = self.objects.get(object_id)
             if pinned is not None:
                 pinned.refs += 1
-        if spec.actor_id and not spec.HasField("actor"):  # a call: it waits in its actor's line
+        if task.call:  # it waits in its actor's line
             if actor is None:
                 self._fail(task, error_value(ActorDiedError(spec.actor_id.hex(), "the actor does not exist")))
                 return
@@ -601,9 +606,8 @@ class Scheduler:
         """Ready to run. Tasks submitted by running tasks go first: their parents may be waiting for
         them, holding executors, so depth-first order is what keeps a pool of parents moving."""
         task.state = Task.QUEUED
-        spec = task.spec
-        if spec.actor_id and not spec.HasField("actor"):
-            actor = self.actors.get(spec.actor_id)
+        if task.call:
+            actor = self.actors.get(task.spec.actor_id)
             if actor is not None:
                 self._pump_actor(actor)
             return
@@ -630,10 +634,10 @@ class Scheduler:
                 self.queue.remove(task)
             except ValueError:
                 pass
-        if task.spec.actor_id and not task.spec.HasField("actor"):
+        if task.call:
             actor = self.actors.get(task.spec.actor_id)
             if actor is not None:
-                actor.inflight.pop(task.spec.task_id, None)
+                actor.inflight.pop(task.id, None)
                 if task.state != Task.RUNNING:
                     try:
                         actor.calls.remove(task)
@@ -642,9 +646,10 @@ class Scheduler:
         if self.observer is not None:
             self.observer.on_finish(task, error, cancelled)
         task.state = Task.DONE
-        self.cancelling.discard(task.spec.task_id)
+        if self.cancelling:
+            self.cancelling.discard(task.id)
         task.owner.outstanding -= 1
-        self.tasks.pop(task.spec.task_id, None)
+        self.tasks.pop(task.id, None)
         self.tasks_finished += 1
         if task.uses:
             task.uses = False
@@ -658,18 +663,19 @@ class Scheduler:
                 continue
             self._set_value(obj, result.value)
         spec = task.spec
-        actor = self.actors.get(spec.actor_id) if spec.HasField("actor") else None
+        actor = self.actors.get(spec.actor_id) if task.creation else None
         if actor is None or actor.state == Actor.DEAD:  # a live actor may need its arguments again
-            self._release_inputs(spec)
+            self._release_inputs(task)
         parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
         if parent is not None and parent.children:
-            parent.children.discard(spec.task_id)
+            parent.children.discard(task.id)
 
-    def _release_inputs(self, spec: pb.TaskSpec) -> None:
-        for object_id in _inputs(spec):
+    def _release_inputs(self, task: Task) -> None:
+        for object_id in task.inputs:
             self._unref(object_id)
-        if spec.args.WhichOneof("where") == "key":
-            self._delete_key(spec.args.key)
+        args = task.spec.args
+        if args.WhichOneof("where") == "key":
+            self._delete_key(args.key)
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
         if recursive:
@@ -798,7 +804,7 @@ class Scheduler:
             if call is not None:
                 self._call_done(call, done)
             return
-        if task.spec.HasField("actor"):  # its resources stay held while the actor lives
+        if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
                 self._creation_done(task, done)
             return
@@ -839,7 +845,7 @@ class Scheduler:
         for node in self.nodes:
             if others and node.returned_at >= node.last_progress:
                 continue
-            if not node.fits(task.want, node.depth(duration), actor=task.spec.HasField("actor")):
+            if not node.fits(task.want, node.depth(duration), actor=task.creation):
                 continue
             key = (node is task.avoid or self._stalled(node, duration), node.load())
             if best_key is None or key < best_key:
@@ -850,8 +856,8 @@ class Scheduler:
     def _stalled(self, node: Node, run_time: float | None) -> bool:
         """Holding tasks it has not started and no task done for a while (4x their run time plus
         a round trip, at least STALL_MIN_S): stuck behind something long."""
-        return (run_time is not None and node.surplus() > 0
-                and self.clock() - node.last_progress > max(STALL_MIN_S, 4 * run_time + node.rtt))
+        return (run_time is not None and self.clock() - node.last_progress > max(STALL_MIN_S, 4 * run_time + node.rtt)
+                and node.surplus() > 0)
 
     def settle(self) -> int:
         """Call about once a second. After a burst of tasks has drained, the heap it used goes back
@@ -880,16 +886,19 @@ class Scheduler:
         # A task that fits nowhere now (e.g. an actor waiting for CPUs another actor holds) doesn't
         # hold up those behind it, but we look only so far ahead: this runs after every batch.
         skipped: list[Task] = []
-        deepest = [(n, n.max_depth()) for n in self.nodes]
-        while self.queue and len(skipped) < LOOK_PAST:
-            if not any(n.has_room(depth) for n, depth in deepest):
-                break
+        # The nodes with room for the shortest tasks (the most any task may be sent); placing a task
+        # changes only its node's room.
+        room = {n: depth for n, depth in ((n, n.max_depth()) for n in self.nodes) if n.has_room(depth)}
+        while room and self.queue and len(skipped) < LOOK_PAST:
             task = self.queue.popleft()
             node = self._pick_node(task)
             if node is None:
                 skipped.append(task)
                 continue
             self._run_on(task, node)
+            depth = room.get(node)
+            if depth is not None and not node.has_room(depth):
+                del room[node]
         self.queue.extendleft(reversed(skipped))
 
     def _recall_queued(self) -> None:
@@ -909,12 +918,12 @@ class Scheduler:
             if victim.recalling or excess <= 0 or victim.idle_cpus() >= 1 - 1e-9:
                 continue
             # The latest sent are the furthest back in the node's queues.
-            candidates = [t for t in reversed(victim.inflight.values()) if not t.spec.HasField("actor")]
+            candidates = [t for t in reversed(victim.inflight.values()) if not t.creation]
             if not candidates:
                 continue
             stalled = self._stalled(victim, self.durations.get(candidates[0].spec.function_id))
             count = excess if stalled else (excess + 1) // 2
-            ids = [t.spec.task_id for t in candidates[:count]]
+            ids = [t.id for t in candidates[:count]]
             if not ids:
                 continue
             log.debug("recalling %d of the %d unstarted tasks on node %s%s", len(ids), excess, victim.node_id,
@@ -938,9 +947,9 @@ class Scheduler:
         task.node = node
         if not node.inflight:
             node.last_progress = self.clock()
-        node.inflight[spec.task_id] = task
+        node.inflight[task.id] = task
         node.push(op)
-        if spec.HasField("actor"):
+        if task.creation:
             actor = self.actors[spec.actor_id]
             actor.node = node
             self._release_actor(actor)
@@ -1082,7 +1091,7 @@ class Scheduler:
         if actor.creation.state != Task.DONE:
             self._finish(actor.creation, [])  # releases its inputs too (the actor is dead)
         else:
-            self._release_inputs(actor.creation.spec)
+            self._release_inputs(actor.creation)
         self._pump_actor(actor)
 
     def _kill_actor(self, actor: Actor, no_restart: bool, reason: str) -> None:
@@ -1296,8 +1305,19 @@ def _add_usage(total: pb.StoreUsage, usage: pb.StoreUsage) -> None:
     total.bytes_downloaded += usage.bytes_downloaded
 
 
-def _inputs(spec: pb.TaskSpec) -> list[bytes]:
+def _ready(object_id: bytes, value: pb.Value) -> pb.HeadOp:
+    """The op telling a session ``object_id`` has ``value`` (built in place: ``HeadOp(ready=Object(
+    value=...))`` copies the value twice)."""
+    op = pb.HeadOp()
+    ready = op.ready
+    ready.id = object_id
+    ready.value.CopyFrom(value)
+    return op
+
+
+def _inputs(spec: pb.TaskSpec) -> tuple[bytes, ...]:
     """The objects a task's inputs hold (refs inside its arguments, and its dependencies)."""
-    if not spec.deps and not spec.args.contained:
-        return []
-    return list(spec.args.contained) + list(spec.deps)
+    deps, contained = spec.deps, spec.args.contained
+    if not deps and not contained:
+        return ()
+    return (*contained, *deps)
