@@ -1,7 +1,9 @@
 """The head's record of the last task runs, for ``starburst.timeline()`` and the dashboard.
 
-A ring of ``capacity`` runs packed in typed arrays: about 30 bytes a run where a tuple of Python
-objects took ~250 (100,000 runs: ~3 MiB instead of ~25 MiB that the head kept for its life).
+A ring of ``capacity`` runs packed in typed arrays: 25 bytes a run where a tuple of Python objects
+took ~250 (100,000 runs: ~2.4 MiB instead of ~25 MiB that the head kept for its life). A run's
+length is kept in single precision: its end is off by at most ~1e-7 of the length (4 us for a
+minute's run), well below what a timeline shows.
 Function names and node ids are stored once each, as indexes into a label table; the table is
 rebuilt from the runs still in the ring when it outgrows them (names made per task, such as
 ``.options(name=f"task-{i}")``, don't pile up).
@@ -25,9 +27,9 @@ class Timeline:
         self._label_ids: dict[str, int] = {}
         self._name = array("I")
         self._node = array("I")
-        self._pid = array("q")
+        self._pid = array("i")  # Linux pids stay below 2**22
         self._start = array("d")
-        self._end = array("d")
+        self._length = array("f")
         self._failed = array("B")
         self._oldest = 0  # where the oldest run is, once the ring is full (the next one goes there)
 
@@ -44,12 +46,12 @@ class Timeline:
             self._node.append(node_id)
             self._pid.append(pid)
             self._start.append(start)
-            self._end.append(end)
+            self._length.append(end - start)
             self._failed.append(failed)
             return
         i = self._oldest
         self._name[i], self._node[i], self._pid[i] = name_id, node_id, pid
-        self._start[i], self._end[i], self._failed[i] = start, end, failed
+        self._start[i], self._length[i], self._failed[i] = start, end - start, failed
         self._oldest = (i + 1) % self.capacity
 
     def __iter__(self) -> Iterator[Run]:
@@ -57,7 +59,8 @@ class Timeline:
         labels, count = self._labels, len(self._start)
         for k in range(count):
             i = (self._oldest + k) % count
-            yield (labels[self._name[i]], labels[self._node[i]], self._pid[i], self._start[i], self._end[i],
+            start = self._start[i]
+            yield (labels[self._name[i]], labels[self._node[i]], self._pid[i], start, start + self._length[i],
                    bool(self._failed[i]))
 
     def _label(self, text: str) -> int:
