@@ -9,6 +9,8 @@ from starburst.driver.client import Client
 from starburst.remote_function import shape_result
 from starburst.serialization import serialize
 
+from conftest import wait_for
+
 
 class EagerHead:
     """A transport whose head answers inside ``wake()``: the welcome, and for a streaming task its
@@ -35,6 +37,8 @@ class EagerHead:
         if replies:
             self.client.on_message(pb.HeadMsg(ops=replies))
 
+    wake_soon = wake
+
     def close(self) -> None:
         pass
 
@@ -47,3 +51,79 @@ def test_a_streaming_item_that_arrives_before_remote_returns_is_kept(tmp_path):
     ref = generator._next_sync(5)  # (it was released as unwanted: no item came, ever)
     assert not ref.is_nil(), "the item that came before .remote() returned was lost"
     assert client.get([ref], 5) == ["first"]
+
+
+class FramedHead:
+    """A head on a real Unix socket (framed protobuf, as a local head's ``session.sock``) that
+    welcomes one session and records every operation it receives, in a thread."""
+
+    def __init__(self, directory) -> None:
+        import socket
+        import threading
+
+        from starburst._auth import TOKEN_FILE
+        from starburst.framing import SESSION_SOCKET
+
+        (directory / TOKEN_FILE).write_text("tok")
+        self.address = f"unix:{directory / 'head.sock'}"  # only its directory is used: session.sock
+        self.store_url = f"file://{directory}"
+        self.received: list[pb.ClientOp] = []
+        self.changed = threading.Condition()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(directory / SESSION_SOCKET))
+        self._listener.listen(1)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from starburst.framing import encode, recv_frame
+
+        conn, _ = self._listener.accept()
+        assert recv_frame(conn) == b"tok"
+        while (frame := recv_frame(conn)) is not None:
+            ops = list(pb.ClientMsg.FromString(frame).ops)
+            if any(op.WhichOneof("op") == "hello" for op in ops):
+                conn.sendall(encode(pb.HeadMsg(ops=[pb.HeadOp(welcome=pb.Welcome(job_id="job-1",
+                                                                                 store_url=self.store_url))])))
+            with self.changed:
+                self.received.extend(ops)
+                self.changed.notify_all()
+
+    def wait_for_release(self, object_id: bytes, timeout: float = 30.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: any(op.WhichOneof("op") == "release" and op.release == object_id for op in self.received),
+                timeout)
+
+
+def test_a_released_ref_reaches_the_head_with_nothing_else_to_send(tmp_path, monkeypatch):
+    """Releases wait for the next batch (no wake-up of their own while the session is busy), but
+    never longer than RELEASE_DELAY_S; once the session is idle, a release leaves at once."""
+    import gc
+
+    from starburst import config
+    from starburst.driver import client as client_module
+    from starburst.driver.client import GrpcTransport
+
+    monkeypatch.setattr(config, "HEAD_TIMEOUT_S", 0)  # no heartbeat pings to carry releases along
+    monkeypatch.setattr(client_module, "RELEASE_DELAY_S", 2.0)
+    head = FramedHead(tmp_path)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+
+    def put_and_release(idle: bool) -> None:
+        ref = client.put(1)
+        object_id = ref._id
+        wait_for(lambda: any(op.WhichOneof("op") == "put" and op.put.id == object_id for op in head.received),
+                 30, "the put to reach the head")  # the release can't ride with the put's batch
+        if idle:  # the timer the put's batch armed is spent: nothing is due any more
+            wait_for(lambda: not transport._flush_armed, 30, "the release timer to be spent")
+        del ref
+        gc.collect()
+        assert head.wait_for_release(object_id), f"a release (session {'idle' if idle else 'busy'}) never left"
+
+    try:
+        put_and_release(idle=False)  # (busy: it waits for the timer the put's batch armed)
+        put_and_release(idle=True)
+    finally:
+        client.close()
+        transport.close()

@@ -32,8 +32,16 @@ from ..store import ObjectStore, load_value, open_store, pack_value, store_usage
 
 class Transport(Protocol):
     def start(self, client: "Client") -> None: ...
-    def wake(self) -> None: ...
+    def wake(self) -> None:
+        """There is something to send now: call :meth:`Client.take_outbox` soon."""
+    def wake_soon(self) -> None:
+        """There is something that may wait a little (released refs): with the next batch, or
+        within :data:`RELEASE_DELAY_S`."""
     def close(self) -> None: ...
+
+
+#: A released ref is told to the head with the next batch, or after at most this long.
+RELEASE_DELAY_S = 0.02
 
 
 class Client:
@@ -149,6 +157,10 @@ class Client:
             ops.append(pb.ClientOp(store_usage=usage))
         return ops
 
+    def has_releases(self) -> bool:
+        """Whether released refs (or functions) wait to be told to the head."""
+        return bool(self._releases or self._owners_gone)
+
     def incref(self, object_id: bytes, borrowed: bool = False) -> None:
         with self._cond:
             count = self._refs.get(object_id, 0)
@@ -165,7 +177,7 @@ class Client:
         # Runs from finalizers, maybe inside the garbage collector on any thread: no locks here.
         self._releases.append(object_id)
         if not self.closed:
-            self._wake()
+            self.transport.wake_soon()
 
     # ------------------------------------------------------------------ public operations
 
@@ -314,7 +326,9 @@ class Client:
         with self._cond:
             if self._error is not None:
                 raise SessionLostError(f"lost the session with the head: {self._error}")
+            queued = len(self._outbox)
             self._ensure_subscribed(ids)
+            subscribed = len(self._outbox) > queued
             waiter = _Waiter(num, stop_on_error)
             for object_id in ids:
                 v = self._values.get(object_id)
@@ -325,7 +339,8 @@ class Client:
             if waiter.event.is_set():
                 self._drop_waiter(waiter, ids)
                 return
-        self._wake()
+        if subscribed:
+            self._wake()
         blocked = False
         on_block = self._on_block
         try:
@@ -699,6 +714,7 @@ class GrpcTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._wake_pending = False
+        self._flush_armed = False  # a flush of released refs is due within RELEASE_DELAY_S
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._stopping = False
@@ -719,6 +735,20 @@ class GrpcTransport:
             self._loop.call_soon_threadsafe(self._wake_event.set)  # type: ignore[union-attr]
         except RuntimeError:  # loop already closed
             pass
+
+    def wake_soon(self) -> None:
+        # Releases ride with the next batch: a loop of get(f.remote()) releases each result right
+        # after its get, and waking the session thread for that alone cost a wake-up per call.
+        # (The flag is read after the caller queued its release and cleared before the loop looks
+        # for releases: one of the two always sees the other.)
+        if not self._flush_armed:
+            self.wake()
+
+    def _flush_due(self) -> None:
+        self._flush_armed = False
+        client = self._client
+        if client is not None and client.has_releases():
+            self.wake()
 
     def close(self) -> None:
         self._stopping = True
@@ -814,6 +844,9 @@ class GrpcTransport:
                             too_large = "RESOURCE_EXHAUSTED: a message over the head's limit"
                             call.cancel()
                             return
+                    if not self._flush_armed:  # releases made from now on wait for the next batch
+                        self._flush_armed = True
+                        asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_due)
                 if self._stopping:
                     await call.done_writing()
                     return

@@ -675,6 +675,8 @@ class _RelayTransport:
     def wake(self) -> None:
         self.event.set()
 
+    wake_soon = wake
+
     def close(self) -> None:
         pass
 
