@@ -70,8 +70,30 @@ class Serialized:
         return out.getvalue()
 
 
+#: Types that pickle the same with the standard pickler as with cloudpickle (no code, no buffers,
+#: no refs inside), without cloudpickle's per-call setup: most arguments and results are these.
+_PLAIN = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def _plain(value: Any, depth: int = 2) -> bool:
+    """Whether ``value`` is a builtin scalar, or a small tuple, list or str-keyed dict of such
+    (nested at most ``depth`` deep, e.g. a call's ``(args, kwargs)``)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if kind not in (tuple, list, dict) or not depth or len(value) > 16:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth - 1) for k, v in value.items())
+    return all(_plain(v, depth - 1) for v in value)
+
+
 def serialize(value: Any) -> Serialized:
     """Serialize ``value``; records the ids of ObjectRefs found inside it."""
+    if _plain(value):
+        pickled = pickle.dumps(value, protocol=5)
+        header = _HEAD.pack(MAGIC, 0, len(pickled))
+        return Serialized(header + bytes(_pad(len(header))), pickled, [])
     buffers: list[memoryview] = []
     contained: list[bytes] = []
     ship_user_modules()

@@ -14,7 +14,6 @@ import concurrent.futures
 import inspect
 import io
 import faulthandler
-import fcntl
 import os
 import pickle
 import collections
@@ -22,7 +21,6 @@ import select
 import signal
 import socket
 import sys
-import termios
 import threading
 import time
 import traceback
@@ -39,7 +37,7 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from ..framing import encode, recv_frame
+from ..framing import FrameSplitter, encode
 from .crash_report import crash_report_path
 
 
@@ -86,55 +84,64 @@ class Executor:
             os._exit(0)
 
     def _read_frames(self) -> None:
+        # Every frame that has arrived is taken with one read: a node streaming calls to an actor
+        # would otherwise have this thread take the GIL from the one running them twice per call.
+        frames = FrameSplitter()
         while True:
-            frame = recv_frame(self.sock)
-            if frame is None:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except OSError:  # e.g. reset: the node closed while our last message was unread
+                chunk = b""
+            if not chunk:
                 os._exit(0)  # the node closed our socket: it is stopping, or retiring us
-            msg = pb.NodeToExecutorMsg.FromString(frame)
-            kind = msg.WhichOneof("op")
-            if kind == "run":
-                if msg.run.HasField("function"):  # keep it now: this run may be handed back unrun
-                    self.function_msgs[msg.run.function.id] = msg.run.function
-                with self.pending_cond:
-                    if self.blocked:  # we lent our CPU away: the node places it elsewhere
-                        self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[msg.run.spec.task_id])))
-                    else:
-                        self.pending.append(msg.run)
-                        self.pending_cond.notify()
-            elif kind == "forget_function":  # the node sends it again if a task of it comes
-                self.function_msgs.pop(msg.forget_function, None)
-                if self.functions.pop(msg.forget_function, None) is not None:
-                    trim_memory()
-            elif kind == "down":
-                client = self.client
-                if client is not None:
-                    client.on_message(msg.down)
-            elif kind == "recall":  # the node places these elsewhere, unless one has started
-                wanted = set(msg.recall.task_ids)
-                with self.pending_cond:
-                    back = [r for r in self.pending if r.spec.task_id in wanted]
-                    for r in back:
-                        self.pending.remove(r)
-                    if back:
-                        self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[r.spec.task_id for r in back])))
-            elif kind == "cancel":
-                with self.pending_cond:
-                    queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)
-                    if queued is not None:
-                        self.pending.remove(queued)
-                        self.send(pb.ExecutorMsg(done=pb.TaskDone(
-                            task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
-                        continue
-                _runtime.cancelled_tasks.add(msg.cancel)
-                if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
-                    self.actor_loop.call_soon_threadsafe(self._cancel_async_call, msg.cancel)
-                    continue
-                if self.actor_id:  # as in Ray, a running call of a sync or threaded actor is not
-                    continue       # interrupted (actors have state): it can check is_canceled()
-                run = self.current
-                if run is not None and run.spec.task_id == msg.cancel:
-                    self.cancel_requested = msg.cancel
-                    os.kill(os.getpid(), signal.SIGINT)
+            for frame in frames.feed(chunk):
+                self._on_message(pb.NodeToExecutorMsg.FromString(frame))
+
+    def _on_message(self, msg: pb.NodeToExecutorMsg) -> None:
+        kind = msg.WhichOneof("op")
+        if kind == "run":
+            if msg.run.HasField("function"):  # keep it now: this run may be handed back unrun
+                self.function_msgs[msg.run.function.id] = msg.run.function
+            with self.pending_cond:
+                if self.blocked:  # we lent our CPU away: the node places it elsewhere
+                    self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[msg.run.spec.task_id])))
+                else:
+                    self.pending.append(msg.run)
+                    self.pending_cond.notify()
+        elif kind == "forget_function":  # the node sends it again if a task of it comes
+            self.function_msgs.pop(msg.forget_function, None)
+            if self.functions.pop(msg.forget_function, None) is not None:
+                trim_memory()
+        elif kind == "down":
+            client = self.client
+            if client is not None:
+                client.on_message(msg.down)
+        elif kind == "recall":  # the node places these elsewhere, unless one has started
+            wanted = set(msg.recall.task_ids)
+            with self.pending_cond:
+                back = [r for r in self.pending if r.spec.task_id in wanted]
+                for r in back:
+                    self.pending.remove(r)
+                if back:
+                    self.send(pb.ExecutorMsg(returned=pb.Returned(task_ids=[r.spec.task_id for r in back])))
+        elif kind == "cancel":
+            with self.pending_cond:
+                queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)
+                if queued is not None:
+                    self.pending.remove(queued)
+                    self.send(pb.ExecutorMsg(done=pb.TaskDone(
+                        task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
+                    return
+            _runtime.cancelled_tasks.add(msg.cancel)
+            if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
+                self.actor_loop.call_soon_threadsafe(self._cancel_async_call, msg.cancel)
+                return
+            if self.actor_id:  # as in Ray, a running call of a sync or threaded actor is not
+                return         # interrupted (actors have state): it can check is_canceled()
+            run = self.current
+            if run is not None and run.spec.task_id == msg.cancel:
+                self.cancel_requested = msg.cancel
+                os.kill(os.getpid(), signal.SIGINT)
 
     def _cancel_async_call(self, task_id: bytes) -> None:
         task = self.async_calls.get(task_id)
@@ -708,6 +715,9 @@ class _LogForwarder:
             state = {"partial": b""}
             self.pipes.append((stream_no, r, lock, state))
             threading.Thread(target=self._reader, args=(stream_no, r, lock, state), daemon=True).start()
+        self._unread = select.poll()  # bytes the tasks wrote that the readers have not taken yet
+        for _stream_no, r, _lock, _state in self.pipes:
+            self._unread.register(r, select.POLLIN)
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, io.TextIOWrapper):
                 stream.reconfigure(line_buffering=True)
@@ -754,18 +764,17 @@ class _LogForwarder:
             sys.stderr.flush()
         except (ValueError, OSError):
             pass
+        # One system call when the task wrote nothing (after every task; each one also lets the
+        # reader thread take the GIL). Once both pipes are empty, what the readers took from them
+        # is forwarded when they let go of their locks.
         deadline = time.monotonic() + 2.0
-        buf = bytearray(4)
-        for stream_no, r, lock, state in self.pipes:
-            while True:
-                with lock:
-                    fcntl.ioctl(r, termios.FIONREAD, buf)
-                    if int.from_bytes(buf, sys.byteorder) == 0 or time.monotonic() > deadline:
-                        if state["partial"]:
-                            data, state["partial"] = state["partial"], b""
-                            self._emit(stream_no, data)
-                        break
-                time.sleep(0.0001)
+        while self._unread.poll(0) and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        for stream_no, _r, lock, state in self.pipes:
+            with lock:
+                if state["partial"]:
+                    data, state["partial"] = state["partial"], b""
+                    self._emit(stream_no, data)
 
 
 def main() -> None:
