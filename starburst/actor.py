@@ -357,4 +357,4 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         raise ValueError(f"kill() expects an actor handle, got {type(actor).__name__}; to stop a task "
                          "use starburst.cancel()")
     client = actor._client or _runtime.get_client()
-    client._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor._actor_id.binary(), no_restart=no_restart)))
+    client.kill_actor(actor._actor_id.binary(), no_restart)

@@ -34,6 +34,11 @@ KEEPALIVE_S = float(os.environ.get("STARBURST_KEEPALIVE_S", 20))
 MAX_MESSAGE_BYTES = int(os.environ.get("STARBURST_MAX_MESSAGE_BYTES", 256 << 20))
 MAX_BATCH_BYTES = min(32 << 20, MAX_MESSAGE_BYTES // 4)
 
+#: A driver calls the actors it created on this machine's node straight through their process's
+#: socket (one crossing each way; the head keeps the books off the critical path). "0": every call
+#: goes through the head.
+DIRECT_CALLS = os.environ.get("STARBURST_DIRECT_CALLS", "1") != "0"
+
 
 def split_batches(ops: list) -> list[list]:
     """``ops`` (protobuf messages) in consecutive groups of at most MAX_BATCH_BYTES encoded (an

@@ -27,7 +27,12 @@ SESSION_SOCKET = "session.sock"
 
 
 def encode(msg) -> bytes:
-    data = msg.SerializeToString()
+    """A protobuf message as one frame."""
+    return frame(msg.SerializeToString())
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` as one frame: its length (4 bytes, little-endian) and the bytes."""
     return _LEN.pack(len(data)) + data
 
 

@@ -61,7 +61,7 @@ class Function(_message.Message):
     def __init__(self, id: _Optional[bytes] = ..., pickled: _Optional[bytes] = ..., name: _Optional[str] = ..., source_file: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace", "generator", "working_dir", "py_modules", "stream_skip")
+    __slots__ = ("task_id", "function_id", "name", "args", "deps", "return_ids", "resources", "max_retries", "retry_exceptions", "parent_task_id", "job_id", "env_vars", "attempt", "actor_id", "method", "actor", "namespace", "generator", "working_dir", "py_modules", "stream_skip", "direct")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class TaskSpec(_message.Message):
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     PY_MODULES_FIELD_NUMBER: _ClassVar[int]
     STREAM_SKIP_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     function_id: bytes
     name: str
@@ -111,7 +112,8 @@ class TaskSpec(_message.Message):
     working_dir: str
     py_modules: _containers.RepeatedScalarFieldContainer[str]
     stream_skip: int
-    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ..., generator: _Optional[str] = ..., working_dir: _Optional[str] = ..., py_modules: _Optional[_Iterable[str]] = ..., stream_skip: _Optional[int] = ...) -> None: ...
+    direct: int
+    def __init__(self, task_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Value, _Mapping]] = ..., deps: _Optional[_Iterable[bytes]] = ..., return_ids: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bytes] = ..., parent_task_id: _Optional[bytes] = ..., job_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., namespace: _Optional[str] = ..., generator: _Optional[str] = ..., working_dir: _Optional[str] = ..., py_modules: _Optional[_Iterable[str]] = ..., stream_skip: _Optional[int] = ..., direct: _Optional[int] = ...) -> None: ...
 
 class ActorOptions(_message.Message):
     __slots__ = ("class_name", "max_concurrency", "is_async", "max_restarts", "max_task_retries", "name", "detached", "handle_meta", "get_if_exists")
@@ -190,16 +192,18 @@ class ActorDied(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
-    __slots__ = ("object_id", "force", "recursive", "task_id")
+    __slots__ = ("object_id", "force", "recursive", "task_id", "actor_id")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     force: bool
     recursive: bool
     task_id: bytes
-    def __init__(self, object_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ..., task_id: _Optional[bytes] = ...) -> None: ...
+    actor_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ..., task_id: _Optional[bytes] = ..., actor_id: _Optional[bytes] = ...) -> None: ...
 
 class Log(_message.Message):
     __slots__ = ("job_id", "task_name", "pid", "node", "stream", "text")
@@ -234,7 +238,7 @@ class Hello(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., pid: _Optional[int] = ..., log_to_driver: _Optional[bool] = ..., namespace: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor", "release_function", "ping", "store_usage")
+    __slots__ = ("hello", "function", "submit", "put", "subscribe", "release", "add_ref", "cancel", "request", "kill_actor", "release_function", "ping", "direct_done", "store_usage")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +251,7 @@ class ClientOp(_message.Message):
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_DONE_FIELD_NUMBER: _ClassVar[int]
     STORE_USAGE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     function: Function
@@ -260,8 +265,9 @@ class ClientOp(_message.Message):
     kill_actor: KillActor
     release_function: bytes
     ping: int
+    direct_done: TaskDone
     store_usage: StoreUsage
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., function: _Optional[_Union[Function, _Mapping]] = ..., submit: _Optional[_Union[TaskSpec, _Mapping]] = ..., put: _Optional[_Union[Object, _Mapping]] = ..., subscribe: _Optional[bytes] = ..., release: _Optional[bytes] = ..., add_ref: _Optional[bytes] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., request: _Optional[_Union[ActorRequest, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., release_function: _Optional[bytes] = ..., ping: _Optional[int] = ..., direct_done: _Optional[_Union[TaskDone, _Mapping]] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
 
 class StoreUsage(_message.Message):
     __slots__ = ("put_requests", "get_requests", "delete_requests", "bytes_uploaded", "bytes_downloaded")
@@ -302,7 +308,7 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., store_url: _Optional[str] = ..., inline_threshold: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., largest_node: _Optional[_Union[Resources, _Mapping]] = ..., head_version: _Optional[str] = ...) -> None: ...
 
 class HeadOp(_message.Message):
-    __slots__ = ("welcome", "ready", "log", "error", "reply", "forget_function", "pong")
+    __slots__ = ("welcome", "ready", "log", "error", "reply", "forget_function", "pong", "actor_direct")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +316,7 @@ class HeadOp(_message.Message):
     REPLY_FIELD_NUMBER: _ClassVar[int]
     FORGET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_DIRECT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ready: Object
     log: Log
@@ -317,7 +324,22 @@ class HeadOp(_message.Message):
     reply: ActorReply
     forget_function: bytes
     pong: int
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ..., forget_function: _Optional[bytes] = ..., pong: _Optional[int] = ...) -> None: ...
+    actor_direct: ActorDirect
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Object, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., error: _Optional[str] = ..., reply: _Optional[_Union[ActorReply, _Mapping]] = ..., forget_function: _Optional[bytes] = ..., pong: _Optional[int] = ..., actor_direct: _Optional[_Union[ActorDirect, _Mapping]] = ...) -> None: ...
+
+class ActorDirect(_message.Message):
+    __slots__ = ("actor_id", "address", "token", "incarnation", "ordered")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    ORDERED_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    address: str
+    token: str
+    incarnation: int
+    ordered: bool
+    def __init__(self, actor_id: _Optional[bytes] = ..., address: _Optional[str] = ..., token: _Optional[str] = ..., incarnation: _Optional[int] = ..., ordered: _Optional[bool] = ...) -> None: ...
 
 class HeadMsg(_message.Message):
     __slots__ = ("ops",)
@@ -407,7 +429,7 @@ class NodeHello(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., store_url: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskDone(_message.Message):
-    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s", "executor_pid", "store_usage")
+    __slots__ = ("task_id", "results", "failure", "retryable", "detail", "attempt", "duration_s", "executor_pid", "direct_address", "direct_token", "via_node", "store_usage")
     class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NONE: _ClassVar[TaskDone.Failure]
@@ -426,6 +448,9 @@ class TaskDone(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_PID_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VIA_NODE_FIELD_NUMBER: _ClassVar[int]
     STORE_USAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     results: _containers.RepeatedCompositeFieldContainer[Object]
@@ -435,8 +460,11 @@ class TaskDone(_message.Message):
     attempt: int
     duration_s: float
     executor_pid: int
+    direct_address: str
+    direct_token: str
+    via_node: bool
     store_usage: StoreUsage
-    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[bytes] = ..., results: _Optional[_Iterable[_Union[Object, _Mapping]]] = ..., failure: _Optional[_Union[TaskDone.Failure, str]] = ..., retryable: _Optional[bool] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., duration_s: _Optional[float] = ..., executor_pid: _Optional[int] = ..., direct_address: _Optional[str] = ..., direct_token: _Optional[str] = ..., via_node: _Optional[bool] = ..., store_usage: _Optional[_Union[StoreUsage, _Mapping]] = ...) -> None: ...
 
 class NodeToHeadOp(_message.Message):
     __slots__ = ("hello", "done", "log", "relay", "blocked", "executors", "actor_died", "stream_item", "draining", "pong", "running")

@@ -28,6 +28,7 @@ from ..experimental import tqdm_ray as _tqdm_ray
 from ..object_ref import ObjectRef
 from ..serialization import Serialized, deserialize, serialize
 from ..store import ObjectStore, load_value, open_store, pack_value, store_usage
+from .direct import DirectChannel
 
 
 class Transport(Protocol):
@@ -35,8 +36,8 @@ class Transport(Protocol):
     def wake(self) -> None:
         """There is something to send now: call :meth:`Client.take_outbox` soon."""
     def wake_soon(self) -> None:
-        """There is something that may wait a little (released refs): with the next batch, or
-        within :data:`RELEASE_DELAY_S`."""
+        """There is something that may wait a little (released refs, the books of direct actor
+        calls): with the next batch, or within :data:`RELEASE_DELAY_S`."""
     def close(self) -> None: ...
 
 
@@ -70,6 +71,14 @@ class Client:
         self._mapped: dict[bytes, weakref.ref] = {}  # stored objects mapped by this process
         self._requests: dict[int, concurrent.futures.Future] = {}
         self._streams: set[bytes] = set()  # streaming tasks of ours whose items may arrive
+        # Calls straight to actors (driver/direct.py): what the head announced, the connections,
+        # the values that came that way (a later word from the head about them is ignored), and
+        # the calls that went through the head meanwhile (by their first return id).
+        self._direct_info: dict[bytes, pb.ActorDirect] = {}
+        self._channels: dict[bytes, DirectChannel] = {}
+        self._direct_values: set[bytes] = set()
+        self._head_calls: dict[bytes, int] = {}
+        self._head_call_of: dict[bytes, bytes] = {}
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
@@ -148,6 +157,7 @@ class Client:
                     continue
                 self._refs.pop(object_id, None)
                 self._values.pop(object_id, None)
+                self._direct_values.discard(object_id)
                 self._mapped.pop(object_id, None)
                 self._subscribed.discard(object_id)
                 self._expected.discard(object_id)
@@ -157,9 +167,9 @@ class Client:
             ops.append(pb.ClientOp(store_usage=usage))
         return ops
 
-    def has_releases(self) -> bool:
-        """Whether released refs (or functions) wait to be told to the head."""
-        return bool(self._releases or self._owners_gone)
+    def has_pending(self) -> bool:
+        """Whether anything waits to be sent (released refs, or what may wait for the next batch)."""
+        return bool(self._outbox or self._releases or self._owners_gone)
 
     def incref(self, object_id: bytes, borrowed: bool = False) -> None:
         with self._cond:
@@ -218,13 +228,26 @@ class Client:
 
     def kill_self(self, actor_id: bytes, reason: str) -> None:
         """``exit_actor()``: ask the head to stop this actor for good (no restart)."""
-        self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=True, reason=reason)))
+        self.kill_actor(actor_id, True, reason)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool, reason: str = "") -> None:
+        """Ask the head to stop the actor's process. Calls made from now on go through the head, after
+        the kill (a restarted actor is announced again)."""
+        with self._cond:
+            self._direct_info.pop(actor_id, None)
+            channel = self._channels.pop(actor_id, None)
+        if channel is not None:
+            channel.close()
+        self._send(pb.ClientOp(kill_actor=pb.KillActor(actor_id=actor_id, no_restart=no_restart, reason=reason)))
 
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None, owner: Any = None) -> list[ObjectRef]:
         """Submit a task; ``function`` is sent first unless the head holds it for us. ``owner``: the
         object the function came from; once it is gone the head may drop the function."""
         ops = []
+        channel: DirectChannel | None = None
         with self._cond:
+            if self._direct_info and spec.actor_id and not spec.HasField("actor"):
+                channel = self._route_call(spec)
             if function is not None and function.id not in self._functions_sent:
                 _check_size(function)  # before it counts as sent: a refused one is never recorded
                 self._functions_sent.add(function.id)
@@ -238,9 +261,89 @@ class Client:
                 # task leaves: its first items may come back before submit returns.
                 self._streams.add(spec.task_id)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
+        if channel is not None:
+            if self._send_direct(channel, spec):
+                return refs
+            with self._cond:
+                self._count_head_call(spec)
         ops.append(pb.ClientOp(submit=spec))
         self._send(*ops)
         return refs
+
+    # ------------------------------------------------------------------ calls straight to actors
+
+    def _route_call(self, spec: pb.TaskSpec) -> DirectChannel | None:
+        """(Lock held.) The channel to send this actor call on, or None: through the head (after the
+        calls sent direct, for an actor that runs its calls in order)."""
+        actor_id = spec.actor_id
+        info = self._direct_info.get(actor_id)
+        if info is None:
+            return None
+        channel = self._channels.get(actor_id)
+        if channel is None or channel.incarnation != info.incarnation:
+            if channel is not None:
+                channel.close()
+            channel = self._channels[actor_id] = DirectChannel(info, self._on_direct_done, self._on_direct_lost)
+        if (channel.alive and not spec.deps and not spec.generator and not self._head_calls.get(actor_id)
+                and not spec.method.startswith("__ray_")):  # (__ray_terminate__: the head's to order)
+            channel.inflight.add(spec.task_id)
+            return channel
+        if channel.ordered:  # the calls sent direct run first, as they were made first
+            self._cond.wait_for(lambda: not channel.inflight or not channel.alive)
+        self._count_head_call(spec)
+        return None
+
+    def _count_head_call(self, spec: pb.TaskSpec) -> None:
+        """(Lock held.) Until its result comes, later calls to this actor go through the head too."""
+        if spec.return_ids:
+            self._head_call_of[spec.return_ids[0]] = spec.actor_id
+            self._head_calls[spec.actor_id] = self._head_calls.get(spec.actor_id, 0) + 1
+
+    def _send_direct(self, channel: DirectChannel, spec: pb.TaskSpec) -> bool:
+        """Write the call to the actor's process; the head hears of it with the next batch."""
+        spec.direct = channel.incarnation
+        if not spec.job_id and self.welcome is not None:
+            spec.job_id = self.welcome.job_id  # (the head fills it in for the calls it sends)
+        with self._cond:  # the head hears of the call before of its end (the reply takes this lock)
+            if self.closed:
+                raise SessionLostError(f"the session with the head has ended: {self._error or 'closed'}")
+            sent = channel.send(pb.Run(spec=spec))
+            if sent:
+                self._outbox.append(pb.ClientOp(submit=spec))
+        if sent:
+            self.transport.wake_soon()
+            return True
+        spec.direct = 0
+        self._on_direct_lost(channel)
+        return False
+
+    def _on_direct_done(self, channel: DirectChannel, done: pb.TaskDone) -> None:
+        """(The channel's reader thread.) A call sent direct has ended."""
+        ready_futures: list = []
+        with self._cond:
+            channel.inflight.discard(done.task_id)
+            if not done.via_node:  # (else its values come from the head)
+                for result in done.results:
+                    if self._arrived(result.id, result.value, ready_futures):
+                        self._direct_values.add(result.id)
+                self._outbox.append(pb.ClientOp(direct_done=done))
+            self._cond.notify_all()
+        for fut, value in ready_futures:
+            self._resolve_future(fut, value)
+        if not done.via_node:
+            self.transport.wake_soon()
+
+    def _on_direct_lost(self, channel: DirectChannel) -> None:
+        """The actor's process is gone (or unreachable): the calls in flight are the head's to end."""
+        with self._cond:
+            channel.alive = False
+            channel.inflight.clear()
+            if self._channels.get(channel.actor_id) is channel:
+                del self._channels[channel.actor_id]
+            info = self._direct_info.get(channel.actor_id)
+            if info is not None and info.incarnation == channel.incarnation:
+                del self._direct_info[channel.actor_id]
+            self._cond.notify_all()
 
     def request(self, request: pb.ActorRequest, timeout: float = 60.0) -> pb.ActorReply:
         """A synchronous question to the head (named actors, cluster state)."""
@@ -475,7 +578,7 @@ class Client:
 
     def on_message(self, msg: pb.HeadMsg) -> None:
         """Called by the transport for every batch from the head."""
-        ready_futures = []
+        ready_futures: list = []
         failed_futures: list = []
         unwanted = False
         for op in msg.ops:  # output first: it was written before the results in this batch
@@ -486,21 +589,22 @@ class Client:
                 kind = op.WhichOneof("op")
                 if kind == "ready":
                     object_id = op.ready.id
-                    if object_id not in self._refs and _ids.task_of(object_id) in self._streams:
-                        self._refs[object_id] = 1  # the arrival hold of a streaming item
-                    if object_id in self._refs:
-                        value = op.ready.value
-                        self._values[object_id] = value
-                        self._expected.discard(object_id)
-                        for fut in self._futures.pop(object_id, ()):
-                            ready_futures.append((fut, value))
-                        for waiter in self._waiters.pop(object_id, ()):
-                            waiter.arrived(value)
-                    else:
+                    if self._head_call_of:
+                        actor_id = self._head_call_of.pop(object_id, None)
+                        if actor_id is not None:
+                            self._head_calls[actor_id] -= 1
+                            if not self._head_calls[actor_id]:
+                                del self._head_calls[actor_id]
+                    if object_id in self._direct_values:
+                        continue  # it came straight from the actor (the head may tell later of its retry)
+                    if not self._arrived(object_id, op.ready.value, ready_futures):
                         # Pushed for us but no longer wanted (e.g. a streaming item nobody iterates):
                         # let it go. The head ignores a release for what we don't hold.
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
+                elif kind == "actor_direct":
+                    if self.kind == "driver" and config.DIRECT_CALLS:
+                        self._direct_info[op.actor_direct.actor_id] = op.actor_direct
                 elif kind == "forget_function":  # sent again before a task names it
                     if op.forget_function in self._functions_sent:
                         self._functions_sent.discard(op.forget_function)
@@ -521,6 +625,20 @@ class Client:
         self._fail_futures(failed_futures)
         if unwanted:
             self._wake()
+
+    def _arrived(self, object_id: bytes, value: pb.Value, ready_futures: list) -> bool:
+        """(Lock held.) ``object_id`` has ``value``; False if we don't hold it (any more)."""
+        if object_id not in self._refs and _ids.task_of(object_id) in self._streams:
+            self._refs[object_id] = 1  # the arrival hold of a streaming item
+        if object_id not in self._refs:
+            return False
+        self._values[object_id] = value
+        self._expected.discard(object_id)
+        for fut in self._futures.pop(object_id, ()):
+            ready_futures.append((fut, value))
+        for waiter in self._waiters.pop(object_id, ()):
+            waiter.arrived(value)
+        return True
 
     def on_closed(self, error: str) -> None:
         """Called by the transport when the session ends."""
@@ -747,7 +865,7 @@ class GrpcTransport:
     def _flush_due(self) -> None:
         self._flush_armed = False
         client = self._client
-        if client is not None and client.has_releases():
+        if client is not None and client.has_pending():
             self.wake()
 
     def close(self) -> None:

@@ -55,6 +55,10 @@ LOOK_PAST = 32
 STALL_MIN_S = 0.02
 #: A function's typical run time is the median of its last this many calls.
 RECENT_RUNS = 15
+#: How long (and how many) ends of calls the head has not heard of yet are kept for them (see
+#: ``Scheduler._early_dones``).
+EARLY_DONE_S = 60.0
+EARLY_DONES_MAX = 10_000
 #: Once the tasks held fall to a tenth of a peak of at least this many, freed heap goes back to the OS.
 TRIM_AFTER_TASKS = 1000
 
@@ -301,6 +305,9 @@ class Scheduler:
         self.functions: FunctionTable[Session] = FunctionTable(self._forget_function, self._function_dropped)
         self._trim = False
         self._peak_tasks = 0  # the most tasks held at a settle() since memory was last trimmed
+        #: Ends of calls the head does not know yet, by task id (node, TaskDone, when): a call sent
+        #: straight to its actor whose result came through the node before its caller's word of it.
+        self._early_dones: dict[bytes, tuple[Node, pb.TaskDone, float]] = {}
         self.durations: dict[bytes, float] = {}  # function id -> typical run time (median of the recent)
         self._run_times: dict[bytes, collections.deque[float]] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -361,8 +368,15 @@ class Scheduler:
         # Work whose results nobody holds any more is stopped; a task whose result someone else
         # holds (e.g. a ref returned inside another task's result) goes on without its submitter.
         for task in [t for t in self.tasks.values() if t.owner is session]:
-            if task.spec.HasField("actor"):
+            if task.creation:
                 continue  # an actor lives as long as its handles (or forever, if detached)
+            if task.spec.direct and task.state == Task.RUNNING:
+                # Its result was to come back through this session only.
+                self._direct_detach(task)
+                self._fail(task, error_value(RaySystemError(
+                    f"{task.spec.name} was sent straight to its actor by a driver that has gone: its "
+                    "result went with it")))
+                continue
             if all(self._unheld(rid) for rid in task.spec.return_ids):
                 self._cancel_task(task, force=True, recursive=True)
         self._dispatch()
@@ -410,6 +424,10 @@ class Scheduler:
             elif kind == "store_usage":
                 _add_usage(self.store_usage_drivers if session.kind == "driver" else self.store_usage_nodes,
                            op.store_usage)
+            elif kind == "direct_done":
+                if op.direct_done.HasField("store_usage"):
+                    _add_usage(self.store_usage_nodes, op.direct_done.store_usage)
+                self._direct_done(session, op.direct_done)
             elif kind == "kill_actor":
                 actor = self.actors.get(op.kill_actor.actor_id)
                 if actor is not None:
@@ -582,6 +600,9 @@ class Scheduler:
             if actor is None:
                 self._fail(task, error_value(ActorDiedError(spec.actor_id.hex(), "the actor does not exist")))
                 return
+            if spec.direct:  # already sent to the actor's process by its caller
+                self._direct_call(actor, task)
+                return
             actor.calls.append(task)
         elif spec.function_id not in self.functions:
             self._fail(task, error_value(RaySystemError(f"function of task {spec.name} was never sent")))
@@ -690,7 +711,8 @@ class Scheduler:
         elif task.state == Task.RUNNING and task.node is not None:
             if not task.spec.actor_id:
                 self.cancelling.add(task.spec.task_id)
-            task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(task_id=task.spec.task_id, force=force)))
+            task.node.push(pb.HeadToNodeOp(cancel=pb.Cancel(task_id=task.id, force=force,
+                                                            actor_id=task.spec.actor_id if task.call else b"")))
 
     def _retries_left(self, task: Task) -> bool:
         return task.spec.max_retries < 0 or task.spec.attempt < task.spec.max_retries
@@ -803,6 +825,9 @@ class Scheduler:
         if task is None:
             if call is not None:
                 self._call_done(call, done)
+            elif started and done.task_id not in self.tasks:
+                if len(self._early_dones) < EARLY_DONES_MAX:
+                    self._early_dones[done.task_id] = (node, done, self.clock())
             return
         if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
@@ -863,6 +888,10 @@ class Scheduler:
         """Call about once a second. After a burst of tasks has drained, the heap it used goes back
         to the OS (glibc keeps freed memory for reuse otherwise: after 10 bursts of 10,000 tasks the
         head kept 5 MiB more). Returns the peak it trimmed after (0: no trim)."""
+        if self._early_dones:  # ends whose call never came (its caller went away first)
+            stale = self.clock() - EARLY_DONE_S
+            for task_id in [t for t, (_, _, at) in self._early_dones.items() if at < stale]:
+                del self._early_dones[task_id]
         held = len(self.tasks)
         self._peak_tasks = max(self._peak_tasks, held)
         peak = self._peak_tasks
@@ -1010,6 +1039,7 @@ class Scheduler:
         if error is None:
             if actor.state != Actor.DEAD:
                 actor.state = Actor.ALIVE
+                self._announce_direct(actor, task, done)
                 self._pump_actor(actor)
             return
         cause = self._load_error(error)
@@ -1017,6 +1047,71 @@ class Scheduler:
             actor.id.hex(), f"the actor died because of an error raised in its creation task: {cause}",
             cause=cause)))
         self._kill_process(actor)
+
+    # ------------------------------------------------------------------ calls straight to actors
+
+    def _announce_direct(self, actor: Actor, creation: Task, done: pb.TaskDone) -> None:
+        """Tell the actor's creator (a driver) that it may send calls straight to the actor's process,
+        if that process listens and runs on this machine's node."""
+        owner, node = creation.owner, actor.node
+        if (not done.direct_address or owner.closed or owner.kind != "driver" or node is None
+                or not node.hello.address.startswith("unix:")):
+            return
+        opts = actor.options
+        owner.push(pb.HeadOp(actor_direct=pb.ActorDirect(
+            actor_id=actor.id, address=done.direct_address, token=done.direct_token,
+            incarnation=creation.spec.attempt + 1, ordered=not opts.is_async and opts.max_concurrency <= 1)))
+
+    def _direct_call(self, actor: Actor, task: Task) -> None:
+        """A call its caller sent straight to the actor's process (incarnation ``spec.direct``): it
+        is in flight there, as if the head had sent it. One sent to a process that has gone since
+        is lost as a call in flight is when the process dies: retried or failed."""
+        current = task.spec.direct == actor.creation.spec.attempt + 1
+        if actor.state == Actor.ALIVE and actor.node is not None and current:
+            task.state = Task.RUNNING
+            task.node = actor.node
+            actor.inflight[task.id] = task
+            actor.node.actor_inflight[task.id] = task
+            early = self._early_dones.pop(task.id, None)
+            if early is not None and early[0] is actor.node:
+                self._task_done(early[0], early[1])
+            return
+        task.state = Task.QUEUED
+        if actor.state == Actor.DEAD:
+            self._fail(task, actor.death or error_value(ActorDiedError(actor.id.hex())))
+        elif actor.options.max_task_retries < 0 or task.spec.attempt < actor.options.max_task_retries:
+            task.spec.attempt += 1
+            task.spec.direct = 0
+            actor.calls.append(task)
+            self._pump_actor(actor)
+        else:
+            self._fail(task, error_value(ActorUnavailableError(
+                actor.id.hex(), "the actor's process this call was sent to has died and the actor is "
+                                "restarting; set max_task_retries to retry calls on the restarted actor")))
+
+    def _direct_done(self, session: Session, done: pb.TaskDone) -> None:
+        """The caller of a direct call reports its end (it has the values already)."""
+        task = self.tasks.get(done.task_id)
+        if (task is None or task.owner is not session or not task.spec.direct or task.state != Task.RUNNING
+                or done.attempt != task.spec.attempt):
+            return  # ended meanwhile (its process died and the call was retried or failed)
+        node = task.node
+        if node is not None:
+            node.actor_inflight.pop(task.id, None)
+            if self.observer is not None:
+                self.observer.on_done(node, task, done)
+        for rid in task.spec.return_ids:  # the session has them: no ready for it
+            obj = self.objects.get(rid)
+            if obj is not None and obj.subscribers and session in obj.subscribers:
+                obj.subscribers.remove(session)
+        self._call_done(task, done)
+
+    def _direct_detach(self, task: Task) -> None:
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is not None:
+            actor.inflight.pop(task.id, None)
+        if task.node is not None:
+            task.node.actor_inflight.pop(task.id, None)
 
     def _call_done(self, task: Task, done: pb.TaskDone) -> None:
         actor = self.actors.get(task.spec.actor_id)

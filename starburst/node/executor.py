@@ -14,6 +14,7 @@ import concurrent.futures
 import inspect
 import io
 import faulthandler
+import hmac
 import os
 import pickle
 import collections
@@ -37,7 +38,7 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from ..framing import FrameSplitter, encode
+from ..framing import FrameSplitter, FrameTooLarge, encode
 from .crash_report import crash_report_path
 
 
@@ -69,6 +70,11 @@ class Executor:
         self.client: Any = None
         self.client_lock = threading.Lock()
         self.node_pid = os.getppid()
+        #: Calls that came straight from a caller (ActorDirect), by task id: their TaskDone goes
+        #: back on that caller's connection, not to the node.
+        self.direct_replies: dict[bytes, _DirectCaller] = {}
+        self.direct: tuple[str, str] | None = None  # (socket path, token) once listening
+        self.output_mark = 0  # lines of output forwarded when the running call started
 
     def send(self, msg: pb.ExecutorMsg) -> None:
         data = encode(msg)
@@ -129,6 +135,7 @@ class Executor:
                 queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)
                 if queued is not None:
                     self.pending.remove(queued)
+                    self.direct_replies.pop(msg.cancel, None)  # (a direct call: its caller hears it from the head)
                     self.send(pb.ExecutorMsg(done=pb.TaskDone(
                         task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
                     return
@@ -242,6 +249,7 @@ class Executor:
         self.actor_loop.create_task(finish())
 
     def run_one(self, run: pb.Run) -> None:
+        self.output_mark = self.logs.lines
         keep: list = []
         started = time.monotonic()
         done = self.execute(run, keep)
@@ -261,7 +269,16 @@ class Executor:
         # leaves before the next task starts: if that one kills us, this one is not lost.
         if self.client is not None:
             self.client.transport.flush()
+        caller = self.direct_replies.pop(done.task_id, None) if self.direct_replies else None
+        # A call's output goes to its driver through the node and head, before its result: a call
+        # that printed sends its result the same way.
+        quiet = self.logs.lines == self.output_mark or self.actor_pool is not None or self.actor_loop is not None
+        if (caller is not None and quiet and done.failure == pb.TaskDone.NONE
+                and not any(r.value.contained for r in done.results) and caller.send(done)):
+            return  # its caller keeps the values and tells the head
         self.send(pb.ExecutorMsg(done=done))
+        if caller is not None:  # refs inside must reach the head after what this task sent it: via the node
+            caller.send(pb.TaskDone(task_id=done.task_id, attempt=done.attempt, via_node=True))
         if run.spec.method == "__ray_terminate__":
             self.logs.drain()
             os._exit(0)
@@ -296,6 +313,8 @@ class Executor:
                 result = function(*args, **kwargs)
                 if spec.HasField("actor"):
                     self._become_actor(spec, result)
+                    if self.direct is not None:
+                        done.direct_address, done.direct_token = self.direct
                     return done
                 if self.actor_id and spec.task_id in _runtime.cancelled_tasks:
                     done.failure = pb.TaskDone.CANCELLED  # cancelled while it ran (not interrupted)
@@ -535,6 +554,63 @@ class Executor:
         elif options.max_concurrency > 1:
             self.actor_pool = concurrent.futures.ThreadPoolExecutor(
                 options.max_concurrency, thread_name_prefix="actor")
+        if config.DIRECT_CALLS:
+            self._listen_direct()
+
+    # ----------------------------------------------------------------- callers -> actor, directly
+
+    def _listen_direct(self) -> None:
+        """Take calls straight from callers on this machine: a Unix socket beside the node's (in its
+        owner-only directory), and a token each caller must send first."""
+        import secrets
+
+        path = os.path.join(os.path.dirname(self.socket_path), f"actor-{self.id}.sock")
+        try:
+            os.unlink(path)  # a restarted actor's earlier process may have left it
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(16)
+        except OSError:  # e.g. a path over the length limit: calls come through the head only
+            listener.close()
+            return
+        token = secrets.token_urlsafe(24)
+        self.direct = (path, token)
+        threading.Thread(target=self._accept_direct, args=(listener, token), daemon=True,
+                         name="direct-accept").start()
+
+    def _accept_direct(self, listener: socket.socket, token: str) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=self._serve_direct, args=(conn, token), daemon=True, name="direct-caller").start()
+
+    def _serve_direct(self, conn: socket.socket, token: str) -> None:
+        caller = _DirectCaller(conn)
+        frames = FrameSplitter(config.MAX_MESSAGE_BYTES)
+        authenticated = False
+        try:
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    return
+                for frame in frames.feed(chunk):
+                    if not authenticated:
+                        if not hmac.compare_digest(frame, token.encode()):
+                            return
+                        authenticated = True
+                        continue
+                    run = pb.Run.FromString(frame)
+                    with self.pending_cond:
+                        self.direct_replies[run.spec.task_id] = caller
+                        self.pending.append(run)
+                        self.pending_cond.notify()
+        except (OSError, FrameTooLarge):
+            return
+        finally:
+            caller.closed = True
+            conn.close()
 
     def _function(self, run: pb.Run):
         fid = run.spec.function_id
@@ -665,6 +741,28 @@ def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
     return code.replace(co_filename=filename, co_consts=consts)
 
 
+class _DirectCaller:
+    """A caller's connection to this actor: replies are written from whichever thread ran the call."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, done: pb.TaskDone) -> bool:
+        """False if the caller is gone (the call's end then goes to the head through the node)."""
+        if self.closed:
+            return False
+        data = encode(done)
+        try:
+            with self.lock:
+                self.conn.sendall(data)
+        except OSError:
+            self.closed = True
+            return False
+        return True
+
+
 class _RelayTransport:
     """The executor's session with the head, tunnelled through the node socket."""
 
@@ -706,6 +804,7 @@ class _LogForwarder:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        self.lines = 0  # batches of output lines forwarded so far
         self.pipes = []
         for stream_no in (1, 2):
             r, w = os.pipe()
@@ -741,6 +840,7 @@ class _LogForwarder:
                 self._emit(stream_no, data[: cut + 1])
 
     def _emit(self, stream_no: int, data: bytes) -> None:
+        self.lines += 1
         name, job = self.executor.log_owner
         text = data.decode("utf-8", errors="replace")
         self._send_log(stream_no, name, job, text)

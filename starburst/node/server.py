@@ -205,7 +205,7 @@ class NodeServer(pb_grpc.NodeServicer):
             if executor is not None:
                 executor.send(pb.NodeToExecutorMsg(down=op.relay.down))
         elif kind == "cancel":
-            self._cancel(op.cancel.task_id, op.cancel.force)
+            self._cancel(op.cancel.task_id, op.cancel.force, op.cancel.actor_id)
         elif kind == "shutdown":
             self.stop.set()
             self.out_event.set()
@@ -249,7 +249,7 @@ class NodeServer(pb_grpc.NodeServicer):
         self.run(executor, run)
         executor.flush()
 
-    def _cancel(self, task_id: bytes, force: bool) -> None:
+    def _cancel(self, task_id: bytes, force: bool, actor_id: bytes = b"") -> None:
         if self.pool.drop_queued(task_id):
             self._report(pb.TaskDone(task_id=task_id, failure=pb.TaskDone.CANCELLED))
             return
@@ -264,6 +264,9 @@ class NodeServer(pb_grpc.NodeServicer):
                 else:  # the executor drops it from its queue, or interrupts it if it already started
                     executor.send(pb.NodeToExecutorMsg(cancel=task_id))
                 return
+        actor = self.actors.get(actor_id) if actor_id else None
+        if actor is not None:  # a call its caller sent straight to the actor's process
+            actor.send(pb.NodeToExecutorMsg(cancel=task_id))
 
     def _report(self, done: pb.TaskDone) -> None:
         self.to_head(pb.NodeToHeadOp(done=done))

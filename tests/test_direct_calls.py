@@ -1,0 +1,234 @@
+"""Calls straight from a driver to its actor's process (driver/direct.py, ``ActorDirect``).
+
+The head's books as a state machine (milliseconds, no processes), then the wiring with real
+processes: values, order, failures and what the head shows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from starburst._proto import starburst_pb2 as pb
+from starburst.head.scheduler import Task
+
+from conftest import wait_for
+from test_scheduler_unit import Harness
+
+
+GET_TIMEOUT = 60
+
+
+def _actor(h: Harness, *, max_restarts: int = 0, max_task_retries: int = 0, local: bool = True):
+    """A live actor on node "a" (a Unix-socket node when ``local``), created by the harness's driver
+    session; returns (node, actor id, the ops pushed to the session)."""
+    pushed: list = []
+    h.session._deliver = pushed.extend
+    node = h.add_node("a", 2)
+    node.hello.address = "unix:/run/node.sock" if local else "10.0.0.7:7000"
+    spec = h.spec(actor=True)
+    spec.actor.max_restarts, spec.actor.max_task_retries = max_restarts, max_task_retries
+    (creation,) = h.submit(spec)
+    assert h.runs("a") == [creation]
+    h.step([pb.NodeToHeadOp(done=pb.TaskDone(task_id=creation, direct_address="/run/actor-1.sock",
+                                             direct_token="tok"))], node)
+    return node, spec.actor_id, pushed
+
+
+def _call(h: Harness, actor_id: bytes, direct: int = 1) -> pb.TaskSpec:
+    spec = h.spec(cpus=0)
+    spec.actor_id, spec.method, spec.direct = actor_id, "m", direct
+    return spec
+
+
+def _value(text: str) -> pb.Value:
+    return pb.Value(inline=text.encode())
+
+
+def test_the_creator_is_told_where_its_actor_takes_calls():
+    h = Harness()
+    _, actor_id, pushed = _actor(h)
+    (announced,) = [op.actor_direct for op in pushed if op.WhichOneof("op") == "actor_direct"]
+    assert (announced.actor_id, announced.address, announced.token) == (actor_id, "/run/actor-1.sock", "tok")
+    assert announced.incarnation == 1 and announced.ordered
+
+
+def test_an_actor_on_a_remote_node_is_not_announced():
+    h = Harness()
+    _, _, pushed = _actor(h, local=False)
+    assert not [op for op in pushed if op.WhichOneof("op") == "actor_direct"]
+
+
+def test_a_direct_call_is_in_the_books_without_being_sent_and_its_end_reported_by_the_caller():
+    h = Harness()
+    node, actor_id, pushed = _actor(h)
+    call = _call(h, actor_id)
+    h.submit(call)
+    assert h.runs("a") == []  # the caller sent it already
+    task = h.s.tasks[call.task_id]
+    assert task.state == Task.RUNNING and call.task_id in node.actor_inflight
+    pushed.clear()
+    rid = call.return_ids[0]
+    h.step([pb.ClientOp(direct_done=pb.TaskDone(task_id=call.task_id, results=[pb.Object(id=rid, value=_value("v"))]))])
+    assert call.task_id not in h.s.tasks and call.task_id not in node.actor_inflight
+    assert h.s.objects[rid].value.inline == b"v"  # kept for whoever gets the ref next
+    assert not [op for op in pushed if op.WhichOneof("op") == "ready"]  # the caller has it
+
+
+def test_the_end_of_a_direct_call_that_came_through_the_node_first_is_kept_for_it():
+    h = Harness()
+    node, actor_id, pushed = _actor(h)
+    call = _call(h, actor_id)
+    rid = call.return_ids[0]
+    h.done(node, call.task_id)  # (refs in its result: the actor's process sent it to the node)
+    h.s.on_node_ops(node, [pb.NodeToHeadOp(done=pb.TaskDone(
+        task_id=call.task_id, results=[pb.Object(id=rid, value=_value("w"))]))], lambda *_: None)
+    h.submit(call)  # the caller's word of it comes after
+    assert call.task_id not in h.s.tasks
+    assert [op.ready.value.inline for op in pushed if op.WhichOneof("op") == "ready"] == [b"w"]
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_direct_call_to_a_process_that_has_died_since_is_retried_or_fails(retries):
+    h = Harness()
+    node, actor_id, pushed = _actor(h, max_restarts=1, max_task_retries=retries)
+    h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
+    creation_again = h.runs("a")
+    assert len(creation_again) == 1  # restarting
+    call = _call(h, actor_id, direct=1)  # sent to the first incarnation, which is gone
+    h.submit(call)
+    if retries:
+        h.done(node, *creation_again)
+        assert h.runs("a") == [call.task_id]  # sent to the new process
+    else:
+        assert call.task_id not in h.s.tasks
+        (ready,) = [op.ready for op in pushed if op.WhichOneof("op") == "ready"]
+        assert ready.id == call.return_ids[0] and ready.value.is_error
+
+
+def test_a_direct_call_whose_process_dies_is_the_heads_to_end():
+    h = Harness()
+    node, actor_id, pushed = _actor(h)
+    call = _call(h, actor_id)
+    h.submit(call)
+    h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
+    assert call.task_id not in h.s.tasks
+    assert [op.ready.id for op in pushed if op.WhichOneof("op") == "ready"] == [call.return_ids[0]]
+    # the caller's late report of it changes nothing
+    h.step([pb.ClientOp(direct_done=pb.TaskDone(task_id=call.task_id))])
+
+
+def test_a_driver_that_leaves_takes_its_direct_calls_with_it():
+    h = Harness()
+    node, actor_id, _ = _actor(h)
+    call = _call(h, actor_id)
+    h.submit(call)
+    h.s.close_session(h.session)
+    h.s.check_invariants()
+    assert call.task_id not in h.s.tasks and call.task_id not in node.actor_inflight
+
+
+# ------------------------------------------------------------------------------ real processes
+
+
+def _channel(ray, handle):
+    from starburst import _runtime
+
+    return _runtime.get_client()._channels.get(handle._actor_id.binary())
+
+
+def test_calls_go_straight_to_the_actor_and_the_head_keeps_the_books(cluster):
+    ray = cluster
+
+    @ray.remote
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def incr(self) -> int:
+            self.n += 1
+            return self.n
+
+        def fail(self) -> None:
+            raise ValueError("no")
+
+    c = Counter.remote()
+    assert [ray.get(c.incr.remote(), timeout=GET_TIMEOUT) for _ in range(20)] == list(range(1, 21))
+    channel = _channel(ray, c)
+    assert channel is not None and channel.alive, "the calls did not go straight to the actor"
+    refs = [c.incr.remote() for _ in range(200)]  # pipelined
+    assert ray.get(refs, timeout=GET_TIMEOUT) == list(range(21, 221))
+    with pytest.raises(ValueError, match="no"):
+        ray.get(c.fail.remote(), timeout=GET_TIMEOUT)  # the remote traceback comes back too
+
+    def counted() -> bool:
+        runs = [r for r in ray.timeline() if r.get("name") == "Counter.incr"]
+        return len(runs) == 220
+    wait_for(counted, 30, "the head to record every call")
+
+
+def test_calls_with_refs_to_resolve_keep_their_order_with_direct_ones(cluster):
+    ray = cluster
+
+    @ray.remote
+    def later(x):
+        time.sleep(0.2)
+        return x
+
+    @ray.remote
+    class Log:
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def add(self, x) -> list:
+            self.seen.append(x)
+            return list(self.seen)
+
+    log = Log.remote()
+    ray.get(log.add.remote(0), timeout=GET_TIMEOUT)
+    refs = [log.add.remote(1), log.add.remote(later.remote(2)), log.add.remote(3), log.add.remote(later.remote(4)),
+            log.add.remote(5)]
+    assert ray.get(refs[-1], timeout=GET_TIMEOUT) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_direct_call_whose_actor_process_dies_fails_or_is_retried(cluster, tmp_path):
+    ray = cluster
+
+    @ray.remote(max_restarts=1, max_task_retries=1)
+    class Sleeper:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def nap(self, marker: str) -> str:
+            if not os.path.exists(marker):  # the first attempt waits to be killed
+                open(marker, "w").close()
+                time.sleep(60)
+            return "rested"
+
+    s = Sleeper.remote()
+    pid = ray.get(s.pid.remote(), timeout=GET_TIMEOUT)
+    marker = str(tmp_path / "started")
+    ref = s.nap.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 30, "the call to start")
+    os.kill(pid, signal.SIGKILL)
+    assert ray.get(ref, timeout=GET_TIMEOUT) == "rested"  # retried on the restarted actor
+
+    @ray.remote
+    class Once:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def nap(self, marker: str) -> None:
+            open(marker, "w").close()
+            time.sleep(60)
+
+    o = Once.remote()
+    pid = ray.get(o.pid.remote(), timeout=GET_TIMEOUT)
+    marker = str(tmp_path / "once")
+    ref = o.nap.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 30, "the call to start")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(ref, timeout=GET_TIMEOUT)
