@@ -130,6 +130,14 @@ import os, sys, json, psutil
 import starburst
 starburst.init(num_cpus=1)
 assert starburst.get(starburst.remote(lambda: 7).remote()) == 7
+
+@starburst.remote
+class Echo:  # its process listens for this driver's calls (an actor socket to scan too)
+    def echo(self, x):
+        return x
+
+echo = Echo.remote()
+assert starburst.get([echo.echo.remote(i) for i in range(20)]) == list(range(20))
 head = [p for p in psutil.Process().children() if "starburst.head" in " ".join(p.cmdline())][0]
 pids = [head.pid] + [c.pid for c in head.children(recursive=True)]
 listening = []
