@@ -317,20 +317,24 @@ class Client:
         self._on_direct_lost(channel)
         return False
 
-    def _on_direct_done(self, channel: DirectChannel, done: pb.TaskDone) -> None:
-        """(The channel's reader thread.) A call sent direct has ended."""
+    def _on_direct_done(self, channel: DirectChannel, dones: list[pb.TaskDone]) -> None:
+        """(The channel's reader thread.) Calls sent direct have ended."""
         ready_futures: list = []
+        told = False
         with self._cond:
-            channel.inflight.discard(done.task_id)
-            if not done.via_node:  # (else its values come from the head)
+            for done in dones:
+                channel.inflight.discard(done.task_id)
+                if done.via_node:  # its values come from the head
+                    continue
                 for result in done.results:
                     if self._arrived(result.id, result.value, ready_futures):
                         self._direct_values.add(result.id)
                 self._outbox.append(pb.ClientOp(direct_done=done))
+                told = True
             self._cond.notify_all()
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
-        if not done.via_node:
+        if told:
             self.transport.wake_soon()
 
     def _on_direct_lost(self, channel: DirectChannel) -> None:

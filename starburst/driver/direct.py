@@ -31,7 +31,7 @@ __all__ = ["DirectChannel"]
 class DirectChannel:
     """One connection to one incarnation of an actor's process. Thread-safe."""
 
-    def __init__(self, announced: pb.ActorDirect, on_done: Callable[["DirectChannel", pb.TaskDone], None],
+    def __init__(self, announced: pb.ActorDirect, on_done: Callable[["DirectChannel", list[pb.TaskDone]], None],
                  on_lost: Callable[["DirectChannel"], None]) -> None:
         self.actor_id = announced.actor_id
         self.incarnation = announced.incarnation
@@ -92,8 +92,9 @@ class DirectChannel:
                     break
                 if not chunk:
                     break
-                for frame in frames.feed(chunk):
-                    self._on_done(self, pb.TaskDone.FromString(frame))
+                dones = [pb.TaskDone.FromString(frame) for frame in frames.feed(chunk)]
+                if dones:  # (all that arrived together: one turn of the client's lock)
+                    self._on_done(self, dones)
         finally:
             sock.close()
             with self._lock:
