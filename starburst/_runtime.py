@@ -113,6 +113,10 @@ def get_client(auto_init: bool = True) -> Any:
                 "and tasks are gone. Call starburst.shutdown() and then starburst.init() to start over."
             )
     if auto_init_hook is None:
+        import importlib
+
+        importlib.import_module("starburst.api")  # (imported on first use of the API: it sets the hook)
+    if auto_init_hook is None:
         raise RuntimeError("starburst is not initialized: call starburst.init() first")
     auto_init_hook()
     return _client

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -12,8 +11,7 @@ from . import _runtime
 from .generators import ObjectRefGenerator, wait_with_generators
 from .object_ref import ObjectRef
 from .options import check_timeout
-from . import progress as progress_mod
-from .progress import AutoProgress, configure_progress
+from .progress import DELAY_S as PROGRESS_DELAY_S, AutoProgress, configure_progress
 from .remote_function import RemoteFunction
 
 log = logging.getLogger("starburst")
@@ -375,9 +373,6 @@ def _exit_grace() -> None:
         time.sleep(0.05)
 
 
-atexit.register(shutdown)
-atexit.register(_exit_grace)  # atexit runs last-registered first: the grace comes before shutdown
-
 
 F = TypeVar("F", bound=Callable)
 
@@ -451,7 +446,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
     check_timeout(timeout)
     _check_alive(refs)
     client = _runtime.get_client()
-    if len(refs) < 2 or (timeout is not None and timeout < progress_mod.DELAY_S):  # no bar would show
+    if len(refs) < 2 or (timeout is not None and timeout < PROGRESS_DELAY_S):  # no bar would show
         values = client.get(refs, timeout)
     else:
         with AutoProgress(refs, len(refs), "get"):
@@ -492,7 +487,7 @@ def wait(
     client = _runtime.get_client()
     if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
         return wait_with_generators(client, object_refs, num_returns, timeout)
-    if num_returns < 2 or (timeout is not None and timeout < progress_mod.DELAY_S):  # no bar would show
+    if num_returns < 2 or (timeout is not None and timeout < PROGRESS_DELAY_S):  # no bar would show
         return client.wait(object_refs, num_returns, timeout)
     with AutoProgress(object_refs, num_returns, "wait"):
         return client.wait(object_refs, num_returns, timeout)
