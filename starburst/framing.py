@@ -25,6 +25,10 @@ LINK_SOCKET = "link.sock"
 #: gRPC socket in the cluster's owner-only runtime directory.
 SESSION_SOCKET = "session.sock"
 
+#: An actor's process takes its creator's calls directly (driver/direct.py) on this socket in its
+#: node's socket directory, formatted with the executor's id; the node removes it when the process ends.
+ACTOR_SOCKET = "actor-{}.sock"
+
 
 def encode(msg) -> bytes:
     """A protobuf message as one frame."""

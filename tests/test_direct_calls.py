@@ -90,8 +90,17 @@ def test_the_end_of_a_direct_call_that_came_through_the_node_first_is_kept_for_i
     assert [op.ready.value.inline for op in pushed if op.WhichOneof("op") == "ready"] == [b"w"]
 
 
+def _word(h: Harness, call: pb.TaskSpec, answered: bool) -> None:
+    """The caller's word on a direct call whose process died: answered (with a value) or not."""
+    if answered:
+        done = pb.TaskDone(task_id=call.task_id, results=[pb.Object(id=call.return_ids[0], value=_value("v"))])
+    else:
+        done = pb.TaskDone(task_id=call.task_id, failure=pb.TaskDone.WORKER_DIED)
+    h.step([pb.ClientOp(direct_done=done)])
+
+
 @pytest.mark.parametrize("retries", [0, 1])
-def test_a_direct_call_to_a_process_that_has_died_since_is_retried_or_fails(retries):
+def test_a_direct_call_to_a_process_that_has_died_since_waits_for_its_callers_word(retries):
     h = Harness()
     node, actor_id, pushed = _actor(h, max_restarts=1, max_task_retries=retries)
     h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
@@ -99,6 +108,8 @@ def test_a_direct_call_to_a_process_that_has_died_since_is_retried_or_fails(retr
     assert len(creation_again) == 1  # restarting
     call = _call(h, actor_id, direct=1)  # sent to the first incarnation, which is gone
     h.submit(call)
+    assert h.s.tasks[call.task_id].state == Task.WAITING and h.runs("a") == []
+    _word(h, call, answered=False)
     if retries:
         h.done(node, *creation_again)
         assert h.runs("a") == [call.task_id]  # sent to the new process
@@ -108,16 +119,58 @@ def test_a_direct_call_to_a_process_that_has_died_since_is_retried_or_fails(retr
         assert ready.id == call.return_ids[0] and ready.value.is_error
 
 
-def test_a_direct_call_whose_process_dies_is_the_heads_to_end():
+@pytest.mark.parametrize("answered", [True, False])
+def test_a_direct_call_whose_process_dies_ends_as_its_caller_says(answered):
+    """Answered before the process died: its value stands (the call must not run again). Not
+    answered: lost like any call in flight (no restarts here: ActorDiedError)."""
     h = Harness()
     node, actor_id, pushed = _actor(h)
     call = _call(h, actor_id)
     h.submit(call)
     h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
+    assert call.task_id in h.s.tasks, "decided before its caller's word"
+    pushed.clear()
+    _word(h, call, answered)
     assert call.task_id not in h.s.tasks
-    assert [op.ready.id for op in pushed if op.WhichOneof("op") == "ready"] == [call.return_ids[0]]
-    # the caller's late report of it changes nothing
-    h.step([pb.ClientOp(direct_done=pb.TaskDone(task_id=call.task_id))])
+    rid = call.return_ids[0]
+    if answered:
+        assert h.s.objects[rid].value.inline == b"v"
+        assert not [op for op in pushed if op.WhichOneof("op") == "ready"]  # the caller has it
+    else:
+        (ready,) = [op.ready for op in pushed if op.WhichOneof("op") == "ready"]
+        assert ready.id == rid and ready.value.is_error
+
+
+def test_a_caller_that_sees_the_connection_break_first_has_the_call_lost_when_the_death_comes():
+    h = Harness()
+    node, actor_id, pushed = _actor(h)
+    call = _call(h, actor_id)
+    h.submit(call)
+    _word(h, call, answered=False)  # before the node's report of the death
+    assert h.s.tasks[call.task_id].state == Task.RUNNING  # (its process may live on: it reports via the node)
+    h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
+    assert call.task_id not in h.s.tasks
+    (ready,) = [op.ready for op in pushed if op.WhichOneof("op") == "ready"]
+    assert ready.id == call.return_ids[0] and ready.value.is_error
+
+
+def test_refs_in_an_end_that_came_before_its_call_stay_alive_until_it_is_applied():
+    h = Harness()
+    node, actor_id, pushed = _actor(h)
+    inner = b"p" * 20
+    h.step([pb.ClientOp(put=pb.Object(id=inner, value=_value("inner")))])  # (stands for the task's put)
+    call = _call(h, actor_id)
+    rid = call.return_ids[0]
+    value = pb.Value(inline=b"outer", contained=[inner])
+    h.s.on_node_ops(node, [pb.NodeToHeadOp(done=pb.TaskDone(task_id=call.task_id,
+                                                            results=[pb.Object(id=rid, value=value)]))],
+                    lambda *_: None)
+    h.step([pb.ClientOp(release=inner)])  # its putter lets go before the call is known
+    assert inner in h.s.objects, "a ref inside a result was freed before the result pinned it"
+    h.submit(call)
+    assert h.s.objects[inner].refs == 1  # now held by the result only
+    h.step([pb.ClientOp(release=rid)])
+    assert inner not in h.s.objects
 
 
 def test_a_driver_that_leaves_takes_its_direct_calls_with_it():
@@ -191,6 +244,33 @@ def test_calls_with_refs_to_resolve_keep_their_order_with_direct_ones(cluster):
     refs = [log.add.remote(1), log.add.remote(later.remote(2)), log.add.remote(3), log.add.remote(later.remote(4)),
             log.add.remote(5)]
     assert ray.get(refs[-1], timeout=GET_TIMEOUT) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_call_that_must_go_through_the_head_waits_for_the_direct_ones_without_blocking_remote(cluster, tmp_path):
+    """On an actor that runs calls in order, a call with a ref to resolve is held by the driver
+    until the calls sent direct before it have ended; ``.remote()`` returns at once (as in Ray)."""
+    ray = cluster
+
+    @ray.remote
+    class Gate:
+        def wait_for(self, path: str) -> str:
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return "opened"
+
+        def value(self, x):
+            return x
+
+    g = Gate.remote()
+    assert ray.get(g.value.remote(0), timeout=GET_TIMEOUT) == 0
+    gate = str(tmp_path / "gate")
+    first = g.wait_for.remote(gate)  # runs until the file appears
+    queued = g.value.remote(1)
+    held = g.value.remote(ray.put(3))  # must not block: the gate opens only after this line
+    with open(gate, "w"):
+        pass
+    assert ray.get(held, timeout=GET_TIMEOUT) == 3
+    assert ray.get([first, queued], timeout=GET_TIMEOUT) == ["opened", 1]
 
 
 def test_a_direct_call_whose_actor_process_dies_fails_or_is_retried(cluster, tmp_path):

@@ -79,6 +79,8 @@ class Client:
         self._direct_values: set[bytes] = set()
         self._head_calls: dict[bytes, int] = {}
         self._head_call_of: dict[bytes, bytes] = {}
+        self._held: dict[bytes, list[pb.TaskSpec]] = {}  # calls waiting for the direct ones before them
+        self._direct_calls = kind == "driver" and config.DIRECT_CALLS
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
@@ -245,9 +247,10 @@ class Client:
         object the function came from; once it is gone the head may drop the function."""
         ops = []
         channel: DirectChannel | None = None
+        held = False
         with self._cond:
-            if self._direct_info and spec.actor_id and not spec.HasField("actor"):
-                channel = self._route_call(spec)
+            if self._direct_calls and spec.actor_id and not spec.HasField("actor"):
+                channel, held = self._route_call(spec)
             if function is not None and function.id not in self._functions_sent:
                 _check_size(function)  # before it counts as sent: a refused one is never recorded
                 self._functions_sent.add(function.id)
@@ -261,6 +264,8 @@ class Client:
                 # task leaves: its first items may come back before submit returns.
                 self._streams.add(spec.task_id)
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
+        if held:  # it leaves once the calls sent direct before it have ended
+            return refs
         if channel is not None:
             if self._send_direct(channel, spec):
                 return refs
@@ -272,26 +277,52 @@ class Client:
 
     # ------------------------------------------------------------------ calls straight to actors
 
-    def _route_call(self, spec: pb.TaskSpec) -> DirectChannel | None:
-        """(Lock held.) The channel to send this actor call on, or None: through the head (after the
-        calls sent direct, for an actor that runs its calls in order)."""
+    def _route_call(self, spec: pb.TaskSpec) -> tuple[DirectChannel | None, bool]:
+        """(Lock held.) How this actor call leaves: (the channel to send it on, False); (None, False):
+        through the head now; (None, True): held, to go through the head once the calls sent direct
+        before it have ended (the actor runs its calls in order). A call through the head is counted
+        until its result comes: until then later calls go through the head too, after it."""
         actor_id = spec.actor_id
+        held = self._held.get(actor_id)
+        if held is not None:
+            self._hold(spec)
+            held.append(spec)
+            return None, True
         info = self._direct_info.get(actor_id)
-        if info is None:
-            return None
         channel = self._channels.get(actor_id)
-        if channel is None or channel.incarnation != info.incarnation:
+        if info is not None and (channel is None or channel.incarnation != info.incarnation):
             if channel is not None:
                 channel.close()
             channel = self._channels[actor_id] = DirectChannel(info, self._on_direct_done, self._on_direct_lost)
-        if (channel.alive and not spec.deps and not spec.generator and not self._head_calls.get(actor_id)
-                and not spec.method.startswith("__ray_")):  # (__ray_terminate__: the head's to order)
-            channel.inflight.add(spec.task_id)
-            return channel
-        if channel.ordered:  # the calls sent direct run first, as they were made first
-            self._cond.wait_for(lambda: not channel.inflight or not channel.alive)
+        if channel is None or info is None:
+            self._count_head_call(spec)
+            return None, False
+        if (channel.alive and not spec.deps and not spec.args.contained and not spec.generator
+                and not self._head_calls.get(actor_id) and not spec.method.startswith("__ray_")):
+            # (refs inside its arguments must reach the head first; __ray_terminate__ is the head's)
+            channel.inflight[spec.task_id] = spec.return_ids[0] if spec.return_ids else b""
+            return channel, False
+        if channel.ordered and channel.inflight:
+            self._hold(spec)
+            self._held[actor_id] = [spec]
+            return None, True
         self._count_head_call(spec)
-        return None
+        return None, False
+
+    def _hold(self, spec: pb.TaskSpec) -> None:
+        """(Lock held.) The refs a held call names stay held here until it has left (their release
+        would reach the head before the call)."""
+        for object_id in (*spec.deps, *spec.args.contained):
+            self._refs[object_id] = self._refs.get(object_id, 0) + 1
+
+    def _release_held(self, actor_id: bytes) -> bool:
+        """(Lock held.) The calls held for this actor go to the head, in order; True if there were."""
+        held = self._held.pop(actor_id, None)
+        for spec in held or ():
+            self._count_head_call(spec)
+            self._outbox.append(pb.ClientOp(submit=spec))
+            self._releases.extend((*spec.deps, *spec.args.contained))  # (sent after it)
+        return bool(held)
 
     def _count_head_call(self, spec: pb.TaskSpec) -> None:
         """(Lock held.) Until its result comes, later calls to this actor go through the head too."""
@@ -314,6 +345,8 @@ class Client:
             self.transport.wake_soon()
             return True
         spec.direct = 0
+        with self._cond:
+            channel.inflight.pop(spec.task_id, None)  # (it never left: the head gets it instead)
         self._on_direct_lost(channel)
         return False
 
@@ -323,7 +356,7 @@ class Client:
         told = False
         with self._cond:
             for done in dones:
-                channel.inflight.discard(done.task_id)
+                channel.inflight.pop(done.task_id, None)
                 if done.via_node:  # its values come from the head
                     continue
                 for result in done.results:
@@ -331,23 +364,36 @@ class Client:
                         self._direct_values.add(result.id)
                 self._outbox.append(pb.ClientOp(direct_done=done))
                 told = True
-            self._cond.notify_all()
+            released = not channel.inflight and self._release_held(channel.actor_id)
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
-        if told:
+        if released:
+            self._wake()
+        elif told:
             self.transport.wake_soon()
 
     def _on_direct_lost(self, channel: DirectChannel) -> None:
-        """The actor's process is gone (or unreachable): the calls in flight are the head's to end."""
+        """The actor's process is gone (or unreachable): the head is told which calls sent on the
+        channel were not answered (it retries or fails them; their values then come from it, and
+        later calls go through the head after them)."""
         with self._cond:
             channel.alive = False
+            for task_id, first_return in channel.inflight.items():
+                self._outbox.append(pb.ClientOp(direct_done=pb.TaskDone(
+                    task_id=task_id, failure=pb.TaskDone.WORKER_DIED)))
+                if first_return:
+                    self._head_call_of[first_return] = channel.actor_id
+                    self._head_calls[channel.actor_id] = self._head_calls.get(channel.actor_id, 0) + 1
+            told = bool(channel.inflight)
             channel.inflight.clear()
             if self._channels.get(channel.actor_id) is channel:
                 del self._channels[channel.actor_id]
             info = self._direct_info.get(channel.actor_id)
             if info is not None and info.incarnation == channel.incarnation:
                 del self._direct_info[channel.actor_id]
-            self._cond.notify_all()
+            released = self._release_held(channel.actor_id)
+        if (told or released) and not self.closed:
+            self._wake()
 
     def request(self, request: pb.ActorRequest, timeout: float = 60.0) -> pb.ActorReply:
         """A synchronous question to the head (named actors, cluster state)."""
@@ -607,7 +653,7 @@ class Client:
                         self._outbox.append(pb.ClientOp(release=object_id))
                         unwanted = True
                 elif kind == "actor_direct":
-                    if self.kind == "driver" and config.DIRECT_CALLS:
+                    if self._direct_calls:
                         self._direct_info[op.actor_direct.actor_id] = op.actor_direct
                 elif kind == "forget_function":  # sent again before a task names it
                     if op.forget_function in self._functions_sent:
@@ -688,7 +734,10 @@ class Client:
             if usage is not None:  # the last S3 counts leave with the session's last message
                 self._outbox.append(pb.ClientOp(store_usage=usage))
             self._cond.notify_all()
+            channels, self._channels = list(self._channels.values()), {}
         self.transport.close()
+        for channel in channels:
+            channel.close()
 
 
 def _owner_gone(client_ref: "weakref.ref[Client]", function_id: bytes, owner_id: int) -> None:

@@ -44,8 +44,9 @@ class DirectChannel:
         self._sock: socket.socket | None = None
         #: False once the connection failed or broke: calls go through the head from then on.
         self.alive = True
-        #: Calls sent on this channel and not answered yet (task ids); kept by the client's lock.
-        self.inflight: set[bytes] = set()
+        #: Calls sent on this channel and not answered yet (task id -> first return id, in the
+        #: order sent); kept by the client's lock.
+        self.inflight: dict[bytes, bytes] = {}
 
     def send(self, run: pb.Run) -> bool:
         """Write ``run`` to the actor's process; False (and the channel is dead) if it can't be."""

@@ -307,7 +307,12 @@ class Scheduler:
         self._peak_tasks = 0  # the most tasks held at a settle() since memory was last trimmed
         #: Ends of calls the head does not know yet, by task id (node, TaskDone, when): a call sent
         #: straight to its actor whose result came through the node before its caller's word of it.
-        self._early_dones: dict[bytes, tuple[Node, pb.TaskDone, float]] = {}
+        self._early_dones: dict[bytes, tuple[Node, pb.TaskDone, float, list[bytes]]] = {}
+        #: Direct calls whose process died before the head heard of their end: their caller's word
+        #: (``direct_done``) says whether they were answered.
+        self._awaiting_word: dict[bytes, Task] = {}
+        #: Direct calls in flight whose caller said they were not answered (its connection broke).
+        self._unanswered: set[bytes] = set()
         self.durations: dict[bytes, float] = {}  # function id -> typical run time (median of the recent)
         self._run_times: dict[bytes, collections.deque[float]] = {}
         self.objects: dict[bytes, Obj] = {}
@@ -370,12 +375,15 @@ class Scheduler:
         for task in [t for t in self.tasks.values() if t.owner is session]:
             if task.creation:
                 continue  # an actor lives as long as its handles (or forever, if detached)
-            if task.spec.direct and task.state == Task.RUNNING:
+            if task.spec.direct and task.state in (Task.RUNNING, Task.WAITING):
                 # Its result was to come back through this session only.
                 self._direct_detach(task)
                 self._fail(task, error_value(RaySystemError(
                     f"{task.spec.name} was sent straight to its actor by a driver that has gone: its "
                     "result went with it")))
+                actor = self.actors.get(task.spec.actor_id)
+                if actor is not None:
+                    self._maybe_terminate(actor)  # (its last handle went with the session)
                 continue
             if all(self._unheld(rid) for rid in task.spec.return_ids):
                 self._cancel_task(task, force=True, recursive=True)
@@ -669,6 +677,10 @@ class Scheduler:
         task.state = Task.DONE
         if self.cancelling:
             self.cancelling.discard(task.id)
+        if self._awaiting_word:
+            self._awaiting_word.pop(task.id, None)
+        if self._unanswered:
+            self._unanswered.discard(task.id)
         task.owner.outstanding -= 1
         self.tasks.pop(task.id, None)
         self.tasks_finished += 1
@@ -827,7 +839,12 @@ class Scheduler:
                 self._call_done(call, done)
             elif started and done.task_id not in self.tasks:
                 if len(self._early_dones) < EARLY_DONES_MAX:
-                    self._early_dones[done.task_id] = (node, done, self.clock())
+                    # Refs inside its results are held until it is applied: what the task put may
+                    # otherwise be released (by the task's process) before anything pins it.
+                    pins = [c for r in done.results for c in r.value.contained if c in self.objects]
+                    for object_id in pins:
+                        self.objects[object_id].refs += 1
+                    self._early_dones[done.task_id] = (node, done, self.clock(), pins)
             return
         if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
@@ -890,8 +907,8 @@ class Scheduler:
         head kept 5 MiB more). Returns the peak it trimmed after (0: no trim)."""
         if self._early_dones:  # ends whose call never came (its caller went away first)
             stale = self.clock() - EARLY_DONE_S
-            for task_id in [t for t, (_, _, at) in self._early_dones.items() if at < stale]:
-                del self._early_dones[task_id]
+            for task_id in [t for t, early in self._early_dones.items() if early[2] < stale]:
+                self._unpin(self._early_dones.pop(task_id))
         held = len(self.tasks)
         self._peak_tasks = max(self._peak_tasks, held)
         peak = self._peak_tasks
@@ -1065,48 +1082,94 @@ class Scheduler:
     def _direct_call(self, actor: Actor, task: Task) -> None:
         """A call its caller sent straight to the actor's process (incarnation ``spec.direct``): it
         is in flight there, as if the head had sent it. One sent to a process that has gone since
-        is lost as a call in flight is when the process dies: retried or failed."""
+        waits for its caller's word: answered (kept), or not (lost as a call in flight is when its
+        process dies: retried or failed)."""
         current = task.spec.direct == actor.creation.spec.attempt + 1
+        early = self._early_dones.pop(task.id, None)
         if actor.state == Actor.ALIVE and actor.node is not None and current:
             task.state = Task.RUNNING
             task.node = actor.node
             actor.inflight[task.id] = task
             actor.node.actor_inflight[task.id] = task
-            early = self._early_dones.pop(task.id, None)
             if early is not None and early[0] is actor.node:
                 self._task_done(early[0], early[1])
+            self._unpin(early)
             return
+        if early is not None:  # its end came through the node before its process died: kept
+            task.state = Task.RUNNING
+            if early[1].failure == pb.TaskDone.NONE:
+                self._finish(task, early[1].results)
+            else:
+                self._fail(task, error_value(TaskCancelledError(task.id.hex())), cancelled=True)
+            self._unpin(early)
+            return
+        self._await_word(task)
+
+    def _await_word(self, task: Task) -> None:
+        task.state = Task.WAITING  # (neither queued nor placed: nothing runs it until the word)
+        task.node = None
+        self._awaiting_word[task.id] = task
+
+    def _direct_lost(self, actor: Actor, task: Task) -> None:
+        """Its caller says a direct call was not answered before its process died."""
         task.state = Task.QUEUED
         if actor.state == Actor.DEAD:
             self._fail(task, actor.death or error_value(ActorDiedError(actor.id.hex())))
         elif actor.options.max_task_retries < 0 or task.spec.attempt < actor.options.max_task_retries:
             task.spec.attempt += 1
             task.spec.direct = 0
-            actor.calls.append(task)
+            actor.calls.append(task)  # (the caller's later calls come through the head, after this)
             self._pump_actor(actor)
         else:
             self._fail(task, error_value(ActorUnavailableError(
                 actor.id.hex(), "the actor's process this call was sent to has died and the actor is "
                                 "restarting; set max_task_retries to retry calls on the restarted actor")))
+        self._maybe_terminate(actor)
 
     def _direct_done(self, session: Session, done: pb.TaskDone) -> None:
-        """The caller of a direct call reports its end (it has the values already)."""
+        """The caller of a direct call reports its end (it has the values already), or that the
+        connection to the actor's process broke before an answer (WORKER_DIED)."""
         task = self.tasks.get(done.task_id)
-        if (task is None or task.owner is not session or not task.spec.direct or task.state != Task.RUNNING
-                or done.attempt != task.spec.attempt):
-            return  # ended meanwhile (its process died and the call was retried or failed)
+        if task is None or task.owner is not session or not task.spec.direct or done.attempt != task.spec.attempt:
+            return  # ended meanwhile
+        actor = self.actors.get(task.spec.actor_id)
+        awaited = self._awaiting_word.pop(task.id, None)
+        if done.failure == pb.TaskDone.WORKER_DIED:
+            if awaited is not None and actor is not None:
+                self._direct_lost(actor, task)
+            elif awaited is not None:
+                self._fail(task, error_value(ActorDiedError(task.spec.actor_id.hex())))
+            elif task.state == Task.RUNNING:
+                # The caller saw the connection break before the head saw the process die (or the
+                # process lives on, and it reports the call through the node): kept for either.
+                self._unanswered.add(task.id)
+            return
+        if awaited is None and task.state != Task.RUNNING:
+            return
+        for rid in task.spec.return_ids:  # the session has them: no ready for it
+            obj = self.objects.get(rid)
+            if obj is not None and obj.subscribers and session in obj.subscribers:
+                obj.subscribers.remove(session)
+        if awaited is not None:  # answered before its process died
+            task.state = Task.RUNNING
+            self._finish(task, done.results)
+            if actor is not None:
+                self._maybe_terminate(actor)
+            return
         node = task.node
         if node is not None:
             node.actor_inflight.pop(task.id, None)
             if self.observer is not None:
                 self.observer.on_done(node, task, done)
-        for rid in task.spec.return_ids:  # the session has them: no ready for it
-            obj = self.objects.get(rid)
-            if obj is not None and obj.subscribers and session in obj.subscribers:
-                obj.subscribers.remove(session)
         self._call_done(task, done)
 
+    def _unpin(self, early: tuple | None) -> None:
+        if early is not None:
+            for object_id in early[3]:
+                self._unref(object_id)
+
     def _direct_detach(self, task: Task) -> None:
+        self._awaiting_word.pop(task.id, None)
         actor = self.actors.get(task.spec.actor_id)
         if actor is not None:
             actor.inflight.pop(task.id, None)
@@ -1136,6 +1199,13 @@ class Scheduler:
             if actor.node is not None:
                 actor.node.actor_inflight.pop(task.spec.task_id, None)
         actor.inflight.clear()
+        # A call sent straight to the process may have been answered already (its caller has the
+        # value; its word of it is on the way): the caller says which, then it is kept or lost.
+        for task in [t for t in lost if t.spec.direct and t.id not in self._unanswered]:
+            self._await_word(task)
+        lost = [t for t in lost if not t.spec.direct or t.id in self._unanswered]
+        for task in lost:
+            self._unanswered.discard(task.id)
         opts = actor.options
         can_restart = (
             not actor.no_restart and not actor.terminating and actor.state != Actor.DEAD

@@ -38,7 +38,7 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from ..framing import FrameSplitter, FrameTooLarge, encode
+from ..framing import ACTOR_SOCKET, FrameSplitter, FrameTooLarge, encode
 from .crash_report import crash_report_path
 
 
@@ -135,9 +135,11 @@ class Executor:
                 queued = next((r for r in self.pending if r.spec.task_id == msg.cancel), None)
                 if queued is not None:
                     self.pending.remove(queued)
-                    self.direct_replies.pop(msg.cancel, None)  # (a direct call: its caller hears it from the head)
                     self.send(pb.ExecutorMsg(done=pb.TaskDone(
                         task_id=msg.cancel, failure=pb.TaskDone.CANCELLED)))
+                    caller = self.direct_replies.pop(msg.cancel, None)
+                    if caller is not None:  # a direct call: its caller gets its end from the head
+                        caller.send(pb.TaskDone(task_id=msg.cancel, via_node=True))
                     return
             _runtime.cancelled_tasks.add(msg.cancel)
             if self.actor_loop is not None:  # an async actor: cancel that call's asyncio task
@@ -564,7 +566,7 @@ class Executor:
         owner-only directory), and a token each caller must send first."""
         import secrets
 
-        path = os.path.join(os.path.dirname(self.socket_path), f"actor-{self.id}.sock")
+        path = os.path.join(os.path.dirname(self.socket_path), ACTOR_SOCKET.format(self.id))
         try:
             os.unlink(path)  # a restarted actor's earlier process may have left it
         except FileNotFoundError:
@@ -583,7 +585,11 @@ class Executor:
 
     def _accept_direct(self, listener: socket.socket, token: str) -> None:
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # e.g. out of file descriptors for a moment
+                time.sleep(0.1)
+                continue
             threading.Thread(target=self._serve_direct, args=(conn, token), daemon=True, name="direct-caller").start()
 
     def _serve_direct(self, conn: socket.socket, token: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import collections
 import logging
+import contextlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from .._memory import trim as trim_memory
 from .._proto import starburst_pb2 as pb
 from .._proto import starburst_pb2_grpc as pb_grpc
 from .._version import runtime_versions
-from ..framing import LINK_SOCKET, FramedStream, encode, read_frames, read_token
+from ..framing import ACTOR_SOCKET, LINK_SOCKET, FramedStream, encode, read_frames, read_token
 from .crash_report import read_crash_report
 from .launch import Early, pool_size, spawn_executor
 from .pool import Pool, Slot
@@ -398,6 +399,8 @@ class NodeServer(pb_grpc.NodeServicer):
 
     def _actor_gone(self, executor: Executor, code: int) -> None:
         self.actors.pop(executor.actor_id, None)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.socket_dir, ACTOR_SOCKET.format(executor.id)))
         how = {"killed": "it was killed"}.get(
             executor.kill_reason or "", f"its process died with {_describe_exit(code)}{executor.last_words()}")
         for run in executor.runs:  # calls in flight: the head retries them or fails them
