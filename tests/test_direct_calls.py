@@ -287,12 +287,7 @@ def test_a_direct_call_whose_actor_process_dies_fails_or_is_retried(cluster, tmp
                 time.sleep(60)
             return "rested"
 
-    s = Sleeper.remote()
-    pid = ray.get(s.pid.remote(), timeout=GET_TIMEOUT)
-    marker = str(tmp_path / "started")
-    ref = s.nap.remote(marker)
-    wait_for(lambda: os.path.exists(marker), 30, "the call to start")
-    os.kill(pid, signal.SIGKILL)
+    ref = _killed_mid_call(ray, Sleeper.remote(), str(tmp_path / "started"))
     assert ray.get(ref, timeout=GET_TIMEOUT) == "rested"  # retried on the restarted actor
 
     @ray.remote
@@ -304,11 +299,16 @@ def test_a_direct_call_whose_actor_process_dies_fails_or_is_retried(cluster, tmp
             open(marker, "w").close()
             time.sleep(60)
 
-    o = Once.remote()
-    pid = ray.get(o.pid.remote(), timeout=GET_TIMEOUT)
-    marker = str(tmp_path / "once")
-    ref = o.nap.remote(marker)
-    wait_for(lambda: os.path.exists(marker), 30, "the call to start")
-    os.kill(pid, signal.SIGKILL)
+    ref = _killed_mid_call(ray, Once.remote(), str(tmp_path / "once"))
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(ref, timeout=GET_TIMEOUT)
+
+
+def _killed_mid_call(ray, actor, marker: str):
+    """Call ``actor.nap(marker)`` (it creates ``marker``, then sleeps) and kill the actor's process
+    once the call has started; returns the call's ref."""
+    pid = ray.get(actor.pid.remote(), timeout=GET_TIMEOUT)
+    ref = actor.nap.remote(marker)
+    wait_for(lambda: os.path.exists(marker), 30, "the call to start")
+    os.kill(pid, signal.SIGKILL)
+    return ref
