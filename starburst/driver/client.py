@@ -128,9 +128,7 @@ class Client:
 
     def _send(self, *ops: pb.ClientOp) -> None:
         with self._cond:
-            if self.closed:
-                raise SessionLostError(f"the session with the head has ended: {self._error or 'closed'}")
-            self._outbox.extend(ops)
+            self._queue_locked(*ops)
         self._wake()
 
     def _wake(self) -> None:
@@ -245,6 +243,8 @@ class Client:
     def submit(self, spec: pb.TaskSpec, function: pb.Function | None, owner: Any = None) -> list[ObjectRef]:
         """Submit a task; ``function`` is sent first unless the head holds it for us. ``owner``: the
         object the function came from; once it is gone the head may drop the function."""
+        # The refs count first: a result may come back before this returns.
+        refs = [ObjectRef(rid, self) for rid in spec.return_ids]
         ops = []
         channel: DirectChannel | None = None
         held = False
@@ -263,7 +263,10 @@ class Client:
                 # as one hold, handed over to the ref the generator returns). Registered before the
                 # task leaves: its first items may come back before submit returns.
                 self._streams.add(spec.task_id)
-        refs = [ObjectRef(rid, self) for rid in spec.return_ids]
+            if channel is None and not held:
+                # Queued in the same step as the check above: a release of the function the writer
+                # makes in between would otherwise reach the head before this task names it.
+                self._queue_locked(*ops, pb.ClientOp(submit=spec))
         if held:  # it leaves once the calls sent direct before it have ended
             return refs
         if channel is not None:
@@ -271,9 +274,14 @@ class Client:
                 return refs
             with self._cond:
                 self._count_head_call(spec)
-        ops.append(pb.ClientOp(submit=spec))
-        self._send(*ops)
+                self._queue_locked(*ops, pb.ClientOp(submit=spec))
+        self._wake()
         return refs
+
+    def _queue_locked(self, *ops: pb.ClientOp) -> None:
+        if self.closed:
+            raise SessionLostError(f"the session with the head has ended: {self._error or 'closed'}")
+        self._outbox.extend(ops)
 
     # ------------------------------------------------------------------ calls straight to actors
 
@@ -429,9 +437,17 @@ class Client:
 
     def submit_creation(self, spec: pb.TaskSpec, function: pb.Function, owner: Any = None) -> None:
         """Start an actor; this session holds its first handle."""
-        self.send_function(function, owner)
-        self.hold(spec.actor_id)
-        self._send(pb.ClientOp(submit=spec))
+        with self._cond:  # one step, as in submit()
+            if owner is not None:
+                self._track_owner(function.id, owner)
+            ops = []
+            if function.id not in self._functions_sent:
+                _check_size(function)
+                self._functions_sent.add(function.id)
+                ops.append(pb.ClientOp(function=function))
+            self._refs[spec.actor_id] = self._refs.get(spec.actor_id, 0) + 1
+            self._queue_locked(*ops, pb.ClientOp(submit=spec))
+        self._wake()
 
     def unregister_stream(self, task_id: bytes) -> None:
         """Items of this streaming task are no longer wanted (released on arrival); see :meth:`submit`."""
