@@ -106,7 +106,11 @@ def test_a_released_ref_reaches_the_head_with_nothing_else_to_send(tmp_path, mon
 
     monkeypatch.setattr(config, "HEAD_TIMEOUT_S", 0)  # no heartbeat pings to carry releases along
     monkeypatch.setattr(client_module, "RELEASE_DELAY_S", 2.0)
-    head = FramedHead(tmp_path)
+    import shutil
+    import uuid
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)  # short: socket paths are bounded (macOS)
+    head = FramedHead(sockets)
     transport = GrpcTransport(head.address)
     client = Client(transport)
 
@@ -127,3 +131,4 @@ def test_a_released_ref_reaches_the_head_with_nothing_else_to_send(tmp_path, mon
     finally:
         client.close()
         transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)
