@@ -1,7 +1,7 @@
 """Length-prefixed protobuf frames over Unix sockets: the local links that don't need gRPC.
 
 A frame is a 4-byte little-endian length and a serialized message. Node <-> executor use them with
-blocking sockets (:func:`recv_frame`) and asyncio streams (:func:`read_frames`); the local head's
+blocking sockets (:func:`iter_frames`, :func:`recv_frame`) and asyncio streams (:func:`read_frames`); the local head's
 links (driver <-> head on ``session.sock``, head <-> node on ``link.sock``) use
 :class:`FramedStream`, which gives them the read/write methods of a gRPC stream, after a first frame
 that carries the token (:func:`read_token`). :class:`FrameSplitter` cuts frames out of the bytes for
@@ -14,6 +14,7 @@ import collections
 import socket
 import struct
 import time
+from typing import Iterator
 
 _LEN = struct.Struct("<I")
 
@@ -85,6 +86,20 @@ async def read_frames(reader: asyncio.StreamReader, limit: int | None = None):
             return
         for frame in frames.feed(chunk):
             yield frame
+
+
+def iter_frames(sock: socket.socket, limit: int | None = None) -> Iterator[bytes]:
+    """The frames arriving on a blocking socket, every one that has arrived taken with one read,
+    until the peer closes it (or it breaks). FrameTooLarge past ``limit``."""
+    frames = FrameSplitter(limit)
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError:  # e.g. reset: the peer closed while our last message was unread
+            return
+        if not chunk:
+            return
+        yield from frames.feed(chunk)
 
 
 def recv_frame(sock: socket.socket) -> bytes | None:

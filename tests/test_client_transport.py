@@ -20,14 +20,22 @@ class EagerHead:
     def __init__(self, store_url: str) -> None:
         self.store_url = store_url
         self.client: Client | None = None
+        self.sent: list[pb.ClientOp] = []  # every operation the client sent, in order
+        self.eager = True  # False: nothing leaves until the test calls flush()
 
     def start(self, client: Client) -> None:
         self.client = client
 
     def wake(self) -> None:
+        if not self.eager:
+            return  # the test flushes
+        self.flush()
+
+    def flush(self) -> None:
         assert self.client is not None
         replies = []
         for op in self.client.take_outbox():
+            self.sent.append(op)
             kind = op.WhichOneof("op")
             if kind == "hello":
                 replies.append(pb.HeadOp(welcome=pb.Welcome(job_id="job-1", store_url=self.store_url)))
@@ -51,6 +59,40 @@ def test_a_streaming_item_that_arrives_before_remote_returns_is_kept(tmp_path):
     ref = generator._next_sync(5)  # (it was released as unwanted: no item came, ever)
     assert not ref.is_nil(), "the item that came before .remote() returned was lost"
     assert client.get([ref], 5) == ["first"]
+
+
+class Owner:
+    """Stands for a RemoteFunction: the object whose life keeps its function at the head."""
+
+
+def test_a_function_stays_at_the_head_while_an_owner_lives_even_at_a_reused_id(tmp_path):
+    """An owner collected and a new one made at the same address (CPython reuses it at once): the
+    new one must count, or the head is told to drop the function while the new owner still names
+    it ('function of task ... was never sent')."""
+    import gc
+
+    head = EagerHead(f"file://{tmp_path}")
+    client = Client(head)
+    head.eager = False  # the collected owner's release is handled after the new owner counted
+    function = pb.Function(id=b"f" * 32, pickled=b"x", name="f")
+    owner = Owner()
+    client.send_function(function, owner)
+    for _ in range(100):  # until a new owner lands on the old one's address
+        old = id(owner)
+        del owner  # (collected at once: nothing else to free it)
+        owner = Owner()
+        client.send_function(function, owner)
+        if id(owner) == old:
+            break
+    else:
+        raise AssertionError("no address was reused in 100 tries: this test can't tell anything here")
+    head.flush()  # the collected owners' releases are handled now
+    assert not [op for op in head.sent if op.WhichOneof("op") == "release_function"], \
+        "the function was released while an owner of it lives"
+    del owner
+    gc.collect()
+    head.flush()
+    assert head.sent[-1].WhichOneof("op") == "release_function"  # the last owner gone: released
 
 
 class FramedHead:

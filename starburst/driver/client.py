@@ -86,7 +86,7 @@ class Client:
         self._releases: collections.deque[bytes] = collections.deque()
         self._functions_sent: set[bytes] = set()  # the head holds these for us (until we release them)
         self._function_owners: dict[bytes, int] = {}  # live objects (remote functions) per function id
-        self._owner_ids: set[int] = set()
+        self._owners: dict[int, weakref.finalize] = {}  # counted owners, by id(), with their finalizer
         self._owners_gone: collections.deque[tuple[bytes, int]] = collections.deque()  # from finalizers
         self._on_block = on_block
         self._error: str | None = None
@@ -140,7 +140,9 @@ class Client:
             ops, self._outbox = self._outbox, []
             while self._owners_gone:  # after the tasks that named it: the head keeps it for those
                 function_id, owner_id = self._owners_gone.popleft()
-                self._owner_ids.discard(owner_id)
+                finalizer = self._owners.get(owner_id)
+                if finalizer is not None and not finalizer.alive:  # (not a new owner at the same id)
+                    del self._owners[owner_id]
                 count = self._function_owners.get(function_id, 0) - 1
                 if count > 0:
                     self._function_owners[function_id] = count
@@ -245,18 +247,12 @@ class Client:
         object the function came from; once it is gone the head may drop the function."""
         # The refs count first: a result may come back before this returns.
         refs = [ObjectRef(rid, self) for rid in spec.return_ids]
-        ops = []
         channel: DirectChannel | None = None
         held = False
         with self._cond:
             if self._direct_calls and spec.actor_id and not spec.HasField("actor"):
                 channel, held = self._route_call(spec)
-            if function is not None and function.id not in self._functions_sent:
-                _check_size(function)  # before it counts as sent: a refused one is never recorded
-                self._functions_sent.add(function.id)
-                ops.append(pb.ClientOp(function=function))
-            if function is not None and owner is not None:
-                self._track_owner(function.id, owner)
+            ops = self._function_ops(function, owner)
             self._expected.update(spec.return_ids)
             if spec.generator == "streaming":
                 # Its items are pushed as they are yielded: each is kept on arrival (the arrival counts
@@ -264,8 +260,6 @@ class Client:
                 # task leaves: its first items may come back before submit returns.
                 self._streams.add(spec.task_id)
             if channel is None and not held:
-                # Queued in the same step as the check above: a release of the function the writer
-                # makes in between would otherwise reach the head before this task names it.
                 self._queue_locked(*ops, pb.ClientOp(submit=spec))
         if held:  # it leaves once the calls sent direct before it have ended
             return refs
@@ -273,7 +267,7 @@ class Client:
             if self._send_direct(channel, spec):
                 return refs
             with self._cond:
-                self._count_head_call(spec)
+                self._count_head_call(spec.actor_id, _first_return(spec))
                 self._queue_locked(*ops, pb.ClientOp(submit=spec))
         self._wake()
         return refs
@@ -303,18 +297,18 @@ class Client:
                 channel.close()
             channel = self._channels[actor_id] = DirectChannel(info, self._on_direct_done, self._on_direct_lost)
         if channel is None or info is None:
-            self._count_head_call(spec)
+            self._count_head_call(spec.actor_id, _first_return(spec))
             return None, False
         if (channel.alive and not spec.deps and not spec.args.contained and not spec.generator
                 and not self._head_calls.get(actor_id) and not spec.method.startswith("__ray_")):
             # (refs inside its arguments must reach the head first; __ray_terminate__ is the head's)
-            channel.inflight[spec.task_id] = spec.return_ids[0] if spec.return_ids else b""
+            channel.inflight[spec.task_id] = _first_return(spec)
             return channel, False
         if channel.ordered and channel.inflight:
             self._hold(spec)
             self._held[actor_id] = [spec]
             return None, True
-        self._count_head_call(spec)
+        self._count_head_call(spec.actor_id, _first_return(spec))
         return None, False
 
     def _hold(self, spec: pb.TaskSpec) -> None:
@@ -327,16 +321,16 @@ class Client:
         """(Lock held.) The calls held for this actor go to the head, in order; True if there were."""
         held = self._held.pop(actor_id, None)
         for spec in held or ():
-            self._count_head_call(spec)
+            self._count_head_call(spec.actor_id, _first_return(spec))
             self._outbox.append(pb.ClientOp(submit=spec))
             self._releases.extend((*spec.deps, *spec.args.contained))  # (sent after it)
         return bool(held)
 
-    def _count_head_call(self, spec: pb.TaskSpec) -> None:
-        """(Lock held.) Until its result comes, later calls to this actor go through the head too."""
-        if spec.return_ids:
-            self._head_call_of[spec.return_ids[0]] = spec.actor_id
-            self._head_calls[spec.actor_id] = self._head_calls.get(spec.actor_id, 0) + 1
+    def _count_head_call(self, actor_id: bytes, first_return: bytes) -> None:
+        """(Lock held.) Until this call's result comes, later calls to this actor go through the head too."""
+        if first_return:
+            self._head_call_of[first_return] = actor_id
+            self._head_calls[actor_id] = self._head_calls.get(actor_id, 0) + 1
 
     def _send_direct(self, channel: DirectChannel, spec: pb.TaskSpec) -> bool:
         """Write the call to the actor's process; the head hears of it with the next batch."""
@@ -358,26 +352,22 @@ class Client:
         self._on_direct_lost(channel)
         return False
 
-    def _on_direct_done(self, channel: DirectChannel, dones: list[pb.TaskDone]) -> None:
-        """(The channel's reader thread.) Calls sent direct have ended."""
+    def _on_direct_done(self, channel: DirectChannel, done: pb.TaskDone) -> None:
+        """(The channel's reader thread.) A call sent direct has ended."""
         ready_futures: list = []
-        told = False
         with self._cond:
-            for done in dones:
-                channel.inflight.pop(done.task_id, None)
-                if done.via_node:  # its values come from the head
-                    continue
+            channel.inflight.pop(done.task_id, None)
+            if not done.via_node:  # (else its values come from the head)
                 for result in done.results:
                     if self._arrived(result.id, result.value, ready_futures):
                         self._direct_values.add(result.id)
                 self._outbox.append(pb.ClientOp(direct_done=done))
-                told = True
             released = not channel.inflight and self._release_held(channel.actor_id)
         for fut, value in ready_futures:
             self._resolve_future(fut, value)
         if released:
             self._wake()
-        elif told:
+        elif not done.via_node:
             self.transport.wake_soon()
 
     def _on_direct_lost(self, channel: DirectChannel) -> None:
@@ -389,9 +379,7 @@ class Client:
             for task_id, first_return in channel.inflight.items():
                 self._outbox.append(pb.ClientOp(direct_done=pb.TaskDone(
                     task_id=task_id, failure=pb.TaskDone.WORKER_DIED)))
-                if first_return:
-                    self._head_call_of[first_return] = channel.actor_id
-                    self._head_calls[channel.actor_id] = self._head_calls.get(channel.actor_id, 0) + 1
+                self._count_head_call(channel.actor_id, first_return)
             told = bool(channel.inflight)
             channel.inflight.clear()
             if self._channels.get(channel.actor_id) is channel:
@@ -419,32 +407,38 @@ class Client:
 
     def send_function(self, function: pb.Function, owner: Any = None) -> None:
         with self._cond:
-            if owner is not None:
-                self._track_owner(function.id, owner)
-            if function.id in self._functions_sent:
-                return
-            _check_size(function)
-            self._functions_sent.add(function.id)
-        self._send(pb.ClientOp(function=function))
+            ops = self._function_ops(function, owner)
+            self._queue_locked(*ops)
+        if ops:
+            self._wake()
+
+    def _function_ops(self, function: pb.Function | None, owner: Any) -> list[pb.ClientOp]:
+        """(Lock held.) Count ``owner`` as a user of ``function``; the op that sends it, unless the
+        head holds it for us. Queue it in the same step as the task that names it."""
+        if function is None:
+            return []
+        if owner is not None:
+            self._track_owner(function.id, owner)
+        if function.id in self._functions_sent:
+            return []
+        _check_size(function)  # before it counts as sent: a refused one is never recorded
+        self._functions_sent.add(function.id)
+        return [pb.ClientOp(function=function)]
 
     def _track_owner(self, function_id: bytes, owner: Any) -> None:
         """(Lock held.) Count ``owner`` once; when it is collected, the function is released."""
-        if id(owner) in self._owner_ids:  # (a reused id only costs sending the function again)
+        known = self._owners.get(id(owner))
+        if known is not None and known.alive:  # this very object (a dead one's id may be reused)
             return
-        self._owner_ids.add(id(owner))
+        finalizer = weakref.finalize(owner, _owner_gone, weakref.ref(self), function_id, id(owner))
+        finalizer.atexit = False
+        self._owners[id(owner)] = finalizer
         self._function_owners[function_id] = self._function_owners.get(function_id, 0) + 1
-        weakref.finalize(owner, _owner_gone, weakref.ref(self), function_id, id(owner)).atexit = False
 
     def submit_creation(self, spec: pb.TaskSpec, function: pb.Function, owner: Any = None) -> None:
         """Start an actor; this session holds its first handle."""
-        with self._cond:  # one step, as in submit()
-            if owner is not None:
-                self._track_owner(function.id, owner)
-            ops = []
-            if function.id not in self._functions_sent:
-                _check_size(function)
-                self._functions_sent.add(function.id)
-                ops.append(pb.ClientOp(function=function))
+        with self._cond:
+            ops = self._function_ops(function, owner)
             self._refs[spec.actor_id] = self._refs.get(spec.actor_id, 0) + 1
             self._queue_locked(*ops, pb.ClientOp(submit=spec))
         self._wake()
@@ -754,6 +748,11 @@ class Client:
         self.transport.close()
         for channel in channels:
             channel.close()
+
+
+def _first_return(spec: pb.TaskSpec) -> bytes:
+    """The id a call is tracked by until its result comes (b"": it returns nothing)."""
+    return spec.return_ids[0] if spec.return_ids else b""
 
 
 def _owner_gone(client_ref: "weakref.ref[Client]", function_id: bytes, owner_id: int) -> None:

@@ -23,7 +23,7 @@ import threading
 from typing import Callable
 
 from .._proto import starburst_pb2 as pb
-from ..framing import FrameSplitter, encode, frame
+from ..framing import encode, frame, iter_frames
 
 __all__ = ["DirectChannel"]
 
@@ -31,7 +31,7 @@ __all__ = ["DirectChannel"]
 class DirectChannel:
     """One connection to one incarnation of an actor's process. Thread-safe."""
 
-    def __init__(self, announced: pb.ActorDirect, on_done: Callable[["DirectChannel", list[pb.TaskDone]], None],
+    def __init__(self, announced: pb.ActorDirect, on_done: Callable[["DirectChannel", pb.TaskDone], None],
                  on_lost: Callable[["DirectChannel"], None]) -> None:
         self.actor_id = announced.actor_id
         self.incarnation = announced.incarnation
@@ -65,12 +65,7 @@ class DirectChannel:
 
     def close(self) -> None:
         with self._lock:
-            self.alive = False
-            if self._sock is not None:
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._lost_locked()
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,18 +79,9 @@ class DirectChannel:
         return sock
 
     def _read(self, sock: socket.socket) -> None:
-        frames = FrameSplitter()
         try:
-            while True:
-                try:
-                    chunk = sock.recv(1 << 20)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                dones = [pb.TaskDone.FromString(frame) for frame in frames.feed(chunk)]
-                if dones:  # (all that arrived together: one turn of the client's lock)
-                    self._on_done(self, dones)
+            for data in iter_frames(sock):
+                self._on_done(self, pb.TaskDone.FromString(data))
         finally:
             sock.close()
             with self._lock:

@@ -38,7 +38,7 @@ from ..generators import DynamicObjectRefGenerator
 from ..serialization import serialize
 from ..store import error_value, load_value, open_store, pack_value, store_usage
 from .. import config
-from ..framing import ACTOR_SOCKET, FrameSplitter, FrameTooLarge, encode
+from ..framing import ACTOR_SOCKET, FrameTooLarge, encode, iter_frames
 from .crash_report import crash_report_path
 
 
@@ -92,16 +92,9 @@ class Executor:
     def _read_frames(self) -> None:
         # Every frame that has arrived is taken with one read: a node streaming calls to an actor
         # would otherwise have this thread take the GIL from the one running them twice per call.
-        frames = FrameSplitter()
-        while True:
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except OSError:  # e.g. reset: the node closed while our last message was unread
-                chunk = b""
-            if not chunk:
-                os._exit(0)  # the node closed our socket: it is stopping, or retiring us
-            for frame in frames.feed(chunk):
-                self._on_message(pb.NodeToExecutorMsg.FromString(frame))
+        for frame in iter_frames(self.sock):
+            self._on_message(pb.NodeToExecutorMsg.FromString(frame))
+        os._exit(0)  # the node closed our socket: it is stopping, or retiring us
 
     def _on_message(self, msg: pb.NodeToExecutorMsg) -> None:
         kind = msg.WhichOneof("op")
@@ -594,25 +587,17 @@ class Executor:
 
     def _serve_direct(self, conn: socket.socket, token: str) -> None:
         caller = _DirectCaller(conn)
-        frames = FrameSplitter(config.MAX_MESSAGE_BYTES)
-        authenticated = False
+        frames = iter_frames(conn, config.MAX_MESSAGE_BYTES)
         try:
-            while True:
-                chunk = conn.recv(1 << 20)
-                if not chunk:
-                    return
-                for frame in frames.feed(chunk):
-                    if not authenticated:
-                        if not hmac.compare_digest(frame, token.encode()):
-                            return
-                        authenticated = True
-                        continue
-                    run = pb.Run.FromString(frame)
-                    with self.pending_cond:
-                        self.direct_replies[run.spec.task_id] = caller
-                        self.pending.append(run)
-                        self.pending_cond.notify()
-        except (OSError, FrameTooLarge):
+            if not hmac.compare_digest(next(frames, b""), token.encode()):
+                return
+            for frame in frames:
+                run = pb.Run.FromString(frame)
+                with self.pending_cond:
+                    self.direct_replies[run.spec.task_id] = caller
+                    self.pending.append(run)
+                    self.pending_cond.notify()
+        except FrameTooLarge:
             return
         finally:
             caller.closed = True
