@@ -17,7 +17,7 @@ import collections
 import math
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from .. import _ids, config
 from .._version import __version__
@@ -248,6 +248,14 @@ class Task:
         self.streamed = 0  # a streaming task's items the submitter got (a retry doesn't send them again)
 
 
+class _EarlyDone(NamedTuple):
+    """A call's end that came through a node before the head heard of the call (sent direct)."""
+    node: Node
+    done: pb.TaskDone
+    at: float  # when it came (the head's clock): dropped after EARLY_DONE_S
+    pins: list[bytes]  # refs inside its results, held until it is applied
+
+
 _WANTS: dict[tuple[float, float, float], dict[str, float]] = {}
 
 
@@ -307,7 +315,7 @@ class Scheduler:
         self._peak_tasks = 0  # the most tasks held at a settle() since memory was last trimmed
         #: Ends of calls the head does not know yet, by task id (node, TaskDone, when): a call sent
         #: straight to its actor whose result came through the node before its caller's word of it.
-        self._early_dones: dict[bytes, tuple[Node, pb.TaskDone, float, list[bytes]]] = {}
+        self._early_dones: dict[bytes, _EarlyDone] = {}
         #: Direct calls whose process died before the head heard of their end: their caller's word
         #: (``direct_done``) says whether they were answered.
         self._awaiting_word: dict[bytes, Task] = {}
@@ -844,7 +852,7 @@ class Scheduler:
                     pins = [c for r in done.results for c in r.value.contained if c in self.objects]
                     for object_id in pins:
                         self.objects[object_id].refs += 1
-                    self._early_dones[done.task_id] = (node, done, self.clock(), pins)
+                    self._early_dones[done.task_id] = _EarlyDone(node, done, self.clock(), pins)
             return
         if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
@@ -907,7 +915,7 @@ class Scheduler:
         head kept 5 MiB more). Returns the peak it trimmed after (0: no trim)."""
         if self._early_dones:  # ends whose call never came (its caller went away first)
             stale = self.clock() - EARLY_DONE_S
-            for task_id in [t for t, early in self._early_dones.items() if early[2] < stale]:
+            for task_id in [t for t, early in self._early_dones.items() if early.at < stale]:
                 self._unpin(self._early_dones.pop(task_id))
         held = len(self.tasks)
         self._peak_tasks = max(self._peak_tasks, held)
@@ -1091,14 +1099,14 @@ class Scheduler:
             task.node = actor.node
             actor.inflight[task.id] = task
             actor.node.actor_inflight[task.id] = task
-            if early is not None and early[0] is actor.node:
-                self._task_done(early[0], early[1])
+            if early is not None and early.node is actor.node:
+                self._task_done(early.node, early.done)
             self._unpin(early)
             return
         if early is not None:  # its end came through the node before its process died: kept
             task.state = Task.RUNNING
-            if early[1].failure == pb.TaskDone.NONE:
-                self._finish(task, early[1].results)
+            if early.done.failure == pb.TaskDone.NONE:
+                self._finish(task, early.done.results)
             else:
                 self._fail(task, error_value(TaskCancelledError(task.id.hex())), cancelled=True)
             self._unpin(early)
@@ -1115,16 +1123,29 @@ class Scheduler:
         task.state = Task.QUEUED
         if actor.state == Actor.DEAD:
             self._fail(task, actor.death or error_value(ActorDiedError(actor.id.hex())))
-        elif actor.options.max_task_retries < 0 or task.spec.attempt < actor.options.max_task_retries:
-            task.spec.attempt += 1
-            task.spec.direct = 0
-            actor.calls.append(task)  # (the caller's later calls come through the head, after this)
+        else:  # (at the end of the line: the caller's later calls come through the head, after it)
+            self._call_lost(actor, task, "it was sent straight to it", first=False)
             self._pump_actor(actor)
-        else:
-            self._fail(task, error_value(ActorUnavailableError(
-                actor.id.hex(), "the actor's process this call was sent to has died and the actor is "
-                                "restarting; set max_task_retries to retry calls on the restarted actor")))
         self._maybe_terminate(actor)
+
+    def _call_lost(self, actor: Actor, task: Task, reason: str, first: bool) -> None:
+        """A call whose process died while it ran, on an actor that is coming back: back in the
+        actor's line (``first``: at its front) while ``max_task_retries`` allows, else failed."""
+        retries = actor.options.max_task_retries
+        if retries < 0 or task.spec.attempt < retries:
+            task.spec.attempt += 1
+            task.spec.stream_skip = task.streamed
+            task.spec.direct = 0  # (a retry goes through the head)
+            task.state = Task.QUEUED
+            if first:
+                actor.calls.appendleft(task)
+            else:
+                actor.calls.append(task)
+        else:
+            self._fail(task, error_value(ActorUnavailableError(  # Ray's type: the actor comes back
+                actor.id.hex(), f"the actor's process died while running this call ({reason}) and "
+                                "the actor is restarting; set max_task_retries to retry calls on "
+                                "the restarted actor")))
 
     def _direct_done(self, session: Session, done: pb.TaskDone) -> None:
         """The caller of a direct call reports its end (it has the values already), or that the
@@ -1163,9 +1184,9 @@ class Scheduler:
                 self.observer.on_done(node, task, done)
         self._call_done(task, done)
 
-    def _unpin(self, early: tuple | None) -> None:
+    def _unpin(self, early: "_EarlyDone | None") -> None:
         if early is not None:
-            for object_id in early[3]:
+            for object_id in early.pins:
                 self._unref(object_id)
 
     def _direct_detach(self, task: Task) -> None:
@@ -1223,16 +1244,7 @@ class Scheduler:
         actor.state = Actor.RESTARTING
         actor.node = None
         for task in reversed(lost):
-            if opts.max_task_retries < 0 or task.spec.attempt < opts.max_task_retries:
-                task.spec.attempt += 1
-                task.spec.stream_skip = task.streamed
-                task.state = Task.QUEUED
-                actor.calls.appendleft(task)
-            else:
-                self._fail(task, error_value(ActorUnavailableError(  # Ray's type: the actor comes back
-                    actor.id.hex(), f"the actor's process died while running this call ({reason}) and "
-                                    "the actor is restarting; set max_task_retries to retry calls on "
-                                    "the restarted actor")))
+            self._call_lost(actor, task, reason, first=True)
         creation = actor.creation
         creation.spec.attempt += 1
         if creation.state == Task.DONE:  # it had finished: run it again, as a fresh task
