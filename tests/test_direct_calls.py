@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -266,11 +267,50 @@ def test_a_call_that_must_go_through_the_head_waits_for_the_direct_ones_without_
     gate = str(tmp_path / "gate")
     first = g.wait_for.remote(gate)  # runs until the file appears
     queued = g.value.remote(1)
-    held = g.value.remote(ray.put(3))  # must not block: the gate opens only after this line
+    made: list = []
+    caller = threading.Thread(target=lambda: made.append(g.value.remote(ray.put(3))), daemon=True)
+    caller.start()
+    caller.join(30)  # (the gate opens only after this: a .remote() that waited would never return)
+    assert made, ".remote() waited for the calls before it"
+    (held,) = made
     with open(gate, "w"):
         pass
     assert ray.get(held, timeout=GET_TIMEOUT) == 3
     assert ray.get([first, queued], timeout=GET_TIMEOUT) == ["opened", 1]
+
+
+def test_an_actors_socket_goes_with_its_process(cluster):
+    """What the actor's process starts to take direct calls (its socket) is gone when the process
+    is: killed at once, with a call running."""
+    ray = cluster
+
+    @ray.remote
+    class Busy:
+        def ready(self) -> bool:
+            return True
+
+        def spin(self) -> None:
+            time.sleep(60)
+
+    before = _actor_sockets()
+    b = Busy.remote()
+    assert ray.get(b.ready.remote(), timeout=GET_TIMEOUT)
+    (path,) = _actor_sockets() - before
+    assert os.path.exists(path)
+    b.spin.remote()
+    ray.kill(b)
+    wait_for(lambda: not os.path.exists(path), 30, "the dead actor's socket to be removed")
+
+
+def _actor_sockets() -> set[str]:
+    """The direct-call sockets this cluster's actors listen on (from /proc/net/unix)."""
+    from starburst import _runtime
+
+    cluster_dir = os.path.dirname(_runtime.get_client().transport.address.removeprefix("unix:")) + os.sep
+    with open("/proc/net/unix") as f:
+        next(f)
+        return {row[7] for row in (line.split() for line in f)
+                if len(row) >= 8 and row[7].startswith(cluster_dir) and "/actor-" in row[7]}
 
 
 def test_a_direct_call_whose_actor_process_dies_fails_or_is_retried(cluster, tmp_path):

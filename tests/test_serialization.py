@@ -9,14 +9,20 @@ import pytest
 
 from starburst.serialization import deserialize, serialize
 
-PLAIN = [0, -(1 << 70), 1.5, True, None, "text", b"\x00bytes", (), ((), {}), ((1, "a"), {"k": [2.0, None]}),
+PLAIN = [0, -(1 << 70), 1.5, True, None, "text", b"\x00bytes", (), ((), {}), ((1, "a"), {"k": 2.0, "n": None}),
          list(range(16))]
 
 
 @pytest.mark.parametrize("value", PLAIN, ids=repr)
-def test_plain_values_pickle_as_cloudpickle_would_and_read_back(value):
+def test_plain_values_pickle_as_cloudpickle_would_and_read_back(value, monkeypatch):
+    expected = cloudpickle.dumps(value, protocol=5)
+
+    def no_cloudpickle(*args, **kwargs):
+        raise AssertionError("a plain value went through cloudpickle (its per-call setup)")
+
+    monkeypatch.setattr(cloudpickle, "dumps", no_cloudpickle)
     ser = serialize(value)
-    assert ser.pickled == cloudpickle.dumps(value, protocol=5)
+    assert ser.pickled == expected
     assert ser.buffers == [] and ser.contained == []
     assert deserialize(ser.to_bytes()) == value
 
@@ -26,8 +32,9 @@ class Point:  # a class of this test module: by value or by reference, only clou
         self.x = x
 
 
-@pytest.mark.parametrize("value", [list(range(17)), {1: 2}, [[[1]]], {"p": Point(3)}, lambda: 4],
-                         ids=["long list", "int keys", "deep", "object inside", "lambda"])
+@pytest.mark.parametrize("value", [list(range(17)), {1: 2}, [[[1]]], ((1, "a"), {"k": [2.0]}), {"p": Point(3)},
+                                   lambda: 4],
+                         ids=["long list", "int keys", "deep", "deep args", "object inside", "lambda"])
 def test_other_values_go_through_cloudpickle(value):
     ser = serialize(value)
     assert ser.pickled == cloudpickle.dumps(value, protocol=5)
