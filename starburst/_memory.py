@@ -29,11 +29,19 @@ def trim() -> None:
 #: (glibc's threshold otherwise rises to the largest block freed, up to 32 MiB: a process that once
 #: handled an 8 MiB function would keep every later one's memory in its heap.)
 LARGE_BLOCK_BYTES = 4 << 20
+#: Free memory at the top of a heap is given back once it exceeds this. Setting the mmap threshold
+#: leaves glibc's default of 128 KiB here, and every ``socket.recv`` (asyncio asks for 256 KiB, then
+#: shrinks the buffer to what arrived) would then grow and shrink the heap: two system calls and
+#: fresh zeroed pages per read, ~1 per task in the node. ``trim()`` still gives all of it back.
+TRIM_THRESHOLD_BYTES = 4 << 20
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
 def return_large_blocks() -> None:
-    """Call once at process start (head, node, executor): large blocks are unmapped when freed."""
+    """Call once at process start (head, node, executor): large blocks are unmapped when freed, and
+    the heap is not shrunk for every freed read buffer."""
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)

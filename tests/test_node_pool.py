@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 
 from starburst._proto import starburst_pb2 as pb
-from starburst.node.pool import MAX_OVERTAKEN, STUCK_FACTOR, STUCK_MIN_S, Pool, Slot
+from starburst.node.pool import (
+    MAX_OVERTAKEN, PIPELINE_DEPTH, PIPELINE_REFILL, STUCK_FACTOR, STUCK_MIN_S, Pool, Slot,
+)
 
 FN = b"f" * 32
 
@@ -286,3 +288,25 @@ def test_stuck_work_in_the_node_queue_goes_back_at_once():
     assert h.sink.not_started() == waiting and not h.pool.queue
     assert h.pool.stuck_at() is None
     h.done(slot, second)
+
+
+def test_a_pipelined_line_is_topped_up_in_batches_not_a_task_at_a_time():
+    """An executor's line of short tasks gets more only once it is down to PIPELINE_REFILL, and then
+    all the way to PIPELINE_DEPTH: one write to the executor per several tasks finished."""
+    h = Harness(cpus=1, executors=1)
+    h.short()
+    (a,) = h.slots
+    ids = h.submit(*[h.run() for _ in range(40)])
+    sent = runs_of(h.sink.take(a))
+    assert sent == ids[:PIPELINE_DEPTH]
+    finished = 0
+    for _ in range(PIPELINE_DEPTH - PIPELINE_REFILL - 1):  # the line stays above the refill mark
+        h.done(a, a.runs[0].spec.task_id)
+        finished += 1
+        assert runs_of(h.sink.take(a)) == []
+    h.done(a, a.runs[0].spec.task_id)  # down to the mark: topped up to the full depth at once
+    finished += 1
+    topped = runs_of(h.sink.take(a))
+    assert topped == ids[PIPELINE_DEPTH:PIPELINE_DEPTH + PIPELINE_DEPTH - PIPELINE_REFILL]
+    assert len(a.runs) == PIPELINE_DEPTH
+    assert [r.spec.task_id for r in h.pool.queue] == ids[PIPELINE_DEPTH + len(topped):]

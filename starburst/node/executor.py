@@ -70,6 +70,7 @@ class Executor:
         self.client: Any = None
         self.client_lock = threading.Lock()
         self.node_pid = os.getppid()
+        self.pid = os.getpid()
         #: Calls that came straight from a caller (ActorDirect), by task id: their TaskDone goes
         #: back on that caller's connection, not to the node.
         self.direct_replies: dict[bytes, _DirectCaller] = {}
@@ -253,7 +254,7 @@ class Executor:
         del keep
 
     def report(self, done: pb.TaskDone, run: pb.Run) -> None:
-        done.executor_pid = os.getpid()
+        done.executor_pid = self.pid
         usage = store_usage(self.store)
         if usage is not None:
             done.store_usage.CopyFrom(usage)
@@ -280,21 +281,25 @@ class Executor:
 
     def execute(self, run: pb.Run, keep: list) -> pb.TaskDone:
         spec = run.spec
-        done = pb.TaskDone(task_id=spec.task_id, attempt=spec.attempt)
+        task_id = spec.task_id
+        done = pb.TaskDone(task_id=task_id, attempt=spec.attempt)
         concurrent = self.actor_pool is not None or self.actor_loop is not None
+        becomes_actor = spec.HasField("actor")
+        name, job_id = spec.name, spec.job_id
         if not concurrent:
             self.current = run
             # Output is tagged like Ray's: an actor's (its constructor's too) with its class name.
-            owner = self.actor_name or (spec.actor.class_name if spec.HasField("actor") else spec.name)
-            self.log_owner = (owner, spec.job_id)  # kept until the next task: drain() runs after this one
+            owner = self.actor_name or (spec.actor.class_name if becomes_actor else name)
+            self.log_owner = (owner, job_id)  # kept until the next task: drain() runs after this one
             self.cancel_requested = None
         _runtime.set_current_task(_runtime.TaskContext(
-            spec.task_id, spec.job_id, spec.name, spec.resources.cpus, spec.namespace,
-            self.actor_id or (spec.actor_id if spec.HasField("actor") else b"")))
-        saved_env = {k: os.environ.get(k) for k in spec.env_vars}
-        os.environ.update(spec.env_vars)
+            task_id, job_id, name, spec.resources.cpus, spec.namespace,
+            self.actor_id or (spec.actor_id if becomes_actor else b"")))
+        saved_env: dict[str, str | None] = {}
+        if spec.env_vars:
+            saved_env = {k: os.environ.get(k) for k in spec.env_vars}
+            os.environ.update(spec.env_vars)
         saved_place = (os.getcwd(), list(sys.path)) if (spec.working_dir or spec.py_modules) else None
-        becomes_actor = spec.HasField("actor")
         try:
             try:
                 if spec.working_dir:
@@ -306,17 +311,17 @@ class Executor:
                 function = self._callable(run)
                 args, kwargs = self._load_arguments(run)
                 result = function(*args, **kwargs)
-                if spec.HasField("actor"):
+                if becomes_actor:
                     self._become_actor(spec, result)
                     if self.direct is not None:
                         done.direct_address, done.direct_token = self.direct
                     return done
-                if self.actor_id and spec.task_id in _runtime.cancelled_tasks:
+                if self.actor_id and task_id in _runtime.cancelled_tasks:
                     done.failure = pb.TaskDone.CANCELLED  # cancelled while it ran (not interrupted)
                     return done
                 keep.append(result)
             except KeyboardInterrupt:
-                if self.cancel_requested == spec.task_id:
+                if self.cancel_requested == task_id:
                     done.failure = pb.TaskDone.CANCELLED
                     return done
                 raise
@@ -343,7 +348,7 @@ class Executor:
             if not concurrent:
                 self.current = None
             _runtime.set_current_task(None)
-            _runtime.cancelled_tasks.discard(spec.task_id)
+            _runtime.cancelled_tasks.discard(task_id)
 
     async def run_one_async(self, run: pb.Run) -> None:
         """A call on an async actor: runs on the actor's event loop, up to max_concurrency at once."""
@@ -633,12 +638,14 @@ class Executor:
             ) from exc
 
     def _arguments(self, run: pb.Run) -> tuple[tuple, dict]:
+        args, kwargs = load_value(run.spec.args, self.store)
+        if not run.spec.deps:  # no ObjectRef among the arguments: no placeholder to fill in
+            return args, kwargs
         from ..remote_function import _Dep
 
         values = [load_value(obj.value, self.store) for obj in run.deps]
         by_id = dict(zip((obj.id for obj in run.deps), values))
         resolved = [by_id[d] for d in run.spec.deps]
-        args, kwargs = load_value(run.spec.args, self.store)
         args = tuple(resolved[a.index] if isinstance(a, _Dep) else a for a in args)
         kwargs = {k: resolved[v.index] if isinstance(v, _Dep) else v for k, v in kwargs.items()}
         return args, kwargs

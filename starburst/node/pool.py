@@ -14,6 +14,7 @@ every step.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from typing import Callable, Protocol
 
@@ -22,6 +23,9 @@ from .._proto import starburst_pb2 as pb
 #: Short tasks (by their function's recent run time) may queue this many deep on a busy executor, so
 #: it starts the next one without a round trip to the node; longer tasks wait at the node.
 PIPELINE_DEPTH = 8
+#: A line is topped up (to PIPELINE_DEPTH) only once it is down to this many: each write to the
+#: executor then carries several tasks, not one per task finished.
+PIPELINE_REFILL = 4
 SHORT_TASK_S = 0.005
 #: A task that can't start yet (too few free CPUs) lets later tasks that can start go first, this
 #: many times at most; then the node keeps CPUs for it as they free up (no starvation).
@@ -61,11 +65,22 @@ class Slot:
     def run(self) -> pb.Run | None:
         return self.runs[0] if self.runs else None
 
+    def pipelines(self) -> bool:
+        """Whether short tasks may queue behind the one it runs (blocked, retiring and actor
+        executors take none)."""
+        return self.connected and not self.blocked and not self.retiring and not self.actor_id
+
     def stealable(self) -> list[pb.Run]:
         """Runs queued behind the running one that are not being asked back already."""
         if self.actor_id or not self.connected:
             return []
-        return [r for r in list(self.runs)[1:] if r.spec.task_id not in self.recalled]
+        return [r for r in itertools.islice(self.runs, 1, None) if r.spec.task_id not in self.recalled]
+
+    def has_stealable(self) -> bool:
+        """``bool(self.stealable())``, without building the list."""
+        if self.actor_id or not self.connected or len(self.runs) < 2:
+            return False
+        return any(r.spec.task_id not in self.recalled for r in itertools.islice(self.runs, 1, None))
 
 
 class PoolSink(Protocol):
@@ -285,7 +300,7 @@ class Pool:
             return
         self._place()
         self._steal()
-        if not self.queue and not any(s.stealable() for s in self.slots.values()):
+        if not self.queue and not any(s.has_stealable() for s in self.slots.values()):
             self.waiting_since = None
         elif self.waiting_since is None:
             self.waiting_since = self.clock()
@@ -297,24 +312,38 @@ class Pool:
     def _place(self) -> None:
         """In order; a task that can't start yet doesn't hold up those behind it that can, unless it
         has been overtaken MAX_OVERTAKEN times already."""
+        if not self.queue:
+            return
+        # Lines down to PIPELINE_REFILL when the pass began: they are topped up in this pass.
+        refill = [s for s in self.slots.values() if len(s.runs) <= PIPELINE_REFILL and s.pipelines()]
+        if not refill and not self._may_spawn():  # (an idle executor is a line of 0)
+            return  # nothing could be placed: the common case while every executor is busy
         waiting: list[pb.Run] = []  # looked at, can't start yet (kept in order)
+        # What could not be placed in this pass since the last placement: (cpus, gpus, function).
+        # Nothing changed in between, so a task of the same shape can't be placed either.
+        stuck: set[tuple[float, float, bytes]] = set()
         while self.queue and len(waiting) < LOOK_PAST:
             run = self.queue.popleft()
-            cpus = run.spec.resources.cpus
+            resources = run.spec.resources
+            cpus = resources.cpus
+            shape = (cpus, resources.gpus, run.spec.function_id)
             target: Slot | None = None
-            if cpus <= self.free_cpus + EPS:
-                target = next((s for s in self.slots.values() if s.idle), None)
-                if target is not None:
-                    self.free_cpus -= cpus
-                elif self.starting == 0 and self.active_count() < self.max_executors:
-                    self.sink.spawn()
+            if shape not in stuck:
+                if cpus <= self.free_cpus + EPS:
+                    target = next((s for s in self.slots.values() if s.idle), None)
+                    if target is not None:
+                        self.free_cpus -= cpus
+                    elif self.starting == 0 and self.active_count() < self.max_executors:
+                        self.sink.spawn()
+                if target is None:
+                    target = self._pipeline_target(run, refill)
             if target is None:
-                target = self._pipeline_target(run)
-            if target is None:
+                stuck.add(shape)
                 waiting.append(run)
                 if self._starving(run):
                     break  # CPUs that free up are kept for it
                 continue
+            stuck.clear()
             for earlier in waiting:
                 tid = earlier.spec.task_id
                 self.overtaken[tid] = self.overtaken.get(tid, 0) + 1
@@ -323,22 +352,31 @@ class Pool:
             self.sink.run(target, run)
         self.queue.extendleft(reversed(waiting))
 
+    def _may_spawn(self) -> bool:
+        """Whether a pass could start an executor: one of the tasks it looks at fits the free CPUs,
+        and no executor is starting already."""
+        if self.starting or self.active_count() >= self.max_executors:
+            return False
+        free = self.free_cpus + EPS
+        return any(run.spec.resources.cpus <= free for run in itertools.islice(self.queue, LOOK_PAST))
+
     def _starving(self, run: pb.Run) -> bool:
         """Overtaken too often, and able to start here once running tasks finish."""
+        if self.overtaken.get(run.spec.task_id, 0) < MAX_OVERTAKEN:
+            return False
         actor_cpus = sum(s.actor_cpus for s in self.slots.values() if s.actor_id)
-        return (self.overtaken.get(run.spec.task_id, 0) >= MAX_OVERTAKEN
-                and run.spec.resources.cpus <= self.num_cpus - actor_cpus + EPS)
+        return run.spec.resources.cpus <= self.num_cpus - actor_cpus + EPS
 
-    def _pipeline_target(self, run: pb.Run) -> Slot | None:
+    def _pipeline_target(self, run: pb.Run, refill: list[Slot]) -> Slot | None:
+        """The line (among ``refill``) with the fewest tasks that a short task may join, or None."""
         duration = self.durations.get(run.spec.function_id)
         if duration is None or duration > SHORT_TASK_S or run.spec.resources.gpus:
             return None
         best = None
-        for slot in self.slots.values():
+        for slot in refill:
             first = slot.run
             if (
-                first is None or slot.blocked or not slot.connected or slot.retiring or slot.actor_id
-                or len(slot.runs) >= PIPELINE_DEPTH
+                first is None or not slot.pipelines() or len(slot.runs) >= PIPELINE_DEPTH
                 or first.spec.resources.cpus != run.spec.resources.cpus or first.spec.resources.gpus
             ):
                 continue
@@ -350,11 +388,13 @@ class Pool:
         """No hidden queue while a CPU is idle: an idle executor (nothing in the queue could start
         on it) takes (half of) the runs queued behind the busiest executor. The executor decides
         what it still has (a run may have started meanwhile); what it hands back is placed again."""
-        if (self.overtaken and max(self.overtaken.values()) >= MAX_OVERTAKEN
-                and any(self._starving(run) for run in self.queue)):
+        if self.free_cpus <= EPS:
             return
         idle = sum(1 for s in self.slots.values() if s.idle)
-        for _ in range(idle if self.free_cpus > EPS else 0):
+        if not idle or (self.overtaken and max(self.overtaken.values()) >= MAX_OVERTAKEN
+                        and any(self._starving(run) for run in self.queue)):
+            return
+        for _ in range(idle):
             victim = max(self.slots.values(), key=lambda s: len(s.stealable()), default=None)
             queued = victim.stealable() if victim is not None else []
             if victim is None or not queued:
