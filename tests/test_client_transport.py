@@ -110,6 +110,7 @@ class FramedHead:
         self.address = f"unix:{directory / 'head.sock'}"  # only its directory is used: session.sock
         self.store_url = f"file://{directory}"
         self.received: list[pb.ClientOp] = []
+        self.messages = 0  # frames received after the token
         self.changed = threading.Condition()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(directory / SESSION_SOCKET))
@@ -128,6 +129,7 @@ class FramedHead:
                                                                                  store_url=self.store_url))])))
             with self.changed:
                 self.received.extend(ops)
+                self.messages += 1
                 self.changed.notify_all()
 
     def wait_for_release(self, object_id: bytes, timeout: float = 30.0) -> bool:
@@ -170,6 +172,44 @@ def test_a_released_ref_reaches_the_head_with_nothing_else_to_send(tmp_path, mon
     try:
         put_and_release(idle=False)  # (busy: it waits for the timer the put's batch armed)
         put_and_release(idle=True)
+    finally:
+        client.close()
+        transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_after_a_large_batch_the_session_lets_work_gather(monkeypatch):
+    """A program that submits in a loop must not wake the session thread for every other task (each
+    wake-up is a system call and a hand-over of the GIL): after a batch of BURST_OPS operations or
+    more, the session thread waits LINGER_S before it takes the next batch, and work queued
+    meanwhile leaves together. (Both are enlarged here so that the spacing of the puts can't
+    decide the outcome.)"""
+    import shutil
+    import time
+    import uuid
+
+    from starburst import config
+    from starburst.driver import client as client_module
+    from starburst.driver.client import GrpcTransport
+
+    monkeypatch.setattr(client_module, "BURST_OPS", 1)
+    monkeypatch.setattr(config, "LINGER_S", 1.0)
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
+    head = FramedHead(sockets)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+    try:
+        refs = [client.put(0)]  # the hello has gone: this batch starts a linger
+        wait_for(lambda: any(op.WhichOneof("op") == "put" for op in head.received), 30, "the first put")
+        before = head.messages
+        for i in range(20):  # spaced: without the linger each would leave in a message of its own
+            refs.append(client.put(i))
+            time.sleep(0.002)
+        ids = {ref._id for ref in refs}
+        wait_for(lambda: ids <= {op.put.id for op in head.received if op.WhichOneof("op") == "put"}, 30,
+                 "every put to reach the head")
+        messages = head.messages - before
+        assert messages == 1, f"20 puts made while the session lingered took {messages} messages"
     finally:
         client.close()
         transport.close()

@@ -43,6 +43,11 @@ class Transport(Protocol):
 
 #: A released ref is told to the head with the next batch, or after at most this long.
 RELEASE_DELAY_S = 0.02
+#: A batch of at least this many operations means the program submits in a loop: the session
+#: thread then waits config.LINGER_S before taking the next batch, and the program's thread queues
+#: work meanwhile without waking it (each wake-up is a system call and a hand-over of the GIL,
+#: which came to one per ~2 tasks submitted in a burst). A lone call (a few operations) leaves at once.
+BURST_OPS = 8
 
 
 class Client:
@@ -1033,6 +1038,8 @@ class GrpcTransport:
                     if not self._flush_armed:  # releases made from now on wait for the next batch
                         self._flush_armed = True
                         asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_due)
+                    if len(ops) >= BURST_OPS and not self._stopping:  # more are coming: let them gather
+                        await asyncio.sleep(config.LINGER_S)
                 if self._stopping:
                     await call.done_writing()
                     return

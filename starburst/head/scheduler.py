@@ -583,31 +583,37 @@ class Scheduler:
             spec.job_id = session.job_id
         task = Task(spec, session)
         self.tasks[task.id] = task
-        if not spec.actor_id:
+        actor_id = spec.actor_id
+        if not actor_id:
             task.uses = self.functions.use(spec.function_id)
         session.outstanding += 1
         actor: Actor | None = None
-        if spec.HasField("actor"):
+        if task.creation:
             actor = Actor(task)
-            self.actors[spec.actor_id] = actor
+            self.actors[actor_id] = actor
             actor.uses = self.functions.use(spec.function_id)  # restarts run its creation again
             if actor.name:
                 self.names[(actor.namespace, actor.name)] = actor.id
-            handle = self._obj(spec.actor_id)  # handles count like refs to an object
+            handle = self._obj(actor_id)  # handles count like refs to an object
             handle.refs += 2 if spec.actor.detached else 1  # a detached actor holds itself
-            session.held.add(spec.actor_id)
-        elif spec.actor_id:
-            actor = self.actors.get(spec.actor_id)
-        for rid in spec.return_ids if actor is None or not spec.HasField("actor") else ():
-            obj = self._obj(rid)
-            obj.refs += 1
-            session.held.add(rid)
-            obj.subscribe(session)
-        parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
+            session.held.add(actor_id)
+        else:
+            if actor_id:
+                actor = self.actors.get(actor_id)
+            objects, held = self.objects, session.held
+            for rid in spec.return_ids:
+                obj = objects.get(rid)
+                if obj is None:
+                    obj = objects[rid] = Obj(rid)
+                obj.refs += 1
+                held.add(rid)
+                obj.subscribe(session)
+        parent_id = spec.parent_task_id
+        parent = self.tasks.get(parent_id) if parent_id else None
         if parent is not None:
             if parent.children is None:
                 parent.children = set()
-            parent.children.add(spec.task_id)
+            parent.children.add(task.id)
         for object_id in task.inputs:
             pinned = self.objects.get(object_id)
             if pinned is not None:
@@ -833,51 +839,58 @@ class Scheduler:
             session.push(pb.HeadOp(log=entry))
 
     def _task_done(self, node: Node, done: pb.TaskDone) -> None:
-        node.recalling.discard(done.task_id)
-        started = done.failure != pb.TaskDone.NOT_STARTED
+        task_id, failure = done.task_id, done.failure
+        if node.recalling:
+            node.recalling.discard(task_id)
+        started = failure != pb.TaskDone.NOT_STARTED
         if started:
             node.last_progress = self.clock()
-        task = node.inflight.pop(done.task_id, None)
-        call = None if task is not None else node.actor_inflight.pop(done.task_id, None)
+        task = node.inflight.pop(task_id, None)
+        call = None if task is not None else node.actor_inflight.pop(task_id, None)
         ran = task if task is not None else call
         if self.observer is not None and started and ran is not None:
             self.observer.on_done(node, ran, done)  # a run that happened (handed back: none)
         if task is None:
             if call is not None:
                 self._call_done(call, done)
-            elif started and done.task_id not in self.tasks:
+            elif started and task_id not in self.tasks:
                 if len(self._early_dones) < EARLY_DONES_MAX:
                     # Refs inside its results are held until it is applied: what the task put may
                     # otherwise be released (by the task's process) before anything pins it.
                     pins = [c for r in done.results for c in r.value.contained if c in self.objects]
                     for object_id in pins:
                         self.objects[object_id].refs += 1
-                    self._early_dones[done.task_id] = _EarlyDone(node, done, self.clock(), pins)
+                    self._early_dones[task_id] = _EarlyDone(node, done, self.clock(), pins)
             return
         if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
                 self._creation_done(task, done)
             return
+        used = node.used
         for name, qty in task.want.items():
-            node.used[name] -= qty
+            used[name] -= qty
         if task.state != Task.RUNNING:
             return
-        if done.failure == pb.TaskDone.NONE:
+        if failure == pb.TaskDone.NONE:
             # The median: one call far longer than the rest (a straggler) doesn't make a short
             # function look long (that would cut its prefetch for the calls that follow).
-            recent = self._run_times.get(task.spec.function_id)
+            function_id = task.spec.function_id
+            recent = self._run_times.get(function_id)
             if recent is None:
-                recent = self._run_times[task.spec.function_id] = collections.deque(maxlen=RECENT_RUNS)
+                recent = self._run_times[function_id] = collections.deque(maxlen=RECENT_RUNS)
             recent.append(done.duration_s)
-            self.durations[task.spec.function_id] = sorted(recent)[len(recent) // 2]
+            self.durations[function_id] = sorted(recent)[len(recent) // 2]
             self.ran_on[node.node_id] += 1
-        if done.failure == pb.TaskDone.NOT_STARTED:
+            if not done.retryable:
+                self._finish(task, done.results)
+                return
+        if failure == pb.TaskDone.NOT_STARTED:
             task.avoid = node
             node.returned_at = self.clock()
             self._requeue(task, charge=False)
-        elif done.failure == pb.TaskDone.WORKER_DIED:
+        elif failure == pb.TaskDone.WORKER_DIED:
             self._task_lost(task, done.detail or "its worker process died")
-        elif done.failure == pb.TaskDone.CANCELLED:
+        elif failure == pb.TaskDone.CANCELLED:
             self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         elif done.retryable and self._retries_left(task):
             self._requeue(task)
@@ -889,7 +902,8 @@ class Scheduler:
         task was just recalled from, only if no other fits. A node that handed work back unstarted
         gets none until it has finished a task since (work sent there would wait for that, or bounce),
         unless it is the only node."""
-        best, best_key = None, None
+        best: Node | None = None
+        best_key = None
         duration = self.durations.get(task.spec.function_id)
         others = len(self.nodes) > 1
         for node in self.nodes:
@@ -897,8 +911,13 @@ class Scheduler:
                 continue
             if not node.fits(task.want, node.depth(duration), actor=task.creation):
                 continue
+            if best is None:  # ranked only when there is a choice
+                best = node
+                continue
+            if best_key is None:
+                best_key = (best is task.avoid or self._stalled(best, duration), best.load())
             key = (node is task.avoid or self._stalled(node, duration), node.load())
-            if best_key is None or key < best_key:
+            if key < best_key:
                 best, best_key = node, key
         task.avoid = None
         return best
@@ -943,10 +962,15 @@ class Scheduler:
         # The nodes with room for the shortest tasks (the most any task may be sent); placing a task
         # changes only its node's room.
         room = {n: depth for n, depth in ((n, n.max_depth()) for n in self.nodes) if n.has_room(depth)}
+        # Tasks alike (the same shared want dict, function and kind) that fit no node: placing
+        # others only takes room, so none of them fits in this pass either.
+        stuck: set[tuple[int, bytes, bool]] = set()
         while room and self.queue and len(skipped) < LOOK_PAST:
             task = self.queue.popleft()
-            node = self._pick_node(task)
+            shape = (id(task.want), task.spec.function_id, task.creation)
+            node = None if shape in stuck else self._pick_node(task)
             if node is None:
+                stuck.add(shape)
                 skipped.append(task)
                 continue
             self._run_on(task, node)
