@@ -334,3 +334,25 @@ def test_a_queued_task_costs_the_head_little_python_memory():
     assert len(h.s.queue) == n
     per_task = held / n
     assert per_task < 800, f"{per_task:.0f} bytes of Python heap per queued task"
+
+
+def test_short_tasks_are_prefetched_to_cover_the_round_trip_and_the_batching_windows():
+    """A node gets a short task's next one a round trip later plus the batching windows of both
+    ends (config.WINDOW_S each on a busy link): with 1 ms tasks over a 40 ms link, 16 per CPU left
+    its CPUs idle two thirds of the time; with ~30 us tasks locally, a third of the time."""
+    from starburst import config
+    from starburst.head.scheduler import PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU_SHORT
+
+    h = Harness()
+    node = h.add_node("n", cpus=2)
+    node.rtt = 0.040
+    loop = node.rtt + 2 * config.WINDOW_S
+    assert node.depth(0.001) * 0.001 >= loop  # a CPU's worth of work in flight for the whole loop
+    node.rtt = 0.0
+    assert node.depth(0.00003) == PREFETCH_PER_CPU_MAX  # (per-task overhead bounds how short counts)
+    assert node.depth(0.004) == PREFETCH_PER_CPU_SHORT
+    (f,) = h.submit(h.spec())
+    h.runs("n")
+    h.step([pb.NodeToHeadOp(done=pb.TaskDone(task_id=f, duration_s=0.00003))], node)
+    sent = h.submit(*[h.spec() for _ in range(400)])
+    assert len(h.runs("n")) == int(PREFETCH_PER_CPU_MAX * 2) and len(sent) == 400  # 128 in flight, not 32

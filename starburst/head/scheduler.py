@@ -47,6 +47,12 @@ PREFETCH_PER_CPU = 2.0
 PREFETCH_PER_CPU_SHORT = 16.0
 PREFETCH_PER_CPU_MAX = 64.0
 SHORT_TASK_S = 0.005
+#: A short task's next one comes back a round trip later, plus the batching windows of the node
+#: (results) and of the head (runs): up to config.WINDOW_S each on a busy link. Short tasks are
+#: prefetched deep enough to cover that at their run time (at least MIN_RUN_S: below it the
+#: per-task overhead sets the pace), or the node runs dry while its results wait in the windows.
+BATCH_LOOP_S = 2 * config.WINDOW_S
+MIN_RUN_S = 0.0001
 #: How many tasks that can't be placed now the head looks past for ones that can.
 LOOK_PAST = 32
 #: A node that has reported nothing done for this long (and 4x its tasks' run time plus a round
@@ -142,7 +148,8 @@ class Node(Sink):
         if duration is None:
             return PREFETCH_PER_CPU
         if duration < SHORT_TASK_S:
-            return max(PREFETCH_PER_CPU_SHORT, min(PREFETCH_PER_CPU_MAX, math.ceil(self.rtt / SHORT_TASK_S)))
+            need = math.ceil((self.rtt + BATCH_LOOP_S) / max(duration, MIN_RUN_S))
+            return max(PREFETCH_PER_CPU_SHORT, min(PREFETCH_PER_CPU_MAX, need))
         return min(PREFETCH_PER_CPU_MAX, PREFETCH_PER_CPU + math.ceil(self.rtt / duration))
 
     def max_depth(self) -> float:
