@@ -36,9 +36,18 @@ class RemoteFunction:
         self._function = function
         self._options = _options.validate(dict(options), f"@remote function {function.__qualname__}")
         self._pickled: pb.Function | None = None
+        #: (options, client, cluster, job runtime_env, spec template, resolved options, runtime_env
+        #: applied per call or None): what every call with the same options shares, built once.
+        self._prepared: tuple | None = None
         # As in Ray: a function that yields is a streaming generator unless num_returns says otherwise.
         self._default_returns: Any = "streaming" if inspect.isgeneratorfunction(function) else 1
         functools.update_wrapper(self, function)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent inside other tasks' closures: what was prepared here holds this process's session.
+        state = self.__dict__.copy()
+        state["_prepared"] = None
+        return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         name = self._function.__name__
@@ -85,18 +94,38 @@ class RemoteFunction:
     def _submit(self, args: tuple, kwargs: dict, opts: dict[str, Any]) -> Any:
         client = _runtime.get_client()
         function = self._function_message()
-        o = {**DEFAULTS, "num_returns": self._default_returns, **opts}
-        check_feasible(client, o, self._function.__qualname__)
+        template, o, env = self._prepare(client, opts, function)
         task_id = new_id()
         n = o["num_returns"]
-        generator = n if isinstance(n, str) else ""
+        spec = pb.TaskSpec()
+        spec.CopyFrom(template)
+        spec.task_id = task_id
+        spec.return_ids.extend(return_ids(task_id, 1 if spec.generator else max(n, 1)))
+        if env is not None:  # directories to ship: looked at again (for changes) per call
+            runtime_env.apply(spec, env, client.store)
+        _runtime.stamp_caller(spec, client)
+        fill_args(client, spec, args, kwargs, self._function.__qualname__)
+        refs = client.submit(spec, function, self)
+        return shape_result(refs, n, task_id, client)
+
+    def _prepare(self, client: Any, opts: dict[str, Any],
+                 function: pb.Function) -> tuple[pb.TaskSpec, dict[str, Any], dict[str, Any] | None]:
+        """The part of the spec that calls with ``opts`` share (checked against the cluster once):
+        (template, resolved options, a runtime_env to apply per call or None). Built again when the
+        options, the session, the cluster or the job's runtime_env change."""
+        welcome, job_env = client.welcome, _runtime.job_runtime_env
+        prepared = self._prepared
+        if (prepared is not None and prepared[0] is opts and prepared[1] is client and prepared[2] is welcome
+                and prepared[3] is job_env):
+            return prepared[4], prepared[5], prepared[6]
+        o = {**DEFAULTS, "num_returns": self._default_returns, **opts}
+        check_feasible(client, o, self._function.__qualname__)
+        n = o["num_returns"]
         spec = pb.TaskSpec(
-            task_id=task_id,
             function_id=function.id,
             name=o.get("name") or self._function.__qualname__,
             max_retries=o["max_retries"],
-            return_ids=return_ids(task_id, 1 if generator else max(n, 1)),
-            generator=generator,
+            generator=n if isinstance(n, str) else "",
         )
         spec.resources.cpus = o["num_cpus"]
         spec.resources.gpus = o.get("num_gpus") or 0
@@ -104,13 +133,14 @@ class RemoteFunction:
         for key, qty in (o.get("resources") or {}).items():
             spec.resources.custom[key] = qty
         if o["retry_exceptions"]:
-            r = o["retry_exceptions"]
-            spec.retry_exceptions = pickle_exception_classes(r)
-        runtime_env.apply(spec, runtime_env.merge(_runtime.job_runtime_env, o.get("runtime_env")), client.store)
-        _runtime.stamp_caller(spec, client)
-        fill_args(client, spec, args, kwargs, self._function.__qualname__)
-        refs = client.submit(spec, function, self)
-        return shape_result(refs, n, task_id, client)
+            spec.retry_exceptions = pickle_exception_classes(o["retry_exceptions"])
+        env: dict[str, Any] | None = runtime_env.merge(job_env, o.get("runtime_env"))
+        assert env is not None
+        if not env.get("working_dir") and not env.get("py_modules"):
+            runtime_env.apply(spec, env, client.store)
+            env = None
+        self._prepared = (opts, client, welcome, job_env, spec, o, env)
+        return spec, o, env
 
 
 def shape_result(refs: list[ObjectRef], n: Any, task_id: bytes, client: Any) -> Any:

@@ -106,3 +106,34 @@ def test_job_level_working_dir_from_init(run_script, project):
         ray.shutdown()
     """))
     assert "from working_dir" in proc.stdout
+
+
+def test_a_function_follows_the_job_env_and_the_options_of_each_call(run_script):
+    """What calls share is built once per options, session and job runtime_env, so the same
+    function under a second init() gets that job's env, and .options() calls their own."""
+    proc = run_script("""
+        import os
+        import starburst as ray
+
+        @ray.remote
+        def env(name):
+            return os.environ.get(name, "")
+
+        @ray.remote
+        def cpus():
+            return ray.get_runtime_context().get_assigned_resources().get("CPU")
+
+        ray.init(num_cpus=2, runtime_env={"env_vars": {"JOB_VAR": "one"}})
+        print("first", ray.get(env.remote("JOB_VAR")), ray.get(env.remote("JOB_VAR")))
+        print("options", ray.get(env.options(runtime_env={"env_vars": {"JOB_VAR": "task"}}).remote("JOB_VAR")),
+              ray.get(env.remote("JOB_VAR")))
+        print("cpus", ray.get(cpus.remote()), ray.get(cpus.options(num_cpus=2).remote()), ray.get(cpus.remote()))
+        ray.shutdown()
+        ray.init(num_cpus=1, runtime_env={"env_vars": {"JOB_VAR": "two"}})
+        print("second", ray.get(env.remote("JOB_VAR")))
+        ray.shutdown()
+    """)
+    assert "first one one" in proc.stdout
+    assert "options task one" in proc.stdout
+    assert "cpus 1.0 2.0 1.0" in proc.stdout
+    assert "second two" in proc.stdout
