@@ -200,6 +200,10 @@ class Head(pb_grpc.HeadServicer):
             self.observer.sample()
             self.scheduler.settle()
             try:
+                self.scheduler.store.release_unused()
+            except OSError:
+                log.exception("could not give back the object store's unused memory")
+            try:
                 await self.provider.tick()
                 failures = 0
             except Exception as exc:

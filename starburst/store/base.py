@@ -28,5 +28,9 @@ class ObjectStore(abc.ABC):
     def destroy(self) -> None:
         """Delete every value of this store, and the store itself (at cluster shutdown)."""
 
+    def release_unused(self) -> None:  # noqa: B027 - optional: only a store that keeps memory for reuse has any
+        """Give back what the store keeps for reuse and has not used for a while (the head calls
+        this about once a second)."""
+
     def close(self) -> None:  # noqa: B027 - optional: a store with nothing open keeps this no-op
         """Release what the store holds open (not the stored values)."""
