@@ -193,6 +193,77 @@ def _channel(ray, handle):
     return _runtime.get_client()._channels.get(handle._actor_id.binary())
 
 
+class FakeActor:
+    """An actor process's end of a direct connection on a real Unix socket: takes the token, then
+    records each chunk of calls it reads (as the task ids in it); ``answer`` ends a call."""
+
+    def __init__(self, path: str) -> None:
+        import socket
+
+        self.chunks: list[list[bytes]] = []
+        self.changed = threading.Condition()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(1)
+        self.conn: socket.socket | None = None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from starburst.framing import FrameSplitter, recv_frame
+
+        conn, _ = self._listener.accept()
+        assert recv_frame(conn) == b"tok"
+        self.conn = conn
+        splitter = FrameSplitter()
+        while data := conn.recv(1 << 20):
+            ids = [pb.Run.FromString(f).spec.task_id for f in splitter.feed(data)]
+            with self.changed:
+                self.chunks.append(ids)
+                self.changed.notify_all()
+
+    def received(self) -> list[bytes]:
+        return [t for chunk in self.chunks for t in chunk]
+
+    def answer(self, task_id: bytes) -> None:
+        from starburst.framing import encode
+
+        assert self.conn is not None
+        self.conn.sendall(encode(pb.TaskDone(task_id=task_id)))
+
+
+def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes(tmp_path):
+    """With BUFFER_AFTER calls out, later ones wait in the channel (the actor has work queued) and
+    leave in one write when the next answer comes, or when a cancel needs them at the actor."""
+    from starburst.driver.direct import BUFFER_AFTER, DirectChannel
+
+    path = str(tmp_path / "actor.sock")
+    actor = FakeActor(path)
+    answers: list[bytes] = []
+    channel = DirectChannel(pb.ActorDirect(actor_id=b"a" * 16, address=path, token="tok", incarnation=1),
+                            lambda _channel, done: answers.append(done.task_id), lambda _channel: None)
+
+    def call(i: int) -> bytes:
+        task_id = i.to_bytes(16, "big")
+        assert channel.send(pb.Run(spec=pb.TaskSpec(task_id=task_id)))
+        return task_id
+
+    try:
+        first = [call(i) for i in range(BUFFER_AFTER)]
+        wait_for(lambda: actor.received() == first, 30, "the first calls to reach the actor")
+        later = [call(i) for i in range(BUFFER_AFTER, BUFFER_AFTER + 20)]
+        assert len(channel._unsent) == 20  # held: no answer has come yet
+        chunks = len(actor.chunks)
+        actor.answer(first[0])
+        wait_for(lambda: actor.received() == first + later, 30, "the waiting calls to leave")
+        assert actor.chunks[chunks:] == [later]  # in one write, after the answer
+        assert answers == [first[0]]
+        last = [call(i) for i in range(100, 103)]  # out: 27 >= BUFFER_AFTER, so these wait
+        channel.flush()  # (a cancel does this first)
+        wait_for(lambda: actor.received()[-3:] == last, 30, "the flushed calls")
+    finally:
+        channel.close()
+
+
 def test_calls_go_straight_to_the_actor_and_the_head_keeps_the_books(cluster):
     ray = cluster
 

@@ -475,6 +475,10 @@ class Client:
             self._refs[object_id] = self._refs.get(object_id, 0) + 1
 
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        with self._cond:
+            channels = list(self._channels.values())
+        for channel in channels:  # calls waiting to leave go first: the cancel must find them there
+            channel.flush()
         self._send(pb.ClientOp(cancel=pb.Cancel(object_id=ref._id, force=force, recursive=recursive)))
 
     def _ensure_subscribed(self, ids: Iterable[bytes]) -> None:

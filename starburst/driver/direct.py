@@ -27,6 +27,11 @@ from ..framing import encode, frame, iter_frames
 
 __all__ = ["DirectChannel"]
 
+#: With this many calls sent and not answered, later ones wait in the channel and leave together
+#: when the next answer comes (the actor has that many queued still): a write, and a wake-up of
+#: the actor's reader, per batch instead of per call. Calls sent while fewer are out leave at once.
+BUFFER_AFTER = 8
+
 
 class DirectChannel:
     """One connection to one incarnation of an actor's process. Thread-safe."""
@@ -47,13 +52,22 @@ class DirectChannel:
         #: Calls sent on this channel and not answered yet (task id -> first return id, in the
         #: order sent); kept by the client's lock.
         self.inflight: dict[bytes, bytes] = {}
+        # Kept by _lock: calls written and not answered (answers counted as they come), and the
+        # frames of calls waiting to leave (invariant: none wait unless some are out, so an
+        # answer, or the connection's end, always comes to send or drop them).
+        self._out = 0
+        self._unsent: list[bytes] = []
 
     def send(self, run: pb.Run) -> bool:
-        """Write ``run`` to the actor's process; False (and the channel is dead) if it can't be."""
+        """Write ``run`` to the actor's process (or queue it behind BUFFER_AFTER calls out); False
+        (and the channel is dead) if it can't be."""
         data = encode(run)
         with self._lock:
             if not self.alive:
                 return False
+            if self._out >= BUFFER_AFTER:
+                self._unsent.append(data)
+                return True
             try:
                 if self._sock is None:
                     self._sock = self._connect()
@@ -61,7 +75,25 @@ class DirectChannel:
             except OSError:
                 self._lost_locked()
                 return False
+            self._out += 1
         return True
+
+    def flush(self) -> None:
+        """Write the calls waiting to leave now (before a cancel: it must find them at the actor)."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._unsent or not self.alive or self._sock is None:
+            return
+        data, count = b"".join(self._unsent), len(self._unsent)
+        self._unsent.clear()
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            self._lost_locked()
+            return
+        self._out += count
 
     def close(self) -> None:
         with self._lock:
@@ -82,6 +114,9 @@ class DirectChannel:
         try:
             for data in iter_frames(sock):
                 self._on_done(self, pb.TaskDone.FromString(data))
+                with self._lock:  # an answer: one call less out, and those waiting may leave
+                    self._out = max(0, self._out - 1)
+                    self._flush_locked()
         finally:
             sock.close()
             with self._lock:
@@ -90,6 +125,7 @@ class DirectChannel:
 
     def _lost_locked(self) -> None:
         self.alive = False
+        self._unsent.clear()  # (in ``inflight`` still: reported to the head as not answered)
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, which reports the loss
