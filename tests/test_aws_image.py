@@ -51,6 +51,7 @@ from starburst.envsync.wheels import (
     WheelError,
     build_wheel,
     repack_installed,
+    source_lock,
     wheel_name_version,
 )
 
@@ -650,9 +651,10 @@ def test_dockerfile_install_steps_run_in_a_throwaway_virtualenv(tmp_path):
         ("sbtest-local", "0.3.0", {"dir_info": {"editable": True}, "url": proj.as_uri()}),
         ("starburst", sb_version, {"dir_info": {"editable": True}, "url": REPO.as_uri()}),
     ]).with_pip(["sbtest-beta==3.4.0"])
-    had_build_dir = (REPO / "build").exists()
-    ctx = prepare_context(spec, tmp_path / "ctx", build_isolation=False, progress=lambda _: None)
-    assert (REPO / "build").exists() == had_build_dir  # pip's in-tree build/ doesn't stay behind
+    with source_lock(REPO):  # (other tests build starburst from this checkout too, in parallel)
+        had_build_dir = (REPO / "build").exists()
+        ctx = prepare_context(spec, tmp_path / "ctx", build_isolation=False, progress=lambda _: None)
+        assert (REPO / "build").exists() == had_build_dir  # pip's in-tree build/ doesn't stay behind
     assert [p.name for p in (ctx / "wheels").iterdir()] == ["sbtest_local-0.3.0-py3-none-any.whl"]
     [sb_wheel] = (ctx / "starburst-wheel").iterdir()
     assert wheel_name_version(sb_wheel.name) == ("starburst", sb_version)

@@ -94,3 +94,57 @@ def test_a_driver_joining_a_cluster_that_is_ending_starts_a_new_one(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err[-3000:]
+
+
+STARTS_A_HEAD = """
+import sys, starburst
+from starburst.driver import process
+address = process.start_head(1, exit_when_unused=True)   # as init() does, before its session opens
+print("started", process.find_head().pid, flush=True)
+sys.stdin.readline()          # the test says when to connect
+starburst.init()
+assert starburst.get(starburst.remote(lambda: 7).remote()) == 7
+print("joined", process.find_head().pid, flush=True)
+starburst.shutdown()
+"""
+
+COMES_AND_GOES = """
+import starburst
+starburst.init()
+assert starburst.get(starburst.remote(lambda: 5).remote()) == 5
+starburst.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_that_comes_and_goes_first_does_not_end_the_cluster_under_its_starter(tmp_path):
+    """init() starts a head, and another driver finds it, uses it and leaves before the starter's
+    session opens: the head must not end as 'unused' (the starter then found it shutting down)."""
+    from conftest import wait_for
+
+    home = tmp_path / "home"
+    starter = _spawn(STARTS_A_HEAD, home)
+    try:
+        line = starter.stdout.readline().split()
+        assert line[:1] == ["started"], starter.stderr.read()
+        head_pid = int(line[1])
+        other = _spawn(COMES_AND_GOES, home)
+        _, err = other.communicate(timeout=120)
+        assert other.returncode == 0, err[-3000:]
+
+        def drivers() -> int | None:
+            out = subprocess.run([sys.executable, "-m", "starburst", "status", "--json"], capture_output=True,
+                                 text=True, env=dict(os.environ, STARBURST_HOME=str(home), PYTHONPATH=str(ROOT)))
+            return json.loads(out.stdout)["drivers"] if out.returncode == 0 else None
+
+        wait_for(lambda: drivers() != 1, 60, "the other driver's session to close")
+        assert psutil.pid_exists(head_pid) and drivers() == 0, "the cluster ended before its starter joined it"
+        starter.stdin.write("\n")
+        starter.stdin.flush()
+        assert starter.stdout.readline().split() == ["joined", str(head_pid)], starter.stderr.read()
+        assert starter.wait(60) == 0
+        assert wait_gone([head_pid], 30) == []  # the starter has left too: the cluster ends
+    finally:
+        for proc in (starter,):
+            if proc.poll() is None:
+                proc.kill()

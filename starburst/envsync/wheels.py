@@ -16,6 +16,8 @@ installed fails here, with a message saying what to do, instead of deep inside t
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -23,9 +25,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from .dockerfile import STARBURST_WHEEL_DIR, WHEELS_DIR
 from .spec import EnvSpec, Package, normalize_name
@@ -99,32 +103,37 @@ def build_wheel(pkg: Package, dest: Path, python: str = sys.executable,
         return found
     # pip builds in the project's directory; setuptools leaves build/ there, and a stale build/
     # can put files deleted since into later wheels: one that wasn't there before goes again.
+    with source_lock(source), tempfile.TemporaryDirectory(prefix="starburst-wheel-") as tmp:
+        return _build_in(source, pkg, dest, Path(tmp), python, build_isolation, timeout)
+
+
+def _build_in(source: str, pkg: Package, dest: Path, tmp: Path, python: str, build_isolation: bool,
+              timeout: float) -> Path:
     build_dir = Path(source) / "build"
     had_build_dir = build_dir.exists()
-    with tempfile.TemporaryDirectory(prefix="starburst-wheel-") as tmp:
-        cmd = pip_wheel_command(source, Path(tmp), python, build_isolation)
-        env = {k: v for k, v in os.environ.items() if k != "PIP_REQUIRE_VIRTUALENV"}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                                  stdin=subprocess.DEVNULL, check=False)
-        finally:
-            if not had_build_dir:
-                shutil.rmtree(build_dir, ignore_errors=True)
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise WheelError(f"building a wheel of {pkg.name} from {source} failed "
-                             f"(pip exit {proc.returncode}):\n{tail}")
-        built = sorted(Path(tmp).glob("*.whl"))
-        match = _find_wheel(Path(tmp), pkg)
-        if match is None:
-            got = ", ".join(" ".join(wheel_name_version(w.name)) for w in built) or "nothing"
-            raise WheelError(
-                f"the wheel built from {source} is {got}, but the driver has {pkg.name} "
-                f"{pkg.version} installed: reinstall it ('pip install -e {source}') so that "
-                "the driver and the workers run the same version")
-        out = dest / match.name
-        shutil.move(str(match), out)
-        return out
+    cmd = pip_wheel_command(source, tmp, python, build_isolation)
+    env = {k: v for k, v in os.environ.items() if k != "PIP_REQUIRE_VIRTUALENV"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL, check=False)
+    finally:
+        if not had_build_dir:
+            shutil.rmtree(build_dir, ignore_errors=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise WheelError(f"building a wheel of {pkg.name} from {source} failed "
+                         f"(pip exit {proc.returncode}):\n{tail}")
+    built = sorted(tmp.glob("*.whl"))
+    match = _find_wheel(tmp, pkg)
+    if match is None:
+        got = ", ".join(" ".join(wheel_name_version(w.name)) for w in built) or "nothing"
+        raise WheelError(
+            f"the wheel built from {source} is {got}, but the driver has {pkg.name} "
+            f"{pkg.version} installed: reinstall it ('pip install -e {source}') so that "
+            "the driver and the workers run the same version")
+    out = dest / match.name
+    shutil.move(str(match), out)
+    return out
 
 
 def _record_hash(data: bytes) -> str:
@@ -207,5 +216,42 @@ def fill_wheels(spec: EnvSpec, context: Path, python: str = sys.executable,
     return out
 
 
-__all__ = ["WheelError", "build_wheel", "repack_installed", "fill_wheels", "pip_wheel_command",
+_source_guard = threading.Lock()
+_source_locks: dict[str, threading.RLock] = {}
+_source_depth: dict[str, int] = {}
+_source_files: dict[str, IO[str]] = {}
+
+
+@contextlib.contextmanager
+def source_lock(source: str | os.PathLike) -> Iterator[None]:
+    """Builds from one project directory, one at a time across this user's processes (pip builds
+    inside it: another build's build/ would look like one to keep, or vanish under this one).
+    Re-entrant in a thread. Without a lock file (no runtime directory) builds are not serialized."""
+    key = os.path.realpath(source)
+    with _source_guard:
+        rlock = _source_locks.setdefault(key, threading.RLock())
+    with rlock:
+        if not _source_depth.get(key):
+            try:
+                from .. import config
+
+                name = hashlib.sha256(key.encode()).hexdigest()[:16]
+                lock_file = open(config.runtime_dir() / f"wheel-{name}.lock", "a+")
+            except (OSError, ValueError):
+                pass
+            else:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                _source_files[key] = lock_file
+        _source_depth[key] = _source_depth.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _source_depth[key] -= 1
+            if not _source_depth[key]:
+                held = _source_files.pop(key, None)
+                if held is not None:
+                    held.close()
+
+
+__all__ = ["WheelError", "build_wheel", "source_lock", "repack_installed", "fill_wheels", "pip_wheel_command",
            "wheel_name_version"]

@@ -58,6 +58,10 @@ class Head(pb_grpc.HeadServicer):
         self.shutting_down = False
         self.address = ""
         self.drivers_seen = 0
+        #: A head started by init() serves that driver first: until the starter's session has
+        #: opened, another driver that comes and goes does not end the cluster under it.
+        self._starter_pid = os.getppid() if getattr(args, "exit_when_unused", False) else 0
+        self._starter_joined = False
         self.started = time.monotonic()
         self.abort_reason = ""
         self._session_server: asyncio.AbstractServer | None = None
@@ -80,6 +84,8 @@ class Head(pb_grpc.HeadServicer):
                         break
                     self.scheduler.on_client_ops(session, msg.ops)
                     self.scheduler.flush()
+                    if not self._starter_joined and session.pid == self._starter_pid:
+                        self._starter_joined = True
             except (asyncio.CancelledError, grpc.aio.AioRpcError, ConnectionError):
                 pass
             except Exception:
@@ -131,8 +137,12 @@ class Head(pb_grpc.HeadServicer):
     def _driver_sessions(self) -> int:
         return sum(1 for s in self.scheduler.sessions.values() if s.kind == "driver" and "/" not in s.session_id)
 
+    def _starter_coming(self) -> bool:
+        """Our starter (init() in a driver) is alive and has not opened its session yet."""
+        return bool(self._starter_pid) and not self._starter_joined and os.getppid() == self._starter_pid
+
     def _maybe_exit_unused(self) -> None:
-        if self.args.exit_when_unused and self._driver_sessions() == 0:
+        if self.args.exit_when_unused and self._driver_sessions() == 0 and not self._starter_coming():
             # From now on no driver may join (one that found us a moment ago is refused and starts a
             # new cluster): the last driver has left, so the cluster ends.
             self.shutting_down = True
