@@ -120,6 +120,28 @@ def test_a_direct_call_to_a_process_that_has_died_since_waits_for_its_callers_wo
         assert ready.id == call.return_ids[0] and ready.value.is_error
 
 
+def test_an_actor_out_of_scope_waits_for_the_word_on_its_direct_calls():
+    """The last handle goes while a direct call's process has died and the head waits for its
+    caller's word: the actor must not end then (it did, and the retry the word allows failed with
+    'The actor ... is dead.': seen once in a full run, test_a_direct_call_whose_actor_process_dies_
+    fails_or_is_retried, whose handle is a temporary)."""
+    h = Harness()
+    node, actor_id, pushed = _actor(h, max_restarts=1, max_task_retries=1)
+    call = _call(h, actor_id)
+    h.submit(call)
+    h.step([pb.NodeToHeadOp(actor_died=pb.ActorDied(actor_id=actor_id, reason="killed"))], node)
+    (creation_again,) = h.runs("a")
+    h.step([pb.ClientOp(release=actor_id)])  # the caller's handle is gone
+    assert actor_id in h.s.actors, "ended while a call waited for its caller's word"
+    _word(h, call, answered=False)
+    h.done(node, creation_again)
+    assert h.runs("a") == [call.task_id]  # retried on the new process
+    h.done(node, call.task_id)
+    assert call.task_id not in h.s.tasks
+    assert actor_id not in h.s.actors  # and then, its calls done and no handle left, it ends
+    assert not [op.ready for op in pushed if op.WhichOneof("op") == "ready" and op.ready.value.is_error]
+
+
 @pytest.mark.parametrize("answered", [True, False])
 def test_a_direct_call_whose_process_dies_ends_as_its_caller_says(answered):
     """Answered before the process died: its value stands (the call must not run again). Not

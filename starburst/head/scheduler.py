@@ -1319,8 +1319,10 @@ class Scheduler:
         """An actor nobody holds a handle to ends once the calls already made have finished."""
         if not actor.out_of_scope or actor.options.detached or actor.state == Actor.DEAD:
             return
-        if actor.calls or actor.inflight:
+        if actor.calls or actor.inflight or actor.lost:
             return
+        if self._awaiting_word and any(t.spec.actor_id == actor.id for t in self._awaiting_word.values()):
+            return  # a direct call whose process died: its caller's word may retry it
         actor.terminating = True
         self._kill_process(actor)
         self._actor_dead(actor, error_value(ActorDiedError(
