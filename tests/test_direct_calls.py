@@ -253,12 +253,17 @@ class FakeActor:
         self.conn.sendall(encode(pb.TaskDone(task_id=task_id)))
 
 
-def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes(tmp_path):
+def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes():
     """With BUFFER_AFTER calls out, later ones wait in the channel (the actor has work queued) and
     leave in one write when the next answer comes, or when a cancel needs them at the actor."""
+    import shutil
+    import uuid
+
+    from starburst import config
     from starburst.driver.direct import BUFFER_AFTER, DirectChannel
 
-    path = str(tmp_path / "actor.sock")
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)  # short: socket paths are bounded (macOS)
+    path = str(sockets / "actor.sock")
     actor = FakeActor(path)
     answers: list[bytes] = []
     channel = DirectChannel(pb.ActorDirect(actor_id=b"a" * 16, address=path, token="tok", incarnation=1),
@@ -284,6 +289,7 @@ def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes(tmp_
         wait_for(lambda: actor.received()[-3:] == last, 30, "the flushed calls")
     finally:
         channel.close()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def test_calls_go_straight_to_the_actor_and_the_head_keeps_the_books(cluster):

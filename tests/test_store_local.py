@@ -78,8 +78,8 @@ def test_memory_kept_for_reuse_goes_before_an_object_spills(tmp_path):
     import shutil
     import tempfile
 
-    if not os.path.isdir("/dev/shm"):
-        pytest.skip("needs a memory-backed file system (/dev/shm), whose space is freed at once")
+    if not os.access("/dev/shm", os.W_OK):  # (macOS, and CI's simulation of it)
+        pytest.skip("needs a writable memory-backed file system (/dev/shm): its free space is exact")
     directory = tempfile.mkdtemp(dir="/dev/shm", prefix="starburst-test-store-")
     spill = tmp_path / "spill"
     spill.mkdir(mode=0o700)
