@@ -130,3 +130,37 @@ def test_a_local_head_serves_sessions_on_its_framed_socket_only_with_the_token(c
     with pytest.raises(ConnectionError, match="UNAUTHENTICATED") as refused:
         Client(transport)
     assert not isinstance(refused.value, HeadUnavailableError)  # (init() would start another head)
+
+
+def test_a_head_that_goes_while_the_node_greets_it_starts_the_lease_again(tmp_path):
+    """gRPC cancels the node's Work coroutine at its first write once the head is gone. A head that
+    died just as it dialled (the node greeting it) left the node serving nobody, its lease
+    cancelled: a Fargate node that never exits (the rehearsal's lease test caught it under load)."""
+    import asyncio
+
+    from starburst.node.launch import Early, parse_args
+    from starburst.node.server import NodeServer
+
+    args = parse_args(["--store", f"file://{tmp_path}", "--num-cpus", "1", "--lease", "30",
+                       "--reconnect-lease", "30"])
+
+    class GoneHead:  # the stream's context, as grpc.aio leaves it once the client is gone
+        async def write(self, message) -> None:
+            raise asyncio.CancelledError
+
+        async def read(self):
+            raise asyncio.CancelledError
+
+    async def scenario() -> None:
+        server = NodeServer(args, Early(str(tmp_path), str(tmp_path / "executors.sock"), None))
+        server._start_lease(30)  # as at the node's start
+        with pytest.raises(asyncio.CancelledError):
+            await server.Work(None, GoneHead())
+        try:
+            assert not server.head_connected, "the node still counts the dead head as its head"
+            assert server.lease_timer is not None and not server.lease_timer.done(), "no lease runs"
+        finally:
+            if server.lease_timer is not None:
+                server.lease_timer.cancel()
+
+    asyncio.run(scenario())

@@ -115,13 +115,8 @@ class NodeServer(pb_grpc.NodeServicer):
         if self.lease_timer is not None:
             self.lease_timer.cancel()
             self.lease_timer = None
-        hello = pb.NodeHello(
-            node_id=self.node_id, store_url=self.args.store, pid=os.getpid(), address=self.address,
-            versions=runtime_versions(),
-        )
-        hello.resources.cpus = self.num_cpus
-        hello.resources.memory = float(_memory_to_give())
-        await context.write(pb.NodeToHead(ops=[pb.NodeToHeadOp(hello=hello)]))
+        stream_done = asyncio.Event()
+        reader: asyncio.Future | None = None
 
         async def read() -> None:
             try:
@@ -143,9 +138,17 @@ class NodeServer(pb_grpc.NodeServicer):
                 stream_done.set()
                 self.out_event.set()
 
-        stream_done = asyncio.Event()
-        reader = asyncio.ensure_future(read())
+        # From here on, however the stream ends (a head that dies while we greet it cancels this
+        # coroutine at the first write), the head is lost: the lease runs again.
         try:
+            hello = pb.NodeHello(
+                node_id=self.node_id, store_url=self.args.store, pid=os.getpid(), address=self.address,
+                versions=runtime_versions(),
+            )
+            hello.resources.cpus = self.num_cpus
+            hello.resources.memory = float(_memory_to_give())
+            await context.write(pb.NodeToHead(ops=[pb.NodeToHeadOp(hello=hello)]))
+            reader = asyncio.ensure_future(read())
             last_write = 0.0
             while not self.stop.is_set() and not stream_done.is_set():
                 await self.out_event.wait()
@@ -158,7 +161,8 @@ class NodeServer(pb_grpc.NodeServicer):
                         await context.write(message)
                     last_write = time.monotonic()
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._head_lost()
 
     async def _on_head_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
