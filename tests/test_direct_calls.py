@@ -266,7 +266,8 @@ def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes():
     path = str(sockets / "actor.sock")
     actor = FakeActor(path)
     answers: list[bytes] = []
-    channel = DirectChannel(pb.ActorDirect(actor_id=b"a" * 16, address=path, token="tok", incarnation=1),
+    channel = DirectChannel(pb.ActorDirect(actor_id=b"a" * 16, address=path, token="tok", incarnation=1,
+                                           ordered=True),
                             lambda _channel, done: answers.append(done.task_id), lambda _channel: None)
 
     def call(i: int) -> bytes:
@@ -287,6 +288,31 @@ def test_calls_beyond_the_first_few_out_leave_together_when_an_answer_comes():
         last = [call(i) for i in range(100, 103)]  # out: 27 >= BUFFER_AFTER, so these wait
         channel.flush()  # (a cancel does this first)
         wait_for(lambda: actor.received()[-3:] == last, 30, "the flushed calls")
+    finally:
+        channel.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_calls_to_an_actor_that_runs_several_at_once_always_leave_at_once():
+    """An async or threaded actor may have every call out waiting for a later one (an event the
+    later call sets): holding that call back in the channel would hang them all."""
+    import shutil
+    import uuid
+
+    from starburst import config
+    from starburst.driver.direct import BUFFER_AFTER, DirectChannel
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
+    path = str(sockets / "actor.sock")
+    actor = FakeActor(path)
+    channel = DirectChannel(pb.ActorDirect(actor_id=b"a" * 16, address=path, token="tok", incarnation=1,
+                                           ordered=False), lambda *_: None, lambda _channel: None)
+    try:
+        calls = [i.to_bytes(16, "big") for i in range(BUFFER_AFTER + 5)]
+        for task_id in calls:
+            assert channel.send(pb.Run(spec=pb.TaskSpec(task_id=task_id)))
+        assert channel._unsent == []
+        wait_for(lambda: actor.received() == calls, 30, "every call to reach the actor, none answered")
     finally:
         channel.close()
         shutil.rmtree(sockets, ignore_errors=True)

@@ -115,3 +115,27 @@ def test_files_kept_for_reuse_are_given_back_when_unused(store, monkeypatch):
     monkeypatch.setattr(local, "RECYCLE_KEEP_S", 0.0)
     store.release_unused()
     assert os.listdir(free) == []
+
+
+def test_memory_kept_for_reuse_goes_before_a_full_store_is_reported(store, monkeypatch):
+    """A store without a spill directory (the memory store itself full): the kept files are given
+    back and the write tried again before ObjectStoreFullError."""
+    import errno
+
+    from starburst import _files
+
+    store.put("a", serialize(_array(1)))
+    store.delete("a")
+    free = os.path.join(store.directory, FREE_DIR)
+    assert len(os.listdir(free)) == 1
+    real = _files.write_atomic
+
+    def full_while_files_are_kept(path, chunks, **kwargs):
+        if os.listdir(free):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, chunks, **kwargs)
+
+    monkeypatch.setattr(local, "write_atomic", full_while_files_are_kept)
+    store.put("b", serialize(np.full(1000, 2.0)))  # too small to take a kept file: a new file
+    assert os.listdir(free) == []
+    assert (deserialize(store.get("b")) == 2.0).all()

@@ -27,9 +27,11 @@ from ..framing import encode, frame, iter_frames
 
 __all__ = ["DirectChannel"]
 
-#: With this many calls sent and not answered, later ones wait in the channel and leave together
-#: when the next answer comes (the actor has that many queued still): a write, and a wake-up of
-#: the actor's reader, per batch instead of per call. Calls sent while fewer are out leave at once.
+#: With this many calls sent and not answered to an actor that runs its calls in order, later ones
+#: wait in the channel and leave together when the next answer comes (the actor has that many
+#: queued still): a write, and a wake-up of the actor's reader, per batch instead of per call.
+#: Calls sent while fewer are out leave at once. Calls to an actor that runs several at once always
+#: leave at once: the calls out may be waiting for a later one (an async actor's event, a queue).
 BUFFER_AFTER = 8
 
 
@@ -65,7 +67,7 @@ class DirectChannel:
         with self._lock:
             if not self.alive:
                 return False
-            if self._out >= BUFFER_AFTER:
+            if self.ordered and self._out >= BUFFER_AFTER:
                 self._unsent.append(data)
                 return True
             try:
