@@ -262,8 +262,8 @@ class AsyncWorker:
         self.cancelled = 0
 
     async def block(self, started, signal):
-        await started.send.remote()
-        try:
+        try:  # the cancel may come while the reply to send() is still on its way here
+            await started.send.remote()
             await signal.wait.remote()
         except asyncio.CancelledError:
             self.cancelled += 1
