@@ -32,6 +32,8 @@ class Sink:
     def to_head(self, op: pb.NodeToHeadOp) -> None:
         self.head.append(op)
 
+    report = to_head
+
     def take(self, slot: Slot) -> list:
         out, self.sent[slot.id] = self.sent.get(slot.id, []), []
         return out

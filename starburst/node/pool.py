@@ -96,6 +96,10 @@ class PoolSink(Protocol):
     def to_head(self, op: pb.NodeToHeadOp) -> None:
         """Send an operation to the head."""
 
+    def report(self, op: pb.NodeToHeadOp) -> None:
+        """Send a state report to the head, one that a newer report of the same kind replaces and
+        that may wait a few milliseconds for other operations to travel with."""
+
 
 class Pool:
     def __init__(self, num_cpus: float, pool_size: int, max_executors: int, sink: PoolSink,
@@ -307,7 +311,7 @@ class Pool:
         running = sum(1 for s in self.slots.values() if s.runs and not s.actor_id)
         if running != self.running_reported:  # the head's status tells running from queued
             self.running_reported = running
-            self.sink.to_head(pb.NodeToHeadOp(running=running))
+            self.sink.report(pb.NodeToHeadOp(running=running))
 
     def _place(self) -> None:
         """In order; a task that can't start yet doesn't hold up those behind it that can, unless it

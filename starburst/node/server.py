@@ -29,6 +29,11 @@ from .pool import Pool, Slot
 
 log = logging.getLogger("starburst.node")
 
+#: A state report (``report``) waits at most this long for other operations to travel with: a
+#: lone short task then costs the head one message from the node, not two.
+REPORT_DELAY_S = config.WINDOW_S
+
+
 class Executor(Slot):
     """The node's handle on one executor process (its bookkeeping is the pool's ``Slot``)."""
 
@@ -86,6 +91,9 @@ class NodeServer(pb_grpc.NodeServicer):
         self.socket_dir = early.socket_dir
         self.socket_path = early.socket_path
         self.out: list[pb.NodeToHeadOp] = []
+        #: State reports not sent yet, the latest of each kind; they go with the next write.
+        self.reports: dict[str, pb.NodeToHeadOp] = {}
+        self._report_timer: asyncio.TimerHandle | None = None
         self.out_event = asyncio.Event()
         self.head_connected = False
         self.head_lost_at_start = False
@@ -102,6 +110,22 @@ class NodeServer(pb_grpc.NodeServicer):
     def to_head(self, op: pb.NodeToHeadOp) -> None:
         self.out.append(op)
         self.out_event.set()
+
+    def report(self, op: pb.NodeToHeadOp) -> None:
+        self.reports[op.WhichOneof("op")] = op
+        if self._report_timer is None:
+            self._report_timer = self.loop.call_later(REPORT_DELAY_S, self.out_event.set)
+
+    def _take_out(self) -> list[pb.NodeToHeadOp]:
+        """The operations to write now: those queued, then the pending reports."""
+        ops, self.out = self.out, []
+        if self.reports:
+            ops.extend(self.reports.values())
+            self.reports.clear()
+            if self._report_timer is not None:
+                self._report_timer.cancel()
+                self._report_timer = None
+        return ops
 
     async def Work(self, request_iterator, context):  # noqa: N802 - gRPC method name
         identity = self.args.tls
@@ -155,8 +179,8 @@ class NodeServer(pb_grpc.NodeServicer):
                 if self.pool.queue or self.pool.running() > 1:  # more results are coming: send them together
                     await asyncio.sleep(config.batch_delay(last_write))
                 self.out_event.clear()
-                if self.out:
-                    ops, self.out = self.out, []
+                if self.out or self.reports:
+                    ops = self._take_out()
                     for message in config.batch_messages(pb.NodeToHead, ops):
                         await context.write(message)
                     last_write = time.monotonic()
@@ -192,7 +216,7 @@ class NodeServer(pb_grpc.NodeServicer):
             if executor.runs and executor.proc is not None and executor.proc.poll() is None:
                 executor.kill_reason = "head lost"
                 executor.proc.kill()
-        self.out.clear()
+        self._take_out()  # dropped with the stream
         self._start_lease(lease)
 
     def _on_head_op(self, op: pb.HeadToNodeOp) -> None:
