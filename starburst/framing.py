@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
 import struct
+import threading
 import time
 from typing import Iterator
 
@@ -132,7 +134,11 @@ class FramedStream:
 
     An empty frame is a keepalive ping (no message on these links is empty: writers send batches of
     one or more operations): the side made with ``answer_pings`` answers it with an empty frame, and
-    :meth:`keepalive` on the other side ends the link when a ping goes unanswered."""
+    :meth:`keepalive` on the other side ends the link when a ping goes unanswered.
+
+    Another thread may write too (:meth:`put_from_thread`, a driver's calls made when its session
+    thread is idle). Every write holds :attr:`lock`; bytes the socket did not take at once leave
+    through the loop ahead of anything written after them."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, incoming: type,
                  limit: int | None = None, answer_pings: bool = False) -> None:
@@ -144,6 +150,15 @@ class FramedStream:
         self._frames = FrameSplitter(limit)
         self._ready: collections.deque[bytes] = collections.deque()
         self.last_heard = time.monotonic()
+        #: Held by every write, and by a caller that must take what to send and write it in one go.
+        self.lock = threading.Lock()
+        self._rest: bytes | None = None  # the part of a write from another thread not sent yet
+        sock = writer.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     async def _fill(self) -> bool:
         """Take the next burst of bytes, queueing its complete frames (answering pings); False at EOF."""
@@ -158,7 +173,8 @@ class FramedStream:
             if frame:
                 self._ready.append(frame)
             elif self._answer_pings and not self._writer.is_closing():
-                self._writer.write(_LEN.pack(0))
+                with self.lock:
+                    self._put_bytes(_LEN.pack(0))
         return True
 
     async def read(self):
@@ -176,15 +192,60 @@ class FramedStream:
         return msg
 
     async def write_frame(self, data: bytes) -> None:
-        self._writer.write(_LEN.pack(len(data)) + data)
+        with self.lock:
+            self._put_bytes(_LEN.pack(len(data)) + data)
         await self._writer.drain()
 
     async def write(self, msg) -> None:
+        with self.lock:
+            self.put(msg)
+        await self._writer.drain()
+
+    async def drain(self) -> None:
+        """Wait until the socket has taken what was put (flow control), as ``write`` does."""
+        await self._writer.drain()
+
+    def _encode_checked(self, msg) -> bytes:
         data = encode(msg)
         if self._limit is not None and len(data) - 4 > self._limit:
             raise FrameTooLarge(f"a message of {len(data) - 4} bytes is over the {self._limit} byte limit")
+        return data
+
+    def put(self, msg) -> None:
+        """Write ``msg`` without waiting (on the loop's thread, holding :attr:`lock`)."""
+        self._put_bytes(self._encode_checked(msg))
+
+    def _put_bytes(self, data: bytes) -> None:
+        if self._rest is not None:
+            self._writer.write(self._rest)
+            self._rest = None
         self._writer.write(data)
-        await self._writer.drain()
+
+    def can_put_from_thread(self) -> bool:
+        """Whether :meth:`put_from_thread` may write now: nothing is waiting to go out (call it
+        holding :attr:`lock`)."""
+        return (self._loop is not None and self._fd >= 0 and self._rest is None
+                and not self._writer.is_closing() and not self._writer.transport.get_write_buffer_size())
+
+    def put_from_thread(self, msg) -> None:
+        """Write ``msg`` from a thread other than the loop's, holding :attr:`lock`, after
+        :meth:`can_put_from_thread` said yes. What the socket doesn't take at once (or a write
+        error, which the loop then meets) goes through the loop. FrameTooLarge as ``put``."""
+        data = self._encode_checked(msg)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            sent = 0
+        if sent < len(data):
+            self._rest = data[sent:]
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._put_rest)
+
+    def _put_rest(self) -> None:
+        with self.lock:
+            if self._rest is not None and not self._writer.is_closing():
+                self._writer.write(self._rest)
+            self._rest = None
 
     async def done_writing(self) -> None:
         if self._writer.can_write_eof():
@@ -200,7 +261,8 @@ class FramedStream:
             sent = time.monotonic()
             if self._writer.is_closing():
                 return "closed"
-            self._writer.write(_LEN.pack(0))
+            with self.lock:
+                self._put_bytes(_LEN.pack(0))
             await asyncio.sleep(timeout)
             if self.last_heard < sent:
                 self._writer.close()

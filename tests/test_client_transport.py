@@ -45,7 +45,7 @@ class EagerHead:
         if replies:
             self.client.on_message(pb.HeadMsg(ops=replies))
 
-    wake_soon = wake
+    wake_soon = send_now = wake
 
     def close(self) -> None:
         pass
@@ -210,6 +210,83 @@ def test_after_a_large_batch_the_session_lets_work_gather(monkeypatch):
                  "every put to reach the head")
         messages = head.messages - before
         assert messages == 1, f"20 puts made while the session lingered took {messages} messages"
+    finally:
+        client.close()
+        transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_a_lone_call_leaves_from_the_callers_thread_while_the_session_thread_is_busy():
+    """A call made when nothing was sent for DIRECT_GAP_S is written by the caller's own thread
+    (waking the session thread for it cost a quarter of a sync round trip): it reaches the head
+    even while the session thread can't run."""
+    import shutil
+    import threading
+    import time
+    import uuid
+
+    from starburst import config
+    from starburst.driver.client import DIRECT_GAP_S, GrpcTransport
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
+    head = FramedHead(sockets)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+    stuck, release = threading.Event(), threading.Event()
+    try:
+        assert transport._loop is not None
+        transport._loop.call_soon_threadsafe(lambda: (stuck.set(), release.wait(60)))
+        assert stuck.wait(30), "the session thread never ran the blocking callback"
+        wait_for(lambda: time.monotonic() - transport._last_batch >= DIRECT_GAP_S, 30, "a quiet moment")
+        ref = client.put(7)
+        wait_for(lambda: any(op.WhichOneof("op") == "put" and op.put.id == ref._id for op in head.received),
+                 30, "the put to reach the head while the session thread is stuck")
+    finally:
+        release.set()
+        client.close()
+        transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_calls_keep_their_order_whichever_thread_writes_them():
+    """Some calls leave from the caller's thread, others in the session thread's batches: each
+    thread's calls reach the head in the order it made them."""
+    import random
+    import shutil
+    import threading
+    import time
+    import uuid
+
+    from starburst import config
+    from starburst.driver.client import GrpcTransport
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
+    head = FramedHead(sockets)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+    made: dict[int, list[bytes]] = {}
+
+    def caller(n: int) -> None:
+        rng = random.Random(n)
+        ids = made.setdefault(n, [])
+        for i in range(200):
+            ids.append(client.put(i)._id)
+            if rng.random() < 0.3:  # now and then a pause: the next call may leave directly
+                time.sleep(rng.choice((0.0001, 0.0005, 0.002)))
+
+    try:
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        wanted = {i for ids in made.values() for i in ids}
+        wait_for(lambda: wanted <= {op.put.id for op in head.received if op.WhichOneof("op") == "put"}, 30,
+                 "every put to reach the head")
+        arrived = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
+        position = {object_id: k for k, object_id in enumerate(arrived)}
+        for n, ids in made.items():
+            assert [position[i] for i in ids] == sorted(position[i] for i in ids), f"thread {n}'s puts reordered"
     finally:
         client.close()
         transport.close()

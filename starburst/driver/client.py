@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import os
 import sys
 import threading
@@ -25,6 +26,7 @@ from .._version import __version__
 from .._proto import starburst_pb2 as pb
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError, SessionLostError
 from ..experimental import tqdm_ray as _tqdm_ray
+from ..framing import FramedStream
 from ..object_ref import ObjectRef
 from ..serialization import Serialized, deserialize, serialize
 from ..store import ObjectStore, load_value, open_store, pack_value, store_usage
@@ -34,7 +36,11 @@ from .direct import DirectChannel
 class Transport(Protocol):
     def start(self, client: "Client") -> None: ...
     def wake(self) -> None:
-        """There is something to send now: call :meth:`Client.take_outbox` soon."""
+        """There is something to send now: call :meth:`Client.take_outbox` soon. Called from any
+        thread, the garbage collector's finalizers included, maybe holding the client's lock."""
+    def send_now(self) -> None:
+        """Like :meth:`wake`, from a caller that holds no lock of the client's: the transport may
+        take the outbox and write it on the caller's thread."""
     def wake_soon(self) -> None:
         """There is something that may wait a little (released refs, the books of direct actor
         calls): with the next batch, or within :data:`RELEASE_DELAY_S`."""
@@ -43,6 +49,16 @@ class Transport(Protocol):
 
 #: A released ref is told to the head with the next batch, or after at most this long.
 RELEASE_DELAY_S = 0.02
+#: The flush timer keeps running this long after the last batch: a program that calls get() in a
+#: loop releases each result between calls, and those releases wait for its next call (or the
+#: timer) instead of waking the session thread, which would then compete with the next call.
+RELEASE_ACTIVE_S = 1.0
+#: A call made at least this long after the last write to a local head leaves from the caller's own
+#: thread, if the session thread is idle: waking that thread to send it cost ~0.25 ms of a sync
+#: round trip. Calls closer together wait for the session thread, which sends them in batches.
+DIRECT_GAP_S = 0.0002
+#: ... and if its batch encodes to at most this many bytes (larger ones: the session thread).
+DIRECT_MAX_BYTES = 64 << 10
 #: A batch of at least this many operations means the program submits in a loop: the session
 #: thread then waits config.LINGER_S before taking the next batch, and the program's thread queues
 #: work meanwhile without waking it (each wake-up is a system call and a hand-over of the GIL,
@@ -134,7 +150,7 @@ class Client:
     def _send(self, *ops: pb.ClientOp) -> None:
         with self._cond:
             self._queue_locked(*ops)
-        self._wake()
+        self.transport.send_now()
 
     def _wake(self) -> None:
         self.transport.wake()
@@ -274,7 +290,7 @@ class Client:
             with self._cond:
                 self._count_head_call(spec.actor_id, _first_return(spec))
                 self._queue_locked(*ops, pb.ClientOp(submit=spec))
-        self._wake()
+        self.transport.send_now()
         return refs
 
     def _queue_locked(self, *ops: pb.ClientOp) -> None:
@@ -910,6 +926,11 @@ class GrpcTransport:
         self._wake_event: asyncio.Event | None = None
         self._wake_pending = False
         self._flush_armed = False  # a flush of released refs is due within RELEASE_DELAY_S
+        self._last_batch = 0.0  # time.monotonic() of the last batch written
+        #: The session with a local head while it is open: callers' threads may write to it.
+        self._framed: FramedStream | None = None
+        #: Operations a caller's thread took but left to the session thread (sent before any others).
+        self._carried: list[pb.ClientOp] = []
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._stopping = False
@@ -922,6 +943,14 @@ class GrpcTransport:
         self._thread.start()
         self._started.wait()
 
+    def send_now(self) -> None:
+        if self._wake_pending or self._loop is None:
+            return
+        framed = self._framed
+        if framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S and self._send_now(framed):
+            return
+        self.wake()
+
     def wake(self) -> None:
         if self._wake_pending or self._loop is None:
             return
@@ -930,6 +959,27 @@ class GrpcTransport:
             self._loop.call_soon_threadsafe(self._wake_event.set)  # type: ignore[union-attr]
         except RuntimeError:  # loop already closed
             pass
+
+    def _send_now(self, framed: FramedStream) -> bool:
+        """Send what the client has queued from the calling thread; False: wake the session thread."""
+        client, loop = self._client, self._loop
+        assert client is not None and loop is not None
+        with framed.lock:  # taken and written in one go: the session thread's batches keep their order
+            if self._stopping or self._carried or not framed.can_put_from_thread():
+                return False
+            ops = client.take_outbox()
+            if not ops:
+                return True
+            messages = config.batch_messages(pb.ClientMsg, ops)
+            if len(messages) > 1 or messages[0].ByteSize() > DIRECT_MAX_BYTES:
+                self._carried = ops
+                return False
+            framed.put_from_thread(messages[0])
+            self._last_batch = time.monotonic()
+            armed, self._flush_armed = self._flush_armed, True
+        if not armed:
+            loop.call_soon_threadsafe(loop.call_later, RELEASE_DELAY_S, self._flush_due)
+        return True
 
     def wake_soon(self) -> None:
         # Releases ride with the next batch: a loop of get(f.remote()) releases each result right
@@ -940,7 +990,11 @@ class GrpcTransport:
             self.wake()
 
     def _flush_due(self) -> None:
-        self._flush_armed = False
+        loop = self._loop
+        if loop is not None and time.monotonic() - self._last_batch < RELEASE_ACTIVE_S and not self._stopping:
+            loop.call_later(RELEASE_DELAY_S, self._flush_due)  # still armed
+        else:
+            self._flush_armed = False
         client = self._client
         if client is not None and client.has_pending():
             self.wake()
@@ -972,7 +1026,7 @@ class GrpcTransport:
 
         from .._auth import call_metadata
         from .._proto import starburst_pb2_grpc as pb_grpc
-        from ..framing import SESSION_SOCKET, FramedStream
+        from ..framing import SESSION_SOCKET
 
         error = "closed"
         framed = None
@@ -992,11 +1046,13 @@ class GrpcTransport:
                 stream = FramedStream(reader, writer, pb.HeadMsg, config.MAX_MESSAGE_BYTES)
                 try:
                     await stream.write_frame(self._token.encode())
+                    self._framed = stream
                     error = await self._session(stream)
                 except (ConnectionError, OSError) as exc:
                     self.unavailable = True
                     error = f"the head at {self.address} is gone or does not answer ({exc})"
                 finally:
+                    self._framed = None
                     stream.close()
         else:
             async with grpc.aio.insecure_channel(self._target, options=config.GRPC_OPTIONS) as channel:
@@ -1016,6 +1072,8 @@ class GrpcTransport:
         client, wake = self._client, self._wake_event
         assert client is not None and wake is not None
         too_large = ""
+        framed = call if isinstance(call, FramedStream) else None
+        lock: Any = framed.lock if framed is not None else contextlib.nullcontext()
 
         async def writer() -> None:
             nonlocal too_large
@@ -1025,20 +1083,29 @@ class GrpcTransport:
                 await wake.wait()
                 wake.clear()
                 while True:
-                    ops = client.take_outbox()
-                    if not ops:
-                        self._wake_pending = False
-                        ops = client.take_outbox()  # work added just before the flag cleared
+                    with lock:  # (a local head's: callers' threads write to it too)
+                        ops, self._carried = self._carried + client.take_outbox(), []
                         if not ops:
-                            break
-                        self._wake_pending = True
-                    for message in config.batch_messages(pb.ClientMsg, ops):
+                            self._wake_pending = False
+                            ops = client.take_outbox()  # work added just before the flag cleared
+                            if not ops:
+                                break
+                            self._wake_pending = True
+                        messages = config.batch_messages(pb.ClientMsg, ops)
                         try:
-                            await call.write(message)
+                            for message in messages if framed is not None else ():
+                                framed.put(message)  # type: ignore[union-attr]
                         except FrameTooLarge:  # what the head would refuse (gRPC: RESOURCE_EXHAUSTED)
                             too_large = "RESOURCE_EXHAUSTED: a message over the head's limit"
-                            call.cancel()
-                            return
+                    if too_large:
+                        call.cancel()
+                        return
+                    if framed is not None:
+                        await framed.drain()
+                    else:
+                        for message in messages:
+                            await call.write(message)
+                    self._last_batch = time.monotonic()
                     if not self._flush_armed:  # releases made from now on wait for the next batch
                         self._flush_armed = True
                         asyncio.get_running_loop().call_later(RELEASE_DELAY_S, self._flush_due)

@@ -778,7 +778,7 @@ class _RelayTransport:
     def wake(self) -> None:
         self.event.set()
 
-    wake_soon = wake
+    wake_soon = send_now = wake
 
     def close(self) -> None:
         pass
