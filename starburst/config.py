@@ -84,6 +84,39 @@ GRPC_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 
+#: gRPC releases on which the head and its nodes import gRPC with these experiments switched off:
+#: their streams are then read on the thread that polls gRPC's completion queue, and a message
+#: reaches the event loop after one hand-over between threads instead of three (EventEngine's
+#: poller, its worker pool, then that thread). A sync round trip to a Fargate node takes
+#: ~0.3 ms less (benchmarks/bench_fargate.py, a). Other releases get gRPC's defaults.
+GRPC_STREAM_EXPERIMENTS = {"1.85": "-event_engine_client,-event_engine_listener"}
+
+
+def import_grpc_for_streams() -> bool:
+    """Import gRPC, with GRPC_STREAM_EXPERIMENTS if this release is listed and the environment sets
+    no GRPC_EXPERIMENTS of its own; True if they apply. The head and nodes call it before anything
+    imports gRPC (gRPC reads the variable when it is imported). The variable is removed again, so
+    that the processes they start (executors, users' code) get gRPC's defaults."""
+    import importlib.metadata
+    import sys
+
+    flags = None
+    if "grpc" not in sys.modules and "GRPC_EXPERIMENTS" not in os.environ:
+        try:
+            release = ".".join(importlib.metadata.version("grpcio").split(".")[:2])
+        except importlib.metadata.PackageNotFoundError:
+            release = ""
+        flags = GRPC_STREAM_EXPERIMENTS.get(release)
+    if flags is not None:
+        os.environ["GRPC_EXPERIMENTS"] = flags
+    try:
+        import grpc  # noqa: F401
+    finally:
+        if flags is not None:
+            del os.environ["GRPC_EXPERIMENTS"]
+    return flags is not None
+
+
 #: A driver's session is lost when nothing has come from the head for this long (a paused, frozen
 #: or vanished head): a driver that has heard nothing for a third of it pings the head (its event
 #: loop answers), so get() and wait() raise SessionLostError about this long after the head stops.

@@ -19,11 +19,13 @@ if args.provider == "local":
     node_token = new_token()
     first_node = spawn_local_node("local-0", args.num_cpus, store_dir, log_path,  # starts while we import
                                   str(config.cluster_runtime_dir(args.cluster_id)), node_token)
+    config.import_grpc_for_streams()  # before anything imports gRPC
 
     from .providers import LocalProvider, NodeProvider
 
     provider: NodeProvider = LocalProvider(args.num_cpus, store_dir, args.cluster_id, first_node, node_token)
 else:
+    config.import_grpc_for_streams()  # before anything imports gRPC
     from ..aws.provider import FargateProvider
 
     try:

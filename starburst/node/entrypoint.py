@@ -78,6 +78,9 @@ def main() -> None:
     args.tls = tls_identity(os.environ)
     early = prepare(args)
 
+    from .. import config
+
+    config.import_grpc_for_streams()  # before anything imports gRPC
     from .server import run
 
     run(args, early)
