@@ -3,6 +3,8 @@ produces only now and then, made to happen every time."""
 
 from __future__ import annotations
 
+import pytest
+
 from starburst._ids import item_id, new_id, return_ids
 from starburst._proto import starburst_pb2 as pb
 from starburst.driver.client import Client
@@ -291,3 +293,51 @@ def test_calls_keep_their_order_whichever_thread_writes_them():
         client.close()
         transport.close()
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.parametrize("loop_first", [False, True])
+def test_what_the_socket_does_not_take_from_another_thread_leaves_before_later_writes(loop_first):
+    """A large batch written from a caller's thread: the socket takes part of it, the rest goes
+    through the loop, and a write made on the loop after it (before or after the loop got to
+    the rest) arrives after it, both frames whole."""
+    import asyncio
+    import socket
+    import threading
+
+    from starburst.framing import FramedStream, FrameSplitter
+
+    big = pb.ClientMsg(ops=[pb.ClientOp(release=b"x" * (8 << 20))])
+    small = pb.ClientMsg(ops=[pb.ClientOp(release=b"y")])
+    ours, theirs = socket.socketpair()
+    frames: list[bytes] = []
+
+    def receive() -> None:
+        splitter = FrameSplitter()
+        while len(frames) < 2 and (chunk := theirs.recv(1 << 20)):
+            frames.extend(splitter.feed(chunk))
+
+    async def main() -> bool:
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        stream = FramedStream(reader, writer, pb.HeadMsg)
+
+        def from_thread() -> None:
+            with stream.lock:
+                assert stream.can_put_from_thread()
+                stream.put_from_thread(big)
+
+        caller = threading.Thread(target=from_thread)
+        caller.start()
+        caller.join()
+        partial = not stream.can_put_from_thread()  # the socket took only part: the rest is pending
+        if loop_first:
+            await asyncio.sleep(0)  # the loop writes the rest first (the callback queued for it)
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        await stream.write(small)
+        await asyncio.get_running_loop().run_in_executor(None, receiver.join, 60)
+        writer.close()
+        return partial
+
+    assert asyncio.run(main()), "the socket took all 8 MiB at once: this test checks nothing here"
+    theirs.close()
+    assert [pb.ClientMsg.FromString(f) for f in frames] == [big, small]
