@@ -341,3 +341,39 @@ def test_what_the_socket_does_not_take_from_another_thread_leaves_before_later_w
     assert asyncio.run(main()), "the socket took all 8 MiB at once: this test checks nothing here"
     theirs.close()
     assert [pb.ClientMsg.FromString(f) for f in frames] == [big, small]
+
+
+def test_a_forked_child_never_writes_into_its_parents_session():
+    """A child forked from a driver shares the session's socket: a call it makes must not be
+    written there (it would land in the middle of the parent's stream, as a call the parent never
+    made)."""
+    import os
+    import shutil
+    import time
+    import uuid
+
+    from starburst import config
+    from starburst.driver.client import DIRECT_GAP_S, GrpcTransport
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
+    head = FramedHead(sockets)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+    try:
+        wait_for(lambda: time.monotonic() - transport._last_batch >= DIRECT_GAP_S, 30, "a quiet moment")
+        pid = os.fork()
+        if pid == 0:  # the child: a call, then out at once (no cleanup of the parent's state)
+            try:
+                client.put("from the child")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        ref = client.put("from the parent")
+        wait_for(lambda: any(op.WhichOneof("op") == "put" and op.put.id == ref._id for op in head.received),
+                 30, "the parent's put to reach the head")
+        puts = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
+        assert puts == [ref._id], f"the head got {len(puts)} puts: the child wrote into the parent's session"
+    finally:
+        client.close()
+        transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)

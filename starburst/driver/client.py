@@ -927,8 +927,11 @@ class GrpcTransport:
         self._wake_pending = False
         self._flush_armed = False  # a flush of released refs is due within RELEASE_DELAY_S
         self._last_batch = 0.0  # time.monotonic() of the last batch written
-        #: The session with a local head while it is open: callers' threads may write to it.
+        #: The session with a local head while it is open: callers' threads may write to it (in
+        #: this process only: a forked child shares the socket, and its writes would go into the
+        #: middle of ours).
         self._framed: FramedStream | None = None
+        self._pid = os.getpid()
         #: Operations a caller's thread took but left to the session thread (sent before any others).
         self._carried: list[pb.ClientOp] = []
         self._thread: threading.Thread | None = None
@@ -947,7 +950,8 @@ class GrpcTransport:
         if self._wake_pending or self._loop is None:
             return
         framed = self._framed
-        if framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S and self._send_now(framed):
+        if (framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S
+                and os.getpid() == self._pid and self._send_now(framed)):
             return
         self.wake()
 
