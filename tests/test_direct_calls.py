@@ -477,3 +477,37 @@ def _killed_mid_call(ray, actor, marker: str):
     wait_for(lambda: os.path.exists(marker), 30, "the call to start")
     os.kill(pid, signal.SIGKILL)
     return ref
+
+
+def test_a_forked_child_never_calls_through_its_parents_channel(cluster):
+    """A child forked from a driver shares the connection to the actor: a call it makes must not
+    be written there (the actor would run a call its caller never made)."""
+    ray = cluster
+
+    @ray.remote
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def incr(self) -> int:
+            self.n += 1
+            return self.n
+
+    c = Counter.remote()
+    n = ray.get(c.incr.remote(), timeout=GET_TIMEOUT)
+    for _ in range(200):  # the head tells the driver where the actor takes calls: calls then go there
+        channel = _channel(ray, c)
+        if channel is not None and channel.alive:
+            break
+        n = ray.get(c.incr.remote(), timeout=GET_TIMEOUT)
+    else:
+        raise AssertionError("the calls never went straight to the actor")
+    n = ray.get(c.incr.remote(), timeout=GET_TIMEOUT)  # (sent on the channel)
+    pid = os.fork()
+    if pid == 0:  # the child: a call, then out at once
+        try:
+            c.incr.remote()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert ray.get(c.incr.remote(), timeout=GET_TIMEOUT) == n + 1, "the actor ran the child's call"

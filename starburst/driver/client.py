@@ -102,6 +102,7 @@ class Client:
         self._head_call_of: dict[bytes, bytes] = {}
         self._held: dict[bytes, list[pb.TaskSpec]] = {}  # calls waiting for the direct ones before them
         self._direct_calls = kind == "driver" and config.DIRECT_CALLS
+        self._pid = os.getpid()  # a forked child shares the parent's sockets: it must not use them
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
@@ -271,7 +272,7 @@ class Client:
         channel: DirectChannel | None = None
         held = False
         with self._cond:
-            if self._direct_calls and spec.actor_id and not spec.HasField("actor"):
+            if self._direct_calls and spec.actor_id and not spec.HasField("actor") and os.getpid() == self._pid:
                 channel, held = self._route_call(spec)
             ops = self._function_ops(function, owner)
             self._expected.update(spec.return_ids)
