@@ -356,3 +356,18 @@ def test_short_tasks_are_prefetched_to_cover_the_round_trip_and_the_batching_win
     h.step([pb.NodeToHeadOp(done=pb.TaskDone(task_id=f, duration_s=0.00003))], node)
     sent = h.submit(*[h.spec() for _ in range(400)])
     assert len(h.runs("n")) == int(PREFETCH_PER_CPU_MAX * 2) and len(sent) == 400  # 128 in flight, not 32
+
+
+def test_a_node_that_handed_back_everything_it_had_gets_work_again():
+    """Both nodes handed work back unasked: one is stuck behind a long task, the other handed back
+    all it had (a stall of its own, on a loaded machine). The second has nothing to be stuck
+    behind: the waiting work goes there (before, it waited for a task to finish there, and none
+    could: a CI run hung so until its timeout)."""
+    h = Harness()
+    a, b, _, on_a, on_b = h.two_nodes_sent_deep(40)
+    h.step([pb.NodeToHeadOp(running=1)], a)
+    h.now += 0.05
+    h.done(a, *on_a[1:], failure=pb.TaskDone.NOT_STARTED)  # a: stuck behind on_a[0]
+    h.done(b, *on_b, failure=pb.TaskDone.NOT_STARTED)  # b: all of it, none started
+    assert h.runs("b"), "the waiting work never went to the idle node"
+    assert h.runs("a") == []  # still stuck behind its long task

@@ -908,13 +908,14 @@ class Scheduler:
         """The least-loaded node it fits on; a node that seems stuck (see ``_stalled``), or that the
         task was just recalled from, only if no other fits. A node that handed work back unstarted
         gets none until it has finished a task since (work sent there would wait for that, or bounce),
-        unless it is the only node."""
+        unless it is the only node or has nothing left to be stuck behind (it handed back all it had:
+        a stall of its own, not a long task; without work it would never finish one)."""
         best: Node | None = None
         best_key = None
         duration = self.durations.get(task.spec.function_id)
         others = len(self.nodes) > 1
         for node in self.nodes:
-            if others and node.returned_at >= node.last_progress:
+            if others and node.returned_at >= node.last_progress and node.inflight:
                 continue
             if not node.fits(task.want, node.depth(duration), actor=task.creation):
                 continue
