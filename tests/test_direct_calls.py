@@ -318,22 +318,23 @@ def test_calls_to_an_actor_that_runs_several_at_once_always_leave_at_once():
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+class Counter:
+    """An actor's class for these tests (made remote in each: the cluster fixture is the module)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+    def fail(self) -> None:
+        raise ValueError("no")
+
+
 def test_calls_go_straight_to_the_actor_and_the_head_keeps_the_books(cluster):
     ray = cluster
-
-    @ray.remote
-    class Counter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def incr(self) -> int:
-            self.n += 1
-            return self.n
-
-        def fail(self) -> None:
-            raise ValueError("no")
-
-    c = Counter.remote()
+    c = ray.remote(Counter).remote()
     assert [ray.get(c.incr.remote(), timeout=GET_TIMEOUT) for _ in range(20)] == list(range(1, 21))
     channel = _channel(ray, c)
     assert channel is not None and channel.alive, "the calls did not go straight to the actor"
@@ -483,17 +484,7 @@ def test_a_forked_child_never_calls_through_its_parents_channel(cluster):
     """A child forked from a driver shares the connection to the actor: a call it makes must not
     be written there (the actor would run a call its caller never made)."""
     ray = cluster
-
-    @ray.remote
-    class Counter:
-        def __init__(self) -> None:
-            self.n = 0
-
-        def incr(self) -> int:
-            self.n += 1
-            return self.n
-
-    c = Counter.remote()
+    c = ray.remote(Counter).remote()
     n = ray.get(c.incr.remote(), timeout=GET_TIMEOUT)
     for _ in range(200):  # the head tells the driver where the actor takes calls: calls then go there
         channel = _channel(ray, c)
