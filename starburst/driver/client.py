@@ -102,7 +102,6 @@ class Client:
         self._head_call_of: dict[bytes, bytes] = {}
         self._held: dict[bytes, list[pb.TaskSpec]] = {}  # calls waiting for the direct ones before them
         self._direct_calls = kind == "driver" and config.DIRECT_CALLS
-        self._pid = os.getpid()  # a forked child shares the parent's sockets: it must not use them
         self._request_seq = 0
         self._outbox: list[pb.ClientOp] = []
         self._releases: collections.deque[bytes] = collections.deque()
@@ -116,6 +115,7 @@ class Client:
         self.welcome: pb.Welcome | None = None
         self.store: ObjectStore | None = None
         self.transport = transport
+        _clients.add(self)
         hello = pb.Hello(
             kind=kind, job_id=job_id, pid=os.getpid(), log_to_driver=log_to_driver,
             namespace=namespace, version=__version__,
@@ -272,7 +272,7 @@ class Client:
         channel: DirectChannel | None = None
         held = False
         with self._cond:
-            if self._direct_calls and spec.actor_id and not spec.HasField("actor") and os.getpid() == self._pid:
+            if self._direct_calls and spec.actor_id and not spec.HasField("actor"):
                 channel, held = self._route_call(spec)
             ops = self._function_ops(function, owner)
             self._expected.update(spec.return_ids)
@@ -781,6 +781,22 @@ def _first_return(spec: pb.TaskSpec) -> bytes:
     return spec.return_ids[0] if spec.return_ids else b""
 
 
+#: The clients of this process. A forked child shares their sockets with its parent: it must never
+#: write to them (its calls would land in the middle of the parent's streams).
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _in_forked_child() -> None:
+    for client in list(_clients):
+        client._direct_calls = False  # its channels to actors are the parent's
+        if isinstance(client.transport, GrpcTransport):
+            client.transport._framed = None  # and so is its session with the head
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_forked_child)
+
+
 def _owner_gone(client_ref: "weakref.ref[Client]", function_id: bytes, owner_id: int) -> None:
     """A remote function (or actor class) was collected: its session may release the function."""
     # Runs from the garbage collector, maybe on any thread: no locks here.
@@ -928,11 +944,9 @@ class GrpcTransport:
         self._wake_pending = False
         self._flush_armed = False  # a flush of released refs is due within RELEASE_DELAY_S
         self._last_batch = 0.0  # time.monotonic() of the last batch written
-        #: The session with a local head while it is open: callers' threads may write to it (in
-        #: this process only: a forked child shares the socket, and its writes would go into the
-        #: middle of ours).
+        #: The session with a local head while it is open: callers' threads may write to it (not
+        #: in a forked child: see _in_forked_child).
         self._framed: FramedStream | None = None
-        self._pid = os.getpid()
         #: Operations a caller's thread took but left to the session thread (sent before any others).
         self._carried: list[pb.ClientOp] = []
         self._thread: threading.Thread | None = None
@@ -951,8 +965,7 @@ class GrpcTransport:
         if self._wake_pending or self._loop is None:
             return
         framed = self._framed
-        if (framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S
-                and os.getpid() == self._pid and self._send_now(framed)):
+        if framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S and self._send_now(framed):
             return
         self.wake()
 
