@@ -239,7 +239,10 @@ class FramedStream:
         if sent < len(data):
             self._rest = data[sent:]
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._put_rest)
+            try:
+                self._loop.call_soon_threadsafe(self._put_rest)
+            except RuntimeError:  # the link ended meanwhile (its loop is closed): nothing more goes
+                self._rest = None
 
     def _put_rest(self) -> None:
         with self.lock:

@@ -377,3 +377,28 @@ def test_a_forked_child_never_writes_into_its_parents_session():
         client.close()
         transport.close()
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_a_write_from_another_thread_as_the_link_ends_raises_nothing():
+    """A caller's thread writes while the session ends: what the socket doesn't take can't go
+    through the loop any more (it is closed), and the call must not fail for that."""
+    import asyncio
+    import socket
+
+    from starburst.framing import FramedStream
+
+    ours, theirs = socket.socketpair()
+    loop = asyncio.new_event_loop()
+
+    async def open_stream() -> FramedStream:
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        return FramedStream(reader, writer, pb.HeadMsg)
+
+    stream = loop.run_until_complete(open_stream())
+    loop.close()
+    try:
+        with stream.lock:
+            stream.put_from_thread(pb.ClientMsg(ops=[pb.ClientOp(release=b"x" * (8 << 20))]))
+    finally:
+        ours.close()
+        theirs.close()

@@ -996,7 +996,10 @@ class GrpcTransport:
             self._last_batch = time.monotonic()
             armed, self._flush_armed = self._flush_armed, True
         if not armed:
-            loop.call_soon_threadsafe(loop.call_later, RELEASE_DELAY_S, self._flush_due)
+            try:
+                loop.call_soon_threadsafe(loop.call_later, RELEASE_DELAY_S, self._flush_due)
+            except RuntimeError:  # the session ended meanwhile (its loop is closed)
+                pass
         return True
 
     def wake_soon(self) -> None:
