@@ -87,8 +87,9 @@ GRPC_OPTIONS = [
 #: gRPC releases on which the head and its nodes import gRPC with these experiments switched off:
 #: their streams are then read on the thread that polls gRPC's completion queue, and a message
 #: reaches the event loop after one hand-over between threads instead of three (EventEngine's
-#: poller, its worker pool, then that thread). A sync round trip to a Fargate node takes
-#: ~0.3 ms less (benchmarks/bench_fargate.py, a). Other releases get gRPC's defaults.
+#: poller, its worker pool, then that thread: seen with ``strace -f``). In a traced sync round trip
+#: to a Fargate node the two gRPC reads took 0.30 and 0.32 ms instead of 0.44 and 0.49
+#: (benchmarks/README.md, session 7). Other releases get gRPC's defaults.
 GRPC_STREAM_EXPERIMENTS = {"1.85": "-event_engine_client,-event_engine_listener"}
 
 

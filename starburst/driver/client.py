@@ -54,8 +54,8 @@ RELEASE_DELAY_S = 0.02
 #: timer) instead of waking the session thread, which would then compete with the next call.
 RELEASE_ACTIVE_S = 1.0
 #: A call made at least this long after the last write to a local head leaves from the caller's own
-#: thread, if the session thread is idle: waking that thread to send it cost ~0.25 ms of a sync
-#: round trip. Calls closer together wait for the session thread, which sends them in batches.
+#: thread, if the session thread is idle: from `.remote()` to the call on the wire took 0.29 ms
+#: through that thread, 0.13-0.19 ms without it (a traced sync round trip). Calls closer together wait for the session thread, which sends them in batches.
 DIRECT_GAP_S = 0.0002
 #: ... and if its batch encodes to at most this many bytes (larger ones: the session thread).
 DIRECT_MAX_BYTES = 64 << 10
@@ -1113,11 +1113,12 @@ class GrpcTransport:
                                 break
                             self._wake_pending = True
                         messages = config.batch_messages(pb.ClientMsg, ops)
-                        try:
-                            for message in messages if framed is not None else ():
-                                framed.put(message)  # type: ignore[union-attr]
-                        except FrameTooLarge:  # what the head would refuse (gRPC: RESOURCE_EXHAUSTED)
-                            too_large = "RESOURCE_EXHAUSTED: a message over the head's limit"
+                        if framed is not None:  # written now, under the lock; gRPC's below
+                            try:
+                                for message in messages:
+                                    framed.put(message)
+                            except FrameTooLarge:  # what the head would refuse (gRPC: RESOURCE_EXHAUSTED)
+                                too_large = "RESOURCE_EXHAUSTED: a message over the head's limit"
                     if too_large:
                         call.cancel()
                         return
