@@ -141,6 +141,27 @@ class FramedHead:
                 timeout)
 
 
+@pytest.fixture
+def framed_session():
+    """A driver's client in session with a FramedHead: ``(head, transport, client)``."""
+    import shutil
+    import uuid
+
+    from starburst import config
+    from starburst.driver.client import GrpcTransport
+
+    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)  # short: socket paths are bounded (macOS)
+    head = FramedHead(sockets)
+    transport = GrpcTransport(head.address)
+    client = Client(transport)
+    try:
+        yield head, transport, client
+    finally:
+        client.close()
+        transport.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
 def test_a_released_ref_reaches_the_head_with_nothing_else_to_send(tmp_path, monkeypatch):
     """Releases wait for the next batch (no wake-up of their own while the session is busy), but
     never longer than RELEASE_DELAY_S; once the session is idle, a release leaves at once."""
@@ -218,22 +239,15 @@ def test_after_a_large_batch_the_session_lets_work_gather(monkeypatch):
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def test_a_lone_call_leaves_from_the_callers_thread_while_the_session_thread_is_busy():
+def test_a_lone_call_leaves_from_the_callers_thread_while_the_session_thread_is_busy(framed_session):
     """A call made when nothing was sent for DIRECT_GAP_S is written by the caller's own thread
-    (waking the session thread for it cost a quarter of a sync round trip): it reaches the head
-    even while the session thread can't run."""
-    import shutil
+    (not through the session thread): it reaches the head even while the session thread can't run."""
     import threading
     import time
-    import uuid
 
-    from starburst import config
-    from starburst.driver.client import DIRECT_GAP_S, GrpcTransport
+    from starburst.driver.client import DIRECT_GAP_S
 
-    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
-    head = FramedHead(sockets)
-    transport = GrpcTransport(head.address)
-    client = Client(transport)
+    head, transport, client = framed_session
     stuck, release = threading.Event(), threading.Event()
     try:
         assert transport._loop is not None
@@ -245,27 +259,16 @@ def test_a_lone_call_leaves_from_the_callers_thread_while_the_session_thread_is_
                  30, "the put to reach the head while the session thread is stuck")
     finally:
         release.set()
-        client.close()
-        transport.close()
-        shutil.rmtree(sockets, ignore_errors=True)
 
 
-def test_calls_keep_their_order_whichever_thread_writes_them():
+def test_calls_keep_their_order_whichever_thread_writes_them(framed_session):
     """Some calls leave from the caller's thread, others in the session thread's batches: each
     thread's calls reach the head in the order it made them."""
     import random
-    import shutil
     import threading
     import time
-    import uuid
 
-    from starburst import config
-    from starburst.driver.client import GrpcTransport
-
-    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
-    head = FramedHead(sockets)
-    transport = GrpcTransport(head.address)
-    client = Client(transport)
+    head, _, client = framed_session
     made: dict[int, list[bytes]] = {}
 
     def caller(n: int) -> None:
@@ -276,23 +279,18 @@ def test_calls_keep_their_order_whichever_thread_writes_them():
             if rng.random() < 0.3:  # now and then a pause: the next call may leave directly
                 time.sleep(rng.choice((0.0001, 0.0005, 0.002)))
 
-    try:
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        wanted = {i for ids in made.values() for i in ids}
-        wait_for(lambda: wanted <= {op.put.id for op in head.received if op.WhichOneof("op") == "put"}, 30,
-                 "every put to reach the head")
-        arrived = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
-        position = {object_id: k for k, object_id in enumerate(arrived)}
-        for n, ids in made.items():
-            assert [position[i] for i in ids] == sorted(position[i] for i in ids), f"thread {n}'s puts reordered"
-    finally:
-        client.close()
-        transport.close()
-        shutil.rmtree(sockets, ignore_errors=True)
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wanted = {i for ids in made.values() for i in ids}
+    wait_for(lambda: wanted <= {op.put.id for op in head.received if op.WhichOneof("op") == "put"}, 30,
+             "every put to reach the head")
+    arrived = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
+    position = {object_id: k for k, object_id in enumerate(arrived)}
+    for n, ids in made.items():
+        assert [position[i] for i in ids] == sorted(position[i] for i in ids), f"thread {n}'s puts reordered"
 
 
 @pytest.mark.parametrize("loop_first", [False, True])
@@ -343,40 +341,29 @@ def test_what_the_socket_does_not_take_from_another_thread_leaves_before_later_w
     assert [pb.ClientMsg.FromString(f) for f in frames] == [big, small]
 
 
-def test_a_forked_child_never_writes_into_its_parents_session():
+def test_a_forked_child_never_writes_into_its_parents_session(framed_session):
     """A child forked from a driver shares the session's socket: a call it makes must not be
     written there (it would land in the middle of the parent's stream, as a call the parent never
     made)."""
     import os
-    import shutil
     import time
-    import uuid
 
-    from starburst import config
-    from starburst.driver.client import DIRECT_GAP_S, GrpcTransport
+    from starburst.driver.client import DIRECT_GAP_S
 
-    sockets = config.cluster_runtime_dir(uuid.uuid4().hex)
-    head = FramedHead(sockets)
-    transport = GrpcTransport(head.address)
-    client = Client(transport)
-    try:
-        wait_for(lambda: time.monotonic() - transport._last_batch >= DIRECT_GAP_S, 30, "a quiet moment")
-        pid = os.fork()
-        if pid == 0:  # the child: a call, then out at once (no cleanup of the parent's state)
-            try:
-                client.put("from the child")
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
-        ref = client.put("from the parent")
-        wait_for(lambda: any(op.WhichOneof("op") == "put" and op.put.id == ref._id for op in head.received),
-                 30, "the parent's put to reach the head")
-        puts = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
-        assert puts == [ref._id], f"the head got {len(puts)} puts: the child wrote into the parent's session"
-    finally:
-        client.close()
-        transport.close()
-        shutil.rmtree(sockets, ignore_errors=True)
+    head, transport, client = framed_session
+    wait_for(lambda: time.monotonic() - transport._last_batch >= DIRECT_GAP_S, 30, "a quiet moment")
+    pid = os.fork()
+    if pid == 0:  # the child: a call, then out at once (no cleanup of the parent's state)
+        try:
+            client.put("from the child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    ref = client.put("from the parent")
+    wait_for(lambda: any(op.WhichOneof("op") == "put" and op.put.id == ref._id for op in head.received),
+             30, "the parent's put to reach the head")
+    puts = [op.put.id for op in head.received if op.WhichOneof("op") == "put"]
+    assert puts == [ref._id], f"the head got {len(puts)} puts: the child wrote into the parent's session"
 
 
 def test_a_write_from_another_thread_as_the_link_ends_raises_nothing():
