@@ -55,7 +55,8 @@ RELEASE_DELAY_S = 0.02
 RELEASE_ACTIVE_S = 1.0
 #: A call made at least this long after the last write to a local head leaves from the caller's own
 #: thread, if the session thread is idle: from `.remote()` to the call on the wire took 0.29 ms
-#: through that thread, 0.13-0.19 ms without it (a traced sync round trip). Calls closer together wait for the session thread, which sends them in batches.
+#: through that thread, 0.13-0.19 ms without it (a traced sync round trip). Calls closer together
+#: wait for the session thread, which sends them in batches.
 DIRECT_GAP_S = 0.0002
 #: ... and if its batch encodes to at most this many bytes (larger ones: the session thread).
 DIRECT_MAX_BYTES = 64 << 10
