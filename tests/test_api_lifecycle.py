@@ -5,6 +5,7 @@ the `run_script` fixture, since each needs its own init and shutdown."""
 from __future__ import annotations
 
 import re
+import textwrap
 
 import pytest
 
@@ -235,9 +236,33 @@ def test_driver_exits_cleanly_without_shutdown(run_script):
 # ----------------------------------------------------------------------------- log forwarding
 
 
-PRINT_SCRIPT = """
+# Task output reaches the driver asynchronously (in Ray too). The scripts wait for it as an event:
+# SEEN collects what the driver printed, until every mark has appeared (WAIT_FOR_OUTPUT).
+WATCH_OUTPUT = """
 import sys
 import time
+
+SEEN = []
+
+class _Tee:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        SEEN.append(text)
+        return self.stream.write(text)
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+sys.stdout, sys.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
+
+def wait_for_output(*marks):
+    deadline = time.monotonic() + 60
+    while not all(m in "".join(SEEN) for m in marks):
+        assert time.monotonic() < deadline, "never printed: %r" % (marks,)
+        time.sleep(0.01)
+"""
+
+PRINT_SCRIPT = WATCH_OUTPUT + """
 import starburst as ray
 
 ray.init(num_cpus=1{extra})
@@ -252,15 +277,35 @@ def speaker():
     return os.getpid()
 
 pid = ray.get(speaker.remote(), timeout=60)
-time.sleep(2.0)  # log forwarding is asynchronous in Ray too
+{wait}
 print(f"TASK-PID={{pid}}")
 ray.shutdown()
 print("SCRIPT-OK")
 """
 
+#: With log_to_driver=False: the head has the output (in the job's log), and a later result, which
+#: comes after it on the same stream, has reached the driver: had the head sent the output, the
+#: driver would have it by then (shutdown prints what has come).
+HEARD_NOTHING = """
+from starburst.head import joblog
+
+def job_output():
+    try:
+        return "".join(r.get("text", "") for r in joblog.read(joblog.find_job(None)))
+    except LookupError:
+        return ""
+
+deadline = time.monotonic() + 60
+while not all(m in job_output() for m in ("hello-from-task-7f3a", "stderr-from-task-91c2")):
+    assert time.monotonic() < deadline, "the task's output never reached the job's log"
+    time.sleep(0.01)
+assert ray.get(ray.remote(lambda: 2).remote(), timeout=60) == 2
+"""
+
 
 def test_print_in_task_reaches_driver_with_prefix(run_script):
-    proc = run_script(PRINT_SCRIPT.format(extra=""), timeout=SCRIPT_TIMEOUT)
+    wait = 'wait_for_output("hello-from-task-7f3a", "numbered-line-4", "stderr-from-task-91c2")'
+    proc = run_script(PRINT_SCRIPT.format(extra="", wait=wait), timeout=SCRIPT_TIMEOUT)
     _ok(proc)
     pid = int(re.search(r"TASK-PID=(\d+)", proc.stdout).group(1))
     both = _plain(proc.stdout + proc.stderr)
@@ -274,7 +319,7 @@ def test_print_in_task_reaches_driver_with_prefix(run_script):
 
 
 def test_log_to_driver_false_suppresses_task_output(run_script):
-    proc = run_script(PRINT_SCRIPT.format(extra=", log_to_driver=False"), timeout=SCRIPT_TIMEOUT)
+    proc = run_script(PRINT_SCRIPT.format(extra=", log_to_driver=False", wait=HEARD_NOTHING), timeout=SCRIPT_TIMEOUT)
     _ok(proc)
     both = proc.stdout + proc.stderr
     assert "hello-from-task-7f3a" not in both
@@ -282,9 +327,8 @@ def test_log_to_driver_false_suppresses_task_output(run_script):
 
 
 def test_warnings_and_logging_in_task_reach_driver_stderr(run_script):
-    proc = run_script(
+    proc = run_script(WATCH_OUTPUT + textwrap.dedent(
         """
-        import time
         import starburst as ray
 
         ray.init(num_cpus=1)
@@ -298,10 +342,10 @@ def test_warnings_and_logging_in_task_reach_driver_stderr(run_script):
             return 1
 
         assert ray.get(noisy.remote(), timeout=60) == 1
-        time.sleep(2.0)
+        wait_for_output("careful-warning-5d1e", "logged-warning-8b0f")
         ray.shutdown()
         print("SCRIPT-OK")
-        """,
+        """),
         timeout=SCRIPT_TIMEOUT,
     )
     _ok(proc)
@@ -312,9 +356,8 @@ def test_warnings_and_logging_in_task_reach_driver_stderr(run_script):
 
 
 def test_output_of_nested_tasks_reaches_driver(run_script):
-    proc = run_script(
+    proc = run_script(WATCH_OUTPUT + textwrap.dedent(
         """
-        import time
         import starburst as ray
 
         ray.init(num_cpus=2)
@@ -330,10 +373,10 @@ def test_output_of_nested_tasks_reaches_driver(run_script):
             return ray.get(inner.remote())
 
         assert ray.get(outer.remote(), timeout=60) == 1
-        time.sleep(2.0)
+        wait_for_output("outer-says-a1b2", "inner-says-c3d4")
         ray.shutdown()
         print("SCRIPT-OK")
-        """,
+        """),
         timeout=SCRIPT_TIMEOUT,
     )
     _ok(proc)

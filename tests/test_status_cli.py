@@ -24,8 +24,10 @@ def test_status_json_without_a_cluster(tmp_path):
 
 
 def test_status_watch_redraws_until_interrupted(tmp_path):
+    # With faulthandler on, SIGABRT makes a hung watch print where each of its threads is.
     proc = subprocess.Popen([sys.executable, "-m", "starburst", "status", "--watch", "--interval", "0.1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path / "home"))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(_env(tmp_path / "home"), PYTHONFAULTHANDLER="1"))
     try:
         lines = []
         while sum("Ctrl-C to stop" in line for line in lines) < 3:
@@ -34,6 +36,12 @@ def test_status_watch_redraws_until_interrupted(tmp_path):
             lines.append(line)
         assert sum("no starburst cluster is running" in line for line in lines) >= 3
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"status --watch did not stop on Ctrl-C; where it was:\n{err}") from None
+        assert code == 0, proc.stderr.read()
     finally:
         proc.kill()
