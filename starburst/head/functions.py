@@ -81,8 +81,9 @@ class FunctionTable(Generic[S]):
         entry = self.entries.get(function_id)
         if entry is not None:
             entry.users -= 1
-            self._maybe_drop(function_id, entry)
-            self._shrink()
+            if entry.users <= 0:  # only an unused function may be dropped or asked back
+                self._maybe_drop(function_id, entry)
+                self._shrink()
 
     def release(self, session: S, function_id: bytes) -> None:
         """``session`` will send the function again before naming it in a task."""

@@ -66,11 +66,10 @@ class Observer:
             except OSError:
                 log.exception("could not write the job logs")
 
-    def on_done(self, node: "Node", task: "Task", done: pb.TaskDone) -> None:
+    def on_done(self, node: "Node", task: "Task", done: pb.TaskDone, failed: bool) -> None:
         """A node reports a run of ``task`` ended (also attempts that will be retried; not tasks
-        handed back unstarted)."""
+        handed back unstarted); ``failed``: it did not end with its values."""
         end = time.time()
-        failed = done.failure != pb.TaskDone.NONE or any(r.value.is_error for r in done.results)
         self.timeline.append(task.spec.name, node.node_id, done.executor_pid, end - done.duration_s, end, failed)
 
     def on_finish(self, task: "Task", error: pb.Value | None, cancelled: bool) -> None:

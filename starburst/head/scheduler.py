@@ -14,10 +14,11 @@ other's state.
 from __future__ import annotations
 
 import collections
+import enum
 import math
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
 from .. import _ids, config
 from .._version import __version__
@@ -67,6 +68,14 @@ EARLY_DONE_S = 60.0
 EARLY_DONES_MAX = 10_000
 #: Once the tasks held fall to a tenth of a peak of at least this many, freed heap goes back to the OS.
 TRIM_AFTER_TASKS = 1000
+
+
+class _Unknown(enum.Enum):
+    """Not looked at yet (where None is a value)."""
+    UNKNOWN = enum.auto()
+
+
+UNKNOWN = _Unknown.UNKNOWN
 
 
 class Sink:
@@ -119,6 +128,7 @@ class Node(Sink):
         self.hello = hello
         self.total = {"CPU": hello.resources.cpus, "GPU": hello.resources.gpus, "memory": hello.resources.memory,
                       **hello.resources.custom}
+        self._cpu_slots = max(self.total["CPU"], 1.0)  # tasks per unit of depth (``total`` never changes)
         #: Resources of the tasks sent here and not finished (running or queued at the node).
         self.used: dict[str, float] = collections.defaultdict(float)
         #: Resources live actors hold for their lifetime (never lent, never prefetched against).
@@ -160,7 +170,7 @@ class Node(Sink):
     def has_room(self, depth: float) -> bool:
         if self.draining:
             return False
-        return len(self.inflight) < depth * max(self.total["CPU"], 1.0) + self.blocked_cpus + 1
+        return len(self.inflight) < depth * self._cpu_slots + self.blocked_cpus + 1
 
     def fits(self, want: dict[str, float], depth: float, actor: bool = False) -> bool:
         """Whether a task (``actor``: an actor's creation) asking for ``want`` may be sent here now.
@@ -205,7 +215,7 @@ class Node(Sink):
         return self.total["CPU"] - self.held["CPU"] - self.used["CPU"] + self.blocked_cpus
 
     def load(self) -> float:
-        return len(self.inflight) / max(self.total["CPU"], 1.0)
+        return len(self.inflight) / self._cpu_slots
 
 
 class Obj:
@@ -229,20 +239,29 @@ class Obj:
 
 
 class Task:
-    __slots__ = ("spec", "id", "creation", "call", "inputs", "owner", "waiting", "node", "state", "children", "want",
-                 "submitted", "avoid", "uses", "streamed")
+    __slots__ = ("spec", "id", "function_id", "creation", "call", "deps", "inputs", "args_key", "parent_id", "owner",
+                 "waiting", "node", "state", "children", "want", "submitted", "avoid", "uses", "streamed")
     #: state QUEUED: in the head's queue (or an actor's line); RUNNING: sent to ``node`` (it may
     #: still be queued there, unstarted: the node decides, and hands it back if recalled).
 
     WAITING, QUEUED, RUNNING, DONE = range(4)
 
-    def __init__(self, spec: pb.TaskSpec, owner: Session) -> None:
-        # What the hot paths ask of the spec, asked once (each protobuf access costs a call).
+    def __init__(self, spec: pb.TaskSpec, owner: Session, function_id: bytes) -> None:
+        # What the hot paths ask of the spec, asked once (each protobuf access costs a call and,
+        # for bytes and strings, a new object). The spec's fields read here never change.
         self.spec = spec
         self.id: bytes = spec.task_id
-        self.creation = spec.HasField("actor")  # an actor's constructor
-        self.call = bool(spec.actor_id) and not self.creation  # a method call on an actor
-        self.inputs = _inputs(spec)
+        self.function_id = function_id  # the scheduler's shared copy of spec.function_id
+        actor_id = spec.actor_id
+        self.creation = bool(actor_id) and spec.HasField("actor")  # an actor's constructor
+        self.call = bool(actor_id) and not self.creation  # a method call on an actor
+        deps = spec.deps
+        self.deps: tuple[bytes, ...] = tuple(deps) if deps else ()  # top-level ObjectRef arguments
+        args = spec.args
+        contained = args.contained
+        self.inputs = (*contained, *self.deps) if contained else self.deps  # refs its inputs hold
+        self.args_key: str = args.key  # its arguments' key in the store ("": inline)
+        self.parent_id: bytes = spec.parent_task_id
         self.owner = owner
         self.waiting = 0
         self.node: Node | None = None
@@ -263,23 +282,23 @@ class _EarlyDone(NamedTuple):
     pins: list[bytes]  # refs inside its results, held until it is applied
 
 
-_WANTS: dict[tuple[float, float, float], dict[str, float]] = {}
+_WANTS: dict[bytes, dict[str, float]] = {}
 
 
 def _wants(r: pb.Resources) -> dict[str, float]:
     """The resources a task asks for, only those it asks for (zeros would cost a dict update per
     task on every node book-keeping step). The dict is shared by every task asking the same and
-    must not be changed."""
-    if r.custom:  # ``**r.custom`` on an empty protobuf map is surprisingly slow: only when set
-        want = {name: qty for name, qty in (("CPU", r.cpus), ("GPU", r.gpus), ("memory", r.memory)) if qty}
-        want.update(r.custom)
-        return want
-    key = (r.cpus, r.gpus, r.memory)
+    must not be changed. Looked up by the message's bytes: one call, where reading its fields
+    takes five."""
+    key = r.SerializeToString()
     shared = _WANTS.get(key)
     if shared is None:
         if len(_WANTS) > 1024:  # e.g. memory sizes computed per task
             _WANTS.clear()
-        shared = _WANTS[key] = {name: qty for name, qty in zip(("CPU", "GPU", "memory"), key) if qty}
+        shared = {name: qty for name, qty in (("CPU", r.cpus), ("GPU", r.gpus), ("memory", r.memory)) if qty}
+        if r.custom:  # (``**r.custom`` on an empty protobuf map is surprisingly slow)
+            shared.update(r.custom)
+        _WANTS[key] = shared
     return shared
 
 
@@ -329,6 +348,9 @@ class Scheduler:
         #: Direct calls in flight whose caller said they were not answered (its connection broke).
         self._unanswered: set[bytes] = set()
         self.durations: dict[bytes, float] = {}  # function id -> typical run time (median of the recent)
+        #: One bytes object per function id, shared by the tasks that name it (tens of thousands may
+        #: be held); an id goes when its function is dropped.
+        self._function_ids: dict[bytes, bytes] = {}
         self._run_times: dict[bytes, collections.deque[float]] = {}
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
@@ -493,6 +515,7 @@ class Scheduler:
         """No session holds it and no task uses it: nodes drop it (and tell their executors)."""
         self.durations.pop(function_id, None)
         self._run_times.pop(function_id, None)
+        self._function_ids.pop(function_id, None)
         for node in self.nodes:
             if function_id in node.functions:
                 node.functions.discard(function_id)
@@ -588,17 +611,19 @@ class Scheduler:
     def _submit(self, session: Session, spec: pb.TaskSpec) -> None:
         if not spec.job_id:
             spec.job_id = session.job_id
-        task = Task(spec, session)
+        function_id = spec.function_id
+        function_id = self._function_ids.setdefault(function_id, function_id)
+        task = Task(spec, session, function_id)
         self.tasks[task.id] = task
         actor_id = spec.actor_id
         if not actor_id:
-            task.uses = self.functions.use(spec.function_id)
+            task.uses = self.functions.use(function_id)
         session.outstanding += 1
         actor: Actor | None = None
         if task.creation:
             actor = Actor(task)
             self.actors[actor_id] = actor
-            actor.uses = self.functions.use(spec.function_id)  # restarts run its creation again
+            actor.uses = self.functions.use(function_id)  # restarts run its creation again
             if actor.name:
                 self.names[(actor.namespace, actor.name)] = actor.id
             handle = self._obj(actor_id)  # handles count like refs to an object
@@ -615,7 +640,7 @@ class Scheduler:
                 obj.refs += 1
                 held.add(rid)
                 obj.subscribe(session)
-        parent_id = spec.parent_task_id
+        parent_id = task.parent_id
         parent = self.tasks.get(parent_id) if parent_id else None
         if parent is not None:
             if parent.children is None:
@@ -633,10 +658,10 @@ class Scheduler:
                 self._direct_call(actor, task)
                 return
             actor.calls.append(task)
-        elif spec.function_id not in self.functions:
+        elif function_id not in self.functions:
             self._fail(task, error_value(RaySystemError(f"function of task {spec.name} was never sent")))
             return
-        for object_id in set(spec.deps) if spec.deps else ():
+        for object_id in set(task.deps) if task.deps else ():
             dep = self.objects.get(object_id)
             if dep is None:
                 self._fail(task, error_value(ObjectLostError(object_id.hex())))
@@ -661,7 +686,7 @@ class Scheduler:
             if actor is not None:
                 self._pump_actor(actor)
             return
-        if task.spec.parent_task_id:
+        if task.parent_id:
             self.queue.appendleft(task)
         else:
             self.queue.append(task)
@@ -672,9 +697,11 @@ class Scheduler:
             return
         self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids], cancelled)
 
-    def _finish(self, task: Task, results: Iterable[pb.Object], cancelled: bool = False) -> None:
-        results = list(results)
-        error = None if cancelled else next((r.value for r in results if r.value.is_error), None)
+    def _finish(self, task: Task, results: Sequence[pb.Object], cancelled: bool = False,
+                error: pb.Value | None | _Unknown = UNKNOWN) -> None:
+        """``error``: the first error among ``results``, if the caller has looked already."""
+        if error is UNKNOWN:
+            error = None if cancelled else _first_error(results)
         if cancelled:
             self.tasks_cancelled += 1
         elif error is not None:
@@ -707,7 +734,7 @@ class Scheduler:
         self.tasks_finished += 1
         if task.uses:
             task.uses = False
-            self.functions.unuse(task.spec.function_id)
+            self.functions.unuse(task.function_id)
         for result in results:
             obj = self.objects.get(result.id)
             if obj is None or obj.value is not None:
@@ -720,16 +747,15 @@ class Scheduler:
         actor = self.actors.get(spec.actor_id) if task.creation else None
         if actor is None or actor.state == Actor.DEAD:  # a live actor may need its arguments again
             self._release_inputs(task)
-        parent = self.tasks.get(spec.parent_task_id) if spec.parent_task_id else None
+        parent = self.tasks.get(task.parent_id) if task.parent_id else None
         if parent is not None and parent.children:
             parent.children.discard(task.id)
 
     def _release_inputs(self, task: Task) -> None:
         for object_id in task.inputs:
             self._unref(object_id)
-        args = task.spec.args
-        if args.WhichOneof("where") == "key":
-            self._delete_key(args.key)
+        if task.args_key:
+            self._delete_key(task.args_key)
 
     def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
         if recursive:
@@ -795,9 +821,10 @@ class Scheduler:
         for op in ops:
             kind = op.WhichOneof("op")
             if kind == "done":
-                if op.done.HasField("store_usage"):
-                    _add_usage(self.store_usage_nodes, op.done.store_usage)
-                self._task_done(node, op.done)
+                done = op.done
+                if done.HasField("store_usage"):
+                    _add_usage(self.store_usage_nodes, done.store_usage)
+                self._task_done(node, done)
             elif kind == "log":
                 self._route_log(op.log)
             elif kind == "relay":
@@ -855,8 +882,11 @@ class Scheduler:
         task = node.inflight.pop(task_id, None)
         call = None if task is not None else node.actor_inflight.pop(task_id, None)
         ran = task if task is not None else call
+        error: pb.Value | None | _Unknown = UNKNOWN
+        results = done.results
         if self.observer is not None and started and ran is not None:
-            self.observer.on_done(node, ran, done)  # a run that happened (handed back: none)
+            error = _first_error(results)  # a run that happened (handed back: none)
+            self.observer.on_done(node, ran, done, failure != pb.TaskDone.NONE or error is not None)
         if task is None:
             if call is not None:
                 self._call_done(call, done)
@@ -881,7 +911,7 @@ class Scheduler:
         if failure == pb.TaskDone.NONE:
             # The median: one call far longer than the rest (a straggler) doesn't make a short
             # function look long (that would cut its prefetch for the calls that follow).
-            function_id = task.spec.function_id
+            function_id = task.function_id
             recent = self._run_times.get(function_id)
             if recent is None:
                 recent = self._run_times[function_id] = collections.deque(maxlen=RECENT_RUNS)
@@ -889,7 +919,7 @@ class Scheduler:
             self.durations[function_id] = sorted(recent)[len(recent) // 2]
             self.ran_on[node.node_id] += 1
             if not done.retryable:
-                self._finish(task, done.results)
+                self._finish(task, results, error=error)
                 return
         if failure == pb.TaskDone.NOT_STARTED:
             task.avoid = node
@@ -912,7 +942,7 @@ class Scheduler:
         a stall of its own, not a long task; without work it would never finish one)."""
         best: Node | None = None
         best_key = None
-        duration = self.durations.get(task.spec.function_id)
+        duration = self.durations.get(task.function_id)
         others = len(self.nodes) > 1
         for node in self.nodes:
             if others and node.returned_at >= node.last_progress and node.inflight:
@@ -975,7 +1005,7 @@ class Scheduler:
         stuck: set[tuple[int, bytes, bool]] = set()
         while room and self.queue and len(skipped) < LOOK_PAST:
             task = self.queue.popleft()
-            shape = (id(task.want), task.spec.function_id, task.creation)
+            shape = (id(task.want), task.function_id, task.creation)
             node = None if shape in stuck else self._pick_node(task)
             if node is None:
                 stuck.add(shape)
@@ -1007,7 +1037,7 @@ class Scheduler:
             candidates = [t for t in reversed(victim.inflight.values()) if not t.creation]
             if not candidates:
                 continue
-            stalled = self._stalled(victim, self.durations.get(candidates[0].spec.function_id))
+            stalled = self._stalled(victim, self.durations.get(candidates[0].function_id))
             count = excess if stalled else (excess + 1) // 2
             ids = [t.id for t in candidates[:count]]
             if not ids:
@@ -1023,12 +1053,12 @@ class Scheduler:
         op = pb.HeadToNodeOp()
         run = op.run  # built in place: one copy of the spec, not two
         run.spec.CopyFrom(spec)
-        for object_id in spec.deps:
+        for object_id in task.deps:
             obj = self.objects[object_id]
             run.deps.add(id=object_id, value=obj.value)
-        if spec.function_id not in node.functions:
-            node.functions.add(spec.function_id)
-            run.function.CopyFrom(self.functions.get(spec.function_id))
+        if task.function_id not in node.functions:
+            node.functions.add(task.function_id)
+            run.function.CopyFrom(self.functions.get(task.function_id))
         task.state = Task.RUNNING
         task.node = node
         if not node.inflight:
@@ -1076,12 +1106,12 @@ class Scheduler:
             actor.calls.popleft()
             spec = task.spec
             run = pb.Run(spec=spec)
-            for object_id in spec.deps:
+            for object_id in task.deps:
                 run.deps.add(id=object_id, value=self.objects[object_id].value)
             task.state = Task.RUNNING
             task.node = actor.node
-            actor.inflight[spec.task_id] = task
-            actor.node.actor_inflight[spec.task_id] = task
+            actor.inflight[task.id] = task
+            actor.node.actor_inflight[task.id] = task
             actor.node.push(pb.HeadToNodeOp(run=run))
 
     def _creation_done(self, task: Task, done: pb.TaskDone) -> None:
@@ -1213,7 +1243,8 @@ class Scheduler:
         if node is not None:
             node.actor_inflight.pop(task.id, None)
             if self.observer is not None:
-                self.observer.on_done(node, task, done)
+                self.observer.on_done(node, task, done,
+                                      done.failure != pb.TaskDone.NONE or _first_error(done.results) is not None)
         self._call_done(task, done)
 
     def _unpin(self, early: "_EarlyDone | None") -> None:
@@ -1293,7 +1324,7 @@ class Scheduler:
         actor.death = death
         if actor.uses:
             actor.uses = False
-            self.functions.unuse(actor.creation.spec.function_id)
+            self.functions.unuse(actor.creation.function_id)
         self._release_actor(actor)
         if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
             del self.names[(actor.namespace, actor.name)]
@@ -1403,12 +1434,12 @@ class Scheduler:
     def backlog(self) -> tuple[list[float | None], list[float | None]]:
         """Runnable tasks as their functions' recent run times (None: not known yet), in two lists:
         those not started (at the head or queued at a node), and those running."""
-        queued = [self.durations.get(t.spec.function_id) for t in self.queue]
+        queued = [self.durations.get(t.function_id) for t in self.queue]
         running: list[float | None] = []
         for node in self.nodes:
             started = node.started()
             for i, task in enumerate(node.inflight.values()):
-                (running if i < started else queued).append(self.durations.get(task.spec.function_id))
+                (running if i < started else queued).append(self.durations.get(task.function_id))
         return queued, running
 
     def has_waiting(self) -> bool:
@@ -1469,8 +1500,8 @@ class Scheduler:
         for obj in self.objects.values():
             assert obj.refs >= 0, f"object {obj.id.hex()} has {obj.refs} refs"
         users: collections.Counter[bytes] = collections.Counter(
-            t.spec.function_id for t in self.tasks.values() if t.uses)
-        users.update(a.creation.spec.function_id for a in self.actors.values() if a.uses)
+            t.function_id for t in self.tasks.values() if t.uses)
+        users.update(a.creation.function_id for a in self.actors.values() if a.uses)
         for function_id, entry in self.functions.entries.items():
             assert entry.users == users[function_id], f"function {function_id.hex()} has {entry.users} users"
             assert entry.holders or entry.users, f"function {function_id.hex()} kept for nobody"
@@ -1516,6 +1547,15 @@ def _add_usage(total: pb.StoreUsage, usage: pb.StoreUsage) -> None:
     total.bytes_downloaded += usage.bytes_downloaded
 
 
+def _first_error(results: Iterable[pb.Object]) -> pb.Value | None:
+    """The first error value among ``results`` (a loop, not a generator: this runs per task)."""
+    for result in results:
+        value = result.value
+        if value.is_error:
+            return value
+    return None
+
+
 def _ready(object_id: bytes, value: pb.Value) -> pb.HeadOp:
     """The op telling a session ``object_id`` has ``value`` (built in place: ``HeadOp(ready=Object(
     value=...))`` copies the value twice)."""
@@ -1524,11 +1564,3 @@ def _ready(object_id: bytes, value: pb.Value) -> pb.HeadOp:
     ready.id = object_id
     ready.value.CopyFrom(value)
     return op
-
-
-def _inputs(spec: pb.TaskSpec) -> tuple[bytes, ...]:
-    """The objects a task's inputs hold (refs inside its arguments, and its dependencies)."""
-    deps, contained = spec.deps, spec.args.contained
-    if not deps and not contained:
-        return ()
-    return (*contained, *deps)

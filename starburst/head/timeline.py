@@ -38,9 +38,12 @@ class Timeline:
 
     def append(self, name: str, node: str, pid: int, start: float, end: float, failed: bool) -> None:
         """Record a run; the oldest one goes once ``capacity`` are held."""
-        if len(self._labels) > 4 * self.capacity + 64:  # after compacting: <= 2 * capacity
-            self._compact_labels()
-        name_id, node_id = self._label(name), self._label(node)
+        ids = self._label_ids
+        name_id, node_id = ids.get(name), ids.get(node)
+        if name_id is None or node_id is None:
+            if len(self._labels) > 4 * self.capacity + 64:  # after compacting: <= 2 * capacity
+                self._compact_labels()
+            name_id, node_id = self._label(name), self._label(node)
         if len(self._start) < self.capacity:
             self._name.append(name_id)
             self._node.append(node_id)
