@@ -683,8 +683,8 @@ def build_rows(R):
         if link:
             over_link = (rtt["p50_s"] - link["p50_s"]) * 1e3
             rows.append(("a. sync round trip p50, over the link's own ping", fmt_ms(rtt["p50_s"]),
-                         f"{fmt_ms(link['p50_s'])} link ping p50", f"{over_link:+.1f} ms", "<= link + 5 ms",
-                         "yes" if over_link <= 5.0 else "NO"))
+                         f"{fmt_ms(link['p50_s'])} link ping p50", f"{over_link:+.2f} ms", "<= link + 3 ms",
+                         "yes" if over_link <= 3.0 else "NO"))
         rows.append(("a. sync round trip p50, over the nominal 40 ms", fmt_ms(rtt["p50_s"]), "40.0 ms nominal",
                      f"{over:+.1f} ms", "<= 40 + 5 ms", "yes" if over <= 5.0 else "NO"))
         rows.append(("a. sync round trip p90 (40 ms link)", fmt_ms(rtt["p90_s"]),

@@ -98,16 +98,11 @@ def import_grpc_for_streams() -> bool:
     no GRPC_EXPERIMENTS of its own; True if they apply. The head and nodes call it before anything
     imports gRPC (gRPC reads the variable when it is imported). The variable is removed again, so
     that the processes they start (executors, users' code) get gRPC's defaults."""
-    import importlib.metadata
     import sys
 
     flags = None
     if "grpc" not in sys.modules and "GRPC_EXPERIMENTS" not in os.environ:
-        try:
-            release = ".".join(importlib.metadata.version("grpcio").split(".")[:2])
-        except importlib.metadata.PackageNotFoundError:
-            release = ""
-        flags = GRPC_STREAM_EXPERIMENTS.get(release)
+        flags = GRPC_STREAM_EXPERIMENTS.get(_grpcio_release())
     if flags is not None:
         os.environ["GRPC_EXPERIMENTS"] = flags
     try:
@@ -116,6 +111,31 @@ def import_grpc_for_streams() -> bool:
         if flags is not None:
             del os.environ["GRPC_EXPERIMENTS"]
     return flags is not None
+
+
+def _grpcio_release() -> str:
+    """The installed grpcio's "major.minor", read without importing gRPC: from the version file in
+    its package (a few file reads; ``importlib.metadata`` scans every distribution on the path, ~6 ms
+    of each head's and node's start), or from the distribution's metadata if that file is gone."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("grpc")
+    if spec is None or spec.origin is None:
+        return ""
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "_grpcio_metadata.py"), encoding="utf-8") as f:
+            found = re.search(r"""__version__\s*=\s*['"]+(\d+\.\d+)""", f.read())
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    import importlib.metadata
+
+    try:
+        return ".".join(importlib.metadata.version("grpcio").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 #: A driver's session is lost when nothing has come from the head for this long (a paused, frozen

@@ -80,3 +80,12 @@ def test_a_users_own_grpc_experiments_are_left_alone():
 
 def test_tls_streams_work_after_the_import():
     assert _run(_STREAM) == f"ok {_listed()}"
+
+
+def test_the_release_read_from_grpcs_version_file_is_the_installed_distributions():
+    import importlib.metadata
+
+    from starburst import config
+
+    installed = ".".join(importlib.metadata.version("grpcio").split(".")[:2])
+    assert config._grpcio_release() == installed
