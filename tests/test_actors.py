@@ -25,6 +25,16 @@ GET_TIMEOUT = 60
 # ----------------------------------------------------------------------------------- basics
 
 
+def _noop() -> None:
+    return None
+
+
+def _head_caught_up(ray) -> None:
+    """Wait until the head has applied what this driver sent so far (releases included): a task's
+    round trip goes through the head after them."""
+    assert ray.get(ray.remote(_noop).remote(), timeout=GET_TIMEOUT) is None
+
+
 def test_construct_with_args_call_methods_state_persists(cluster):
     ray = cluster
 
@@ -339,7 +349,7 @@ def test_handles_passed_to_tasks_and_actors(cluster):
     # The driver's handle still works after the borrowers are done with theirs.
     del caller
     gc.collect()
-    time.sleep(0.5)
+    _head_caught_up(ray)  # the caller's release of its handle has been applied
     assert ray.get(c.get.remote(), timeout=GET_TIMEOUT) == 1111
 
 
@@ -821,7 +831,7 @@ def test_actor_ends_when_its_last_handle_goes_out_of_scope(cluster):
     w = Worker.remote()
     pid = ray.get(w.pid.remote(), timeout=GET_TIMEOUT)
     assert psutil.pid_exists(pid)
-    time.sleep(0.5)
+    _head_caught_up(ray)
     assert not gone(pid)  # alive while the handle is held
     del w
     gc.collect()
@@ -914,7 +924,7 @@ def test_detached_actor_is_not_collected_with_its_handles(cluster):
     pid = ray.get(k.pid.remote(), timeout=GET_TIMEOUT)
     del k
     gc.collect()
-    time.sleep(1.5)
+    _head_caught_up(ray)  # the release of the last handle has been applied: it changed nothing
     assert not gone(pid), "a detached actor was collected when its handle went out of scope"
     again = ray.get_actor("test-detached-keeper")
     assert ray.get(again.pid.remote(), timeout=GET_TIMEOUT) == pid
@@ -1001,10 +1011,13 @@ def test_task_sees_its_cancellation(cluster, tmp_path):
     ray = cluster
     flag = tmp_path / "saw-cancel"
 
+    started = tmp_path / "started"
+
     @ray.remote
-    def polite(flag):
+    def polite(flag, started):
         import time
 
+        open(started, "w").close()
         try:
             for _ in range(200):
                 time.sleep(0.05)
@@ -1013,10 +1026,8 @@ def test_task_sees_its_cancellation(cluster, tmp_path):
                 open(flag, "w").close()
             raise
 
-    ref = polite.remote(str(flag))
-    import time
-
-    time.sleep(0.5)
+    ref = polite.remote(str(flag), str(started))
+    wait_for(started.exists, 60, "the task to start")
     ray.cancel(ref)
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(ref, timeout=60)

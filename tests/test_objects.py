@@ -76,12 +76,24 @@ def _big(seed: int = 0, n: int = 300_000) -> np.ndarray:  # 2.4 MB of float64: s
     return np.random.default_rng(seed).random(n)
 
 
+def _noop() -> None:
+    return None
+
+
+def _head_caught_up(ray) -> None:
+    """Wait until the head has applied what this driver sent so far (releases included): a task's
+    round trip goes through the head after them. A wrong release has deleted its file by then."""
+    assert ray.get(ray.remote(_noop).remote(), timeout=GET_TIMEOUT) is None
+
+
 def _gated(ray):
     @ray.remote
-    def gated(gate, value=None, limit=20.0):
+    def gated(gate, value=None, limit=20.0, started=None):
         import os
         import time
 
+        if started:
+            open(started, "w").close()
         deadline = time.time() + limit
         while not os.path.exists(gate) and time.time() < deadline:
             time.sleep(0.02)
@@ -111,7 +123,7 @@ def test_large_put_file_lives_with_ref_and_is_deleted_after_release(cluster, sto
     ref = ray.put(arr)
     name = ref.hex()
     assert name in _object_files(store), "a large put must be written to the store"
-    time.sleep(0.3)  # releases are asynchronous: give a wrong one time to happen
+    _head_caught_up(ray)
     assert name in _object_files(store), "the stored value vanished while its ref is alive"
     got = ray.get(ref, timeout=GET_TIMEOUT)
     assert np.array_equal(got, arr)
@@ -143,7 +155,7 @@ def test_large_task_result_file_lives_with_ref_and_is_deleted_after_release(clus
     assert np.array_equal(got, _big(2))
     name = ref.hex()
     assert name in _object_files(store), "a large task result must live in the store"
-    time.sleep(0.3)
+    _head_caught_up(ray)
     assert name in _object_files(store)
     assert np.array_equal(ray.get(ref, timeout=GET_TIMEOUT), _big(2))
     del got, ref
@@ -205,7 +217,7 @@ def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_p
     ref = total.remote(str(gate), arr)  # by value: the arguments themselves go to the store
     new = _object_files(store) - before
     assert len(new) == 1, f"expected the arguments as one stored object, found {new}"
-    time.sleep(0.2)
+    _head_caught_up(ray)  # (the cluster's second CPU runs it)
     assert new <= _object_files(store), "the arguments vanished while the task still needed them"
     gate.write_text("go")
     assert ray.get(ref, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
@@ -223,9 +235,10 @@ def test_cancelled_pending_task_large_argument_is_deleted(cluster, store, tmp_pa
     def total(a):
         return float(a.sum())
 
-    blockers = [gated.remote(str(gate)) for _ in range(2)]  # both CPUs busy
+    started = [tmp_path / f"started-{i}" for i in range(2)]
+    blockers = [gated.remote(str(gate), started=str(path)) for path in started]  # both CPUs busy
     try:
-        time.sleep(0.3)
+        wait_for(lambda: all(path.exists() for path in started), 30, "the blockers to start")
         before = _object_files(store)
         ref = total.remote(_big(4))
         new = _object_files(store) - before
@@ -284,7 +297,7 @@ def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster,
     assert (outer.hex() in _object_files(store)) == (container == "stored")
     del ref_x
     _release()
-    time.sleep(0.3)  # the driver's release of x has reached the head by now
+    _head_caught_up(ray)  # the driver's release of x has reached the head
     assert x_name in _object_files(store), "x was freed although the container holding its ref is alive"
     inner_list = ray.get(outer, timeout=GET_TIMEOUT)
     assert inner_list[1] == "tag"
@@ -294,32 +307,38 @@ def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster,
     # Dropping the container first: the deserialized inner ref still keeps x.
     del outer, inner_list
     _release()
-    time.sleep(0.3)
+    _head_caught_up(ray)
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), arr)
     del inner
     _release()
     wait_for(lambda: x_name not in _object_files(store), 30, "x outlived the container and every ref")
 
 
-def test_container_passed_to_task_keeps_inner_object_alive(cluster, store):
+def test_container_passed_to_task_keeps_inner_object_alive(cluster, store, tmp_path):
     ray = cluster
 
     @ray.remote
-    def inner_sum(box):
+    def inner_sum(box, gate):
+        import os
         import time
 
         import starburst
 
-        time.sleep(0.3)  # the driver has dropped its refs by now
+        deadline = time.time() + 30
+        while not os.path.exists(gate) and time.time() < deadline:  # the driver has dropped its refs
+            time.sleep(0.01)
         return float(starburst.get(box["x"]).sum())
 
     arr = _big(8)
     ref_x = ray.put(arr)
     x_name = ref_x.hex()
     box = ray.put({"x": ref_x})
-    out = inner_sum.remote(box)  # the container is a dependency; x only travels inside it
+    gate = tmp_path / "released"
+    out = inner_sum.remote(box, str(gate))  # the container is a dependency; x only travels inside it
     del ref_x, box
     _release()
+    _head_caught_up(ray)
+    gate.touch()
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out
     _release()
@@ -349,7 +368,7 @@ def test_ref_put_inside_a_task_stays_valid_after_the_task_ends(cluster, store, s
     name = inner.hex()
     # The producing task is over; its executor moves on to other work.
     assert ray.get([churn.remote(i) for i in range(20)], timeout=GET_TIMEOUT) == list(range(20))
-    time.sleep(0.3)
+    _head_caught_up(ray)
     assert name in _object_files(store), "the task's put was freed although the driver holds its ref"
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), _big(9))
     del result, inner
@@ -358,26 +377,32 @@ def test_ref_put_inside_a_task_stays_valid_after_the_task_ends(cluster, store, s
 
 
 @pytest.mark.parametrize("how", ["top_level", "nested"])
-def test_ref_dropped_by_driver_right_after_remote_still_resolves_in_task(cluster, store, how):
+def test_ref_dropped_by_driver_right_after_remote_still_resolves_in_task(cluster, store, how, tmp_path):
     ray = cluster
 
     @ray.remote
-    def use(x, how):
+    def use(x, how, gate):
+        import os
         import time
 
         import starburst
 
         if how == "nested":
-            time.sleep(0.3)  # the driver's release has surely arrived before we ask for it
+            deadline = time.time() + 30
+            while not os.path.exists(gate) and time.time() < deadline:  # the driver's release has arrived
+                time.sleep(0.01)
             x = starburst.get(x[0])
         return float(x.sum())
 
     arr = _big(10)
     ref = ray.put(arr)
     name = ref.hex()
-    out = use.remote(ref if how == "top_level" else [ref], how)
+    gate = tmp_path / "released"
+    out = use.remote(ref if how == "top_level" else [ref], how, str(gate))
     del ref
     _release()
+    _head_caught_up(ray)
+    gate.touch()
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out
     _release()
