@@ -312,6 +312,22 @@ def test_settle_gives_memory_back_once_after_a_large_burst_has_drained():
     assert h.s.settle() == 0
 
 
+def test_tasks_share_one_copy_of_their_function_id_and_unknown_ids_are_not_kept():
+    h = Harness()
+    h.add_node("a", 1)
+    first, second = h.submit(h.spec(), h.spec())
+    assert h.s.tasks[first].function_id is h.s.tasks[second].function_id  # one bytes object, not one a task
+    unknown = []
+    for i in range(1100):  # functions that were never sent: each task fails at once
+        spec = h.spec()
+        spec.function_id = i.to_bytes(32, "big")
+        unknown.append(spec)
+    h.submit(*unknown)
+    assert not any(s.task_id in h.s.tasks for s in unknown)
+    h.s.settle()
+    assert set(h.s._function_ids) <= {h.fn.id}  # what the table holds stays; the rest went
+
+
 def test_a_queued_task_costs_the_head_little_python_memory():
     """A burst of 10,000 tasks held at once sets the high-water mark of the head's Python heap, and
     CPython's allocator keeps most of that after the burst (the soak benchmark's head RSS): each held

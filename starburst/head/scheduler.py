@@ -974,6 +974,8 @@ class Scheduler:
             stale = self.clock() - EARLY_DONE_S
             for task_id in [t for t, early in self._early_dones.items() if early.at < stale]:
                 self._unpin(self._early_dones.pop(task_id))
+        if len(self._function_ids) > len(self.functions.entries) + 1024:  # ids of functions never sent
+            self._function_ids = {f: f for f in self._function_ids if f in self.functions}
         held = len(self.tasks)
         self._peak_tasks = max(self._peak_tasks, held)
         peak = self._peak_tasks
