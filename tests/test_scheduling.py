@@ -7,8 +7,11 @@ death and blocking in get() still behave with work queued on an executor.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -56,7 +59,15 @@ def test_worker_death_does_not_charge_the_tasks_queued_behind_it(cluster, tmp_pa
     assert results == [i for i in range(400) if i != 100]
 
 
-def test_cancel_reaches_tasks_queued_on_an_executor(cluster):
+def _queued_at_nodes() -> int:
+    """Tasks the head has sent to nodes that have not started there (``starburst status --json``)."""
+    proc = subprocess.run([sys.executable, "-m", "starburst", "status", "--json"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return sum(node["queued"] for node in json.loads(proc.stdout)["nodes"])
+
+
+def test_cancel_reaches_tasks_queued_on_an_executor(cluster, tmp_path):
     ray = cluster
 
     @ray.remote
@@ -65,23 +76,32 @@ def test_cancel_reaches_tasks_queued_on_an_executor(cluster):
         return i
 
     @ray.remote
-    def blocker():
-        time.sleep(1.5)
+    def blocker(started, gate):
+        open(started, "w").close()
+        deadline = time.time() + 60
+        while not os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.01)
         return "done"
 
     warm(ray, short, 0)
-    blockers = [blocker.remote() for _ in range(2)]  # both CPUs busy: short tasks queue up
-    time.sleep(0.3)
-    refs = [short.remote(i) for i in range(100)]
-    time.sleep(0.3)  # by now the first ones sit on the executors' queues, behind the blockers
-    victims = refs[:4] + refs[50:54]
-    for ref in victims:
-        ray.cancel(ref)
-    for i, ref in enumerate(refs):
-        if ref in victims:
+    gate = tmp_path / "gate"
+    started = [tmp_path / f"started-{i}" for i in range(2)]
+    blockers = [blocker.remote(str(path), str(gate)) for path in started]  # both CPUs busy
+    try:
+        wait_for(lambda: all(path.exists() for path in started), TIMEOUT, "the blockers to start")
+        refs = [short.remote(i) for i in range(100)]
+        # The first ones go to the node (short tasks are sent deep) and wait behind the blockers.
+        wait_for(lambda: _queued_at_nodes() >= 8, TIMEOUT, "short tasks to be queued at the node")
+        victims = refs[:4] + refs[50:54]
+        for ref in victims:
+            ray.cancel(ref)
+        for ref in victims:  # while the blockers still hold both CPUs: cancelled where they wait
             with pytest.raises(ray.exceptions.TaskCancelledError):
                 ray.get(ref, timeout=TIMEOUT)
-        else:
+    finally:
+        gate.touch()
+    for i, ref in enumerate(refs):
+        if ref not in victims:
             assert ray.get(ref, timeout=TIMEOUT) == i
     assert ray.get(blockers, timeout=TIMEOUT) == ["done", "done"]
 
