@@ -116,7 +116,8 @@ def import_grpc_for_streams() -> bool:
 def _grpcio_release() -> str:
     """The installed grpcio's "major.minor", read without importing gRPC: from the version file in
     its package (a few file reads; ``importlib.metadata`` scans every distribution on the path, ~6 ms
-    of each head's and node's start), or from the distribution's metadata if that file is gone."""
+    of each head's and node's start), or from the distribution's metadata if that file is gone or
+    unreadable or names no version."""
     import importlib.util
     import re
 
@@ -128,7 +129,7 @@ def _grpcio_release() -> str:
             found = re.search(r"""__version__\s*=\s*['"]+(\d+\.\d+)""", f.read())
         if found:
             return found.group(1)
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: not UTF-8)
         pass
     import importlib.metadata
 

@@ -340,16 +340,22 @@ def test_handles_passed_to_tasks_and_actors(cluster):
         def call_with(self, other, n):
             return ray.get(other.add.remote(n))
 
+        def pid(self):
+            return os.getpid()
+
     c = Counter.remote()
     assert ray.get(add_from_task.remote(c, 1), timeout=GET_TIMEOUT) == 1
     assert ray.get(add_from_list.remote([c], 10), timeout=GET_TIMEOUT) == [11]
     caller = Caller.remote(c)
     assert ray.get(caller.call.remote(100), timeout=GET_TIMEOUT) == 111
     assert ray.get(caller.call_with.remote(c, 1000), timeout=GET_TIMEOUT) == 1111
-    # The driver's handle still works after the borrowers are done with theirs.
+    caller_pid = ray.get(caller.pid.remote(), timeout=GET_TIMEOUT)
+    # The driver's handle still works after the borrowers are done with theirs: the caller's
+    # process has ended (its handle to c went with it) and the head has applied that.
     del caller
     gc.collect()
-    _head_caught_up(ray)  # the caller's release of its handle has been applied
+    wait_for(lambda: gone(caller_pid), 30, "the caller actor to end with its last handle")
+    _head_caught_up(ray)
     assert ray.get(c.get.remote(), timeout=GET_TIMEOUT) == 1111
 
 
@@ -832,7 +838,8 @@ def test_actor_ends_when_its_last_handle_goes_out_of_scope(cluster):
     pid = ray.get(w.pid.remote(), timeout=GET_TIMEOUT)
     assert psutil.pid_exists(pid)
     _head_caught_up(ray)
-    assert not gone(pid)  # alive while the handle is held
+    assert ray.get(w.pid.remote(), timeout=GET_TIMEOUT) == pid  # alive while the handle is held
+    assert not gone(pid)
     del w
     gc.collect()
     wait_for(lambda: gone(pid), 10, "the actor to end with its last handle")

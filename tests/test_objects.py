@@ -82,7 +82,8 @@ def _noop() -> None:
 
 def _head_caught_up(ray) -> None:
     """Wait until the head has applied what this driver sent so far (releases included): a task's
-    round trip goes through the head after them. A wrong release has deleted its file by then."""
+    round trip goes through the head after them. A wrong release by this driver has deleted its
+    file by then; one from an executor comes on its node's stream, which this does not wait for."""
     assert ray.get(ray.remote(_noop).remote(), timeout=GET_TIMEOUT) is None
 
 
@@ -202,10 +203,11 @@ def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_p
     ray = cluster
 
     @ray.remote
-    def total(gate, a):
+    def total(gate, a, started):
         import os
         import time
 
+        open(started, "w").close()  # its arguments are loaded
         deadline = time.time() + 20
         while not os.path.exists(gate) and time.time() < deadline:
             time.sleep(0.02)
@@ -214,9 +216,11 @@ def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_p
     arr = _big(3)
     gate = tmp_path / "gate"
     before = _object_files(store)
-    ref = total.remote(str(gate), arr)  # by value: the arguments themselves go to the store
+    started = tmp_path / "started"
+    ref = total.remote(str(gate), arr, str(started))  # by value: the arguments themselves go to the store
     new = _object_files(store) - before
     assert len(new) == 1, f"expected the arguments as one stored object, found {new}"
+    wait_for(started.exists, 30, "the task to start")
     _head_caught_up(ray)  # (the cluster's second CPU runs it)
     assert new <= _object_files(store), "the arguments vanished while the task still needed them"
     gate.write_text("go")

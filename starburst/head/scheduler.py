@@ -1472,7 +1472,7 @@ class Scheduler:
             assert node.recalling <= set(node.inflight), "recalling a task the node does not hold"
             used: dict[str, float] = collections.defaultdict(float)
             for task in node.inflight.values():
-                if not task.spec.HasField("actor"):
+                if not task.creation:
                     for name, qty in task.want.items():
                         used[name] += qty
             held: dict[str, float] = collections.defaultdict(float)
