@@ -28,9 +28,10 @@ S = TypeVar("S")  # a session
 
 
 class _Entry(Generic[S]):
-    __slots__ = ("function", "size", "holders", "users", "asked")
+    __slots__ = ("id", "function", "size", "holders", "users", "asked")
 
     def __init__(self, function: pb.Function) -> None:
+        self.id: bytes = function.id  # the table's key: tasks share this object (see ``use``)
         self.function = function
         self.size = function.ByteSize()
         self.holders: set[S] = set()
@@ -58,7 +59,8 @@ class FunctionTable(Generic[S]):
         """``session`` sent ``function``: it holds it until it releases it."""
         entry = self.entries.get(function.id)
         if entry is None:
-            entry = self.entries[function.id] = _Entry(function)
+            entry = _Entry(function)
+            self.entries[entry.id] = entry
             self.bytes += entry.size
         elif entry.asked:  # sent again after a release: a new holder, not asked yet
             entry.asked = False
@@ -67,14 +69,15 @@ class FunctionTable(Generic[S]):
         self.entries.move_to_end(function.id)
         self._shrink()
 
-    def use(self, function_id: bytes) -> bool:
-        """A task (or a live actor) uses the function; False if the table doesn't have it."""
+    def use(self, function_id: bytes) -> bytes | None:
+        """A task (or a live actor) uses the function: the table's own copy of its id (one bytes
+        object for all its users, however many are held), or None if the table doesn't have it."""
         entry = self.entries.get(function_id)
         if entry is None:
-            return False
+            return None
         entry.users += 1
         self.entries.move_to_end(function_id)
-        return True
+        return entry.id
 
     def unuse(self, function_id: bytes) -> None:
         """A user counted by ``use`` is done with it."""

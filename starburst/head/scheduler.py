@@ -14,7 +14,6 @@ other's state.
 from __future__ import annotations
 
 import collections
-import enum
 import math
 import logging
 import time
@@ -68,14 +67,6 @@ EARLY_DONE_S = 60.0
 EARLY_DONES_MAX = 10_000
 #: Once the tasks held fall to a tenth of a peak of at least this many, freed heap goes back to the OS.
 TRIM_AFTER_TASKS = 1000
-
-
-class _Unknown(enum.Enum):
-    """Not looked at yet (where None is a value)."""
-    UNKNOWN = enum.auto()
-
-
-UNKNOWN = _Unknown.UNKNOWN
 
 
 class Sink:
@@ -246,12 +237,12 @@ class Task:
 
     WAITING, QUEUED, RUNNING, DONE = range(4)
 
-    def __init__(self, spec: pb.TaskSpec, owner: Session, function_id: bytes) -> None:
+    def __init__(self, spec: pb.TaskSpec, owner: Session) -> None:
         # What the hot paths ask of the spec, asked once (each protobuf access costs a call and,
         # for bytes and strings, a new object). The spec's fields read here never change.
         self.spec = spec
         self.id: bytes = spec.task_id
-        self.function_id = function_id  # the scheduler's shared copy of spec.function_id
+        self.function_id: bytes = spec.function_id  # the function table's copy once it counts as a user
         actor_id = spec.actor_id
         self.creation = bool(actor_id) and spec.HasField("actor")  # an actor's constructor
         self.call = bool(actor_id) and not self.creation  # a method call on an actor
@@ -348,9 +339,6 @@ class Scheduler:
         #: Direct calls in flight whose caller said they were not answered (its connection broke).
         self._unanswered: set[bytes] = set()
         self.durations: dict[bytes, float] = {}  # function id -> typical run time (median of the recent)
-        #: One bytes object per function id, shared by the tasks that name it (tens of thousands may
-        #: be held); an id goes when its function is dropped.
-        self._function_ids: dict[bytes, bytes] = {}
         self._run_times: dict[bytes, collections.deque[float]] = {}
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
@@ -515,7 +503,6 @@ class Scheduler:
         """No session holds it and no task uses it: nodes drop it (and tell their executors)."""
         self.durations.pop(function_id, None)
         self._run_times.pop(function_id, None)
-        self._function_ids.pop(function_id, None)
         for node in self.nodes:
             if function_id in node.functions:
                 node.functions.discard(function_id)
@@ -611,19 +598,17 @@ class Scheduler:
     def _submit(self, session: Session, spec: pb.TaskSpec) -> None:
         if not spec.job_id:
             spec.job_id = session.job_id
-        function_id = spec.function_id
-        function_id = self._function_ids.setdefault(function_id, function_id)
-        task = Task(spec, session, function_id)
+        task = Task(spec, session)
         self.tasks[task.id] = task
         actor_id = spec.actor_id
         if not actor_id:
-            task.uses = self.functions.use(function_id)
+            task.uses = self._use_function(task)
         session.outstanding += 1
         actor: Actor | None = None
         if task.creation:
             actor = Actor(task)
             self.actors[actor_id] = actor
-            actor.uses = self.functions.use(function_id)  # restarts run its creation again
+            actor.uses = self._use_function(task)  # restarts run its creation again
             if actor.name:
                 self.names[(actor.namespace, actor.name)] = actor.id
             handle = self._obj(actor_id)  # handles count like refs to an object
@@ -658,7 +643,7 @@ class Scheduler:
                 self._direct_call(actor, task)
                 return
             actor.calls.append(task)
-        elif function_id not in self.functions:
+        elif task.function_id not in self.functions:
             self._fail(task, error_value(RaySystemError(f"function of task {spec.name} was never sent")))
             return
         for object_id in set(task.deps) if task.deps else ():
@@ -676,6 +661,15 @@ class Scheduler:
                 return
         if task.waiting == 0:
             self._enqueue(task)
+
+    def _use_function(self, task: Task) -> bool:
+        """Count ``task`` (or its actor) as a user of its function; False if the table doesn't have
+        it. The task then holds the table's copy of the id (one object, however many tasks)."""
+        shared = self.functions.use(task.function_id)
+        if shared is None:
+            return False
+        task.function_id = shared
+        return True
 
     def _enqueue(self, task: Task) -> None:
         """Ready to run. Tasks submitted by running tasks go first: their parents may be waiting for
@@ -695,13 +689,12 @@ class Scheduler:
         """Finish ``task`` with ``value`` (an error) as every one of its results."""
         if task.state == Task.DONE:
             return
-        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids], cancelled)
+        error = None if cancelled or not value.is_error else value
+        self._finish(task, [pb.Object(id=rid, value=value) for rid in task.spec.return_ids], error, cancelled)
 
-    def _finish(self, task: Task, results: Sequence[pb.Object], cancelled: bool = False,
-                error: pb.Value | None | _Unknown = UNKNOWN) -> None:
-        """``error``: the first error among ``results``, if the caller has looked already."""
-        if error is UNKNOWN:
-            error = None if cancelled else _first_error(results)
+    def _finish(self, task: Task, results: Sequence[pb.Object], error: pb.Value | None,
+                cancelled: bool = False) -> None:
+        """``error``: the first error among ``results`` (``_first_error``), None if cancelled."""
         if cancelled:
             self.tasks_cancelled += 1
         elif error is not None:
@@ -882,14 +875,13 @@ class Scheduler:
         task = node.inflight.pop(task_id, None)
         call = None if task is not None else node.actor_inflight.pop(task_id, None)
         ran = task if task is not None else call
-        error: pb.Value | None | _Unknown = UNKNOWN
         results = done.results
-        if self.observer is not None and started and ran is not None:
-            error = _first_error(results)  # a run that happened (handed back: none)
+        error = _first_error(results) if started else None
+        if self.observer is not None and started and ran is not None:  # a run that happened (handed back: none)
             self.observer.on_done(node, ran, done, failure != pb.TaskDone.NONE or error is not None)
         if task is None:
             if call is not None:
-                self._call_done(call, done)
+                self._call_done(call, done, error)
             elif started and task_id not in self.tasks:
                 if len(self._early_dones) < EARLY_DONES_MAX:
                     # Refs inside its results are held until it is applied: what the task put may
@@ -901,7 +893,7 @@ class Scheduler:
             return
         if task.creation:  # its resources stay held while the actor lives
             if task.state == Task.RUNNING:
-                self._creation_done(task, done)
+                self._creation_done(task, done, error)
             return
         used = node.used
         for name, qty in task.want.items():
@@ -919,7 +911,7 @@ class Scheduler:
             self.durations[function_id] = sorted(recent)[len(recent) // 2]
             self.ran_on[node.node_id] += 1
             if not done.retryable:
-                self._finish(task, results, error=error)
+                self._finish(task, results, error)
                 return
         if failure == pb.TaskDone.NOT_STARTED:
             task.avoid = node
@@ -932,7 +924,7 @@ class Scheduler:
         elif done.retryable and self._retries_left(task):
             self._requeue(task)
         else:
-            self._finish(task, done.results)
+            self._finish(task, results, error)
 
     def _pick_node(self, task: Task) -> Node | None:
         """The least-loaded node it fits on; a node that seems stuck (see ``_stalled``), or that the
@@ -974,8 +966,6 @@ class Scheduler:
             stale = self.clock() - EARLY_DONE_S
             for task_id in [t for t, early in self._early_dones.items() if early.at < stale]:
                 self._unpin(self._early_dones.pop(task_id))
-        if len(self._function_ids) > len(self.functions.entries) + 1024:  # ids of functions never sent
-            self._function_ids = {f: f for f in self._function_ids if f in self.functions}
         held = len(self.tasks)
         self._peak_tasks = max(self._peak_tasks, held)
         peak = self._peak_tasks
@@ -1116,15 +1106,15 @@ class Scheduler:
             actor.node.actor_inflight[task.id] = task
             actor.node.push(pb.HeadToNodeOp(run=run))
 
-    def _creation_done(self, task: Task, done: pb.TaskDone) -> None:
+    def _creation_done(self, task: Task, done: pb.TaskDone, error: pb.Value | None) -> None:
+        """``error``: the first error among ``done.results``."""
         actor = self.actors[task.spec.actor_id]
         if done.failure == pb.TaskDone.WORKER_DIED:
             task.state = Task.QUEUED  # the ActorDied report that follows decides: restart or not
             return
-        error = next((r.value for r in done.results if r.value.is_error), None)
         if done.failure == pb.TaskDone.CANCELLED:
             error = error_value(ActorDiedError(actor.id.hex(), "its creation was cancelled"))
-        self._finish(task, [])
+        self._finish(task, [], None)
         if error is None:
             if actor.state != Actor.DEAD:
                 actor.state = Actor.ALIVE
@@ -1170,7 +1160,7 @@ class Scheduler:
         if early is not None:  # its end came through the node before its process died: kept
             task.state = Task.RUNNING
             if early.done.failure == pb.TaskDone.NONE:
-                self._finish(task, early.done.results)
+                self._finish(task, early.done.results, _first_error(early.done.results))
             else:
                 self._fail(task, error_value(TaskCancelledError(task.id.hex())), cancelled=True)
             self._unpin(early)
@@ -1235,9 +1225,10 @@ class Scheduler:
             obj = self.objects.get(rid)
             if obj is not None and obj.subscribers and session in obj.subscribers:
                 obj.subscribers.remove(session)
+        error = _first_error(done.results)
         if awaited is not None:  # answered before its process died
             task.state = Task.RUNNING
-            self._finish(task, done.results)
+            self._finish(task, done.results, error)
             if actor is not None:
                 self._maybe_terminate(actor)
             return
@@ -1245,9 +1236,8 @@ class Scheduler:
         if node is not None:
             node.actor_inflight.pop(task.id, None)
             if self.observer is not None:
-                self.observer.on_done(node, task, done,
-                                      done.failure != pb.TaskDone.NONE or _first_error(done.results) is not None)
-        self._call_done(task, done)
+                self.observer.on_done(node, task, done, done.failure != pb.TaskDone.NONE or error is not None)
+        self._call_done(task, done, error)
 
     def _unpin(self, early: "_EarlyDone | None") -> None:
         if early is not None:
@@ -1262,7 +1252,8 @@ class Scheduler:
         if task.node is not None:
             task.node.actor_inflight.pop(task.id, None)
 
-    def _call_done(self, task: Task, done: pb.TaskDone) -> None:
+    def _call_done(self, task: Task, done: pb.TaskDone, error: pb.Value | None) -> None:
+        """``error``: the first error among ``done.results``."""
         actor = self.actors.get(task.spec.actor_id)
         if actor is None or task.state != Task.RUNNING:
             return
@@ -1273,7 +1264,7 @@ class Scheduler:
         if done.failure == pb.TaskDone.CANCELLED:
             self._fail(task, error_value(TaskCancelledError(task.spec.task_id.hex())), cancelled=True)
         else:
-            self._finish(task, done.results)
+            self._finish(task, done.results, error)
         self._maybe_terminate(actor)
 
     def _actor_died(self, actor: Actor, reason: str) -> None:
@@ -1331,7 +1322,7 @@ class Scheduler:
         if actor.name and self.names.get((actor.namespace, actor.name)) == actor.id:
             del self.names[(actor.namespace, actor.name)]
         if actor.creation.state != Task.DONE:
-            self._finish(actor.creation, [])  # releases its inputs too (the actor is dead)
+            self._finish(actor.creation, [], None)  # releases its inputs too (the actor is dead)
         else:
             self._release_inputs(actor.creation)
         self._pump_actor(actor)
