@@ -79,6 +79,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def head_caught_up(ray, timeout: float = 60) -> None:
+    """Wait until the head has applied what this driver sent so far (releases included): a task's
+    round trip goes through the head after them. A wrong release by this driver has taken effect
+    by then; one from an executor comes on its node's stream, which this does not wait for."""
+    assert ray.get(ray.remote(lambda: None).remote(), timeout=timeout) is None
+
+
 def gone(pid: int) -> bool:
     """Whether the process has exited (a zombie counts as gone)."""
     try:

@@ -17,22 +17,12 @@ import time
 
 import psutil
 import pytest
-from conftest import cli, gone, wait_for
+from conftest import cli, gone, head_caught_up, wait_for
 
 GET_TIMEOUT = 60
 
 
 # ----------------------------------------------------------------------------------- basics
-
-
-def _noop() -> None:
-    return None
-
-
-def _head_caught_up(ray) -> None:
-    """Wait until the head has applied what this driver sent so far (releases included): a task's
-    round trip goes through the head after them."""
-    assert ray.get(ray.remote(_noop).remote(), timeout=GET_TIMEOUT) is None
 
 
 def test_construct_with_args_call_methods_state_persists(cluster):
@@ -355,7 +345,7 @@ def test_handles_passed_to_tasks_and_actors(cluster):
     del caller
     gc.collect()
     wait_for(lambda: gone(caller_pid), 30, "the caller actor to end with its last handle")
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert ray.get(c.get.remote(), timeout=GET_TIMEOUT) == 1111
 
 
@@ -837,7 +827,7 @@ def test_actor_ends_when_its_last_handle_goes_out_of_scope(cluster):
     w = Worker.remote()
     pid = ray.get(w.pid.remote(), timeout=GET_TIMEOUT)
     assert psutil.pid_exists(pid)
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert ray.get(w.pid.remote(), timeout=GET_TIMEOUT) == pid  # alive while the handle is held
     assert not gone(pid)
     del w
@@ -931,7 +921,7 @@ def test_detached_actor_is_not_collected_with_its_handles(cluster):
     pid = ray.get(k.pid.remote(), timeout=GET_TIMEOUT)
     del k
     gc.collect()
-    _head_caught_up(ray)  # the release of the last handle has been applied: it changed nothing
+    head_caught_up(ray)  # the release of the last handle has been applied: it changed nothing
     assert not gone(pid), "a detached actor was collected when its handle went out of scope"
     again = ray.get_actor("test-detached-keeper")
     assert ray.get(again.pid.remote(), timeout=GET_TIMEOUT) == pid

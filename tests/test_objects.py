@@ -26,7 +26,7 @@ import pytest
 
 import starburst._runtime
 from starburst.serialization import serialize
-from conftest import wait_for
+from conftest import head_caught_up, wait_for
 
 GET_TIMEOUT = 30
 MiB = 1 << 20
@@ -76,17 +76,6 @@ def _big(seed: int = 0, n: int = 300_000) -> np.ndarray:  # 2.4 MB of float64: s
     return np.random.default_rng(seed).random(n)
 
 
-def _noop() -> None:
-    return None
-
-
-def _head_caught_up(ray) -> None:
-    """Wait until the head has applied what this driver sent so far (releases included): a task's
-    round trip goes through the head after them. A wrong release by this driver has deleted its
-    file by then; one from an executor comes on its node's stream, which this does not wait for."""
-    assert ray.get(ray.remote(_noop).remote(), timeout=GET_TIMEOUT) is None
-
-
 def _gated(ray):
     @ray.remote
     def gated(gate, value=None, limit=20.0, started=None):
@@ -124,7 +113,7 @@ def test_large_put_file_lives_with_ref_and_is_deleted_after_release(cluster, sto
     ref = ray.put(arr)
     name = ref.hex()
     assert name in _object_files(store), "a large put must be written to the store"
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert name in _object_files(store), "the stored value vanished while its ref is alive"
     got = ray.get(ref, timeout=GET_TIMEOUT)
     assert np.array_equal(got, arr)
@@ -156,7 +145,7 @@ def test_large_task_result_file_lives_with_ref_and_is_deleted_after_release(clus
     assert np.array_equal(got, _big(2))
     name = ref.hex()
     assert name in _object_files(store), "a large task result must live in the store"
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert name in _object_files(store)
     assert np.array_equal(ray.get(ref, timeout=GET_TIMEOUT), _big(2))
     del got, ref
@@ -221,7 +210,7 @@ def test_large_argument_by_value_is_deleted_after_the_task(cluster, store, tmp_p
     new = _object_files(store) - before
     assert len(new) == 1, f"expected the arguments as one stored object, found {new}"
     wait_for(started.exists, 30, "the task to start")
-    _head_caught_up(ray)  # (the cluster's second CPU runs it)
+    head_caught_up(ray)  # (the cluster's second CPU runs it)
     assert new <= _object_files(store), "the arguments vanished while the task still needed them"
     gate.write_text("go")
     assert ray.get(ref, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
@@ -301,7 +290,7 @@ def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster,
     assert (outer.hex() in _object_files(store)) == (container == "stored")
     del ref_x
     _release()
-    _head_caught_up(ray)  # the driver's release of x has reached the head
+    head_caught_up(ray)  # the driver's release of x has reached the head
     assert x_name in _object_files(store), "x was freed although the container holding its ref is alive"
     inner_list = ray.get(outer, timeout=GET_TIMEOUT)
     assert inner_list[1] == "tag"
@@ -311,7 +300,7 @@ def test_object_referenced_only_from_a_live_container_stays_retrievable(cluster,
     # Dropping the container first: the deserialized inner ref still keeps x.
     del outer, inner_list
     _release()
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), arr)
     del inner
     _release()
@@ -341,7 +330,7 @@ def test_container_passed_to_task_keeps_inner_object_alive(cluster, store, tmp_p
     out = inner_sum.remote(box, str(gate))  # the container is a dependency; x only travels inside it
     del ref_x, box
     _release()
-    _head_caught_up(ray)
+    head_caught_up(ray)
     gate.touch()
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out
@@ -372,7 +361,7 @@ def test_ref_put_inside_a_task_stays_valid_after_the_task_ends(cluster, store, s
     name = inner.hex()
     # The producing task is over; its executor moves on to other work.
     assert ray.get([churn.remote(i) for i in range(20)], timeout=GET_TIMEOUT) == list(range(20))
-    _head_caught_up(ray)
+    head_caught_up(ray)
     assert name in _object_files(store), "the task's put was freed although the driver holds its ref"
     assert np.array_equal(ray.get(inner, timeout=GET_TIMEOUT), _big(9))
     del result, inner
@@ -405,7 +394,7 @@ def test_ref_dropped_by_driver_right_after_remote_still_resolves_in_task(cluster
     out = use.remote(ref if how == "top_level" else [ref], how, str(gate))
     del ref
     _release()
-    _head_caught_up(ray)
+    head_caught_up(ray)
     gate.touch()
     assert ray.get(out, timeout=GET_TIMEOUT) == pytest.approx(float(arr.sum()))
     del out

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import cli, wait_for
 
 TIMEOUT = 60
 
@@ -59,15 +57,14 @@ def test_worker_death_does_not_charge_the_tasks_queued_behind_it(cluster, tmp_pa
     assert results == [i for i in range(400) if i != 100]
 
 
-def _queued_at_nodes() -> int:
+def _queued_at_nodes(home) -> int:
     """Tasks the head has sent to nodes that have not started there (``starburst status --json``)."""
-    proc = subprocess.run([sys.executable, "-m", "starburst", "status", "--json"], capture_output=True, text=True,
-                          timeout=60)
+    proc = cli(home, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     return sum(node["queued"] for node in json.loads(proc.stdout)["nodes"])
 
 
-def test_cancel_reaches_tasks_queued_on_an_executor(cluster, tmp_path):
+def test_cancel_reaches_tasks_queued_on_an_executor(cluster, starburst_home, tmp_path):
     ray = cluster
 
     @ray.remote
@@ -91,7 +88,7 @@ def test_cancel_reaches_tasks_queued_on_an_executor(cluster, tmp_path):
         wait_for(lambda: all(path.exists() for path in started), TIMEOUT, "the blockers to start")
         refs = [short.remote(i) for i in range(100)]
         # The first ones go to the node (short tasks are sent deep) and wait behind the blockers.
-        wait_for(lambda: _queued_at_nodes() >= 8, TIMEOUT, "short tasks to be queued at the node")
+        wait_for(lambda: _queued_at_nodes(starburst_home) >= 8, TIMEOUT, "short tasks to be queued at the node")
         victims = refs[:4] + refs[50:54]
         for ref in victims:
             ray.cancel(ref)
