@@ -963,12 +963,10 @@ class GrpcTransport:
         self._started.wait()
 
     def send_now(self) -> None:
-        if self._wake_pending or self._loop is None:
-            return
         framed = self._framed
-        if framed is not None and time.monotonic() - self._last_batch >= DIRECT_GAP_S and self._send_now(framed):
-            return
-        self.wake()
+        if (framed is None or self._wake_pending or time.monotonic() - self._last_batch < DIRECT_GAP_S
+                or not self._send_now(framed)):
+            self.wake()
 
     def wake(self) -> None:
         if self._wake_pending or self._loop is None:
